@@ -17,8 +17,12 @@ def _visual(inputs: dict) -> bool:
     return any(k.startswith("pixel_values") for k in inputs)
 
 
-def reference_logits(model, inputs: dict, k: int) -> torch.Tensor:
-    """Logits [B, S, V] of VTW-at-``k`` computed by masking; only text positions are meaningful."""
+def reference_logits(model, inputs: dict, k: int, rearrange: bool = False) -> torch.Tensor:
+    """Logits [B, S, V] of VTW-at-``k`` computed by masking; only text positions are meaningful.
+
+    ``rearrange``: layers >= k see text tokens renumbered 0, 1, 2, ... in each row (their rank
+    among the row's non-vision tokens), the "Rearrange" variant of Table 6.
+    """
     text = model.model.language_model
     captured = {}
 
@@ -46,12 +50,17 @@ def reference_logits(model, inputs: dict, k: int) -> torch.Tensor:
         return torch.where(allowed, 0.0, torch.finfo(dtype).min).to(dtype)[:, None]
     full_mask = additive(base)
     text_mask = additive(base & ~vision[:, None, :])
+    deep_pe = kw["position_embeddings"]
+    if rearrange:
+        rank = (~vision).long().cumsum(1) - 1
+        pos = rank[None].expand(3, b, s) if model.config.model_type.startswith("qwen") else rank
+        deep_pe = text.rotary_emb(hidden, pos)
     with torch.no_grad():
         for i, layer in enumerate(text.layers):
             out = layer(
                 hidden,
                 attention_mask=full_mask if i < k else text_mask,
-                position_embeddings=kw["position_embeddings"],
+                position_embeddings=kw["position_embeddings"] if i < k else deep_pe,
                 position_ids=kw.get("position_ids"),
                 cache=None,
                 use_cache=False,
@@ -75,12 +84,13 @@ def extend(inputs: dict, tokens: torch.Tensor) -> dict:
     return out
 
 
-def reference_greedy(model, inputs: dict, k: int, steps: int, suppress: list[int] = ()) -> torch.Tensor:
+def reference_greedy(model, inputs: dict, k: int, steps: int, suppress: list[int] = (),
+                     rearrange: bool = False) -> torch.Tensor:
     """Greedy tokens [B, steps] from recomputing the whole sequence with the masked reference."""
     cur = inputs
     new = []
     for _ in range(steps):
-        logits = reference_logits(model, cur, k)[:, -1]
+        logits = reference_logits(model, cur, k, rearrange=rearrange)[:, -1]
         for t in suppress:
             logits[:, t] = float("-inf")
         tok = logits.argmax(-1, keepdim=True)

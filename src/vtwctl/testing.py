@@ -224,3 +224,48 @@ def tiny_inputs(model, rows: list[dict] | None = None, padding: str = "left", se
     if family in ("qwen2_vl", "qwen2_5_vl"):
         out["mm_token_type_ids"] = (ids == IMAGE_ID).int() + 2 * (ids == VIDEO_ID).int()
     return out
+
+
+_WORDS = ("user assistant what is the colour shape of a an in on image picture there red green blue yellow "
+          "circle square triangle yes no one two three how many left right top bottom answer question "
+          "with option letter from given choices directly using single word or phrase context").split()
+
+
+def tiny_tokenizer():
+    """A word-level fast tokenizer over a small vocabulary whose ids fit the tiny models."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": PAD_ID, "<s>": BOS_ID, "</s>": EOS_ID, "<unk>": 3}
+    for w in list(_WORDS) + [c for c in "abcdefghijklmnopqrstuvwxyz0123456789.,:?!()"]:
+        vocab.setdefault(w, len(vocab))
+    vocab["<image>"], vocab["<video>"] = IMAGE_ID, VIDEO_ID
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                   unk_token="<unk>", extra_special_tokens={"image_token": "<image>"})
+    return fast
+
+
+LLAVA_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] == 'user' %}USER: {% else %}ASSISTANT: {% endif %}"
+    "{% for item in message['content'] %}{% if item['type'] == 'image' %}<image>\n{% endif %}{% endfor %}"
+    "{% for item in message['content'] %}{% if item['type'] == 'text' %}{{ item['text'] }}{% endif %}"
+    "{% endfor %} {% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+
+
+def save_tiny_llava(path, num_layers: int = 6, seed: int = 0) -> None:
+    """Write a tiny random LLaVA with a working LlavaProcessor to ``path`` (like save_pretrained)."""
+    from transformers import CLIPImageProcessor, LlavaProcessor
+
+    model = tiny_model("llava", num_layers=num_layers, seed=seed)
+    model.generation_config.eos_token_id = EOS_ID
+    model.save_pretrained(path)
+    image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32},
+                                         do_center_crop=True)
+    proc = LlavaProcessor(image_processor=image_processor, tokenizer=tiny_tokenizer(), patch_size=8,
+                          vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                          chat_template=LLAVA_TEMPLATE)
+    proc.save_pretrained(path)

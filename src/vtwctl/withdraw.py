@@ -97,7 +97,7 @@ class _Engine:
         self.handles.append(mm.register_forward_hook(self._on_call_end, with_kwargs=True, always_call=True))
         self.handles.append(text.register_forward_hook(self._on_text_out, with_kwargs=True))
         if self.positions == "rearrange":
-            self.handles.append(text.rotary_emb.register_forward_pre_hook(self._on_rotary))
+            self.handles.append(text.rotary_emb.register_forward_pre_hook(self._on_rotary, with_kwargs=True))
         for i in range(self.k, len(layers)):
             self.handles.append(layers[i].register_forward_pre_hook(self._on_layer, with_kwargs=True))
 
@@ -131,9 +131,10 @@ class _Engine:
             call.stream.kv_map = call.kv_map
             call.stream.full_len = call.past_len + call.vision.shape[1]
 
-    def _on_rotary(self, module, args):
-        if self.call is not None and self.call.positions is None and len(args) > 1:
-            self.call.positions = args[1]
+    def _on_rotary(self, module, args, kwargs):
+        pos = args[1] if len(args) > 1 else kwargs.get("position_ids")
+        if self.call is not None and self.call.positions is None:
+            self.call.positions = pos
 
     def _on_text_out(self, module, args, kwargs, output):
         call = self.call

@@ -17,6 +17,7 @@ Only the standard library and Pillow are imported at module import time; ``datas
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import re
@@ -76,6 +77,20 @@ _SHORT_ANSWER_SPACE = {
 }
 
 _SPLIT_SALT = {"train": "train", "validation": "validation", "test": "test"}
+# Scenes are assigned to splits by a hash of their canonical JSON (rejection sampling), so no scene layout
+# of one split can ever occur in another one, whatever the seeds and sizes.
+_N_BUCKETS = 8
+_SPLIT_BUCKETS = {"test": {0}, "validation": {1}, "train": set(range(2, _N_BUCKETS))}
+
+
+def scene_bucket(scene_json: str) -> int:
+    """Hash bucket (0..7) of a canonical scene JSON: 0 = test, 1 = validation, 2..7 = train."""
+    return int(hashlib.sha256(scene_json.encode()).hexdigest()[:8], 16) % _N_BUCKETS
+
+
+def split_of_scene(scene_json: str) -> str:
+    b = scene_bucket(scene_json)
+    return next(k for k, v in _SPLIT_BUCKETS.items() if b in v)
 
 
 # --------------------------------------------------------------------------------------------- scenes
@@ -299,9 +314,12 @@ def make_sample(split: str, index: int, seed: int = 0, fmt: str | None = None, h
     rng = random.Random(f"shapes:{_SPLIT_SALT[split]}:{seed}:{index}")
     fmt = fmt or FORMATS[index % len(FORMATS)]
     want_yes = ((index // len(FORMATS)) % 2 == 0) if fmt == "yesno" else None
-    scene = _make_scene(rng)
+    while True:
+        scene = _make_scene(rng)
+        scene_json = json.dumps(scene, sort_keys=True)
+        if scene_bucket(scene_json) in _SPLIT_BUCKETS[split]:
+            break
     spec = _make_spec(rng, scene, fmt, want_yes)
-    scene_json = json.dumps(scene, sort_keys=True)
     hint_text = describe_scene(scene) if hint else ""
     return {
         "id": f"shapes-{split}-{seed}-{index:06d}",
@@ -374,11 +392,17 @@ def as_dataset(
     return DatasetDict(out)
 
 
-def export(out_dir: str | Path, seed: int = 0, n_train: int | None = None, **sizes: int | None) -> list[Path]:
+def export(
+    out_dir: str | Path,
+    seed: int = 0,
+    n_train: int | None = None,
+    n_validation: int | None = None,
+    n_test: int | None = None,
+) -> list[Path]:
     """Write one parquet file per split (images as PNG bytes) into ``out_dir``; return the paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    dd = as_dataset(n_train=n_train, seed=seed, **{f"n_{k}": v for k, v in sizes.items()})
+    dd = as_dataset(n_train=n_train, n_validation=n_validation, n_test=n_test, seed=seed)
     paths = []
     for split, ds in dd.items():
         p = out_dir / f"{split}.parquet"

@@ -1,0 +1,609 @@
+#!/usr/bin/env python
+"""Train the vtwctl "demo" model: a small, stock LlavaForConditionalGeneration for the "shapes" benchmark.
+
+CPU only, seeded and staged (as LLaVA is built, plus one trick that makes it cheap):
+
+  T  text-only warm-up: the decoder answers all three question formats from a text "Context:" scene
+     description (short sequences; teaches the mc letter lookup and the answer formats).
+  P  pseudo-image stage: the exact eval prompt (chat template, <image> expanded to 144 tokens), but each
+     image position gets a *pseudo visual token* = E[<image>] + E[colour] + E[shape] + E[cell] (the decoder's
+     own word embeddings of the content of the grid cell the patch lies in; "none" for empty cells).
+     The decoder learns to read a 12x12 token grid with clean inputs.
+  V  vision stage: CLIP tower + projector learn to map the real image to those pseudo tokens (MSE, plus
+     throwaway per-patch classification heads), decoder frozen.
+  F  joint fine-tune on real images in the exact eval format, all parts trainable; some text-only replay.
+
+Finally the test split is answered with greedy ``generate(max_new_tokens=5)`` through the stock
+processor/chat template and scored with ``vtwctl.demo.shapes.score``.
+
+Writes the model + processor into src/vtwctl/demo/model/ (after stage V, during F and at the end) and
+src/vtwctl/demo/model/training_metrics.json.
+
+    source .venv/bin/activate
+    PYTHONPATH=src nohup python scripts/train_demo.py > out/train_demo.log 2>&1 &
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import re
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from vtwctl.demo import shapes  # noqa: E402
+
+DEFAULT_OUT = ROOT / "src" / "vtwctl" / "demo" / "model"
+PATCH = 8
+N_IMG_TOK = (shapes.IMAGE_SIZE // PATCH) ** 2  # 144
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] != 'system' %}{{ message['role'].upper() + ': '}}"
+    "{% endif %}{# Render all images first #}{% for content in message['content'] | selectattr('type', "
+    "'equalto', 'image') %}{{ '<image>\n' }}{% endfor %}{# Render all text next #}{% if message['role'] != "
+    "'assistant' %}{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{{ content['text'] + ' '}}{% endfor %}{% else %}{% for content in message['content'] | selectattr('type', "
+    "'equalto', 'text') %}{% generation %}{{ content['text'] + ' '}}{% endgeneration %}{% endfor %}{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+)
+SPECIALS = ["<pad>", "<unk>", "<s>", "</s>", "<image>"]
+WORD_RE = r"[^\s]+"
+
+
+def log(*a):
+    print(time.strftime("%H:%M:%S"), *a, flush=True)
+
+
+# ----------------------------------------------------------------------------------------- tokenizer
+def split_words(text: str) -> list[str]:
+    """Same splitting as the tokenizer's normaliser + pre-tokeniser (lowercase, whitespace, punctuation)."""
+    out = []
+    for w in text.lower().split():
+        out.extend(p for p in re.split(r"([^\w'\-])", w) if p)
+    return out
+
+
+def build_vocab() -> list[str]:
+    words: set[str] = set()
+    for s in [" ".join(shapes.COLOURS), " ".join(shapes.SHAPES), " ".join(shapes.CELLS), "1 2 3 4 5 none"]:
+        words.update(split_words(s))
+    words.update(split_words("USER: ASSISTANT: A. B. C. D. E. yes no Context: image colour shape object"))
+    words.update([",", "(", ")", "!", '"', ";", "/", "-", "'", "*"])  # common punctuation, not used in prompts
+    for i in range(3000):
+        s = shapes.make_sample("train", i, 12345, hint=True)
+        words.update(split_words(s["question"]))
+        words.update(split_words(s["answer"]))
+    return SPECIALS + sorted(words)
+
+
+def build_processor(vocab: list[str]):
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from transformers import CLIPImageProcessor, LlavaProcessor, PreTrainedTokenizerFast
+
+    ids = {w: i for i, w in enumerate(vocab)}
+    tok = Tokenizer(models.WordLevel(ids, unk_token="<unk>"))
+    tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Split(Regex(r"[^\w'\-]"), behavior="isolated")]
+    )
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", ids["<s>"])]
+    )
+    tok.decoder = decoders.WordPiece(prefix="##", cleanup=True)
+    from tokenizers import AddedToken
+
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIALS])
+    hf_tok = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        padding_side="left",
+        model_max_length=512,
+        chat_template=CHAT_TEMPLATE,
+    )
+    improc = CLIPImageProcessor(
+        do_resize=True,
+        size={"shortest_edge": shapes.IMAGE_SIZE},
+        resample=3,
+        do_center_crop=True,
+        crop_size={"height": shapes.IMAGE_SIZE, "width": shapes.IMAGE_SIZE},
+        do_rescale=True,
+        rescale_factor=1 / 255,
+        do_normalize=True,
+        image_mean=[0.48145466, 0.4578275, 0.40821073],
+        image_std=[0.26862954, 0.26130258, 0.27577711],
+        do_convert_rgb=True,
+    )
+    proc = LlavaProcessor(
+        image_processor=improc,
+        tokenizer=hf_tok,
+        patch_size=PATCH,
+        vision_feature_select_strategy="default",
+        chat_template=CHAT_TEMPLATE,
+        image_token="<image>",
+        num_additional_image_tokens=1,
+    )
+    return proc
+
+
+def build_model(vocab: list[str], args):
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    ids = {w: i for i, w in enumerate(vocab)}
+    vcfg = CLIPVisionConfig(
+        hidden_size=args.vision_width,
+        intermediate_size=args.vision_width * 4,
+        num_hidden_layers=args.vision_layers,
+        num_attention_heads=4,
+        image_size=shapes.IMAGE_SIZE,
+        patch_size=PATCH,
+        num_channels=3,
+        hidden_act="quick_gelu",
+        projection_dim=args.vision_width,
+    )
+    tcfg = LlamaConfig(
+        vocab_size=len(vocab),
+        hidden_size=args.width,
+        intermediate_size=args.ffn,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.width // 64,
+        num_key_value_heads=args.width // 64,
+        max_position_embeddings=512,
+        rms_norm_eps=1e-5,
+        bos_token_id=ids["<s>"],
+        eos_token_id=ids["</s>"],
+        pad_token_id=ids["<pad>"],
+        tie_word_embeddings=False,
+    )
+    cfg = LlavaConfig(
+        vision_config=vcfg,
+        text_config=tcfg,
+        image_token_index=ids["<image>"],
+        projector_hidden_act="gelu",
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-1,
+        image_seq_length=N_IMG_TOK,
+    )
+    cfg.pad_token_id = ids["<pad>"]
+    model = LlavaForConditionalGeneration(cfg)
+    gc = model.generation_config
+    gc.bos_token_id, gc.eos_token_id, gc.pad_token_id = ids["<s>"], ids["</s>"], ids["<pad>"]
+    gc.do_sample = False
+    gc.max_new_tokens = 5
+    return model
+
+
+# ----------------------------------------------------------------------------------------- data
+class Data:
+    def __init__(self, proc, vocab):
+        self.proc = proc
+        self.tok = proc.tokenizer
+        self.ids = {w: i for i, w in enumerate(vocab)}
+        self.img_id = self.ids["<image>"]
+        self.none_id = self.ids["none"]
+
+    def prompt(self, question: str, with_image: bool) -> str:
+        content = ([{"type": "image"}] if with_image else []) + [{"type": "text", "text": question}]
+        return self.proc.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
+
+    def encode(self, samples, mode: str):
+        """mode: text (no image, question has a Context hint), pseudo, real."""
+        with_image = mode != "text"
+        seqs, n_ans = [], []
+        for s in samples:
+            text = self.prompt(s["question"], with_image)
+            p = self.tok(text)["input_ids"]
+            a = self.tok(" " + s["answer"], add_special_tokens=False)["input_ids"] + [self.tok.eos_token_id]
+            if with_image:
+                j = p.index(self.img_id)
+                p = p[:j] + [self.img_id] * N_IMG_TOK + p[j + 1 :]
+            seqs.append(p + a)
+            n_ans.append(len(a))
+        L = max(map(len, seqs))
+        B = len(seqs)
+        input_ids = torch.full((B, L), self.tok.pad_token_id, dtype=torch.long)
+        attn = torch.zeros((B, L), dtype=torch.long)
+        labels = torch.full((B, L), -100, dtype=torch.long)
+        for b, (sq, k) in enumerate(zip(seqs, n_ans)):
+            input_ids[b, L - len(sq) :] = torch.tensor(sq)
+            attn[b, L - len(sq) :] = 1
+            labels[b, L - k :] = torch.tensor(sq[-k:])
+        batch = {"input_ids": input_ids, "attention_mask": attn, "labels": labels}
+        if mode == "pseudo" or mode == "targets":
+            batch["pseudo_ids"] = self.pseudo_ids(samples)
+        if mode == "real" or mode == "targets":
+            batch["pixel_values"] = self.proc.image_processor(
+                [s["image"] for s in samples], return_tensors="pt"
+            )["pixel_values"]
+        return batch
+
+    def pseudo_ids(self, samples):
+        out = torch.empty((len(samples), N_IMG_TOK, 4), dtype=torch.long)
+        for b, s in enumerate(samples):
+            rows = []
+            for colour, shape, cell in shapes.patch_labels(s["scene"], PATCH):
+                rows.append(
+                    [
+                        self.img_id,
+                        self.ids[colour] if colour else self.none_id,
+                        self.ids[shape] if shape else self.none_id,
+                        self.ids[cell],
+                    ]
+                )
+            out[b] = torch.tensor(rows)
+        return out
+
+
+def patch_class_targets(samples):
+    colours = list(shapes.COLOURS)
+    c_t, s_t, p_t = [], [], []
+    for s in samples:
+        lab = shapes.patch_labels(s["scene"], PATCH)
+        c_t.append([colours.index(c) + 1 if c else 0 for c, _, _ in lab])
+        s_t.append([shapes.SHAPES.index(x) + 1 if x else 0 for _, x, _ in lab])
+        p_t.append([shapes.CELLS.index(p) for _, _, p in lab])
+    return torch.tensor(c_t), torch.tensor(s_t), torch.tensor(p_t)
+
+
+# ----------------------------------------------------------------------------------------- model passes
+def lm_logits_pseudo(model, batch):
+    lm = model.model.language_model
+    emb_layer = lm.embed_tokens
+    emb = emb_layer(batch["input_ids"])
+    pseudo = emb_layer(batch["pseudo_ids"]).sum(-2)  # B,144,H
+    mask = (batch["input_ids"] == model.config.image_token_id).unsqueeze(-1)
+    emb = emb.masked_scatter(mask.expand_as(emb), pseudo.to(emb.dtype))
+    h = lm(inputs_embeds=emb, attention_mask=batch["attention_mask"]).last_hidden_state
+    return h
+
+
+def answer_loss(model, batch, mode):
+    labels = batch["labels"]
+    if mode == "real":
+        h = model.model(
+            input_ids=batch["input_ids"],
+            pixel_values=batch["pixel_values"],
+            attention_mask=batch["attention_mask"],
+        ).last_hidden_state
+    elif mode == "pseudo":
+        h = lm_logits_pseudo(model, batch)
+    else:
+        h = model.model.language_model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+        ).last_hidden_state
+    # predict token t from position t-1, only where there is a label
+    tgt = labels[:, 1:]
+    sel = tgt != -100
+    logits = model.lm_head(h[:, :-1][sel])
+    gold = tgt[sel]
+    loss = F.cross_entropy(logits, gold)
+    # per-sample exact match (all answer tokens + EOS)
+    hit = (logits.argmax(-1) == gold).float()
+    per = torch.zeros(labels.shape[0]).index_add_(0, sel.nonzero()[:, 0], 1 - hit)
+    return loss, (per == 0)
+
+
+def pseudo_targets(model, pseudo_ids):
+    with torch.no_grad():
+        return model.model.language_model.embed_tokens(pseudo_ids).sum(-2)
+
+
+def vision_features(model, pixel_values):
+    cfg = model.config
+    out = model.model.vision_tower(pixel_values, output_hidden_states=True, return_dict=True)
+    feats = out.hidden_states[cfg.vision_feature_layer][:, 1:]
+    return feats, model.model.multi_modal_projector(feats)
+
+
+# ----------------------------------------------------------------------------------------- training utils
+class Stream:
+    """Deterministic stream of training samples (train split, disjoint index ranges per stage)."""
+
+    def __init__(self, base: int, seed: int, hint: bool = False):
+        self.i = base
+        self.seed = seed
+        self.hint = hint
+
+    def take(self, n):
+        out = [shapes.make_sample("train", self.i + k, self.seed, hint=self.hint) for k in range(n)]
+        self.i += n
+        return out
+
+
+def make_opt(groups, lr):
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
+
+
+def lr_at(step, total, warmup=50, floor=0.1):
+    if step < warmup:
+        return (step + 1) / warmup
+    frac = (step - warmup) / max(1, total - warmup)
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
+
+
+@torch.no_grad()
+def evaluate_tf(model, data, samples, mode, bs=32):
+    """Teacher-forced exact-match accuracy per format (== greedy answer + EOS)."""
+    model.eval()
+    res: dict[str, list[bool]] = {}
+    for i in range(0, len(samples), bs):
+        chunk = samples[i : i + bs]
+        batch = data.encode(chunk, mode)
+        _, ok = answer_loss(model, batch, mode)
+        for s, o in zip(chunk, ok.tolist()):
+            res.setdefault(s["format"], []).append(bool(o))
+    model.train()
+    accs = {f: round(sum(v) / len(v), 4) for f, v in sorted(res.items())}
+    accs["overall"] = round(sum(sum(v) for v in res.values()) / sum(len(v) for v in res.values()), 4)
+    return accs
+
+
+@torch.no_grad()
+def evaluate_generate(model, proc, samples):
+    """The user path: chat template + processor + greedy generate(max_new_tokens=5) + shapes.score."""
+    model.eval()
+    res: dict[str, list[bool]] = {}
+    chance: dict[str, list[float]] = {}
+    preds = []
+    for s in samples:
+        msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": s["question"]}]}]
+        text = proc.apply_chat_template(msgs, add_generation_prompt=True)
+        inputs = proc(images=s["image"], text=text, return_tensors="pt")
+        out = model.generate(**inputs, max_new_tokens=5, do_sample=False)
+        pred = proc.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+        ok = shapes.score(s["format"], pred, s["answer"])
+        res.setdefault(s["format"], []).append(ok)
+        chance.setdefault(s["format"], []).append(s["chance"])
+        preds.append({"id": s["id"], "format": s["format"], "answer": s["answer"], "pred": pred, "ok": ok})
+    model.train()
+    out = {}
+    for f in sorted(res):
+        out[f] = {
+            "accuracy": round(sum(res[f]) / len(res[f]), 4),
+            "chance": round(sum(chance[f]) / len(chance[f]), 4),
+            "n": len(res[f]),
+        }
+    allr = [x for v in res.values() for x in v]
+    allc = [x for v in chance.values() for x in v]
+    out["overall"] = {
+        "accuracy": round(sum(allr) / len(allr), 4),
+        "chance": round(sum(allc) / len(allc), 4),
+        "n": len(allr),
+    }
+    return out, preds
+
+
+def save(model, proc, out_dir: Path, metrics: dict):
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    proc.save_pretrained(tmp)
+    (tmp / "training_metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    tmp.rename(out_dir)
+
+
+# ----------------------------------------------------------------------------------------- main
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--width", type=int, default=256)
+    ap.add_argument("--ffn", type=int, default=384)
+    ap.add_argument("--layers", type=int, default=8)
+    ap.add_argument("--vision-width", type=int, default=96)
+    ap.add_argument("--vision-layers", type=int, default=3)
+    ap.add_argument("--steps-text", type=int, default=600)
+    ap.add_argument("--steps-pseudo", type=int, default=1000)
+    ap.add_argument("--steps-vision", type=int, default=800)
+    ap.add_argument("--steps-final", type=int, default=500)
+    ap.add_argument("--bs-text", type=int, default=32)
+    ap.add_argument("--bs", type=int, default=16)
+    ap.add_argument("--bs-vision", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--lr-final", type=float, default=3e-4)
+    ap.add_argument("--eval-every", type=int, default=100)
+    ap.add_argument("--n-val", type=int, default=150, help="validation samples for the periodic evals")
+    ap.add_argument("--n-test", type=int, default=600)
+    ap.add_argument("--bench", action="store_true", help="time a few steps of each stage and exit")
+    ap.add_argument("--deadline-min", type=float, default=0.0, help="if >0: shorten stages P/F to finish in time")
+    args = ap.parse_args()
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    random.seed(args.seed)
+    t0 = time.time()
+    deadline = t0 + args.deadline_min * 60 if args.deadline_min > 0 else None
+
+    vocab = build_vocab()
+    proc = build_processor(vocab)
+    model = build_model(vocab, args)
+    model.train()
+    n_params = sum(p.numel() for p in model.parameters())
+    log(f"vocab {len(vocab)}  params {n_params/1e6:.2f}M  threads {args.threads}")
+    data = Data(proc, vocab)
+
+    # sanity: our encoding == the stock processor's
+    s0 = shapes.make_sample("validation", 0, args.seed)
+    ref = proc(images=s0["image"], text=data.prompt(s0["question"], True), return_tensors="pt")
+    mine = data.encode([s0], "real")
+    k = int(mine["labels"][0].ne(-100).sum())
+    assert mine["input_ids"][0, :-k].tolist() == ref["input_ids"][0].tolist(), "encoding mismatch"
+    assert torch.equal(mine["pixel_values"], ref["pixel_values"])
+    n_img = int((ref["input_ids"] == model.config.image_token_id).sum())
+    log(f"prompt tokens {ref['input_ids'].shape[1]} (image {n_img}, text {ref['input_ids'].shape[1] - n_img})")
+
+    val = shapes.generate("validation", args.n_val, args.seed)
+    val_text = [shapes.make_sample("validation", i, args.seed, hint=True) for i in range(args.n_val)]
+    metrics = {
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "params": n_params,
+        "vocab_size": len(vocab),
+        "image_tokens": n_img,
+        "stages": {},
+        "curves": [],
+    }
+
+    def record(stage, step, mode, loss):
+        samples = val_text if mode == "text" else val
+        acc = evaluate_tf(model, data, samples, mode)
+        row = {"stage": stage, "step": step, "minutes": round((time.time() - t0) / 60, 2), "loss": loss,
+               "val_mode": mode, "val_acc": acc}
+        metrics["curves"].append(row)
+        log(f"[{stage}] step {step} loss {loss:.4f} val({mode}) {acc}")
+        return acc
+
+    def dec_params():
+        return list(model.model.language_model.parameters()) + list(model.lm_head.parameters())
+
+    # ---------------------------------------------------------------- stage T: text-only
+    def run_lm_stage(stage, mode, steps, bs, lr, stream, params, replay=None, replay_every=0):
+        opt = make_opt([{"params": params}], lr)
+        tstage = time.time()
+        ema = None
+        total = steps
+        for step in range(steps):
+            if deadline and stage in ("P", "F") and step > 50:
+                # keep enough time for later stages: stop P/F early if running late
+                left = deadline - time.time()
+                need = {"P": 0.45, "F": 0.06}[stage] * args.deadline_min * 60
+                if left < need:
+                    log(f"[{stage}] deadline: stopping at step {step}")
+                    total = step
+                    break
+            for g in opt.param_groups:
+                g["lr"] = lr * lr_at(step, steps)
+            if replay is not None and replay_every and step % replay_every == replay_every - 1:
+                batch = data.encode(replay.take(bs), "text")
+                loss, _ = answer_loss(model, batch, "text")
+            else:
+                batch = data.encode(stream.take(bs), mode)
+                loss, _ = answer_loss(model, batch, mode)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            ema = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()
+            if args.bench and step == 4:
+                log(f"[{stage}] bench {(time.time() - tstage) / 5:.3f} s/step (bs {bs})")
+                return
+            if (step + 1) % args.eval_every == 0 or step + 1 == steps:
+                record(stage, step + 1, mode, round(ema, 4))
+                if stage == "F":
+                    metrics["stages"][stage] = {"steps": step + 1, "minutes": round((time.time() - tstage) / 60, 2)}
+                    save(model, proc, args.out, metrics)
+        metrics["stages"][stage] = {"steps": total, "minutes": round((time.time() - tstage) / 60, 2)}
+
+    log("stage T: text-only warm-up")
+    run_lm_stage("T", "text", args.steps_text, args.bs_text, args.lr, Stream(10_000_000, args.seed, hint=True),
+                 dec_params())
+    log("stage P: pseudo-image tokens")
+    run_lm_stage("P", "pseudo", args.steps_pseudo, args.bs, args.lr, Stream(0, args.seed), dec_params(),
+                 replay=Stream(20_000_000, args.seed, hint=True), replay_every=8)
+
+    # ---------------------------------------------------------------- stage V: vision tower + projector
+    log("stage V: vision tower + projector -> pseudo tokens")
+    heads = nn.ModuleDict(
+        {
+            "colour": nn.Linear(args.vision_width, len(shapes.COLOURS) + 1),
+            "shape": nn.Linear(args.vision_width, len(shapes.SHAPES) + 1),
+            "cell": nn.Linear(args.vision_width, len(shapes.CELLS)),
+        }
+    )
+    vparams = (
+        list(model.model.vision_tower.parameters())
+        + list(model.model.multi_modal_projector.parameters())
+        + list(heads.parameters())
+    )
+    opt = make_opt([{"params": vparams}], 2e-3)
+    vstream = Stream(30_000_000, args.seed)
+    tv = time.time()
+    vval = shapes.generate("validation", 64, args.seed)
+    vval_b = data.encode(vval, "targets")
+    for step in range(args.steps_vision):
+        for g in opt.param_groups:
+            g["lr"] = 2e-3 * lr_at(step, args.steps_vision)
+        samples = vstream.take(args.bs_vision)
+        b = data.encode(samples, "targets")
+        tgt = pseudo_targets(model, b["pseudo_ids"])
+        feats, proj = vision_features(model, b["pixel_values"])
+        ct, st, pt = patch_class_targets(samples)
+        mse = F.mse_loss(proj, tgt) / tgt.pow(2).mean()
+        ce = (
+            F.cross_entropy(heads["colour"](feats).flatten(0, 1), ct.flatten())
+            + F.cross_entropy(heads["shape"](feats).flatten(0, 1), st.flatten())
+            + F.cross_entropy(heads["cell"](feats).flatten(0, 1), pt.flatten())
+        )
+        loss = mse + 0.3 * ce
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vparams, 1.0)
+        opt.step()
+        if args.bench and step == 4:
+            log(f"[V] bench {(time.time() - tv) / 5:.3f} s/step (bs {args.bs_vision})")
+            break
+        if (step + 1) % 100 == 0 or step + 1 == args.steps_vision:
+            with torch.no_grad():
+                tgt_v = pseudo_targets(model, vval_b["pseudo_ids"])
+                fv, pv = vision_features(model, vval_b["pixel_values"])
+                rel = (F.mse_loss(pv, tgt_v) / tgt_v.pow(2).mean()).item()
+                ct, st, _ = patch_class_targets(vval)
+                pc = (heads["colour"](fv).argmax(-1) == ct).float().mean().item()
+                ps = (heads["shape"](fv).argmax(-1) == st).float().mean().item()
+            log(f"[V] step {step + 1} loss {loss.item():.4f} val rel-mse {rel:.4f} patch colour {pc:.3f} shape {ps:.3f}")
+            metrics["curves"].append({"stage": "V", "step": step + 1, "minutes": round((time.time() - t0) / 60, 2),
+                                      "loss": round(loss.item(), 4), "val_rel_mse": round(rel, 5),
+                                      "val_patch_colour": round(pc, 4), "val_patch_shape": round(ps, 4)})
+    metrics["stages"]["V"] = {"steps": args.steps_vision, "minutes": round((time.time() - tv) / 60, 2)}
+    del heads
+    if not args.bench:
+        record("V", args.steps_vision, "real", 0.0)
+        save(model, proc, args.out, metrics)
+        log(f"saved (after V) to {args.out}")
+
+    # ---------------------------------------------------------------- stage F: joint fine-tune on real images
+    log("stage F: joint fine-tune on real images")
+    run_lm_stage("F", "real", args.steps_final, args.bs, args.lr_final, Stream(40_000_000, args.seed),
+                 list(model.parameters()), replay=Stream(50_000_000, args.seed, hint=True), replay_every=8)
+    if args.bench:
+        return
+
+    # ---------------------------------------------------------------- test
+    log("test: greedy generate on the test split")
+    tt = time.time()
+    test = shapes.generate("test", args.n_test, args.seed)
+    test_res, preds = evaluate_generate(model, proc, test)
+    metrics["test"] = test_res
+    metrics["test_eval_minutes"] = round((time.time() - tt) / 60, 2)
+    metrics["train_minutes"] = round((tt - t0) / 60, 2)
+    metrics["total_steps"] = sum(v["steps"] for v in metrics["stages"].values())
+    val_res, _ = evaluate_generate(model, proc, shapes.generate("validation", None, args.seed))
+    metrics["validation_generate"] = val_res
+    save(model, proc, args.out, metrics)
+    (args.out.parent / "model_test_predictions.json").unlink(missing_ok=True)
+    log("TEST", json.dumps(test_res))
+    log("VAL", json.dumps(val_res))
+    log(f"done in {(time.time() - t0) / 60:.1f} min; saved to {args.out}")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    main()

@@ -1,0 +1,282 @@
+"""The model-loading core shared by every command: spec -> model + processor + family + layout.
+
+``load(spec)`` accepts a short name from ``profiles/`` (``llava-1.5-7b``, ``demo``...), a Hugging
+Face hub id, or a local directory written by ``save_pretrained``. Models load through stock
+transformers classes chosen by ``config.model_type``. The local cache is tried first; the hub only
+when it is reachable, so an offline machine gets one clear error instead of a minute of retries.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import profiles
+from .errors import VTWError
+from .families import Adapter, adapter_for
+
+DTYPE_NAMES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
+               "half": "float16", "bfloat16": "bfloat16", "bf16": "bfloat16"}
+ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2")
+
+# Prompt formats for processors that ship without a chat template (keyed by the profile's label).
+FALLBACK_TEMPLATES = {
+    "llava-1.5": "USER: {vision}\n{prompt} ASSISTANT:",
+    "llava-next-vicuna": (
+        "A chat between a curious human and an artificial intelligence assistant. The assistant gives "
+        "helpful, detailed, and polite answers to the human's questions. USER: {vision}\n{prompt} ASSISTANT:"
+    ),
+    "llava-next-mistral": "[INST] {vision}\n{prompt} [/INST]",
+    "video-llava": "USER: {vision}\n{prompt} ASSISTANT:",
+}
+
+
+def _offline_message(spec: str) -> str:
+    return (f"model {spec} is not in the local cache and the hub cannot be reached; "
+            "pass a local directory or pre-download it")
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub answers a TCP connect (False when HF_HUB_OFFLINE is set)."""
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    host = endpoint.split("://", 1)[-1].split("/", 1)[0]
+    name, _, port = host.partition(":")
+    try:
+        with socket.create_connection((name, int(port or 443)), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+@dataclass
+class Resolved:
+    spec: str
+    source: str  # hub id or local directory
+    local: bool
+    profile: dict | None
+    revision: str | None = None
+
+
+def resolve(spec: str) -> Resolved:
+    """Turn a user's model spec into a hub id or local directory (no loading, no network)."""
+    if not spec or not str(spec).strip():
+        raise VTWError("empty model name")
+    spec = str(spec).strip()
+    if spec == "demo":
+        from .demo import MODEL_DIR
+
+        if not (MODEL_DIR / "config.json").exists():
+            raise VTWError(f"the demo model is missing from this installation ({MODEL_DIR})")
+        return Resolved(spec, str(MODEL_DIR), True, profiles.find("demo"))
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise VTWError(f"{spec} is a directory without a config.json (not written by save_pretrained)")
+        return Resolved(spec, str(path.resolve()), True, None)
+    prof = profiles.find(spec)
+    if prof is not None:
+        return Resolved(spec, prof["hub_id"], False, prof, prof.get("revision"))
+    looks_like_path = spec.startswith((".", "/", "~")) or os.sep in spec and spec.count("/") > 1
+    if looks_like_path:
+        raise VTWError(f"model directory not found: {spec}")
+    if "/" not in spec:
+        raise VTWError(
+            f"unknown model {spec!r}: not a short name ({', '.join(profiles.names())}), "
+            "a local directory, or a hub id like org/name"
+        )
+    return Resolved(spec, spec, False, None)
+
+
+def _from_pretrained(fn, res: Resolved, **kw):
+    """Call a ``from_pretrained`` cache-first; go online only if the hub is reachable."""
+    if res.local:
+        return fn(res.source, **kw)
+    kw = dict(kw, revision=res.revision) if res.revision else kw
+    try:
+        return fn(res.source, local_files_only=True, **kw)
+    except OSError:
+        pass
+    if not hub_reachable():
+        raise VTWError(_offline_message(res.spec)) from None
+    try:
+        return fn(res.source, **kw)
+    except OSError as exc:
+        raise VTWError(f"cannot load model {res.spec} from the hub: {str(exc).splitlines()[0]}") from None
+
+
+def pick_device(device: str = "auto") -> str:
+    """'auto' -> 'map' (several GPUs), 'cuda', 'mps' or 'cpu'; anything else is checked and returned."""
+    import torch
+
+    if device == "auto":
+        if torch.cuda.is_available():
+            return "map" if torch.cuda.device_count() > 1 else "cuda"
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise VTWError(f"device {device} requested but CUDA is not available on this machine")
+    if device not in ("cpu", "map", "mps") and not device.startswith("cuda"):
+        raise VTWError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N, mps or map (device_map='auto')")
+    return device
+
+
+def pick_dtype(dtype: str, device: str):
+    import torch
+
+    if dtype == "auto":
+        if device.startswith("cuda") or device == "map":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    if dtype not in DTYPE_NAMES:
+        raise VTWError(f"unknown dtype {dtype!r}; use auto, float32, float16 or bfloat16")
+    return getattr(torch, DTYPE_NAMES[dtype])
+
+
+@dataclass
+class Loaded:
+    """A loaded model with everything the commands need to build inputs and run VTW."""
+
+    model: Any
+    processor: Any
+    family: str
+    spec: str
+    source: str
+    profile: dict | None
+    device: Any
+    dtype: Any
+    attn_implementation: str
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def adapter(self) -> Adapter:
+        return adapter_for(self.model)
+
+    @property
+    def name(self) -> str:
+        return self.profile["name"] if self.profile else self.spec
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.adapter.text_model(self.model).layers)
+
+    @property
+    def vision_token_ids(self) -> list[int]:
+        return self.adapter.vision_token_ids(self.model.config)
+
+    @property
+    def marker_token_ids(self) -> list[int]:
+        return self.adapter.marker_token_ids(self.model.config)
+
+    @property
+    def max_positions(self) -> int | None:
+        text = getattr(self.model.config, "text_config", self.model.config)
+        return getattr(text, "max_position_embeddings", None)
+
+    def prompt_text(self, prompt: str, images: int = 0, videos: int = 0) -> str:
+        """``prompt`` wrapped in the model's own chat template, with one placeholder per visual."""
+        content = [{"type": "image"}] * images + [{"type": "video"}] * videos + [{"type": "text", "text": prompt}]
+        conv = [{"role": "user", "content": content}]
+        if getattr(self.processor, "chat_template", None):
+            return self.processor.apply_chat_template(conv, add_generation_prompt=True, tokenize=False)
+        label = (self.profile or {}).get("chat_template", "llava-1.5")
+        tmpl = FALLBACK_TEMPLATES.get(label, FALLBACK_TEMPLATES["llava-1.5"])
+        vision = "<image>" * images + "<video>" * videos
+        return tmpl.format(vision=vision, prompt=prompt).replace("{vision}\n", "")
+
+    def build_inputs(self, prompts: str | list[str], images: list | None = None,
+                     videos: list | None = None) -> dict:
+        """Tokenised model inputs on the model's device for one prompt per row (left padded).
+
+        ``images``/``videos`` hold one entry per row (None for a row without one).
+        """
+        single = isinstance(prompts, str)
+        prompts = [prompts] if single else list(prompts)
+        images = list(images) if images is not None else [None] * len(prompts)
+        videos = list(videos) if videos is not None else [None] * len(prompts)
+        texts = [self.prompt_text(p, int(i is not None), int(v is not None))
+                 for p, i, v in zip(prompts, images, videos)]
+        kwargs: dict[str, Any] = {"text": texts, "return_tensors": "pt", "padding": True}
+        imgs = [i for i in images if i is not None]
+        vids = [v for v in videos if v is not None]
+        if imgs:
+            kwargs["images"] = imgs
+        if vids:
+            kwargs["videos"] = vids
+        tok = getattr(self.processor, "tokenizer", None)
+        if tok is not None:
+            tok.padding_side = "left"
+        batch = self.processor(**kwargs)
+        return self.to_device(dict(batch))
+
+    def to_device(self, batch: dict) -> dict:
+        import torch
+
+        out = {}
+        for key, val in batch.items():
+            if isinstance(val, torch.Tensor):
+                val = val.to(self.device)
+                if val.is_floating_point():
+                    val = val.to(self.dtype)
+            out[key] = val
+        return out
+
+    def layout(self, input_ids, attention_mask=None) -> dict[str, list[int]]:
+        """Per row: vision tokens and text tokens (padding excluded)."""
+        import torch
+
+        ids = input_ids
+        valid = attention_mask.bool() if attention_mask is not None else torch.ones_like(ids, dtype=torch.bool)
+        vision = torch.isin(ids, torch.tensor(self.vision_token_ids, device=ids.device)) & valid
+        return {"num_vision_tokens": vision.sum(1).tolist(),
+                "num_text_tokens": (valid & ~vision).sum(1).tolist()}
+
+
+def load(spec: str = "demo", device: str = "auto", dtype: str = "auto",
+         attn_implementation: str | None = None, trust_remote_code: bool = False) -> Loaded:
+    """Load ``spec`` (short name, hub id or local directory) with its processor.
+
+    ``device``: auto, cpu, cuda, cuda:N, mps, or map (accelerate's ``device_map="auto"`` over
+    every visible GPU; also what auto picks with several GPUs). ``dtype``: auto (bf16/fp16 on
+    GPU, fp32 on CPU), float32, float16, bfloat16. ``attn_implementation``: eager, sdpa,
+    flash_attention_2, or None for the transformers default.
+    """
+    if attn_implementation is not None and attn_implementation not in ATTN_IMPLEMENTATIONS:
+        raise VTWError(f"unknown attention implementation {attn_implementation!r}; "
+                       f"use one of {', '.join(ATTN_IMPLEMENTATIONS)}")
+    res = resolve(spec)
+    dev = pick_device(device)
+    torch_dtype = pick_dtype(dtype, dev)
+    import transformers
+
+    config = _from_pretrained(transformers.AutoConfig.from_pretrained, res, trust_remote_code=trust_remote_code)
+    try:
+        adapter = adapter_for(config)
+    except ValueError as exc:
+        raise VTWError(f"{spec}: {exc}") from None
+    cls = getattr(transformers, adapter.model_class)
+    kw: dict[str, Any] = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code}
+    if attn_implementation:
+        kw["attn_implementation"] = attn_implementation
+    if dev == "map":
+        kw["device_map"] = "auto"
+    try:
+        model = _from_pretrained(cls.from_pretrained, res, **kw)
+    except ImportError as exc:  # e.g. flash_attn not installed
+        raise VTWError(f"cannot load {spec}: {str(exc).splitlines()[0]}") from None
+    except ValueError as exc:
+        raise VTWError(f"cannot load {spec}: {str(exc).splitlines()[0]}") from None
+    if dev != "map":
+        model = model.to(dev)
+    model.eval()
+    processor = _from_pretrained(transformers.AutoProcessor.from_pretrained, res,
+                                 trust_remote_code=trust_remote_code)
+    first = next(model.parameters())
+    impl = getattr(model.config, "_attn_implementation", None) or "sdpa"
+    return Loaded(model=model, processor=processor, family=adapter.family, spec=spec, source=res.source,
+                  profile=res.profile, device=first.device, dtype=first.dtype, attn_implementation=impl)

@@ -1,0 +1,65 @@
+"""Reading images and videos from disk, with one clear error per failure."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .errors import VTWError
+
+_FRAME_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
+
+
+def read_image(path: str | Path):
+    """An RGB PIL image from ``path``."""
+    from PIL import Image, UnidentifiedImageError
+
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise VTWError(f"image not found: {path}")
+    if p.is_dir():
+        raise VTWError(f"{path} is a directory, not an image file")
+    try:
+        with Image.open(p) as img:
+            return img.convert("RGB")
+    except (UnidentifiedImageError, OSError) as exc:
+        raise VTWError(f"cannot read image {path}: {exc.__class__.__name__}") from None
+
+
+def read_video(path: str | Path, num_frames: int = 8):
+    """``num_frames`` evenly spaced RGB frames as a uint8 array [T, H, W, 3].
+
+    ``path`` is a folder of frame images, a ``.npy`` array [T, H, W, 3], or a video file (needs
+    PyAV: ``pip install av``).
+    """
+    import numpy as np
+
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise VTWError(f"video not found: {path}")
+    if p.is_dir():
+        files = sorted(f for f in p.iterdir() if f.suffix.lower() in _FRAME_SUFFIXES)
+        if not files:
+            raise VTWError(f"no frame images (png/jpg) in {path}")
+        frames = np.stack([np.asarray(read_image(f)) for f in files])
+    elif p.suffix == ".npy":
+        try:
+            frames = np.load(p)
+        except (OSError, ValueError) as exc:
+            raise VTWError(f"cannot read video array {path}: {exc}") from None
+        if frames.ndim != 4 or frames.shape[-1] != 3:
+            raise VTWError(f"{path}: expected an array of shape [T, H, W, 3], got {list(frames.shape)}")
+    else:
+        try:
+            import av
+        except ImportError:
+            raise VTWError(f"reading {p.suffix} video files needs PyAV (pip install av); "
+                           "or pass a folder of frames or a .npy array") from None
+        try:
+            with av.open(str(p)) as container:
+                frames = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+        except Exception as exc:  # PyAV raises many error types
+            raise VTWError(f"cannot read video {path}: {exc.__class__.__name__}") from None
+    if len(frames) == 0:
+        raise VTWError(f"video {path} has no frames")
+    idx = np.linspace(0, len(frames) - 1, num=min(num_frames, len(frames))).round().astype(int)
+    return frames[idx].astype("uint8")

@@ -1,0 +1,93 @@
+"""The shipped demo model (src/vtwctl/demo/model) loads offline with stock transformers classes and works."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from vtwctl.demo import MODEL_DIR, shapes
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+# The first five test-split samples (mc, yesno, short, mc, yesno): fixed, not hand-picked.
+FIXED_TEST_INDICES = [0, 1, 2, 3, 4]
+
+
+@pytest.fixture(scope="module")
+def model_and_processor():
+    import torch
+    from transformers import AutoProcessor, LlavaForConditionalGeneration, LlavaProcessor
+
+    assert (MODEL_DIR / "model.safetensors").is_file(), f"demo weights missing in {MODEL_DIR}"
+    proc = AutoProcessor.from_pretrained(str(MODEL_DIR), local_files_only=True)
+    model = LlavaForConditionalGeneration.from_pretrained(str(MODEL_DIR), local_files_only=True)
+    model.eval()
+    assert isinstance(proc, LlavaProcessor)
+    assert model.dtype == torch.float32
+    return model, proc
+
+
+def _inputs(proc, sample):
+    msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": sample["question"]}]}]
+    text = proc.apply_chat_template(msgs, add_generation_prompt=True)
+    return text, proc(images=sample["image"], text=text, return_tensors="pt")
+
+
+def test_model_files_and_size():
+    names = {p.name for p in MODEL_DIR.iterdir()}
+    assert {"config.json", "model.safetensors", "processor_config.json", "tokenizer.json"} <= names
+    assert (MODEL_DIR / "model.safetensors").stat().st_size < 25e6
+    cfg = json.loads((MODEL_DIR / "config.json").read_text())
+    assert cfg["architectures"] == ["LlavaForConditionalGeneration"]
+    assert cfg["text_config"]["num_hidden_layers"] >= 8
+    assert cfg["text_config"]["hidden_size"] >= 256
+    assert cfg["vision_config"]["model_type"] == "clip_vision_model"
+    assert cfg["vision_feature_select_strategy"] == "default"
+
+
+def test_training_metrics_recorded():
+    m = json.loads((MODEL_DIR / "training_metrics.json").read_text())
+    assert set(m["test"]) == {"mc", "yesno", "short", "overall"}
+    for fmt in ("mc", "yesno", "short"):
+        assert m["test"][fmt]["n"] == 200
+        assert m["test"][fmt]["accuracy"] > m["test"][fmt]["chance"]
+    assert m["curves"], "no validation curve recorded"
+
+
+def test_processor_expands_image_tokens(model_and_processor):
+    model, proc = model_and_processor
+    sample = shapes.generate("test", 1)[0]
+    text, inputs = _inputs(proc, sample)
+    assert text.startswith("USER: <image>\n") and text.endswith(" ASSISTANT:")
+    ids = inputs["input_ids"][0]
+    n_img = int((ids == model.config.image_token_id).sum())
+    assert n_img >= 144
+    assert n_img == (96 // 8) ** 2  # 12x12 patches, CLS dropped ("default" strategy)
+    assert n_img > len(ids) - n_img, "vision tokens must outnumber text tokens"
+    assert ids[0].item() == proc.tokenizer.bos_token_id
+    assert inputs["pixel_values"].shape == (1, 3, 96, 96)
+    # tokenizer normalises case and splits punctuation
+    tok = proc.tokenizer
+    assert tok("Red.", add_special_tokens=False)["input_ids"] == tok("red .", add_special_tokens=False)["input_ids"]
+    assert tok.unk_token_id not in tok("What colour is the square?", add_special_tokens=False)["input_ids"]
+
+
+def test_greedy_generation_answers_fixed_questions(model_and_processor):
+    import torch
+
+    model, proc = model_and_processor
+    test = shapes.generate("test", max(FIXED_TEST_INDICES) + 1)
+    correct, outputs = 0, []
+    for i in FIXED_TEST_INDICES:
+        s = test[i]
+        _, inputs = _inputs(proc, s)
+        with torch.no_grad():
+            out = model.generate(**inputs, max_new_tokens=5, do_sample=False)
+        new = out[0, inputs["input_ids"].shape[1] :].tolist()
+        pred = proc.decode(new, skip_special_tokens=True).strip()
+        ok = shapes.score(s["format"], pred, s["answer"]) and proc.tokenizer.eos_token_id in new
+        outputs.append((s["format"], s["answer"], pred, new))
+        correct += ok
+    assert correct >= 4, outputs
