@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from reference import extend, reference_greedy, reference_logits
 
+from reference import extend, reference_greedy, reference_logits
 from vtwctl.testing import FAMILIES, IMAGE_ID, tiny_inputs, tiny_model
 from vtwctl.withdraw import withdraw
 
@@ -122,7 +122,7 @@ def test_batched_equals_rows_alone(family):
     with torch.no_grad(), withdraw(model, 3):
         batched = model(**x).logits[:, -1]
         g_batched = model.generate(**x, max_new_tokens=8, do_sample=False, suppress_tokens=SUPPRESS)[:, -8:]
-        for i, row in enumerate(rows):
+        for i in range(len(rows)):
             xi = _row(x, i, model)  # the same tokens and pixels, unpadded
             alone = model(**xi).logits[:, -1]
             assert torch.allclose(alone, batched[i : i + 1], atol=1e-4), (family, i)

@@ -58,7 +58,8 @@ class Generation:
 
 def check_k(k: int | None, num_layers: int) -> None:
     if k is not None and not 0 <= k <= num_layers:
-        raise VTWError(f"K={k} is out of range: the model has {num_layers} decoder layers, so K must be in 0..{num_layers}")
+        raise VTWError(f"K={k} is out of range: the model has {num_layers} decoder layers, "
+                       f"so K must be in 0..{num_layers}")
 
 
 def generate(loaded, inputs: dict, k: int | None = None, positions: str = "keep", max_new_tokens: int = 32,

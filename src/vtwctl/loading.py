@@ -200,7 +200,7 @@ class Loaded:
         images = list(images) if images is not None else [None] * len(prompts)
         videos = list(videos) if videos is not None else [None] * len(prompts)
         texts = [self.prompt_text(p, int(i is not None), int(v is not None))
-                 for p, i, v in zip(prompts, images, videos)]
+                 for p, i, v in zip(prompts, images, videos, strict=True)]
         kwargs: dict[str, Any] = {"text": texts, "return_tensors": "pt", "padding": True}
         imgs = [i for i in images if i is not None]
         vids = [v for v in videos if v is not None]
