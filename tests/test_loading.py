@@ -88,3 +88,27 @@ def test_calibration_records_round_trip(tmp_path):
     assert got["k"] == 14  # the user's record wins over the shipped paper record (K=15)
     assert profiles.k_for("llava-1.5-7b", "sqa", profile_dir=tmp_path / "empty")["k"] == 15
     assert profiles.k_for("llava-1.5-7b", "pope", profile_dir=tmp_path / "empty") is None
+
+
+@pytest.mark.slow
+def test_non_editable_wheel_ships_profiles(tmp_path):
+    """A wheel install (not the checkout) finds the shipped profiles."""
+    import subprocess
+    import sys
+    import zipfile
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(root), "--no-deps", "-q", "-w", str(tmp_path)],
+                   check=True, capture_output=True)
+    wheel = next(tmp_path.glob("vtwctl-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "vtwctl/data/profiles/llava-1.5-7b.json" in names
+    target = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(target)
+    code = "from vtwctl import profiles; print(profiles.shipped_dir()); print(len(profiles.names()))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                         env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"})
+    assert out.returncode == 0, out.stderr
+    where, count = out.stdout.split()
+    assert where.startswith(str(target)) and int(count) >= 8

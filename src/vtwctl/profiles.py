@@ -19,7 +19,7 @@ from .errors import VTWError
 def shipped_dir() -> Path:
     """Where the shipped profiles are: inside the installed package, or the checkout's profiles/."""
     here = Path(__file__).resolve().parent
-    for candidate in (here / "profiles", here.parents[1] / "profiles"):
+    for candidate in (here / "data" / "profiles", here.parents[1] / "profiles"):
         if candidate.is_dir():
             return candidate
     raise VTWError("the shipped profiles/ directory is missing from this installation")

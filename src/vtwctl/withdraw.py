@@ -67,6 +67,7 @@ def _gather_seq(x: torch.Tensor, idx: torch.Tensor, dim: int, bdim: int = 0) -> 
     Dims other than ``bdim`` and ``dim`` broadcast; a batch dim of size 1 is expanded to B.
     """
     dim, bdim = dim % x.ndim, bdim % x.ndim
+    idx = idx.to(x.device)  # layers may sit on different GPUs (device_map="auto")
     b = idx.shape[0]
     if x.shape[bdim] == 1 and b > 1:
         x = x.expand(*x.shape[:bdim], b, *x.shape[bdim + 1 :])
@@ -142,10 +143,11 @@ class _Engine:
             return output
         hidden = output[0] if isinstance(output, tuple) else output.last_hidden_state
         b, q = call.vision.shape
+        q_idx = call.q_idx.to(hidden.device)
         full = hidden.new_zeros(b, q, hidden.shape[-1])
-        valid = call.q_idx >= 0
-        rows = torch.arange(b, device=hidden.device)[:, None].expand_as(call.q_idx)
-        full[rows[valid], call.q_idx[valid]] = hidden[valid]
+        valid = q_idx >= 0
+        rows = torch.arange(b, device=hidden.device)[:, None].expand_as(q_idx)
+        full[rows[valid], q_idx[valid]] = hidden[valid]
         if isinstance(output, tuple):
             return (full, *output[1:])
         output.last_hidden_state = full
@@ -284,7 +286,8 @@ class _Engine:
         return call.memo["shift"]
 
     def _mask(self, call: _Call, mask, cache, layer_idx: int, hidden):
-        kv_map = call.kv_map
+        device = mask.device if isinstance(mask, torch.Tensor) else hidden.device
+        kv_map = call.kv_map.to(device)
         b, qc = call.q_idx.shape
         past_c = kv_map.shape[1] - qc
         width = kv_map.shape[1]
@@ -295,7 +298,7 @@ class _Engine:
         if width > kv_map.shape[1]:  # static cache: slots not yet written are masked out
             kv_map = torch.cat([kv_map, kv_map.new_full((b, width - kv_map.shape[1]), -1)], 1)
         kv_ok = kv_map >= 0
-        q_fill = call.q_idx < 0
+        q_fill = call.q_idx.to(device) < 0
         impl = getattr(self.model.config, "_attn_implementation", None) or "sdpa"
 
         if mask is None:  # no padding in the stock call: causal over kept keys

@@ -15,7 +15,9 @@ def run(
     model: str = MODEL,
     image: Path | None = typer.Option(None, "--image", "-i", help="Image file."),
     video: Path | None = typer.Option(None, "--video", help="Video file, folder of frames, or .npy array."),
-    prompt: str = typer.Option(..., "--prompt", "-p", help="The question or instruction."),
+    prompt: str | None = typer.Option(None, "--prompt", "-p", help="The question or instruction."),
+    example: int | None = typer.Option(None, "--example", min=0,
+                                       help="Use test sample N of the demo 'shapes' benchmark (image + question)."),
     k: str | None = typer.Option(None, "--k", help="Withdrawal layer K (0-based; N = no withdrawal) or 'auto'."),
     no_withdraw: bool = typer.Option(False, "--no-withdraw", help="Run the stock model."),
     positions: str = typer.Option("keep", "--positions", help="keep | rearrange (Table 6)."),
@@ -37,7 +39,18 @@ def run(
 
     if positions not in ("keep", "rearrange"):
         raise VTWError(f"--positions must be keep or rearrange, got {positions!r}")
-    img = read_image(image) if image is not None else None
+    expected = None
+    if example is not None:
+        if image is not None or video is not None or prompt is not None:
+            raise VTWError("--example brings its own image and question: drop --image/--video/--prompt")
+        from ..demo import shapes
+
+        sample = shapes.make_sample("test", example)
+        img, prompt, expected = sample["image"], sample["question"], sample["answer"]
+    elif prompt is None:
+        raise VTWError("give --prompt (with --image or --video), or --example N for a demo question")
+    else:
+        img = read_image(image) if image is not None else None
     vid = read_video(video, frames) if video is not None else None
     loaded = load_model(model, device, dtype, attn_implementation)
     if vid is not None and not loaded.adapter.takes_video:
@@ -68,9 +81,13 @@ def run(
         "new_tokens": gen.new_tokens[0], "prefill_s": gen.prefill_s, "decode_s": gen.decode_s,
         "total_s": gen.total_s, "positions": positions, "num_layers": n,
     }
+    if expected is not None:
+        result.update(example=example, question=prompt, expected=expected)
     if json_out:
         emit_json(result)
         return
+    if expected is not None:
+        console.print(f"[bold]demo test sample {example}[/bold]\n{prompt}\n[dim]expected: {expected}[/dim]")
     typer.echo(gen.answers[0])
     console.print(f"[dim]K={gen.k}/{n}  vision={result['num_vision_tokens']} text={result['num_text_tokens']}  "
                   f"new={result['new_tokens']}  prefill {gen.prefill_s:.3f}s  decode {gen.decode_s:.3f}s  "
