@@ -203,7 +203,7 @@ class Data:
     def encode(self, samples, mode: str):
         """mode: text (no image, question has a Context hint), pseudo, real."""
         with_image = mode != "text"
-        seqs, n_ans = [], []
+        seqs, labs = [], []
         for s in samples:
             text = self.prompt(s["question"], with_image)
             p = self.tok(text)["input_ids"]
@@ -211,17 +211,23 @@ class Data:
             if with_image:
                 j = p.index(self.img_id)
                 p = p[:j] + [self.img_id] * N_IMG_TOK + p[j + 1 :]
-            seqs.append(p + a)
-            n_ans.append(len(a))
+            seq, lab = p + a, [-100] * len(p) + a
+            # extra turns about the same image (LLaVA-style multi-turn training data): "</s>USER: q ASSISTANT: a</s>"
+            for q2, a2 in s.get("turns", []):
+                t = self.tok(f"USER: {q2} ASSISTANT:", add_special_tokens=False)["input_ids"]
+                a2 = self.tok(" " + a2, add_special_tokens=False)["input_ids"] + [self.tok.eos_token_id]
+                seq, lab = seq + t + a2, lab + [-100] * len(t) + a2
+            seqs.append(seq)
+            labs.append(lab)
         L = max(map(len, seqs))
         B = len(seqs)
         input_ids = torch.full((B, L), self.tok.pad_token_id, dtype=torch.long)
         attn = torch.zeros((B, L), dtype=torch.long)
         labels = torch.full((B, L), -100, dtype=torch.long)
-        for b, (sq, k) in enumerate(zip(seqs, n_ans)):
+        for b, (sq, lb) in enumerate(zip(seqs, labs)):
             input_ids[b, L - len(sq) :] = torch.tensor(sq)
             attn[b, L - len(sq) :] = 1
-            labels[b, L - k :] = torch.tensor(sq[-k:])
+            labels[b, L - len(sq) :] = torch.tensor(lb)
         batch = {"input_ids": input_ids, "attention_mask": attn, "labels": labels}
         if mode == "pseudo" or mode == "targets":
             batch["pseudo_ids"] = self.pseudo_ids(samples)
@@ -313,13 +319,25 @@ def vision_features(model, pixel_values):
 class Stream:
     """Deterministic stream of training samples (train split, disjoint index ranges per stage)."""
 
-    def __init__(self, base: int, seed: int, hint: bool = False):
+    def __init__(self, base: int, seed: int, hint: bool = False, turns: int = 1):
         self.i = base
         self.seed = seed
         self.hint = hint
+        self.turns = turns
+
+    def one(self, i):
+        s = shapes.make_sample("train", i, self.seed, hint=self.hint)
+        if self.turns > 1:
+            scene = json.loads(s["scene"])
+            rng = random.Random(f"turns:{self.seed}:{i}")
+            s["turns"] = []
+            for _ in range(self.turns - 1):
+                spec = shapes._make_spec(rng, scene, rng.choice(shapes.FORMATS), None)
+                s["turns"].append((shapes.format_prompt(spec), shapes.answer_from_scene(scene, spec)))
+        return s
 
     def take(self, n):
-        out = [shapes.make_sample("train", self.i + k, self.seed, hint=self.hint) for k in range(n)]
+        out = [self.one(self.i + k) for k in range(n)]
         self.i += n
         return out
 
@@ -423,6 +441,8 @@ def main():
     ap.add_argument("--eval-every", type=int, default=100)
     ap.add_argument("--n-val", type=int, default=150, help="validation samples for the periodic evals")
     ap.add_argument("--n-test", type=int, default=600)
+    ap.add_argument("--turns", type=int, default=4, help="questions per training image (multi-turn)")
+    ap.add_argument("--turns-text", type=int, default=3, help="questions per text-only training scene")
     ap.add_argument("--bench", action="store_true", help="time a few steps of each stage and exit")
     ap.add_argument("--deadline-min", type=float, default=0.0, help="if >0: shorten stages P/F to finish in time")
     args = ap.parse_args()
@@ -513,11 +533,11 @@ def main():
         metrics["stages"][stage] = {"steps": total, "minutes": round((time.time() - tstage) / 60, 2)}
 
     log("stage T: text-only warm-up")
-    run_lm_stage("T", "text", args.steps_text, args.bs_text, args.lr, Stream(10_000_000, args.seed, hint=True),
+    run_lm_stage("T", "text", args.steps_text, args.bs_text, args.lr, Stream(10_000_000, args.seed, hint=True, turns=args.turns_text),
                  dec_params())
     log("stage P: pseudo-image tokens")
-    run_lm_stage("P", "pseudo", args.steps_pseudo, args.bs, args.lr, Stream(0, args.seed), dec_params(),
-                 replay=Stream(20_000_000, args.seed, hint=True), replay_every=8)
+    run_lm_stage("P", "pseudo", args.steps_pseudo, args.bs, args.lr, Stream(0, args.seed, turns=args.turns),
+                 dec_params(), replay=Stream(20_000_000, args.seed, hint=True, turns=args.turns_text), replay_every=8)
 
     # ---------------------------------------------------------------- stage V: vision tower + projector
     log("stage V: vision tower + projector -> pseudo tokens")
@@ -581,8 +601,9 @@ def main():
 
     # ---------------------------------------------------------------- stage F: joint fine-tune on real images
     log("stage F: joint fine-tune on real images")
-    run_lm_stage("F", "real", args.steps_final, args.bs, args.lr_final, Stream(40_000_000, args.seed),
-                 list(model.parameters()), replay=Stream(50_000_000, args.seed, hint=True), replay_every=8)
+    run_lm_stage("F", "real", args.steps_final, args.bs, args.lr_final, Stream(40_000_000, args.seed, turns=args.turns),
+                 list(model.parameters()), replay=Stream(50_000_000, args.seed, hint=True, turns=args.turns_text),
+                 replay_every=8)
     if args.bench:
         return
 

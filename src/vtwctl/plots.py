@@ -1,0 +1,59 @@
+"""Figures drawn from saved records (so any figure can be redrawn without re-running a model)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_calibration(record: dict, path: str | Path) -> Path:
+    """KL vs K on a log scale with each eta drawn (the paper's Fig. 8b); accuracy vs K (Fig. 8a) if present."""
+    plt = _plt()
+    ks = sorted(int(k) for k in record["kl"])
+    kl = [max(record["kl"][str(k)], 1e-12) for k in ks]
+    kmax = [max(record["kl_max"][str(k)], 1e-12) for k in ks]
+    acc = record.get("accuracy")
+    fig, axes = plt.subplots(1, 2 if acc else 1, figsize=(10 if acc else 5.5, 3.8), squeeze=False)
+    ax = axes[0][0]
+    ax.plot(ks, kl, "o-", label="mean KL")
+    ax.plot(ks, kmax, ".--", alpha=0.5, label="max KL")
+    for eta in record["etas"]:
+        k = record["chosen"][str(eta)]
+        ax.axhline(eta, color="grey", lw=0.8, ls=":")
+        note = f"η={eta:g} → K={k}" if k < record["num_layers"] else f"η={eta:g}: none"
+        ax.annotate(note, (ks[0], eta), textcoords="offset points", xytext=(2, 2), fontsize=7, color="grey")
+        if k < record["num_layers"]:
+            ax.plot([k], [max(record["kl"][str(k)], 1e-12)], "r*", ms=12)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_yscale("log")
+    ax.set_xlabel("withdrawal layer K")
+    ax.set_ylabel("KL(P_vtw || P_base)")
+    ax.set_title(f"{record['model']} on {record['dataset']} ({record['samples']} samples)", fontsize=9)
+    ax.legend(fontsize=7)
+    if acc:
+        ax2 = axes[0][1]
+        ka = sorted(int(k) for k in acc)
+        ax2.plot(ka, [acc[str(k)] for k in ka], "o-", label="VTW")
+        if record.get("baseline_accuracy") is not None:
+            ax2.axhline(record["baseline_accuracy"], color="k", ls="--", lw=1, label="stock model")
+        ax2.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax2.set_xlabel("withdrawal layer K")
+        ax2.set_ylabel("accuracy")
+        ax2.set_ylim(0, 1.02)
+        ax2.legend(fontsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
