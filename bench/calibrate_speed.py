@@ -1,0 +1,96 @@
+"""Calibration cost: the fast KL sweep vs one baseline prefill vs the naive sweep, side by side.
+
+A LLaVA-shaped random model (CPU-sized decoder, 576 vision + ~66 text tokens) is timed in one run:
+- one stock prefill (the unit),
+- ``sweep_sample`` (one prefill + text-only tails for K = k_min..N-1),
+- the naive sweep (one full forward under ``withdraw(model, K)`` per candidate, plus the baseline),
+and the measured ratio is compared with the lower bound 1 + sum_K (N-K)*T / (N*S) prefills.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from vtwctl.calibrate import sweep_sample
+from vtwctl.env import environment
+from vtwctl.withdraw import withdraw
+
+
+def llava_shaped(layers: int, hidden: int, image: int = 336, patch: int = 14):
+    import transformers as tf
+
+    cfg = tf.LlavaConfig(
+        text_config=dict(model_type="llama", vocab_size=32064, hidden_size=hidden, intermediate_size=hidden * 11 // 4,
+                         num_hidden_layers=layers, num_attention_heads=hidden // 64, num_key_value_heads=hidden // 64,
+                         max_position_embeddings=4096),
+        vision_config=dict(model_type="clip_vision_model", hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                           num_attention_heads=2, image_size=image, patch_size=patch, projection_dim=64),
+        image_token_id=32000, vision_feature_layer=-1, vision_feature_select_strategy="default")
+    cfg._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    return tf.LlavaForConditionalGeneration(cfg).eval()
+
+
+def interleaved(fns: dict, repeats: int) -> dict[str, list[float]]:
+    """Time each function ``repeats`` times, round-robin (so drift hits all alike), after one warm-up each."""
+    for fn in fns.values():
+        fn()
+    out: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            out[name].append(time.perf_counter() - t)
+    return out
+
+
+def main(layers: int = 16, hidden: int = 768, text: int = 66, k_min: int = 5, repeats: int = 3) -> dict:
+    model = llava_shaped(layers, hidden)
+    n_vis = (336 // 14) ** 2
+    pre = 35
+    ids = torch.cat([torch.randint(3, 30000, (pre,)), torch.full((n_vis,), 32000), torch.randint(3, 30000, (text - pre,))])
+    x = {"input_ids": ids[None], "attention_mask": torch.ones(1, len(ids), dtype=torch.long),
+         "pixel_values": torch.randn(1, 3, 336, 336)}
+    s = len(ids)
+
+    def naive():
+        model(**x, use_cache=False, logits_to_keep=1)
+        for k in range(k_min, layers):
+            with withdraw(model, k):
+                model(**x, use_cache=False, logits_to_keep=1)
+
+    with torch.no_grad():
+        times = interleaved({"prefill": lambda: model(**x, use_cache=False, logits_to_keep=1),
+                             "fast": lambda: sweep_sample(model, x, k_min), "naive": naive}, repeats)
+    prefill, fast, slow = times["prefill"], times["fast"], times["naive"]
+    unit = statistics.median(prefill)
+    bound = 1 + sum((layers - k) * text for k in range(k_min, layers)) / (layers * s)
+    naive_bound = 1 + sum((k * s + (layers - k) * text) for k in range(k_min, layers)) / (layers * s)
+    result = {
+        "benchmark": "calibrate_speed",
+        "model": {"layers": layers, "hidden": hidden, "vision_tokens": n_vis, "text_tokens": text, "k_min": k_min},
+        "prefill_s": {"median": unit, "samples": prefill},
+        "fast_sweep_s": {"median": statistics.median(fast), "samples": fast},
+        "naive_sweep_s": {"median": statistics.median(slow), "samples": slow},
+        "fast_in_prefills": statistics.median(fast) / unit,
+        "lower_bound_in_prefills": bound,
+        "fast_over_bound": statistics.median(fast) / unit / bound,
+        "naive_in_prefills": statistics.median(slow) / unit,
+        "naive_bound_in_prefills": naive_bound,
+        "speedup_vs_naive": statistics.median(slow) / statistics.median(fast),
+        "llava_1_5_7b_bound_in_prefills": 1 + sum((32 - k) * 66 for k in range(5, 32)) / (32 * 642),
+        "env": environment(),
+    }
+    return result
+
+
+if __name__ == "__main__":
+    res = main()
+    out = Path(__file__).parent / "results" / "calibrate_speed.json"
+    out.write_text(json.dumps(res, indent=2))
+    print(json.dumps({k: v for k, v in res.items() if k != "env"}, indent=2))

@@ -1,0 +1,18 @@
+"""Run every benchmark in bench/ and write bench/results/*.json (``nox -s bench``)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import calibrate_speed  # noqa: E402
+
+if __name__ == "__main__":
+    results = Path(__file__).parent / "results"
+    results.mkdir(exist_ok=True)
+    res = calibrate_speed.main()
+    (results / "calibrate_speed.json").write_text(json.dumps(res, indent=2))
+    print(json.dumps({k: v for k, v in res.items() if k != "env"}, indent=2))
