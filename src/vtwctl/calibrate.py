@@ -225,7 +225,7 @@ def accuracy_sweep(loaded, task, data, ks: list[int], progress=None) -> tuple[di
                                      videos=[s.video] if s.video is not None else None)
         for k in correct:
             out = generate(loaded, inputs, k=k, max_new_tokens=task.max_new_tokens).answers[0]
-            correct[k] += bool(task.score(s, out))
+            correct[k] += bool(task.score(s, task.parse(s, out)))
             done += 1
             if progress:
                 progress("accuracy", done, total)

@@ -21,7 +21,16 @@ def run(
     k: str | None = typer.Option(None, "--k", help="Withdrawal layer K (0-based; N = no withdrawal) or 'auto'."),
     no_withdraw: bool = typer.Option(False, "--no-withdraw", help="Run the stock model."),
     positions: str = typer.Option("keep", "--positions", help="keep | rearrange (Table 6)."),
-    max_new_tokens: int = typer.Option(32, "--max-new-tokens", min=1),
+    max_new_tokens: int | None = typer.Option(None, "--max-new-tokens", min=1,
+                                              help="Default: 32 for one prompt, the task's for --dataset."),
+    dataset: str | None = typer.Option(None, "--dataset", "-d", help="Run a whole benchmark (shapes, sqa, pope, ...)."),
+    split: str | None = typer.Option(None, "--split", help="Benchmark split (default: the task's test split)."),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="First N samples only."),
+    batch_size: int = typer.Option(1, "--batch-size", "-b", min=1),
+    output: Path | None = typer.Option(None, "--output", "-o", help="JSONL results, written as it goes; resumable."),
+    shard: str | None = typer.Option(None, "--shard", help="I/N: run shard I (0-based) of N (SLURM arrays)."),
+    image_mode: str = typer.Option("normal", "--image-mode", help="normal | blank | none (Table 1 ablation)."),
+    data_dir: str | None = typer.Option(None, "--data-dir", help="Local directory or parquet file of the dataset."),
     frames: int = typer.Option(8, "--frames", min=1, help="Frames sampled from --video."),
     sample: bool = typer.Option(False, "--sample", help="Sample instead of greedy decoding."),
     temperature: float = typer.Option(1.0, "--temperature"),
@@ -39,6 +48,17 @@ def run(
 
     if positions not in ("keep", "rearrange"):
         raise VTWError(f"--positions must be keep or rearrange, got {positions!r}")
+    if dataset is not None:
+        if image is not None or video is not None or prompt is not None or example is not None:
+            raise VTWError("--dataset brings its own inputs: drop --image/--video/--prompt/--example")
+        from .bench_run import run_dataset
+
+        run_dataset(model=model, dataset=dataset, split=split, limit=limit, batch_size=batch_size, output=output,
+                    shard=shard, image_mode=image_mode, data_dir=data_dir, k=k, no_withdraw=no_withdraw,
+                    positions=positions, max_new_tokens=max_new_tokens, profile_dir=profile_dir, device=device,
+                    dtype=dtype, attn_implementation=attn_implementation, json_out=json_out)
+        return
+    max_new_tokens = max_new_tokens or 32
     expected = None
     if example is not None:
         if image is not None or video is not None or prompt is not None:

@@ -29,15 +29,28 @@ class Sample:
 
 @dataclass(frozen=True)
 class Task:
+    """One benchmark.
+
+    ``load(split, limit, seed, source)`` returns samples in a deterministic order (``limit`` takes
+    the first ones; ``seed`` only matters for generated data); ``source`` overrides where the data
+    comes from (a hub id, a local directory or parquet file(s) of the same schema).
+    ``parse(sample, output)`` turns the model's raw text into the answer form (a letter, yes/no,
+    a word); ``score(sample, parsed)`` says if it is right; ``metrics(records)`` aggregates
+    records (dicts with "id", "parsed", "answer", "correct", "meta") into named metrics, always
+    including ``accuracy`` (a fraction) for multiple-choice and yes/no tasks.
+    """
+
     name: str
     description: str
     test_split: str
     calibration_split: str  # never the test split
-    load: Callable[[str, int | None, int], list[Sample]]  # (split, limit, seed) -> samples
-    score: Callable[[Sample, str], bool]  # is the model's output right?
-    metrics: Callable[[list[dict]], dict]  # records with "correct" and "meta" -> metric dict
+    load: Callable[..., list[Sample]]
+    parse: Callable[[Sample, str], str]
+    score: Callable[[Sample, str], bool]
+    metrics: Callable[[list[dict]], dict]
     max_new_tokens: int = 8
     splits: tuple[str, ...] = ()
+    dataset_ids: tuple[str, ...] = ()  # hub ids, newest first (old organisations kept)
 
 
 REGISTRY: dict[str, str] = {
@@ -71,3 +84,29 @@ def accuracy_by(records: list[dict], key: str, chance: dict[str, float] | None =
         if chance and g in chance:
             out[f"chance_{g}"] = chance[g]
     return out
+
+
+def load_parquet_rows(source: str, split: str, limit: int | None = None) -> list[dict]:
+    """Rows of ``split`` from a local parquet file, or a directory holding ``{split}.parquet`` or
+    ``{split}-*.parquet`` / ``data/{split}-*.parquet`` files (the layout of hub dataset repos).
+
+    Image columns come back as PIL images (decoded by ``datasets``).
+    """
+    from pathlib import Path
+
+    p = Path(source).expanduser()
+    if p.is_file():
+        files = [p]
+    elif p.is_dir():
+        files = sorted({*p.glob(f"{split}.parquet"), *p.glob(f"{split}-*.parquet"), *p.glob(f"data/{split}-*.parquet"),
+                        *p.glob(f"*/{split}-*.parquet"), *p.glob(f"{split}/*.parquet")})
+        if not files:
+            raise VTWError(f"no parquet files for split {split!r} in {source}")
+    else:
+        raise VTWError(f"dataset path not found: {source}")
+    import datasets
+
+    ds = datasets.load_dataset("parquet", data_files=[str(f) for f in files], split="train")
+    if limit is not None:
+        ds = ds.select(range(min(limit, len(ds))))
+    return list(ds)

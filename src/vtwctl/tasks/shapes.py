@@ -5,18 +5,28 @@ from __future__ import annotations
 from . import Sample, Task, accuracy_by
 
 
-def _load(split: str, limit: int | None, seed: int) -> list[Sample]:
+def _load(split: str, limit: int | None = None, seed: int = 0, source: str | None = None) -> list[Sample]:
     from ..demo import shapes
 
+    if source is not None:
+        from . import load_parquet_rows
+
+        rows = load_parquet_rows(source, split, limit)
+        return [Sample(id=r["id"], prompt=r["question"], answer=r["answer"], image=r["image"],
+                       meta={"format": r["format"], "kind": r["kind"], "chance": r["chance"]}) for r in rows]
     rows = shapes.generate(split, limit, seed)
     return [Sample(id=r["id"], prompt=r["question"], answer=r["answer"], image=r["image"],
                    meta={"format": r["format"], "kind": r["kind"], "chance": r["chance"]}) for r in rows]
 
 
-def _score(sample: Sample, output: str) -> bool:
+def _parse(sample: Sample, output: str) -> str:
+    return output.strip()
+
+
+def _score(sample: Sample, parsed: str) -> bool:
     from ..demo import shapes
 
-    return shapes.score(sample.meta["format"], output, sample.answer)
+    return shapes.score(sample.meta["format"], parsed, sample.answer)
 
 
 def _metrics(records: list[dict]) -> dict:
@@ -36,6 +46,7 @@ TASK = Task(
     test_split="test",
     calibration_split="validation",
     load=_load,
+    parse=_parse,
     score=_score,
     metrics=_metrics,
     max_new_tokens=4,

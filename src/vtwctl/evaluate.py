@@ -1,0 +1,244 @@
+"""Benchmark runs: one JSONL record per sample, written as it goes, resumable, shardable.
+
+``evaluate(loaded, task, k=...)`` answers every (remaining) sample of a task split with or without
+VTW, appends one record per sample to the output file (flushed and fsynced per batch, so a crash or
+Ctrl-C never loses a finished sample), skips samples already in the file when run again, and
+returns a summary computed from every record in the file. ``merge`` combines shard files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import VTWError
+
+IMAGE_MODES = ("normal", "blank", "none")
+
+
+def prompt_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def read_records(path: str | Path) -> list[dict]:
+    """Records of a JSONL file; a torn last line (crash mid-write) is ignored."""
+    p = Path(path)
+    if not p.exists():
+        return []
+    out = []
+    with p.open() as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return out
+
+
+def _append(path: Path, records: Iterable[dict]) -> None:
+    torn = False
+    if path.exists() and path.stat().st_size:
+        with path.open("rb") as f:
+            f.seek(-1, os.SEEK_END)
+            torn = f.read(1) != b"\n"
+    with path.open("a") as f:
+        if torn:  # a crash mid-write left a partial line: start on a fresh one
+            f.write("\n")
+        for r in records:
+            f.write(json.dumps(r, default=str) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    """'I/N' (0-based I) -> (I, N)."""
+    if not text:
+        return 0, 1
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise VTWError(f"--shard must look like I/N (e.g. 0/4), got {text!r}") from None
+    if n < 1 or not 0 <= i < n:
+        raise VTWError(f"--shard {text}: need 0 <= I < N")
+    return i, n
+
+
+@dataclass
+class Summary:
+    model: str
+    dataset: str
+    split: str
+    k: int | None
+    positions: str
+    image_mode: str
+    samples: int
+    metrics: dict
+    mean_latency_s: float
+    mean_prefill_s: float
+    mean_decode_s: float
+    mean_vision_tokens: float
+    mean_text_tokens: float
+    mean_new_tokens: float
+    output: str | None = None
+    new_samples: int = 0
+    env: dict = field(default_factory=dict)
+    schema: int = 1
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def summarize(records: list[dict], task, output: str | None = None, env: dict | None = None,
+              new: int = 0) -> Summary:
+    if not records:
+        raise VTWError("no records to summarise")
+    first = records[0]
+
+    def mean(key):
+        vals = [float(r[key]) for r in records if r.get(key) is not None]
+        return sum(vals) / len(vals) if vals else 0.0
+
+    return Summary(
+        model=first["model"], dataset=first["dataset"], split=first["split"], k=first["k"],
+        positions=first.get("positions", "keep"), image_mode=first.get("image_mode", "normal"),
+        samples=len(records), metrics=task.metrics(records), mean_latency_s=mean("total_s"),
+        mean_prefill_s=mean("prefill_s"), mean_decode_s=mean("decode_s"),
+        mean_vision_tokens=mean("num_vision_tokens"), mean_text_tokens=mean("num_text_tokens"),
+        mean_new_tokens=mean("new_tokens"), output=output, new_samples=new, env=env or {},
+    )
+
+
+_CONFIG_KEYS = ("model", "dataset", "split", "k", "positions", "image_mode")
+
+
+def _check_compatible(existing: list[dict], config: dict, path: Path) -> None:
+    for rec in existing[:1]:
+        diff = {key: (rec.get(key), config[key]) for key in _CONFIG_KEYS if rec.get(key) != config[key]}
+        if diff:
+            what = ", ".join(f"{k}={a!r} (now {b!r})" for k, (a, b) in diff.items())
+            raise VTWError(f"{path} holds results of another run ({what}); pass another --output")
+
+
+def _visual(sample, image_mode: str):
+    if image_mode == "none" or sample.image is None:
+        return None
+    if image_mode == "blank":
+        from PIL import Image
+
+        return Image.new("RGB", sample.image.size, (255, 255, 255))
+    return sample.image
+
+
+def evaluate(loaded, task, k: int | None, positions: str = "keep", split: str | None = None,
+             limit: int | None = None, batch_size: int = 1, output: str | Path | None = None,
+             shard: tuple[int, int] = (0, 1), image_mode: str = "normal", max_new_tokens: int | None = None,
+             source: str | None = None, progress: Callable[[int, int], None] | None = None) -> Summary:
+    """Run ``task`` through the model (VTW at ``k``; None = stock) and summarise."""
+    from .env import environment
+    from .infer import generate
+
+    if image_mode not in IMAGE_MODES:
+        raise VTWError(f"--image-mode must be one of {', '.join(IMAGE_MODES)}, got {image_mode!r}")
+    if batch_size < 1:
+        raise VTWError("--batch-size must be at least 1")
+    split = split or task.test_split
+    samples = task.load(split, limit, 0, source)
+    index, count = shard
+    samples = samples[index::count]
+    n = loaded.num_layers
+    config = {"model": loaded.name, "dataset": task.name, "split": split, "k": k if k is not None else n,
+              "positions": positions, "image_mode": image_mode}
+    path = Path(output) if output else None
+    existing: list[dict] = []
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        existing = read_records(path)
+        _check_compatible(existing, config, path)
+    done = {r["id"] for r in existing}
+    todo = [s for s in samples if s.id not in done]
+    records = [r for r in existing if r["id"] in {s.id for s in samples}] if existing else []
+    finished = len(samples) - len(todo)
+    if progress:
+        progress(finished, len(samples))
+    tokens = max_new_tokens or task.max_new_tokens
+    new = 0
+    for start in range(0, len(todo), batch_size):
+        batch = todo[start:start + batch_size]
+        images = [_visual(s, image_mode) for s in batch]
+        videos = [s.video if image_mode == "normal" else None for s in batch]
+        inputs = loaded.build_inputs([s.prompt for s in batch],
+                                     images=images if any(i is not None for i in images) else None,
+                                     videos=videos if any(v is not None for v in videos) else None)
+        gen = generate(loaded, inputs, k=k, positions=positions, max_new_tokens=tokens)
+        out = []
+        for j, s in enumerate(batch):
+            parsed = task.parse(s, gen.answers[j])
+            out.append({
+                "id": s.id, **config, "prompt_hash": prompt_hash(s.prompt), "answer": gen.answers[j],
+                "parsed": parsed, "target": s.answer, "correct": bool(task.score(s, parsed)),
+                "num_vision_tokens": gen.num_vision_tokens[j], "num_text_tokens": gen.num_text_tokens[j],
+                "new_tokens": gen.new_tokens[j], "prefill_s": gen.prefill_s / len(batch),
+                "decode_s": gen.decode_s / len(batch), "total_s": gen.total_s / len(batch),
+                "batch_size": len(batch), "shard": f"{index}/{count}", "meta": _jsonable(s.meta),
+            })
+        if path is not None:
+            _append(path, out)
+        records.extend(out)
+        new += len(out)
+        finished += len(out)
+        if progress:
+            progress(finished, len(samples))
+    return summarize(records, task, str(path) if path else None, environment(loaded), new)
+
+
+def _jsonable(meta: dict) -> dict:
+    return {k: v for k, v in meta.items() if isinstance(v, (str, int, float, bool, list, dict, type(None)))}
+
+
+def merge(paths: list[str | Path], output: str | Path | None = None) -> Summary:
+    """Combine shard files into one summary (and one JSONL file if ``output`` is given)."""
+    from . import tasks
+
+    records: dict[str, dict] = {}
+    configs = set()
+    for p in paths:
+        if not Path(p).exists():
+            raise VTWError(f"results file not found: {p}")
+        for r in read_records(p):
+            configs.add(tuple(str(r.get(k)) for k in _CONFIG_KEYS))
+            records.setdefault(r["id"], r)
+    if not records:
+        raise VTWError("the results files hold no records")
+    if len(configs) > 1:
+        raise VTWError("the files hold results of different runs (model, dataset, split, k, positions or "
+                       "image mode differ); merge files of one run only")
+    merged = list(records.values())
+    task = tasks.get(merged[0]["dataset"])
+    if output is not None:
+        out = Path(output)
+        if out.exists():
+            out.unlink()
+        _append(out, merged)
+    return summarize(merged, task, str(output) if output else None, {}, 0)
+
+
+def distributed_context() -> tuple[int, int, Any]:
+    """(rank, world size, torch.distributed module or None) when launched by torchrun / accelerate."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, None
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend=backend)
+    return dist.get_rank(), dist.get_world_size(), dist

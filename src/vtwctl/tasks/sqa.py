@@ -1,0 +1,79 @@
+"""ScienceQA-IMG (lmms-eval ``scienceqa_img``): science multiple choice questions with an image.
+
+Prompt (lmms-eval default): ``"Context: {hint}\\n"`` (only when the hint is not empty) + question +
+``"\\nA. ...\\nB. ..."`` + ``"\\nAnswer with the option's letter from the given choices directly."``.
+Target: the letter of ``answer`` (an index into ``choices``). Metric: accuracy.
+"""
+
+from __future__ import annotations
+
+from . import Sample, Task
+from .common import MC_POST_PROMPT, fraction, grouped_accuracy, letters, load_rows, options_block, parse_letter, rgb
+
+DATASET_IDS = ("lmms-lab/ScienceQA", "derek-thomas/ScienceQA")
+CONFIG = "ScienceQA-IMG"
+
+
+def _config(ds_id: str) -> str | None:
+    # derek-thomas/ScienceQA is the full set (no configs); lmms-lab/ScienceQA has ScienceQA-IMG / ScienceQA-FULL.
+    return CONFIG if ds_id.startswith("lmms-lab/") else None
+
+
+def build_prompt(row: dict) -> str:
+    context = row.get("hint") or ""
+    if context:
+        context = f"Context: {context}\n"
+    return f"{context}{row['question']}\n{options_block(row['choices'])}\n{MC_POST_PROMPT}"
+
+
+def to_sample(row: dict, index: int, split: str) -> Sample:
+    opts = letters(len(row["choices"]))
+    return Sample(
+        id=f"sqa-{split}-{index}",
+        prompt=build_prompt(row),
+        answer=opts[int(row["answer"])],
+        image=rgb(row.get("image")),
+        meta={"choices": len(opts), "options": dict(zip(opts, (str(c) for c in row["choices"]))),
+              "subject": row.get("subject"), "category": row.get("category"), "grade": row.get("grade")},
+    )
+
+
+def _load(split: str, limit: int | None = None, seed: int = 0, source: str | None = None) -> list[Sample]:
+    rows = load_rows(DATASET_IDS, _config, split, None if source is None and False else None, source)
+    samples = []
+    for i, row in enumerate(rows):
+        if row.get("image") is None:  # ScienceQA-FULL / derek-thomas rows without an image are not SQA-IMG
+            continue
+        samples.append(to_sample(row, i, split))
+        if limit is not None and len(samples) >= limit:
+            break
+    return samples
+
+
+def _parse(sample: Sample, output: str) -> str:
+    return parse_letter(output, letters(sample.meta["choices"]), sample.meta.get("options"))
+
+
+def _score(sample: Sample, parsed: str) -> bool:
+    return parsed == sample.answer
+
+
+def _metrics(records: list[dict]) -> dict:
+    out = {"accuracy": fraction([r["correct"] for r in records])}
+    out.update(grouped_accuracy(records, "subject"))
+    return out
+
+
+TASK = Task(
+    name="sqa",
+    description="ScienceQA-IMG (lmms-eval scienceqa_img): multiple choice, letter answers, accuracy",
+    test_split="test",
+    calibration_split="validation",
+    load=_load,
+    parse=_parse,
+    score=_score,
+    metrics=_metrics,
+    max_new_tokens=16,
+    splits=("train", "validation", "test"),
+    dataset_ids=DATASET_IDS,
+)
