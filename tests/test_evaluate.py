@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_cli import tiny_dir, vtwctl  # noqa: F401  (fixture)
 
+from test_cli import tiny_dir, vtwctl  # noqa: F401  (fixture)
 from vtwctl import tasks
 from vtwctl.evaluate import evaluate, merge, read_records
 
