@@ -17,7 +17,8 @@ def _visual(inputs: dict) -> bool:
     return any(k.startswith("pixel_values") for k in inputs)
 
 
-def reference_logits(model, inputs: dict, k: int, rearrange: bool = False) -> torch.Tensor:
+def reference_logits(model, inputs: dict, k: int, rearrange: bool = False,
+                     drop: torch.Tensor | None = None) -> torch.Tensor:
     """Logits [B, S, V] of VTW-at-``k`` computed by masking; only text positions are meaningful.
 
     ``rearrange``: layers >= k see text tokens renumbered 0, 1, 2, ... in each row (their rank
@@ -43,6 +44,8 @@ def reference_logits(model, inputs: dict, k: int, rearrange: bool = False) -> to
     ids, attn = inputs["input_ids"], inputs["attention_mask"].bool()
     b, s = ids.shape
     vision = (ids == IMAGE_ID) | (ids == VIDEO_ID) if _visual(inputs) else torch.zeros_like(attn)
+    if drop is not None:  # another set of keys to hide from layers >= k (FastV)
+        vision = drop
     causal = torch.ones(s, s, dtype=torch.bool).tril()
     base = causal[None] & attn[:, None, :]  # [B, q, kv]
     dtype = hidden.dtype

@@ -51,7 +51,7 @@ class _Stream:
 class _Call:
     """One forward call's compression plan, built at the multimodal model's entry."""
 
-    vision: torch.Tensor  # [B, q] True where the token is withdrawn
+    vision: torch.Tensor  # [B, q] True where the token is withdrawn (vision tokens of a visual call)
     past_len: int  # stock cache length before this call
     q_idx: torch.Tensor | None = None  # [B, Qc] index into the call's tokens, -1 for fill
     stream: _Stream | None = None
@@ -79,7 +79,9 @@ def _gather_seq(x: torch.Tensor, idx: torch.Tensor, dim: int, bdim: int = 0) -> 
     return x.gather(dim, index.expand(expand))
 
 
-class _Engine:
+class Engine:
+    """Hooks that drop the tokens chosen by ``select`` before layer ``k`` (VTW: all vision tokens)."""
+
     def __init__(self, model: nn.Module, k: int, positions: str):
         self.adapter = adapter_for(model)
         self.model = model
@@ -161,6 +163,7 @@ class _Engine:
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
         layer_idx = self._layer_index(module)
         if call.q_idx is None:  # layer K: withdraw
+            call.vision = self.select(call, hidden)
             self._plan(call, cache, hidden.device)
             hidden = _gather_seq(hidden, call.q_idx, 1)
             hidden = hidden * (call.q_idx >= 0)[..., None].to(hidden.dtype)
@@ -182,6 +185,10 @@ class _Engine:
         return int(idx)
 
     # -- planning ------------------------------------------------------------------------------
+    def select(self, call: _Call, hidden: torch.Tensor) -> torch.Tensor:
+        """Which tokens of this call to withdraw at layer K: every vision token (VTW)."""
+        return call.vision
+
     def _plan(self, call: _Call, cache, device) -> None:
         keep = ~call.vision.to(device)
         b, q = keep.shape
@@ -354,14 +361,20 @@ def withdraw(model: nn.Module, k: int, positions: str = "keep") -> Iterator[nn.M
         raise ValueError(f"k must be an integer in 0..{n} (the model has {n} decoder layers), got {k!r}")
     if positions not in ("keep", "rearrange"):
         raise ValueError(f"positions must be 'keep' or 'rearrange', got {positions!r}")
+    with active(model, Engine(model, k, positions), install=k < n):
+        yield model
+
+
+@contextlib.contextmanager
+def active(model: nn.Module, engine: Engine, install: bool = True) -> Iterator[Engine]:
+    """Install ``engine``'s hooks for the block; remove them on exit, also on error. Blocks do not nest."""
     if getattr(model, _ACTIVE_ATTR, False):
-        raise RuntimeError("withdraw() is already active on this model; blocks do not nest")
-    engine = _Engine(model, k, positions)
-    if k < n:
+        raise RuntimeError("withdraw()/fastv() is already active on this model; blocks do not nest")
+    if install:
         engine.install()
     object.__setattr__(model, _ACTIVE_ATTR, True)
     try:
-        yield model
+        yield engine
     finally:
         engine.remove()
         object.__delattr__(model, _ACTIVE_ATTR)

@@ -120,14 +120,16 @@ def _hub_dataset(ids: Sequence[str], config: str | None | Callable[[str], Any], 
 
 def load_rows(ids: Sequence[str], config: Any, split: str, limit: int | None, source: str | None,
               *, calib_key: Callable[[dict, int], Any] | None = None, calib_from: str = "test",
-              key_columns: Sequence[str] = ()) -> list[dict]:
-    """Rows of ``split`` (the first ``limit``) as dicts with PIL images, in the dataset's order.
+              key_columns: Sequence[str] = (), row_filter: Callable[[dict], bool] | None = None) -> list[dict]:
+    """Rows of ``split`` (the first ``limit``) as dicts with PIL images, in the dataset's order; each
+    row gets ``"_row"``, its index in the split.
 
     ``source``: None (the local HF cache / the hub, trying each of ``ids``), a hub id, or a local
     parquet file / directory (``{split}.parquet``, ``{split}-*.parquet``, ``data/{split}-*.parquet``,
     ``*/{split}-*.parquet``, ``{split}/*.parquet``).
     ``split == "calib"`` (when ``calib_key`` is given) selects the rows of ``calib_from`` whose
-    ``calib_key(row, index)`` falls in the reserved hash bucket (only ``key_columns`` are read to decide).
+    ``calib_key(row, index)`` falls in the reserved hash bucket; ``row_filter(row)`` drops rows. Both
+    only see ``key_columns`` (images undecoded), so nothing else is decoded for rows left out.
     """
     import datasets
 
@@ -139,18 +141,29 @@ def load_rows(ids: Sequence[str], config: Any, split: str, limit: int | None, so
         ds = _hub_dataset([str(source)], config, real_split)
     else:
         ds = _hub_dataset(ids, config, real_split)
-    if real_split != split:
+    indices = list(range(len(ds)))
+    if real_split != split or row_filter is not None:
         cols = [c for c in key_columns if c in ds.column_names]
         light = ds.select_columns(cols) if cols else None
+        if light is not None:
+            for c in cols:
+                if isinstance(light.features[c], datasets.Image):
+                    light = light.cast_column(c, datasets.Image(decode=False))
         keep = []
-        for i in range(len(ds)):
+        for i in indices:
             row = light[i] if light is not None else {}
-            if in_calib(calib_key(row, i)):
-                keep.append(i)
-        ds = ds.select(keep)
+            if row_filter is not None and not row_filter(row):
+                continue
+            if real_split != split and not in_calib(calib_key(row, i)):
+                continue
+            keep.append(i)
+            if limit is not None and len(keep) >= limit:
+                break
+        indices = keep
     if limit is not None:
-        ds = ds.select(range(min(max(int(limit), 0), len(ds))))
-    return list(ds)
+        indices = indices[: max(int(limit), 0)]
+    sub = ds.select(indices)
+    return [{**row, "_row": i} for i, row in zip(indices, sub)]
 
 
 def rgb(image: Any) -> Any:

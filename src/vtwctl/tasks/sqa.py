@@ -39,15 +39,10 @@ def to_sample(row: dict, index: int, split: str) -> Sample:
 
 
 def _load(split: str, limit: int | None = None, seed: int = 0, source: str | None = None) -> list[Sample]:
-    rows = load_rows(DATASET_IDS, _config, split, None if source is None and False else None, source)
-    samples = []
-    for i, row in enumerate(rows):
-        if row.get("image") is None:  # ScienceQA-FULL / derek-thomas rows without an image are not SQA-IMG
-            continue
-        samples.append(to_sample(row, i, split))
-        if limit is not None and len(samples) >= limit:
-            break
-    return samples
+    # ScienceQA-IMG only: rows without an image (derek-thomas/ScienceQA is the full set) are dropped.
+    rows = load_rows(DATASET_IDS, _config, split, limit, source, key_columns=("image",),
+                     row_filter=lambda r: r.get("image") is not None)
+    return [to_sample(row, row["_row"], split) for row in rows]
 
 
 def _parse(sample: Sample, output: str) -> str:

@@ -1,0 +1,90 @@
+"""FastV (Chen et al., 2024) as the comparison row, on the same engine as VTW.
+
+At layer ``k`` (default 2: layers 0..k-1 see everything) FastV drops the fraction ``ratio`` of the
+vision tokens that receive the least attention from the last prompt token at layer ``k - 1``
+(averaged over heads); layers >= k see the text tokens and the kept vision tokens. The attention row
+is computed here from the query of the last token and the keys (``q . k`` with the model's own
+projections and rotary embedding), so FastV works with sdpa and flash attention, not only eager.
+As with VTW, layers >= k cache only the kept tokens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from .withdraw import Engine, active, num_layers
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    a, b = x[..., : x.shape[-1] // 2], x[..., x.shape[-1] // 2 :]
+    return torch.cat((-b, a), dim=-1)
+
+
+def last_token_attention(attn: nn.Module, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                         mask: torch.Tensor | None) -> torch.Tensor:
+    """Head-averaged attention of the last query over all keys of one attention module: [B, S].
+
+    ``hidden`` is the attention input (after the input layer norm), ``cos``/``sin`` [B, S, D] the
+    rotary tables the layer receives, ``mask`` the layer's 4D mask or None (plain causal).
+    """
+    b, s, _ = hidden.shape
+    d = attn.head_dim
+    q = attn.q_proj(hidden[:, -1:]).view(b, 1, -1, d).transpose(1, 2)  # [B, H, 1, D]
+    k = attn.k_proj(hidden).view(b, s, -1, d).transpose(1, 2)  # [B, Hkv, S, D]
+    c, sn = cos.unsqueeze(1), sin.unsqueeze(1)
+    q = q * c[:, :, -1:] + _rotate_half(q) * sn[:, :, -1:]
+    k = k * c + _rotate_half(k) * sn
+    k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+    scores = (q.float() @ k.float().transpose(-1, -2)) * attn.scaling  # [B, H, 1, S]
+    if isinstance(mask, torch.Tensor) and mask.ndim == 4:
+        row = mask[:, :, -1:, -s:]
+        scores = scores.masked_fill(~row, float("-inf")) if row.dtype == torch.bool else scores + row.float()
+    return scores.softmax(-1).mean(1)[:, 0]  # [B, S]
+
+
+class FastVEngine(Engine):
+    def __init__(self, model: nn.Module, k: int, ratio: float):
+        super().__init__(model, k, "keep")
+        self.ratio = ratio
+        self.scores: torch.Tensor | None = None
+
+    def install(self) -> None:
+        super().install()
+        attn = self.adapter.text_model(self.model).layers[self.k - 1].self_attn
+        self.handles.append(attn.register_forward_pre_hook(self._on_attention, with_kwargs=True))
+
+    def _on_attention(self, module, args, kwargs):
+        if self.call is None or not bool(self.call.vision.any()):
+            return
+        hidden = args[0] if args else kwargs["hidden_states"]
+        cos, sin = kwargs["position_embeddings"]
+        self.scores = last_token_attention(module, hidden, cos, sin, kwargs.get("attention_mask"))
+
+    def select(self, call, hidden):
+        vision = call.vision.to(hidden.device)
+        if self.scores is None or not bool(vision.any()):
+            return torch.zeros_like(vision)
+        scores = self.scores.to(hidden.device).masked_fill(~vision, float("inf"))
+        self.scores = None
+        drop = torch.zeros_like(vision)
+        order = scores.argsort(1)  # least attended vision tokens first
+        for row in range(vision.shape[0]):
+            n_drop = int(round(float(vision[row].sum()) * self.ratio))
+            drop[row, order[row, :n_drop]] = True
+        return drop
+
+
+@contextlib.contextmanager
+def fastv(model: nn.Module, k: int = 2, ratio: float = 0.5) -> Iterator[nn.Module]:
+    """FastV inside the block: after layer ``k - 1``, drop the ``ratio`` least-attended vision tokens."""
+    n = num_layers(model)
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
+        raise ValueError(f"FastV k must be an integer in 1..{n}, got {k!r}")
+    if not 0.0 <= ratio <= 1.0:
+        raise ValueError(f"FastV ratio must be in [0, 1], got {ratio!r}")
+    with active(model, FastVEngine(model, k, ratio), install=k < n and ratio > 0):
+        yield model
