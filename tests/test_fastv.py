@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from reference import reference_logits
 
+from reference import reference_logits
 from vtwctl.fastv import fastv
 from vtwctl.testing import IMAGE_ID, tiny_inputs, tiny_model
 
