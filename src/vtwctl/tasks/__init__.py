@@ -55,6 +55,13 @@ class Task:
 
 REGISTRY: dict[str, str] = {
     "shapes": "vtwctl.tasks.shapes:TASK",
+    "sqa": "vtwctl.tasks.sqa:TASK",
+    "ai2d": "vtwctl.tasks.ai2d:TASK",
+    "mmmu": "vtwctl.tasks.mmmu:TASK",
+    "mmbench": "vtwctl.tasks.mmbench:TASK",
+    "pope": "vtwctl.tasks.pope:TASK",
+    "mme": "vtwctl.tasks.mme:TASK",
+    "videomme": "vtwctl.tasks.videomme:TASK",
 }
 
 

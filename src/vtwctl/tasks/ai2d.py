@@ -12,8 +12,7 @@ which calibrates on a tiny subset of the target datasets), so test numbers stay 
 from __future__ import annotations
 
 from . import Sample, Task
-from .common import (CALIB_SPLIT, MC_POST_PROMPT, fraction, letters, load_rows, options_block, parse_letter,
-                     rgb)
+from .common import CALIB_SPLIT, MC_POST_PROMPT, fraction, letters, load_rows, options_block, parse_letter, rgb
 
 DATASET_IDS = ("lmms-lab/ai2d",)
 

@@ -195,7 +195,8 @@ def options_block(options: Sequence[str]) -> str:
 # --------------------------------------------------------------------------------------- parsing
 _PUNCT = str.maketrans("", "", string.punctuation)
 _ANSWER_IS = re.compile(
-    r"(?i:answer|option|choice)\s*(?i:is|would be|should be|:)?\s*(?i:option|choice)?\s*[:\-]?\s*\(?\s*([A-Z])\b(?![a-z'])"
+    r"(?i:answer|option|choice)\s*(?i:is|would be|should be|:)?\s*(?i:option|choice)?\s*[:\-]?\s*"
+    r"\(?\s*([A-Z])\b(?![a-z'])"
 )
 
 

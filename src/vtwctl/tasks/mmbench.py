@@ -43,7 +43,9 @@ def build_prompt(row: dict) -> str:
     options_prompt = f"{SYS_PROMPT}\n" + "".join(f"{k}. {v}\n" for k, v in sorted(options.items()))
     options_prompt = options_prompt.rstrip("\n")
     hint = row.get("hint")
-    query = f"{hint} {row['question']} {options_prompt}" if not is_missing(hint) else f"{row['question']} {options_prompt}"
+    query = f"{row['question']} {options_prompt}"
+    if not is_missing(hint):
+        query = f"{hint} {query}"
     return f"{query}\n{POST_PROMPT}"
 
 

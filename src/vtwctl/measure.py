@@ -1,0 +1,194 @@
+"""Latency and memory as a protocol: warm-up, repeats, median and spread, prefill and decode apart.
+
+Prefill (time to first token) is timed as ``generate(max_new_tokens=1)``; end-to-end as
+``generate(max_new_tokens=T, min_new_tokens=T)``; decode per token is their difference over T-1.
+On CUDA every timed region is bracketed by CUDA events after a synchronisation; on CPU it is wall
+time with the thread count recorded in the environment. Memory: on CUDA the peak allocated during
+one end-to-end run minus what was allocated before it (the model and inputs: Table 4's "per sample
+GM") and the device-level used memory from NVML; on CPU the peak RSS growth during the run (Linux).
+KV-cache bytes are read from the cache object after prefill and at the end of decoding.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+METHODS = ("baseline", "vtw", "fastv")
+
+
+@dataclass
+class Stat:
+    median: float
+    p10: float
+    p90: float
+    min: float
+    samples: list[float] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, xs: list[float]) -> Stat:
+        ys = sorted(xs)
+
+        def q(p: float) -> float:
+            return ys[min(len(ys) - 1, max(0, round(p * (len(ys) - 1))))]
+
+        return cls(median=statistics.median(ys), p10=q(0.1), p90=q(0.9), min=ys[0], samples=list(xs))
+
+
+@dataclass
+class Measurement:
+    method: str
+    k: int | None
+    new_tokens: int
+    prefill: Stat
+    total: Stat
+    decode_s_per_token: float
+    kv_cache_bytes_prefill: int
+    kv_cache_bytes_end: int
+    peak_memory_bytes: int | None
+    device_memory_used_bytes: int | None
+    warmup: int
+    repeats: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def context(model, method: str, k: int | None = None, fastv_k: int = 2, fastv_ratio: float = 0.5,
+            positions: str = "keep"):
+    """The context manager that makes ``model`` run ``method``."""
+    if method == "baseline":
+        return contextlib.nullcontext(model)
+    if method == "vtw":
+        from .withdraw import withdraw
+
+        return withdraw(model, k, positions)
+    if method == "fastv":
+        from .fastv import fastv
+
+        return fastv(model, fastv_k, fastv_ratio)
+    raise ValueError(f"unknown method {method!r}; one of {', '.join(METHODS)}")
+
+
+def cache_of(output):
+    """The cache object of a model or generate output (``cache``; ``past_key_values`` in older versions)."""
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else getattr(output, "past_key_values", None)
+
+
+def cache_bytes(cache) -> int:
+    """Bytes held by the keys and values of a transformers cache."""
+    total = 0
+    for layer in getattr(cache, "layers", []):
+        for name in ("keys", "values"):
+            t = getattr(layer, name, None)
+            if t is not None and hasattr(t, "numel"):
+                total += t.numel() * t.element_size()
+    return total
+
+
+class _Timer:
+    def __init__(self, device):
+        import torch
+
+        self.cuda = getattr(device, "type", str(device)) == "cuda"
+        self.torch = torch
+
+    def __call__(self, fn) -> float:
+        torch = self.torch
+        if self.cuda:
+            torch.cuda.synchronize()
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end) / 1000.0
+        t = time.perf_counter()
+        fn()
+        return time.perf_counter() - t
+
+
+def _rss_bytes(field_name: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def nvml_used_bytes(device) -> int | None:
+    """Device-level used memory from NVML (pynvml, from nvidia-ml-py), or None."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        index = getattr(device, "index", None) or 0
+        handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        return int(pynvml.nvmlDeviceGetMemoryInfo(handle).used)
+    except Exception:  # no driver, no GPU, no library
+        return None
+
+
+def measure(loaded, inputs: dict, method: str = "baseline", k: int | None = None, fastv_k: int = 2,
+            fastv_ratio: float = 0.5, max_new_tokens: int = 16, warmup: int = 1, repeats: int = 5,
+            positions: str = "keep") -> Measurement:
+    """Time and size one method on ``inputs`` (see the module docstring for the protocol)."""
+    import torch
+
+    model = loaded.model
+    timer = _Timer(loaded.device)
+    gen_kw: dict[str, Any] = dict(do_sample=False, temperature=None, top_p=None, top_k=None)
+    t = max(2, max_new_tokens)
+    with context(model, method, k, fastv_k, fastv_ratio, positions), torch.inference_mode():
+        def prefill():
+            model.generate(**inputs, max_new_tokens=1, **gen_kw)
+
+        def full():
+            model.generate(**inputs, max_new_tokens=t, min_new_tokens=t, **gen_kw)
+
+        for _ in range(warmup):
+            prefill()
+            full()
+        pre, tot = [], []
+        for _ in range(repeats):  # interleaved, so drift affects both alike
+            pre.append(timer(prefill))
+            tot.append(timer(full))
+        kv_prefill = cache_bytes(cache_of(model(**inputs, use_cache=True)))
+        cuda = getattr(loaded.device, "type", "") == "cuda"
+        peak = None
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats(loaded.device)
+            before = torch.cuda.memory_allocated(loaded.device)
+        else:
+            reset = _reset_peak_rss()
+            before = _rss_bytes("VmRSS")
+        out = model.generate(**inputs, max_new_tokens=t, min_new_tokens=t, return_dict_in_generate=True, **gen_kw)
+        if cuda:
+            torch.cuda.synchronize()
+            peak = torch.cuda.max_memory_allocated(loaded.device) - before
+        else:
+            hwm = _rss_bytes("VmHWM")
+            peak = hwm - before if reset and hwm is not None and before is not None else None
+        kv_end = cache_bytes(cache_of(out))
+        used = nvml_used_bytes(loaded.device) if cuda else None
+    pre_s, tot_s = Stat.of(pre), Stat.of(tot)
+    return Measurement(method=method, k=k if method != "fastv" else fastv_k, new_tokens=t, prefill=pre_s,
+                       total=tot_s, decode_s_per_token=max(0.0, (tot_s.median - pre_s.median) / (t - 1)),
+                       kv_cache_bytes_prefill=kv_prefill, kv_cache_bytes_end=kv_end, peak_memory_bytes=peak,
+                       device_memory_used_bytes=used, warmup=warmup, repeats=repeats)
