@@ -31,7 +31,8 @@ def _resolve_k(k, no_withdraw, loaded, task, profile_dir, console):
 
 
 def run_dataset(*, model, dataset, split, limit, batch_size, output, shard, image_mode, data_dir, k, no_withdraw,
-                positions, max_new_tokens, profile_dir, device, dtype, attn_implementation, json_out) -> None:
+                positions, max_new_tokens, profile_dir, device, dtype, attn_implementation, json_out,
+                trust_remote_code=False) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from .. import tasks
@@ -54,7 +55,7 @@ def run_dataset(*, model, dataset, split, limit, batch_size, output, shard, imag
 
             device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}" if torch.cuda.is_available() else "cpu"
     console = stderr_console()
-    loaded = load_model(model, device, dtype, attn_implementation)
+    loaded = load_model(model, device, dtype, attn_implementation, trust_remote_code)
     chosen = _resolve_k(k, no_withdraw, loaded, task, profile_dir, console)
     out_path = Path(f"{output}.rank{rank}") if world > 1 else output
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from . import app
-from .common import ATTN, DEVICE, DTYPE, JSON, MODEL, emit_json, load_model, stderr_console
+from .common import ATTN, DEVICE, DTYPE, JSON, MODEL, TRUST, emit_json, load_model, stderr_console
 
 
 def parse_etas(text: str) -> list[float]:
@@ -40,6 +40,7 @@ def calibrate(
     device: str = DEVICE,
     dtype: str = DTYPE,
     attn_implementation: str | None = ATTN,
+    trust_remote_code: bool = TRUST,
     json_out: bool = JSON,
 ) -> None:
     """Choose K: the first layer whose mean KL(P_vtw || P_base) over a small subset is below eta."""
@@ -51,7 +52,7 @@ def calibrate(
 
     task = tasks.get(dataset)
     etas = parse_etas(eta) if eta is not None else None
-    loaded = load_model(model, device, dtype, attn_implementation)
+    loaded = load_model(model, device, dtype, attn_implementation, trust_remote_code)
     prof = loaded.profile or {}
     etas = etas or [float(prof.get("default_eta", 0.003))]
     k_min = k_min if k_min is not None else int(prof.get("k_min", 5))

@@ -14,6 +14,7 @@ DEVICE = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N, mps, or
 DTYPE = typer.Option("auto", "--dtype", help="auto (bf16/fp16 on GPU, fp32 on CPU), float32, float16, bfloat16.")
 ATTN = typer.Option(None, "--attn-implementation", help="eager, sdpa or flash_attention_2 (default: transformers').")
 JSON = typer.Option(False, "--json", help="Print one JSON object on stdout instead of text.")
+TRUST = typer.Option(False, "--trust-remote-code", help="Allow model code from the hub (off by default).")
 
 
 def stderr_console():
@@ -27,7 +28,7 @@ def emit_json(obj: Any) -> None:
     sys.stdout.flush()
 
 
-def load_model(model: str, device: str, dtype: str, attn: str | None):
+def load_model(model: str, device: str, dtype: str, attn: str | None, trust_remote_code: bool = False):
     """Load through the core with a status spinner on stderr."""
     import transformers
 
@@ -37,7 +38,7 @@ def load_model(model: str, device: str, dtype: str, attn: str | None):
     transformers.utils.logging.disable_progress_bar()
     console = stderr_console()
     with console.status(f"loading {model}", spinner="dots"):
-        return load(model, device=device, dtype=dtype, attn_implementation=attn)
+        return load(model, device=device, dtype=dtype, attn_implementation=attn, trust_remote_code=trust_remote_code)
 
 
 def parse_k(value: str | None, no_withdraw: bool, num_layers: int) -> int | str | None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from . import app
-from .common import ATTN, DEVICE, DTYPE, JSON, MODEL, emit_json, load_model, parse_k, stderr_console
+from .common import ATTN, DEVICE, DTYPE, JSON, MODEL, TRUST, emit_json, load_model, parse_k, stderr_console
 
 
 @app.command()
@@ -39,6 +39,7 @@ def run(
     device: str = DEVICE,
     dtype: str = DTYPE,
     attn_implementation: str | None = ATTN,
+    trust_remote_code: bool = TRUST,
     json_out: bool = JSON,
 ) -> None:
     """Answer one prompt about an image (or video), with VTW at layer K or without it."""
@@ -56,7 +57,8 @@ def run(
         run_dataset(model=model, dataset=dataset, split=split, limit=limit, batch_size=batch_size, output=output,
                     shard=shard, image_mode=image_mode, data_dir=data_dir, k=k, no_withdraw=no_withdraw,
                     positions=positions, max_new_tokens=max_new_tokens, profile_dir=profile_dir, device=device,
-                    dtype=dtype, attn_implementation=attn_implementation, json_out=json_out)
+                    dtype=dtype, attn_implementation=attn_implementation, json_out=json_out,
+                    trust_remote_code=trust_remote_code)
         return
     max_new_tokens = max_new_tokens or 32
     expected = None
@@ -72,7 +74,7 @@ def run(
     else:
         img = read_image(image) if image is not None else None
     vid = read_video(video, frames) if video is not None else None
-    loaded = load_model(model, device, dtype, attn_implementation)
+    loaded = load_model(model, device, dtype, attn_implementation, trust_remote_code)
     if vid is not None and not loaded.adapter.takes_video:
         raise VTWError(f"{loaded.name} ({loaded.family}) does not take videos")
     n = loaded.num_layers

@@ -120,13 +120,15 @@ def _hub_dataset(ids: Sequence[str], config: str | None | Callable[[str], Any], 
 
 def load_rows(ids: Sequence[str], config: Any, split: str, limit: int | None, source: str | None,
               *, calib_key: Callable[[dict, int], Any] | None = None, calib_from: str = "test",
-              key_columns: Sequence[str] = (), row_filter: Callable[[dict], bool] | None = None) -> list[dict]:
+              key_columns: Sequence[str] = (), row_filter: Callable[[dict], bool] | None = None,
+              subdir: str | None = None) -> list[dict]:
     """Rows of ``split`` (the first ``limit``) as dicts with PIL images, in the dataset's order; each
     row gets ``"_row"``, its index in the split.
 
     ``source``: None (the local HF cache / the hub, trying each of ``ids``), a hub id, or a local
     parquet file / directory (``{split}.parquet``, ``{split}-*.parquet``, ``data/{split}-*.parquet``,
-    ``*/{split}-*.parquet``, ``{split}/*.parquet``).
+    ``*/{split}-*.parquet``, ``{split}/*.parquet``); when the directory has a ``subdir`` folder (the
+    config's folder in a full hub download, e.g. ``ScienceQA-IMG``) only that folder is read.
     ``split == "calib"`` (when ``calib_key`` is given) selects the rows of ``calib_from`` whose
     ``calib_key(row, index)`` falls in the reserved hash bucket; ``row_filter(row)`` drops rows. Both
     only see ``key_columns`` (images undecoded), so nothing else is decoded for rows left out.
@@ -135,7 +137,10 @@ def load_rows(ids: Sequence[str], config: Any, split: str, limit: int | None, so
 
     real_split = calib_from if (split == CALIB_SPLIT and calib_key is not None) else split
     if source is not None and _is_local(str(source)):
-        files = _parquet_files(str(source), real_split)
+        root = Path(str(source)).expanduser()
+        if subdir and root.is_dir() and (root / subdir).is_dir():
+            root = root / subdir
+        files = _parquet_files(str(root), real_split)
         ds = datasets.load_dataset("parquet", data_files=[str(f) for f in files], split="train")
     elif source is not None:
         ds = _hub_dataset([str(source)], config, real_split)

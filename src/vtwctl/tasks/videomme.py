@@ -82,7 +82,7 @@ def _load(split: str, limit: int | None = None, seed: int = 0, source: str | Non
     from ..media import read_video
 
     rows = load_rows(DATASET_IDS, None, split, limit, source, key_columns=("videoID",),
-                     calib_key=lambda row, i: row.get("videoID", i))
+                     calib_key=lambda row, i: row.get("videoID", i), subdir="videomme")
     dirs = video_dirs(source)
     n = frames_count()
     cache: dict[str, object] = {}
