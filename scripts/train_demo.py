@@ -48,6 +48,7 @@ from vtwctl.demo import shapes  # noqa: E402
 DEFAULT_OUT = ROOT / "src" / "vtwctl" / "demo" / "model"
 PATCH = 8
 N_IMG_TOK = (shapes.IMAGE_SIZE // PATCH) ** 2  # 144
+N_CELLS = 9  # compact pseudo image: one token per grid cell (stage P9 only)
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}{% if message['role'] != 'system' %}{{ message['role'].upper() + ': '}}"
@@ -203,6 +204,7 @@ class Data:
     def encode(self, samples, mode: str):
         """mode: text (no image, question has a Context hint), pseudo, real."""
         with_image = mode != "text"
+        n_img = N_CELLS if mode == "pseudo9" else N_IMG_TOK
         seqs, labs = [], []
         for s in samples:
             text = self.prompt(s["question"], with_image)
@@ -210,7 +212,7 @@ class Data:
             a = self.tok(" " + s["answer"], add_special_tokens=False)["input_ids"] + [self.tok.eos_token_id]
             if with_image:
                 j = p.index(self.img_id)
-                p = p[:j] + [self.img_id] * N_IMG_TOK + p[j + 1 :]
+                p = p[:j] + [self.img_id] * n_img + p[j + 1 :]
             seq, lab = p + a, [-100] * len(p) + a
             # extra turns about the same image (LLaVA-style multi-turn training data): "</s>USER: q ASSISTANT: a</s>"
             for q2, a2 in s.get("turns", []):
@@ -229,19 +231,21 @@ class Data:
             attn[b, L - len(sq) :] = 1
             labels[b, L - len(sq) :] = torch.tensor(lb)
         batch = {"input_ids": input_ids, "attention_mask": attn, "labels": labels}
-        if mode == "pseudo" or mode == "targets":
-            batch["pseudo_ids"] = self.pseudo_ids(samples)
+        if mode in ("pseudo", "pseudo9", "targets"):
+            batch["pseudo_ids"] = self.pseudo_ids(samples, compact=mode == "pseudo9")
         if mode == "real" or mode == "targets":
             batch["pixel_values"] = self.proc.image_processor(
                 [s["image"] for s in samples], return_tensors="pt"
             )["pixel_values"]
         return batch
 
-    def pseudo_ids(self, samples):
-        out = torch.empty((len(samples), N_IMG_TOK, 4), dtype=torch.long)
+    def pseudo_ids(self, samples, compact=False):
+        """Vocab ids whose embeddings sum to the pseudo visual token of each patch (or of each cell)."""
+        out = torch.empty((len(samples), N_CELLS if compact else N_IMG_TOK, 4), dtype=torch.long)
         for b, s in enumerate(samples):
             rows = []
-            for colour, shape, cell in shapes.patch_labels(s["scene"], PATCH):
+            labels = shapes.patch_labels(s["scene"], shapes.IMAGE_SIZE // 3 if compact else PATCH)
+            for colour, shape, cell in labels:
                 rows.append(
                     [
                         self.img_id,
@@ -285,7 +289,7 @@ def answer_loss(model, batch, mode):
             pixel_values=batch["pixel_values"],
             attention_mask=batch["attention_mask"],
         ).last_hidden_state
-    elif mode == "pseudo":
+    elif mode in ("pseudo", "pseudo9"):
         h = lm_logits_pseudo(model, batch)
     else:
         h = model.model.language_model(
@@ -429,7 +433,8 @@ def main():
     ap.add_argument("--layers", type=int, default=8)
     ap.add_argument("--vision-width", type=int, default=96)
     ap.add_argument("--vision-layers", type=int, default=3)
-    ap.add_argument("--steps-text", type=int, default=600)
+    ap.add_argument("--steps-text", type=int, default=0)
+    ap.add_argument("--steps-p9", type=int, default=1200)
     ap.add_argument("--steps-pseudo", type=int, default=1000)
     ap.add_argument("--steps-vision", type=int, default=800)
     ap.add_argument("--steps-final", type=int, default=500)
@@ -456,6 +461,11 @@ def main():
     vocab = build_vocab()
     proc = build_processor(vocab)
     model = build_model(vocab, args)
+    # zero-init the residual output projections: every decoder layer starts as the identity, which shortens
+    # the long plateaus that deep-and-narrow decoders show on these lookup tasks
+    for layer in model.model.language_model.layers:
+        nn.init.zeros_(layer.self_attn.o_proj.weight)
+        nn.init.zeros_(layer.mlp.down_proj.weight)
     model.train()
     n_params = sum(p.numel() for p in model.parameters())
     log(f"vocab {len(vocab)}  params {n_params/1e6:.2f}M  threads {args.threads}")
@@ -532,8 +542,12 @@ def main():
                     save(model, proc, args.out, metrics)
         metrics["stages"][stage] = {"steps": total, "minutes": round((time.time() - tstage) / 60, 2)}
 
-    log("stage T: text-only warm-up")
-    run_lm_stage("T", "text", args.steps_text, args.bs_text, args.lr, Stream(10_000_000, args.seed, hint=True, turns=args.turns_text),
+    if args.steps_text:
+        log("stage T: text-only warm-up")
+        run_lm_stage("T", "text", args.steps_text, args.bs_text, args.lr, Stream(10_000_000, args.seed, hint=True, turns=args.turns_text),
+                 dec_params())
+    log("stage P9: compact pseudo images (one token per grid cell)")
+    run_lm_stage("P9", "pseudo9", args.steps_p9, args.bs, args.lr, Stream(60_000_000, args.seed, turns=args.turns),
                  dec_params())
     log("stage P: pseudo-image tokens")
     run_lm_stage("P", "pseudo", args.steps_pseudo, args.bs, args.lr, Stream(0, args.seed, turns=args.turns),

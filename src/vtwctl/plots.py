@@ -57,3 +57,36 @@ def plot_calibration(record: dict, path: str | Path) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+_TYPE_COLOURS = {"system": "tab:blue", "vision": "tab:red", "instruction": "tab:green", "output": "tab:purple"}
+
+
+def plot_attention(by_layer: list[dict], by_token: list[dict], out_dir: str | Path, title: str = "") -> list[Path]:
+    """Figs. 4-5: attention mass per token type across layers and across output tokens, with spread."""
+    plt = _plt()
+    paths = []
+    for rows, xkey, xlabel, name in (
+        (by_layer, "layer", "layer", "attention_by_layer.png"),
+        (by_token, "output_index", "output token", "attention_by_token.png"),
+    ):
+        fig, ax = plt.subplots(figsize=(6, 3.6))
+        for t, colour in _TYPE_COLOURS.items():
+            pts = sorted((r[xkey], r["mean"], r["std"]) for r in rows if r["type"] == t)
+            xs = [p[0] for p in pts]
+            m = [p[1] for p in pts]
+            sd = [p[2] for p in pts]
+            ax.plot(xs, m, "-o", ms=3, color=colour, label=t)
+            ax.fill_between(xs, [a - b for a, b in zip(m, sd)], [a + b for a, b in zip(m, sd)], color=colour,
+                            alpha=0.15)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("attention (mean over heads" + (", output tokens)" if xkey == "layer" else ", layers)"))
+        ax.set_ylim(0, 1)
+        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        p = Path(out_dir) / name
+        fig.savefig(p, dpi=120)
+        plt.close(fig)
+        paths.append(p)
+    return paths

@@ -34,6 +34,7 @@ def _root(
 
 
 def _register() -> None:
+    from . import attention as _attention  # noqa: F401
     from . import bench_run as _bench_run  # noqa: F401
     from . import calibrate as _calibrate  # noqa: F401  (each module registers its commands)
     from . import models as _models  # noqa: F401

@@ -110,12 +110,12 @@ def _hub_dataset(ids: Sequence[str], config: str | None | Callable[[str], Any], 
     ds_id, exc = errors[0]
     cfg = config(ds_id) if callable(config) else config
     what = f"{ds_id} ({cfg + ', ' if isinstance(cfg, str) else ''}{split})"
-    download = f"huggingface-cli download --repo-type dataset {ds_id}"
+    download = f"hf download --repo-type dataset {ds_id} --local-dir DIR"
     if not online:
         raise VTWError(f"dataset {what} is not in the local cache and the hub cannot be reached; pre-download it "
-                       f"({download}) or pass --data-dir DIR with parquet files of the same schema")
+                       f"({download}) and pass --data-dir DIR (parquet files of the same schema)")
     raise VTWError(f"cannot load dataset {what} ({_first_line(exc)}); pre-download it ({download}) "
-                   "or pass --data-dir DIR with parquet files of the same schema")
+                   "and pass --data-dir DIR (parquet files of the same schema)")
 
 
 def load_rows(ids: Sequence[str], config: Any, split: str, limit: int | None, source: str | None,

@@ -50,7 +50,7 @@ def build_prompt(row: dict) -> str:
 
 
 def to_sample(row: dict) -> Sample:
-    index = int(row["index"])
+    index = int(float(row["index"]))  # int64 in lmms-lab/MMBench_EN, a string in lmms-lab/MMBench "en"
     answer = row.get("answer")
     return Sample(
         id=str(index),
@@ -58,7 +58,8 @@ def to_sample(row: dict) -> Sample:
         answer="" if is_missing(answer) else str(answer).strip(),
         image=rgb(row.get("image")),
         meta={"index": index, "group": index % CIRCULAR, "options": options_of(row),
-              "category": row.get("category"), "l2_category": row.get("L2-category"), "source": row.get("source")},
+              "category": row.get("category"), "l2_category": row.get("L2-category", row.get("l2-category")),
+              "source": row.get("source")},
     )
 
 

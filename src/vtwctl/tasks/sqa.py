@@ -10,13 +10,14 @@ from __future__ import annotations
 from . import Sample, Task
 from .common import MC_POST_PROMPT, fraction, grouped_accuracy, letters, load_rows, options_block, parse_letter, rgb
 
-DATASET_IDS = ("lmms-lab/ScienceQA", "derek-thomas/ScienceQA")
+DATASET_IDS = ("lmms-lab/ScienceQA", "lmms-lab/ScienceQA-IMG", "derek-thomas/ScienceQA")
 CONFIG = "ScienceQA-IMG"
 
 
 def _config(ds_id: str) -> str | None:
-    # derek-thomas/ScienceQA is the full set (no configs); lmms-lab/ScienceQA has ScienceQA-IMG / ScienceQA-FULL.
-    return CONFIG if ds_id.startswith("lmms-lab/") else None
+    # lmms-lab/ScienceQA has the configs ScienceQA-IMG / ScienceQA-FULL; lmms-lab/ScienceQA-IMG (image rows only)
+    # and derek-thomas/ScienceQA (the full set, filtered here) have none.
+    return CONFIG if ds_id == "lmms-lab/ScienceQA" else None
 
 
 def build_prompt(row: dict) -> str:
@@ -69,6 +70,6 @@ TASK = Task(
     score=_score,
     metrics=_metrics,
     max_new_tokens=16,
-    splits=("train", "validation", "test"),
+    splits=("validation", "test", "train"),
     dataset_ids=DATASET_IDS,
 )

@@ -105,7 +105,7 @@ def _load(split: str, limit: int | None = None, seed: int = 0, source: str | Non
             video=cache[vid],
             meta={"duration": row.get("duration"), "domain": row.get("domain"),
                   "sub_category": row.get("sub_category"), "task_type": row.get("task_type"), "videoID": vid,
-                  "options": {o[0]: re.sub(r"^[A-D]\.\s*", "", o) for o in options if o}},
+                  "options": {o[0]: re.sub(r"^[A-D]\.\s*", "", o).rstrip(".") for o in options if o}},
         ))
     return samples
 

@@ -1,0 +1,220 @@
+"""Attention of each output token to system / vision / instruction / output tokens (Figs. 4-5).
+
+For every generated token and every layer, the attention mass of the query that predicts it (the
+last position of the sequence at that step) over each token type, averaged over heads: beta[t, l, type].
+It is computed from that single query row and the layer's cached keys (hooks on the attention
+modules), never from full attention matrices, so any attention implementation works and memory
+stays O(layers x sequence) per step.
+
+Token types follow the paper's Fig. 3: system tokens come before the first vision token, vision
+tokens are the image/video tokens, instruction tokens are the rest of the prompt (vision start/end
+markers such as Qwen2-VL's count as system/instruction text), output tokens are the ones generated
+so far. Under VTW (``k``), layers >= k hold no vision keys: their vision mass is 0 by construction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .families import adapter_for
+
+TYPES = ("system", "vision", "instruction", "output")
+
+
+def segment(input_ids: torch.Tensor, vision_ids: list[int], attention_mask: torch.Tensor | None = None,
+            visual: bool = True) -> torch.Tensor:
+    """Token type (index into TYPES) of every prompt position [B, S]; padding gets -1."""
+    ids = input_ids
+    vision = torch.isin(ids, torch.tensor(vision_ids, device=ids.device)) if visual else torch.zeros_like(ids).bool()
+    pos = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
+    big = ids.shape[1]
+    first = torch.where(vision, pos, big).min(1).values[:, None]
+    types = torch.where(pos < first, 0, 2)
+    types = torch.where(vision, 1, types)
+    if attention_mask is not None:
+        types = torch.where(attention_mask.bool(), types, -1)
+    return types
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    a, b = x[..., : x.shape[-1] // 2], x[..., x.shape[-1] // 2 :]
+    return torch.cat((-b, a), dim=-1)
+
+
+@dataclass
+class _Step:
+    inputs: dict = field(default_factory=dict)  # layer -> (hidden last row, cos last, sin last, mask row)
+
+
+class AttentionRecorder:
+    """Hooks on every attention module recording beta per type for the last query of each forward."""
+
+    def __init__(self, model, key_types):
+        self.model = model
+        self.adapter = adapter_for(model)
+        self.layers = self.adapter.text_model(model).layers
+        self.key_types = key_types  # callable(layer_idx, num_keys) -> LongTensor [B, num_keys] of type ids
+        self.rows: list[torch.Tensor] = []  # per forward: [B, L, 4]
+        self.current: dict[int, torch.Tensor] = {}
+        self.pending: dict[int, tuple] = {}
+        self.handles = []
+
+    def install(self) -> None:
+        for i, layer in enumerate(self.layers):
+            attn = layer.self_attn
+            self.handles.append(attn.register_forward_pre_hook(self._pre(i), with_kwargs=True))
+            self.handles.append(attn.register_forward_hook(self._post(i), with_kwargs=True))
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles.clear()
+
+    def _pre(self, i):
+        def hook(module, args, kwargs):
+            hidden = args[0] if args else kwargs["hidden_states"]
+            cos, sin = kwargs["position_embeddings"]
+            mask = kwargs.get("attention_mask")
+            row = None
+            if isinstance(mask, torch.Tensor) and mask.ndim == 4:
+                row = mask[:, :, -1:, :]
+            elif isinstance(mask, torch.Tensor) and mask.ndim == 2:
+                row = mask.bool()[:, None, None, :]
+            self.pending[i] = (hidden[:, -1:], cos[:, -1:], sin[:, -1:], row)
+        return hook
+
+    def _post(self, i):
+        def hook(module, args, kwargs, output):
+            hidden, cos, sin, row = self.pending.pop(i)
+            cache = kwargs.get("cache", kwargs.get("past_key_values"))
+            keys = cache.layers[module.layer_idx].keys  # [B, Hkv, S, D], rotated
+            b = hidden.shape[0]
+            d = module.head_dim
+            q = module.q_proj(hidden).view(b, 1, -1, d).transpose(1, 2)
+            q = q * cos.unsqueeze(1) + _rotate_half(q) * sin.unsqueeze(1)
+            k = keys.repeat_interleave(q.shape[1] // keys.shape[1], dim=1)
+            s = (q.float() @ k.float().transpose(-1, -2)) * module.scaling  # [B, H, 1, S]
+            if row is not None:
+                row = row[..., -s.shape[-1]:]
+                s = s.masked_fill(~row, float("-inf")) if row.dtype == torch.bool else s + row.float()
+            probs = s.softmax(-1).mean(1)[:, 0]  # [B, S]
+            types = self.key_types(i, probs.shape[-1]).to(probs.device)
+            beta = torch.zeros(b, len(TYPES), device=probs.device)
+            beta.scatter_add_(1, types.clamp(min=0), probs * (types >= 0))
+            self.current[i] = beta.cpu()
+            if i == len(self.layers) - 1:
+                self.rows.append(torch.stack([self.current[j] for j in range(len(self.layers))], 1))
+                self.current.clear()
+        return hook
+
+
+@torch.no_grad()
+def record(loaded, inputs: dict, max_new_tokens: int = 16, k: int | None = None) -> torch.Tensor:
+    """beta [B, T, L, 4] for each generated token t (greedy), layer l and token type (TYPES)."""
+    from .withdraw import Engine, active
+
+    model = loaded.model
+    visual = any(key.startswith("pixel_values") for key in inputs)
+    prompt_types = segment(inputs["input_ids"], loaded.vision_token_ids, inputs.get("attention_mask"), visual)
+    n = loaded.num_layers
+    engine = Engine(model, k, "keep") if k is not None and k < n else None
+
+    def key_types(layer: int, num_keys: int) -> torch.Tensor:
+        b, s = prompt_types.shape
+        full = torch.full((b, num_keys), 3, dtype=torch.long)  # keys past the prompt are outputs
+        full[:, : min(s, num_keys)] = prompt_types[:, : min(s, num_keys)].cpu()
+        if engine is not None and layer >= k and engine.call is not None and engine.call.kv_map is not None:
+            kv_map = engine.call.kv_map.cpu()[:, :num_keys]  # compressed key slot -> original position
+            orig = torch.full((b, max(int(kv_map.max()) + 1, s)), 3, dtype=torch.long)
+            orig[:, :s] = prompt_types.cpu()
+            out = torch.full((b, num_keys), -1, dtype=torch.long)
+            out[:, : kv_map.shape[1]] = torch.where(kv_map >= 0, orig.gather(1, kv_map.clamp(min=0)), -1)
+            return out
+        return full
+
+    rec = AttentionRecorder(model, key_types)
+    rec.install()
+    try:
+        ctx = active(model, engine) if engine is not None else _null()
+        with ctx:
+            model.generate(**inputs, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens,
+                           do_sample=False, temperature=None, top_p=None, top_k=None)
+    finally:
+        rec.remove()
+    return torch.stack(rec.rows, 1)  # [B, T, L, 4]
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+@dataclass
+class AttentionReport:
+    model: str
+    datasets: list[str]
+    k: int | None
+    sample_ids: list[str]
+    beta: torch.Tensor  # [N, T, L, 4]
+    env: dict = field(default_factory=dict)
+
+    def by_layer(self) -> list[dict]:
+        per = self.beta.mean(1)  # [N, L, 4]: averaged over output tokens
+        mean, std = per.mean(0), per.std(0, unbiased=False)
+        return [{"layer": layer, "type": t, "mean": float(mean[layer, j]), "std": float(std[layer, j])}
+                for layer in range(per.shape[1]) for j, t in enumerate(TYPES)]
+
+    def by_token(self) -> list[dict]:
+        per = self.beta.mean(2)  # [N, T, 4]: averaged over layers
+        mean, std = per.mean(0), per.std(0, unbiased=False)
+        return [{"output_index": i, "type": t, "mean": float(mean[i, j]), "std": float(std[i, j])}
+                for i in range(per.shape[1]) for j, t in enumerate(TYPES)]
+
+    def write(self, out_dir) -> list:
+        import csv
+        from pathlib import Path
+
+        import numpy as np
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for name, rows in (("attention_by_layer.csv", self.by_layer()), ("attention_by_token.csv", self.by_token())):
+            p = out / name
+            with p.open("w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=list(rows[0]))
+                w.writeheader()
+                w.writerows(rows)
+            paths.append(p)
+        p = out / "attention_raw.npz"
+        np.savez_compressed(p, beta=self.beta.numpy(), types=np.array(TYPES), sample_ids=np.array(self.sample_ids),
+                            datasets=np.array(self.datasets), k=-1 if self.k is None else self.k)
+        paths.append(p)
+        from .plots import plot_attention
+
+        paths += plot_attention(self.by_layer(), self.by_token(), out, title=f"{self.model}"
+                                + (f", VTW K={self.k}" if self.k is not None else ""))
+        return paths
+
+
+def attention_stats(loaded, tasks_and_samples: list[tuple], max_new_tokens: int = 16, k: int | None = None,
+                    progress=None) -> AttentionReport:
+    """beta for each (task, sample) pair, one sample at a time, as an AttentionReport."""
+    from .env import environment
+
+    betas, ids, names = [], [], []
+    for i, (task, s) in enumerate(tasks_and_samples):
+        inputs = loaded.build_inputs(s.prompt, images=[s.image] if s.image is not None else None,
+                                     videos=[s.video] if s.video is not None else None)
+        betas.append(record(loaded, inputs, max_new_tokens, k)[0])
+        ids.append(s.id)
+        names.append(task)
+        if progress:
+            progress(i + 1, len(tasks_and_samples))
+    return AttentionReport(model=loaded.name, datasets=sorted(set(names)), k=k, sample_ids=ids,
+                           beta=torch.stack(betas), env=environment(loaded))
