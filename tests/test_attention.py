@@ -31,7 +31,7 @@ def beta_from_attention_maps(model, x, steps):
     prompt = torch.where(vision, 1, prompt)
     prompt = torch.where(mask, prompt, -1)
     steps_out = []
-    for t, layers in enumerate(out.attentions):
+    for layers in out.attentions:
         per_layer = []
         for att in layers:
             row = att[:, :, -1, :].mean(1)  # [B, kv]
@@ -79,8 +79,8 @@ def test_cli_writes_readable_tables_and_plots(tmp_path):
     import json
 
     import numpy as np
-    from test_cli import vtwctl
 
+    from test_cli import vtwctl
     from vtwctl.testing import save_tiny_llava
 
     model_dir = tmp_path / "m"
