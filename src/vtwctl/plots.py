@@ -90,3 +90,42 @@ def plot_attention(by_layer: list[dict], by_token: list[dict], out_dir: str | Pa
         plt.close(fig)
         paths.append(p)
     return paths
+
+
+def plot_profile(data: dict, path: str | Path) -> Path:
+    """Bars of TFLOPs (and latency when measured) for baseline / VTW / FastV; curves vs K for a sweep."""
+    plt = _plt()
+    rows = [data["baseline"], data["vtw"], data["fastv"]]
+    measured = "prefill_s" in data["baseline"]
+    if data.get("sweep"):
+        sweep = data["sweep"]
+        fig, ax = plt.subplots(figsize=(6, 3.6))
+        ks = [r["k"] for r in sweep]
+        ax.plot(ks, [r["tflops"] for r in sweep], "o-", label="VTW TFLOPs")
+        ax.axhline(data["baseline"]["tflops"], color="k", ls="--", lw=1, label="baseline")
+        ax.axhline(data["fastv"]["tflops"], color="tab:orange", ls=":", lw=1, label="FastV")
+        ax.set_xlabel("withdrawal layer K")
+        ax.set_ylabel("TFLOPs")
+        if measured:
+            ax2 = ax.twinx()
+            ax2.plot(ks, [r["prefill_s"] * 1000 for r in sweep], "s--", color="tab:red", label="VTW prefill (ms)")
+            ax2.set_ylabel("prefill (ms)", color="tab:red")
+        ax.legend(fontsize=7, loc="upper left")
+    else:
+        cols = 2 if measured else 1
+        fig, axes = plt.subplots(1, cols, figsize=(4 * cols, 3.4), squeeze=False)
+        names = ["baseline", f"VTW K={data['vtw'].get('k')}", f"FastV K={data['fastv'].get('k')}"]
+        axes[0][0].bar(names, [r["tflops"] for r in rows], color=["grey", "tab:blue", "tab:orange"])
+        axes[0][0].set_ylabel("TFLOPs")
+        if measured:
+            axes[0][1].bar(names, [r["prefill_s"] * 1000 for r in rows], color=["grey", "tab:blue", "tab:orange"])
+            axes[0][1].set_ylabel("prefill (ms)")
+        for ax in axes[0]:
+            ax.tick_params(axis="x", labelsize=7)
+    fig.suptitle(f"{data['model']} ({data['tokens']['vision']} vision + {data['tokens']['text']} text)", fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

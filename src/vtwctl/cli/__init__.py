@@ -38,6 +38,7 @@ def _register() -> None:
     from . import bench_run as _bench_run  # noqa: F401
     from . import calibrate as _calibrate  # noqa: F401  (each module registers its commands)
     from . import models as _models  # noqa: F401
+    from . import profile as _profile  # noqa: F401
     from . import run as _run  # noqa: F401
 
 

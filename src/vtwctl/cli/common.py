@@ -20,7 +20,8 @@ TRUST = typer.Option(False, "--trust-remote-code", help="Allow model code from t
 def stderr_console():
     from rich.console import Console
 
-    return Console(stderr=True)
+    # a terminal gets its own width; logs and pipes get room for the wide tables
+    return Console(stderr=True, width=None if sys.stderr.isatty() else 140)
 
 
 def emit_json(obj: Any) -> None:
