@@ -630,7 +630,7 @@ def main():
     metrics["test_eval_minutes"] = round((time.time() - tt) / 60, 2)
     metrics["train_minutes"] = round((tt - t0) / 60, 2)
     metrics["total_steps"] = sum(v["steps"] for v in metrics["stages"].values())
-    val_res, _ = evaluate_generate(model, proc, shapes.generate("validation", None, args.seed))
+    val_res, _ = evaluate_generate(model, proc, shapes.generate("validation", args.n_val, args.seed))
     metrics["validation_generate"] = val_res
     save(model, proc, args.out, metrics)
     (args.out.parent / "model_test_predictions.json").unlink(missing_ok=True)

@@ -98,3 +98,13 @@ def test_calib_keeps_image_pairs_together(tmp_path):
     assert [s.meta["question_id"] for s in calib] == [q for q in expected for _ in range(2)]
     assert len(task.load("calib", limit=1, source=str(tmp_path / "test.parquet"))) == 1
     assert len(task.load("test", source=str(tmp_path / "test.parquet"))) == 120
+
+
+def test_pope_metrics_on_evaluate_records(tmp_path):
+    """``evaluate`` writes the raw model text as "answer" and the reference as "target"."""
+    write_parquet(tmp_path / "data" / "test-00000-of-00001.parquet", pope_rows(), POPE_FEATURES)
+    task = get("pope")
+    samples = task.load("test", source=str(tmp_path))
+    outputs = ["Yes, there is.", "Yes", "No.", "no", "I think it's a cat", "No, there is no kite."]
+    recs = [{**r, "answer": out, "target": r["answer"]} for r, out in zip(records(task, samples, outputs), outputs)]
+    assert task.metrics(recs) == task.metrics(records(task, samples, outputs))

@@ -65,3 +65,13 @@ def test_videomme_missing_video_is_clear(vmme_dir, monkeypatch, tmp_path):
 def test_videomme_frames_env(vmme_dir, monkeypatch):
     monkeypatch.setenv("VTWCTL_VIDEO_FRAMES", "4")
     assert get("videomme").load("test", limit=1, source=str(vmme_dir))[0].video.shape[0] == 4
+
+
+def test_videomme_from_vtwctl_data_dir(vmme_dir, monkeypatch, tmp_path_factory):
+    """No --data-dir (e.g. calibrate): $VTWCTL_DATA_DIR/videomme holds the parquet files and the videos."""
+    root = tmp_path_factory.mktemp("all")
+    (root / "videomme").symlink_to(vmme_dir, target_is_directory=True)
+    monkeypatch.setenv("VTWCTL_DATA_DIR", str(root))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    samples = get("videomme").load("test", limit=1)
+    assert samples[0].id == "001-1" and samples[0].video.shape[0] == 8

@@ -62,8 +62,8 @@ def profile(
     """TFLOPs (Eq. 1, exact, counted), prefill/decode latency, peak memory and KV bytes: baseline, VTW, FastV."""
     from ..env import environment
     from ..errors import VTWError
-    from ..profiling import FLOP_METHODS, ProfileReport, flops_rows, measured_rows
     from ..profiles import find, records
+    from ..profiling import FLOP_METHODS, ProfileReport, flops_rows, measured_rows
 
     if method not in FLOP_METHODS:
         raise VTWError(f"--method must be one of {', '.join(FLOP_METHODS)}, got {method!r}")

@@ -33,7 +33,7 @@ def to_sample(row: dict) -> Sample:
 
 
 def _load(split: str, limit: int | None = None, seed: int = 0, source: str | None = None) -> list[Sample]:
-    rows = load_rows(DATASET_IDS, None, split, limit, source, calib_key=lambda row, i: f"ai2d-{i}")
+    rows = load_rows(DATASET_IDS, None, split, limit, source, name="ai2d", calib_key=lambda row, i: f"ai2d-{i}")
     return [to_sample(row) for row in rows]
 
 

@@ -113,7 +113,8 @@ def _hub_dataset(ids: Sequence[str], config: str | None | Callable[[str], Any], 
     download = f"hf download --repo-type dataset {ds_id} --local-dir DIR"
     if not online:
         raise VTWError(f"dataset {what} is not in the local cache and the hub cannot be reached; pre-download it "
-                       f"({download}) and pass --data-dir DIR (parquet files of the same schema)")
+                       f"({download}) and pass --data-dir DIR (parquet files of the same schema; "
+                       "or set VTWCTL_DATA_DIR)")
     raise VTWError(f"cannot load dataset {what} ({_first_line(exc)}); pre-download it ({download}) "
                    "and pass --data-dir DIR (parquet files of the same schema)")
 
@@ -121,7 +122,7 @@ def _hub_dataset(ids: Sequence[str], config: str | None | Callable[[str], Any], 
 def load_rows(ids: Sequence[str], config: Any, split: str, limit: int | None, source: str | None,
               *, calib_key: Callable[[dict, int], Any] | None = None, calib_from: str = "test",
               key_columns: Sequence[str] = (), row_filter: Callable[[dict], bool] | None = None,
-              subdir: str | None = None) -> list[dict]:
+              subdir: str | None = None, name: str | None = None) -> list[dict]:
     """Rows of ``split`` (the first ``limit``) as dicts with PIL images, in the dataset's order; each
     row gets ``"_row"``, its index in the split.
 
@@ -129,6 +130,8 @@ def load_rows(ids: Sequence[str], config: Any, split: str, limit: int | None, so
     parquet file / directory (``{split}.parquet``, ``{split}-*.parquet``, ``data/{split}-*.parquet``,
     ``*/{split}-*.parquet``, ``{split}/*.parquet``); when the directory has a ``subdir`` folder (the
     config's folder in a full hub download, e.g. ``ScienceQA-IMG``) only that folder is read.
+    With ``source`` None, ``$VTWCTL_DATA_DIR/{name}`` is used when it exists (a way to give local data to
+    commands without a --data-dir option, e.g. calibrate).
     ``split == "calib"`` (when ``calib_key`` is given) selects the rows of ``calib_from`` whose
     ``calib_key(row, index)`` falls in the reserved hash bucket; ``row_filter(row)`` drops rows. Both
     only see ``key_columns`` (images undecoded), so nothing else is decoded for rows left out.
@@ -136,6 +139,9 @@ def load_rows(ids: Sequence[str], config: Any, split: str, limit: int | None, so
     import datasets
 
     real_split = calib_from if (split == CALIB_SPLIT and calib_key is not None) else split
+    root_env = env_dir("VTWCTL_DATA_DIR")
+    if source is None and name and root_env is not None and (root_env / name).exists():
+        source = str(root_env / name)
     if source is not None and _is_local(str(source)):
         root = Path(str(source)).expanduser()
         if subdir and root.is_dir() and (root / subdir).is_dir():
@@ -287,6 +293,12 @@ def parse_yes_no(output: str) -> str:
 
 
 # --------------------------------------------------------------------------------------- metrics
+def gold(record: dict) -> str:
+    """The reference answer of a record: ``target`` in the records ``evaluate`` writes (where ``answer`` is
+    the model's raw text), else ``answer``."""
+    return str(record["target"] if "target" in record else record["answer"])
+
+
 def fraction(values: Sequence[bool]) -> float:
     return sum(bool(v) for v in values) / len(values) if values else 0.0
 

@@ -64,7 +64,8 @@ def to_sample(row: dict) -> Sample:
 
 
 def _load(split: str, limit: int | None = None, seed: int = 0, source: str | None = None) -> list[Sample]:
-    return [to_sample(row) for row in load_rows(DATASET_IDS, _config, split, limit, source, subdir=CONFIG)]
+    rows = load_rows(DATASET_IDS, _config, split, limit, source, name="mmbench", subdir=CONFIG)
+    return [to_sample(row) for row in rows]
 
 
 def _parse(sample: Sample, output: str) -> str:

@@ -29,7 +29,7 @@ def build_prompt(row: dict) -> str:
 
 
 def _load(split: str, limit: int | None = None, seed: int = 0, source: str | None = None) -> list[Sample]:
-    rows = load_rows(DATASET_IDS, None, split, limit, source, key_columns=("question_id",),
+    rows = load_rows(DATASET_IDS, None, split, limit, source, name="mme", key_columns=("question_id",),
                      calib_key=lambda row, i: row.get("question_id", i))
     seen: dict[str, int] = {}
     samples = []

@@ -110,7 +110,7 @@ def to_sample(row: dict) -> Sample:
 
 
 def _load(split: str, limit: int | None = None, seed: int = 0, source: str | None = None) -> list[Sample]:
-    return [to_sample(row) for row in load_rows(DATASET_IDS, _config, split, limit, source)]
+    return [to_sample(row) for row in load_rows(DATASET_IDS, _config, split, limit, source, name="mmmu")]
 
 
 # ----------------------------------------------------------------- MMMU's parsing and evaluation

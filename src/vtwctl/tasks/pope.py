@@ -15,7 +15,7 @@ Only a ``test`` split; calibration uses the ``calib`` pseudo-split (test rows wh
 from __future__ import annotations
 
 from . import Sample, Task
-from .common import CALIB_SPLIT, SHORT_POST_PROMPT, load_rows, parse_yes_no, rgb
+from .common import CALIB_SPLIT, SHORT_POST_PROMPT, gold, load_rows, parse_yes_no, rgb
 
 DATASET_IDS = ("lmms-lab/POPE",)
 CATEGORIES = ("adversarial", "popular", "random")
@@ -38,7 +38,7 @@ def to_sample(row: dict) -> Sample:
 
 
 def _load(split: str, limit: int | None = None, seed: int = 0, source: str | None = None) -> list[Sample]:
-    rows = load_rows(DATASET_IDS, None, split, limit, source, key_columns=("id",),
+    rows = load_rows(DATASET_IDS, None, split, limit, source, name="pope", key_columns=("id",),
                      calib_key=lambda row, i: row.get("id", i))
     return [to_sample(row) for row in rows]
 
@@ -54,14 +54,15 @@ def _score(sample: Sample, parsed: str) -> bool:
 def binary_metrics(records: list[dict]) -> dict[str, float]:
     """accuracy, precision, recall, f1, yes_ratio (ground truth), pred_yes_ratio of yes/no records."""
     n = len(records)
-    tp = sum(1 for r in records if r["answer"] == "yes" and r["parsed"] == "yes")
-    fp = sum(1 for r in records if r["answer"] == "no" and r["parsed"] == "yes")
-    fn = sum(1 for r in records if r["answer"] == "yes" and r["parsed"] == "no")
+    gts = [gold(r) for r in records]
+    tp = sum(1 for r, g in zip(records, gts) if g == "yes" and r["parsed"] == "yes")
+    fp = sum(1 for r, g in zip(records, gts) if g == "no" and r["parsed"] == "yes")
+    fn = sum(1 for r, g in zip(records, gts) if g == "yes" and r["parsed"] == "no")
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    gt_yes = sum(1 for r in records if r["answer"] == "yes")
-    gt_no = sum(1 for r in records if r["answer"] == "no")
+    gt_yes = sum(1 for g in gts if g == "yes")
+    gt_no = sum(1 for g in gts if g == "no")
     return {
         "accuracy": sum(bool(r["correct"]) for r in records) / n if n else 0.0,
         "precision": precision,

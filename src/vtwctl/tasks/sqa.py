@@ -41,7 +41,7 @@ def to_sample(row: dict, index: int, split: str) -> Sample:
 
 def _load(split: str, limit: int | None = None, seed: int = 0, source: str | None = None) -> list[Sample]:
     # ScienceQA-IMG only: rows without an image (derek-thomas/ScienceQA is the full set) are dropped.
-    rows = load_rows(DATASET_IDS, _config, split, limit, source, key_columns=("image",),
+    rows = load_rows(DATASET_IDS, _config, split, limit, source, name="sqa", key_columns=("image",),
                      row_filter=lambda r: r.get("image") is not None, subdir=CONFIG)
     return [to_sample(row, row["_row"], split) for row in rows]
 

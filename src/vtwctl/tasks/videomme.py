@@ -8,7 +8,8 @@ one per line, already "A. ..."}\\nThe best answer is:"``.
 Videos are not in the parquet files (``videoID`` names a YouTube video). They are looked up, for each
 ``videoID``, as ``{videoID}.mp4`` / ``.MP4`` / ``.mkv`` (needs PyAV), ``{videoID}.npy`` (frames
 [T, H, W, 3]) or a folder ``{videoID}/`` of frame images, in: ``DIR/data``, ``DIR/videos`` and ``DIR``
-for ``--data-dir DIR``; then ``$VTWCTL_VIDEOMME_DIR`` (same sub-folders); then lmms-eval's cache
+for ``--data-dir DIR``; then ``$VTWCTL_VIDEOMME_DIR`` and ``$VTWCTL_DATA_DIR/videomme`` (same
+sub-folders); then lmms-eval's cache
 ``$HF_HOME/videomme/data``. ``NUM_FRAMES`` (8, Video-LLaVA's setting; ``$VTWCTL_VIDEO_FRAMES``
 overrides) evenly spaced frames are read per video (once per video: its 3 questions share them).
 
@@ -50,9 +51,11 @@ def video_dirs(source: str | None) -> list[Path]:
     if source is not None and Path(source).expanduser().exists():
         p = Path(source).expanduser()
         roots.append(p if p.is_dir() else p.parent)
-    env = env_dir("VTWCTL_VIDEOMME_DIR")
-    if env is not None:
-        roots.append(env)
+    videomme_env, data_env = env_dir("VTWCTL_VIDEOMME_DIR"), env_dir("VTWCTL_DATA_DIR")
+    if videomme_env is not None:
+        roots.append(videomme_env)
+    if data_env is not None:
+        roots.append(data_env / "videomme")
     dirs = [d for r in roots for d in (r / "data", r / "videos", r)]
     hf_home = Path(os.environ.get("HF_HOME", "~/.cache/huggingface/")).expanduser()
     dirs.append(hf_home / "videomme" / "data")
@@ -81,7 +84,7 @@ def frames_count() -> int:
 def _load(split: str, limit: int | None = None, seed: int = 0, source: str | None = None) -> list[Sample]:
     from ..media import read_video
 
-    rows = load_rows(DATASET_IDS, None, split, limit, source, key_columns=("videoID",),
+    rows = load_rows(DATASET_IDS, None, split, limit, source, name="videomme", key_columns=("videoID",),
                      calib_key=lambda row, i: row.get("videoID", i), subdir="videomme")
     dirs = video_dirs(source)
     n = frames_count()
