@@ -30,8 +30,9 @@ class Dims:
     """The dimensions a FLOP count needs: the decoder LM and (optionally) the vision tower and projector.
 
     Vision fields: ``vision_tokens_in`` is the number of tokens one tower pass processes (CLIP: patches + CLS;
-    SigLIP: patches; Qwen: patches before the 2x2 merge), ``vision_tokens_out`` how many of them reach the
-    projector per pass, ``vision_patch_dim`` the patch-embedding input size (channels x patch^2 [x temporal]).
+    SigLIP: patches), ``vision_tokens_out`` how many of them reach the projector per pass; Qwen towers take
+    native resolutions, so there both are per merged output token: ``merge^2`` and 1. ``vision_patch_dim`` is
+    the patch-embedding input size (channels x patch^2 [x temporal patch]).
     """
 
     num_layers: int
@@ -81,8 +82,7 @@ class Dims:
         if "qwen" in encoder or "merger" in (v.get("projector") or ""):
             merge = 2
             dims.vision_gated_mlp = "swiglu" in encoder
-            dims.vision_tokens_out = int(v.get("tokens_per_image") or 256)
-            dims.vision_tokens_in = dims.vision_tokens_out * merge * merge
+            dims.vision_tokens_in, dims.vision_tokens_out = merge * merge, 1  # per merged token, as from_config
             dims.vision_patch_dim = 3 * 2 * patch * patch
             dims.projector_in = dims.projector_hidden = vh * merge * merge
         else:
