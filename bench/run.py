@@ -8,11 +8,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+import attention_overhead  # noqa: E402
 import calibrate_speed  # noqa: E402
+import profile_speed  # noqa: E402
 
 if __name__ == "__main__":
     results = Path(__file__).parent / "results"
     results.mkdir(exist_ok=True)
-    res = calibrate_speed.main()
-    (results / "calibrate_speed.json").write_text(json.dumps(res, indent=2))
-    print(json.dumps({k: v for k, v in res.items() if k != "env"}, indent=2))
+    for mod in (calibrate_speed, profile_speed, attention_overhead):
+        res = mod.main()
+        (results / f"{res['benchmark']}.json").write_text(json.dumps(res, indent=2))
+        print(json.dumps({k: v for k, v in res.items() if k != "env"}, indent=2))

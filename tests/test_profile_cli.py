@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from test_cli import tiny_dir, vtwctl  # noqa: F401  (fixture)
 
 

@@ -55,7 +55,10 @@ def _parquet_files(source: str, split: str) -> list[Path]:
 
 
 def _is_local(source: str) -> bool:
-    return Path(source).expanduser().exists() or source.startswith((".", "/", "~")) or source.endswith(".parquet")
+    """A local path unless it is a non-existent ``org/name`` (a hub dataset id)."""
+    if Path(source).expanduser().exists() or source.startswith((".", "/", "~")) or source.endswith(".parquet"):
+        return True
+    return re.fullmatch(r"[\w.-]+/[\w.-]+", source) is None
 
 
 @contextlib.contextmanager

@@ -44,7 +44,7 @@ def build_prompt(row: dict) -> str:
     options_prompt = options_prompt.rstrip("\n")
     hint = row.get("hint")
     query = f"{row['question']} {options_prompt}"
-    if not is_missing(hint):
+    if hint is not None and not (isinstance(hint, float) and hint != hint) and hint != "nan":  # as lmms-eval
         query = f"{hint} {query}"
     return f"{query}\n{POST_PROMPT}"
 

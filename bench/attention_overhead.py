@@ -1,0 +1,53 @@
+"""Overhead of recording beta per token type (vtwctl.attention.record) vs a plain generate, side by side."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+from vtwctl.attention import record
+from vtwctl.env import environment
+
+
+def main(layers: int = 16, hidden: int = 768, new_tokens: int = 16, repeats: int = 3) -> dict:
+    from calibrate_speed import llava_shaped
+
+    model = llava_shaped(layers, hidden)
+    ids = torch.cat([torch.randint(3, 30000, (35,)), torch.full((576,), 32000), torch.randint(3, 30000, (31,))])
+    x = {"input_ids": ids[None], "attention_mask": torch.ones(1, len(ids), dtype=torch.long),
+         "pixel_values": torch.randn(1, 3, 336, 336)}
+    loaded = SimpleNamespace(model=model, vision_token_ids=[32000], num_layers=layers, name="llava-shaped")
+    kw = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+
+    def plain():
+        with torch.no_grad():
+            model.generate(**x, **kw)
+
+    def hooked():
+        record(loaded, x, new_tokens)
+
+    plain()
+    hooked()
+    times = {"plain": [], "hooked": []}
+    for _ in range(repeats):
+        for name, fn in (("plain", plain), ("hooked", hooked)):
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    p, h = statistics.median(times["plain"]), statistics.median(times["hooked"])
+    return {"benchmark": "attention_overhead", "layers": layers, "hidden": hidden, "new_tokens": new_tokens,
+            "plain_s": times["plain"], "hooked_s": times["hooked"], "overhead_ratio": h / p, "env": environment()}
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    res = main()
+    (Path(__file__).parent / "results" / "attention_overhead.json").write_text(json.dumps(res, indent=2))
+    print(json.dumps({k: v for k, v in res.items() if k != "env"}, indent=2))
