@@ -53,7 +53,8 @@ def main(layers: int = 16, hidden: int = 768, text: int = 66, k_min: int = 5, re
     model = llava_shaped(layers, hidden)
     n_vis = (336 // 14) ** 2
     pre = 35
-    ids = torch.cat([torch.randint(3, 30000, (pre,)), torch.full((n_vis,), 32000), torch.randint(3, 30000, (text - pre,))])
+    ids = torch.cat([torch.randint(3, 30000, (pre,)), torch.full((n_vis,), 32000),
+                     torch.randint(3, 30000, (text - pre,))])
     x = {"input_ids": ids[None], "attention_mask": torch.ones(1, len(ids), dtype=torch.long),
          "pixel_values": torch.randn(1, 3, 336, 336)}
     s = len(ids)

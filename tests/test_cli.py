@@ -27,10 +27,25 @@ def image(tmp_path_factory):
     return path
 
 
-def vtwctl(*args, env=None):
-    code = "from vtwctl.cli import main; main()"
-    return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True,
-                          env=env, timeout=300)
+def vtwctl(*args):
+    """Run the CLI in this process (as the console script does) and capture its exit code and output."""
+    import contextlib
+    import io
+    from types import SimpleNamespace
+
+    from vtwctl.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    argv, sys.argv = sys.argv, ["vtwctl", *map(str, args)]
+    code = 0
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            main()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        sys.argv = argv
+    return SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
 
 
 def test_help_does_not_import_torch():
