@@ -168,7 +168,7 @@ def choose_k(kl_mean: dict[int, float], eta: float, num_layers: int) -> int:
 
 
 def calibrate(loaded, task, etas: list[float], k_min: int = 5, samples: int = 20, seed: int = 0,
-              split: str | None = None, tokens: int = 1, accuracy: int = 0,
+              split: str | None = None, tokens: int = 1, accuracy: int = 0, source: str | None = None,
               progress: Callable[[str, int, int], None] | None = None) -> Calibration:
     """Sweep K over ``samples`` samples of ``task``'s calibration split and choose K per eta."""
     from .env import environment
@@ -183,7 +183,7 @@ def calibrate(loaded, task, etas: list[float], k_min: int = 5, samples: int = 20
     split = split or task.calibration_split
     if split == task.test_split:
         raise VTWError(f"calibration must not use the test split ({split}) of {task.name}")
-    data = task.load(split, samples, seed)
+    data = task.load(split, samples, seed, source)
     if not data:
         raise VTWError(f"no samples in {task.name}/{split}")
     start = time.perf_counter()

@@ -37,6 +37,7 @@ def _register() -> None:
     from . import attention as _attention  # noqa: F401
     from . import bench_run as _bench_run  # noqa: F401
     from . import calibrate as _calibrate  # noqa: F401  (each module registers its commands)
+    from . import data as _data  # noqa: F401
     from . import models as _models  # noqa: F401
     from . import profile as _profile  # noqa: F401
     from . import run as _run  # noqa: F401

@@ -35,6 +35,7 @@ def calibrate(
     tokens: int = typer.Option(1, "--tokens", help="Average the KL over the first T output tokens."),
     accuracy: int = typer.Option(0, "--accuracy", help="Also score N samples at each K (Fig. 8a)."),
     plot: Path | None = typer.Option(None, "--plot", help="Write KL vs K (log scale) to this PNG."),
+    data_dir: str | None = typer.Option(None, "--data-dir", help="Local directory or parquet file of the dataset."),
     profile_dir: Path | None = typer.Option(None, "--profile-dir", help="Profile store for the record."),
     save: bool = typer.Option(True, "--save/--no-save", help="Save the record for `run --k auto`."),
     device: str = DEVICE,
@@ -67,7 +68,8 @@ def calibrate(
             bar.update(ids[stage], completed=done)
 
         result = run_calibration(loaded, task, etas, k_min=k_min, samples=samples, seed=seed, split=split,
-                                 tokens=tokens, accuracy=accuracy, progress=progress)
+                                 tokens=tokens, accuracy=accuracy, source=data_dir,
+                                 progress=progress)
     rec = result.to_dict()
     saved = None
     if save:

@@ -1,0 +1,38 @@
+"""``vtwctl data export``: write a benchmark to parquet files for inspection and reuse."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from . import app
+from .common import JSON, emit_json, stderr_console
+
+data_app = typer.Typer(help="Benchmark data: export the demo benchmark.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("export")
+def export(
+    dataset: str = typer.Argument("shapes", help="Dataset to export (the generated demo benchmark: shapes)."),
+    out_dir: Path = typer.Argument(..., help="Directory for {train,validation,test}.parquet."),
+    seed: int = typer.Option(0, "--seed"),
+    train: int | None = typer.Option(None, "--train", help="Train samples (default: the generator's)."),
+    validation: int | None = typer.Option(None, "--validation"),
+    test: int | None = typer.Option(None, "--test"),
+    json_out: bool = JSON,
+) -> None:
+    """Write the generated demo benchmark as parquet files (one per split)."""
+    from ..errors import VTWError
+
+    if dataset != "shapes":
+        raise VTWError(f"only the generated demo benchmark 'shapes' can be exported, not {dataset!r}; "
+                       "the other tasks load from the hub cache or --data-dir")
+    from ..demo import shapes
+
+    paths = shapes.export(out_dir, seed=seed, n_train=train, n_validation=validation, n_test=test)
+    if json_out:
+        emit_json({"dataset": dataset, "files": [str(p) for p in paths]})
+        return
+    stderr_console().print("wrote " + ", ".join(str(p) for p in paths))
