@@ -16,7 +16,7 @@ import torch
 
 from vtwctl.env import environment
 from vtwctl.flops import Dims, exact_flops
-from vtwctl.measure import measure
+from vtwctl.measure import measure_many
 
 
 def main(layers: int = 16, hidden: int = 1024, repeats: int = 3, new_tokens: int = 8) -> dict:
@@ -32,11 +32,13 @@ def main(layers: int = 16, hidden: int = 1024, repeats: int = 3, new_tokens: int
     k = layers // 2
     dims = Dims.from_config(model.config)
     rows = {}
-    for name, kk in (("baseline", None), ("vtw", k), ("fastv", None)):
-        m = measure(loaded, x, name, k=kk, max_new_tokens=new_tokens, warmup=1, repeats=repeats)
+    plans = [("baseline", None), ("vtw", k), ("fastv", None)]
+    for (name, kk), m in zip(plans, measure_many(loaded, x, plans, max_new_tokens=new_tokens, warmup=1,
+                                                   repeats=repeats)):
         fl = exact_flops(dims, n_vis, text, k=kk, fastv=(2, 0.5) if name == "fastv" else None,
                          decode_tokens=new_tokens - 1)
         rows[name] = {"prefill_s": m.prefill.median, "prefill_samples": m.prefill.samples,
+                      "total_samples": m.total.samples,
                       "decode_s_per_token": m.decode_s_per_token, "total_s": m.total.median,
                       "kv_cache_bytes_prefill": m.kv_cache_bytes_prefill, "kv_cache_bytes_end": m.kv_cache_bytes_end,
                       "prefill_flops": fl.prefill + fl.lm_head, "decode_flops_per_token": fl.decode_per_token,

@@ -323,14 +323,15 @@ def vision_features(model, pixel_values):
 class Stream:
     """Deterministic stream of training samples (train split, disjoint index ranges per stage)."""
 
-    def __init__(self, base: int, seed: int, hint: bool = False, turns: int = 1):
+    def __init__(self, base: int, seed: int, hint: bool = False, turns: int = 1, n_objects: int | None = None):
+        self.n_objects = n_objects
         self.i = base
         self.seed = seed
         self.hint = hint
         self.turns = turns
 
     def one(self, i):
-        s = shapes.make_sample("train", i, self.seed, hint=self.hint)
+        s = shapes.make_sample("train", i, self.seed, hint=self.hint, n_objects=self.n_objects)
         if self.turns > 1:
             scene = json.loads(s["scene"])
             rng = random.Random(f"turns:{self.seed}:{i}")
@@ -434,6 +435,7 @@ def main():
     ap.add_argument("--vision-width", type=int, default=96)
     ap.add_argument("--vision-layers", type=int, default=3)
     ap.add_argument("--steps-text", type=int, default=0)
+    ap.add_argument("--steps-p1", type=int, default=400, help="curriculum: compact pseudo images, 1 object")
     ap.add_argument("--steps-p9", type=int, default=1200)
     ap.add_argument("--steps-pseudo", type=int, default=1000)
     ap.add_argument("--steps-vision", type=int, default=800)
@@ -546,6 +548,9 @@ def main():
         log("stage T: text-only warm-up")
         run_lm_stage("T", "text", args.steps_text, args.bs_text, args.lr, Stream(10_000_000, args.seed, hint=True, turns=args.turns_text),
                  dec_params())
+    log("stage P1: compact pseudo images (one token per grid cell), one object per scene")
+    run_lm_stage("P1", "pseudo9", args.steps_p1, args.bs, args.lr,
+                 Stream(70_000_000, args.seed, turns=args.turns, n_objects=1), dec_params())
     log("stage P9: compact pseudo images (one token per grid cell)")
     run_lm_stage("P9", "pseudo9", args.steps_p9, args.bs, args.lr, Stream(60_000_000, args.seed, turns=args.turns),
                  dec_params())

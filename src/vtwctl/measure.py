@@ -148,47 +148,84 @@ def measure(loaded, inputs: dict, method: str = "baseline", k: int | None = None
             fastv_ratio: float = 0.5, max_new_tokens: int = 16, warmup: int = 1, repeats: int = 5,
             positions: str = "keep") -> Measurement:
     """Time and size one method on ``inputs`` (see the module docstring for the protocol)."""
+    return measure_many(loaded, inputs, [(method, k)], fastv_k, fastv_ratio, max_new_tokens, warmup, repeats,
+                        positions)[0]
+
+
+def measure_many(loaded, inputs: dict, plans: list[tuple[str, int | None]], fastv_k: int = 2,
+                 fastv_ratio: float = 0.5, max_new_tokens: int = 16, warmup: int = 1, repeats: int = 5,
+                 positions: str = "keep", progress=None) -> list[Measurement]:
+    """Measure several (method, k) plans side by side: repeats are interleaved round-robin, so load
+    changes on the machine hit every plan alike; memory and KV bytes are read once per plan."""
     import torch
 
     model = loaded.model
     timer = _Timer(loaded.device)
     gen_kw: dict[str, Any] = dict(do_sample=False, temperature=None, top_p=None, top_k=None)
     t = max(2, max_new_tokens)
-    with context(model, method, k, fastv_k, fastv_ratio, positions), torch.inference_mode():
-        def prefill():
-            model.generate(**inputs, max_new_tokens=1, **gen_kw)
 
-        def full():
-            model.generate(**inputs, max_new_tokens=t, min_new_tokens=t, **gen_kw)
+    def ctx(plan):
+        method, k = plan
+        return context(model, method, k, fastv_k, fastv_ratio, positions)
 
-        for _ in range(warmup):
-            prefill()
-            full()
-        pre, tot = [], []
-        for _ in range(repeats):  # interleaved, so drift affects both alike
-            pre.append(timer(prefill))
-            tot.append(timer(full))
-        kv_prefill = cache_bytes(cache_of(model(**inputs, use_cache=True)))
-        cuda = getattr(loaded.device, "type", "") == "cuda"
-        peak = None
-        if cuda:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats(loaded.device)
-            before = torch.cuda.memory_allocated(loaded.device)
-        else:
-            reset = _reset_peak_rss()
-            before = _rss_bytes("VmRSS")
-        out = model.generate(**inputs, max_new_tokens=t, min_new_tokens=t, return_dict_in_generate=True, **gen_kw)
-        if cuda:
-            torch.cuda.synchronize()
-            peak = torch.cuda.max_memory_allocated(loaded.device) - before
-        else:
-            hwm = _rss_bytes("VmHWM")
-            peak = hwm - before if reset and hwm is not None and before is not None else None
-        kv_end = cache_bytes(cache_of(out))
-        used = nvml_used_bytes(loaded.device) if cuda else None
-    pre_s, tot_s = Stat.of(pre), Stat.of(tot)
-    return Measurement(method=method, k=k if method != "fastv" else fastv_k, new_tokens=t, prefill=pre_s,
-                       total=tot_s, decode_s_per_token=max(0.0, (tot_s.median - pre_s.median) / (t - 1)),
-                       kv_cache_bytes_prefill=kv_prefill, kv_cache_bytes_end=kv_end, peak_memory_bytes=peak,
-                       device_memory_used_bytes=used, warmup=warmup, repeats=repeats)
+    def prefill():
+        model.generate(**inputs, max_new_tokens=1, **gen_kw)
+
+    def full():
+        model.generate(**inputs, max_new_tokens=t, min_new_tokens=t, **gen_kw)
+
+    pre: list[list[float]] = [[] for _ in plans]
+    tot: list[list[float]] = [[] for _ in plans]
+    steps, done = len(plans) * (repeats + 1), 0
+    with torch.inference_mode():
+        for plan in plans:
+            with ctx(plan):
+                for _ in range(warmup):
+                    prefill()
+                    full()
+        for _ in range(repeats):
+            for i, plan in enumerate(plans):
+                with ctx(plan):
+                    pre[i].append(timer(prefill))
+                    tot[i].append(timer(full))
+                done += 1
+                if progress:
+                    progress(done, steps)
+        out = []
+        for i, plan in enumerate(plans):
+            with ctx(plan):
+                kv_prefill, peak, kv_end, used = _memory(loaded, model, inputs, t, gen_kw)
+            done += 1
+            if progress:
+                progress(done, steps)
+            method, k = plan
+            pre_s, tot_s = Stat.of(pre[i]), Stat.of(tot[i])
+            out.append(Measurement(
+                method=method, k=k if method != "fastv" else fastv_k, new_tokens=t, prefill=pre_s, total=tot_s,
+                decode_s_per_token=max(0.0, (tot_s.median - pre_s.median) / (t - 1)),
+                kv_cache_bytes_prefill=kv_prefill, kv_cache_bytes_end=kv_end, peak_memory_bytes=peak,
+                device_memory_used_bytes=used, warmup=warmup, repeats=repeats))
+    return out
+
+
+def _memory(loaded, model, inputs, t, gen_kw):
+    """KV bytes after prefill; peak memory growth, KV bytes and device memory of one end-to-end run."""
+    import torch
+
+    kv_prefill = cache_bytes(cache_of(model(**inputs, use_cache=True)))
+    cuda = getattr(loaded.device, "type", "") == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats(loaded.device)
+        before = torch.cuda.memory_allocated(loaded.device)
+    else:
+        reset = _reset_peak_rss()
+        before = _rss_bytes("VmRSS")
+    out = model.generate(**inputs, max_new_tokens=t, min_new_tokens=t, return_dict_in_generate=True, **gen_kw)
+    if cuda:
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated(loaded.device) - before
+    else:
+        hwm = _rss_bytes("VmHWM")
+        peak = hwm - before if reset and hwm is not None and before is not None else None
+    return kv_prefill, peak, cache_bytes(cache_of(out)), nvml_used_bytes(loaded.device) if cuda else None

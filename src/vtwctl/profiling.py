@@ -95,7 +95,7 @@ def measured_rows(loaded, inputs: dict, ks: list[int], fastv_k: int = 2, fastv_r
                   repeats: int = 5, positions: str = "keep", progress=None) -> tuple[list[Row], list[Row], dict]:
     """Measure baseline, VTW at each K and FastV on ``inputs``; FLOPs of each row by ``method``."""
     from .flops import Dims, counted_flops, vision_text_counts
-    from .measure import measure
+    from .measure import measure_many
 
     model = loaded.model
     vision, text = vision_text_counts(model, inputs["input_ids"])
@@ -113,20 +113,18 @@ def measured_rows(loaded, inputs: dict, ks: list[int], fastv_k: int = 2, fastv_r
         return _flops(dims, method, vision, text, k=k, fastv=fastv, count=count, decode_tokens=decode) / 1e12
 
     plan = [("baseline", None)] + [("vtw", k) for k in ks] + [("fastv", None)]
+    ms = measure_many(loaded, inputs, plan, fastv_k, fastv_ratio, max_new_tokens, warmup, repeats, positions,
+                      progress=progress)
     rows: list[Row] = []
-    for i, (name, k) in enumerate(plan):
-        m = measure(loaded, inputs, name, k=k, fastv_k=fastv_k, fastv_ratio=fastv_ratio,
-                    max_new_tokens=max_new_tokens, warmup=warmup, repeats=repeats, positions=positions)
+    for (name, k), m in zip(plan, ms):
         f = tflops(k=k, fastv=(fastv_k, fastv_ratio) if name == "fastv" else None)
         rows.append(Row(name, k if name == "vtw" else (fastv_k if name == "fastv" else None), f,
                         prefill_s=m.prefill.median, decode_s_per_token=m.decode_s_per_token, total_s=m.total.median,
                         peak_memory_bytes=m.peak_memory_bytes, kv_cache_bytes=m.kv_cache_bytes_end,
                         kv_cache_bytes_prefill=m.kv_cache_bytes_prefill,
                         device_memory_used_bytes=m.device_memory_used_bytes,
-                        spread={"prefill": m.prefill.to_dict() if hasattr(m.prefill, "to_dict") else asdict(m.prefill),
-                                "total": asdict(m.total), "repeats": repeats, "warmup": warmup}))
-        if progress:
-            progress(i + 1, len(plan))
+                        spread={"prefill": asdict(m.prefill), "total": asdict(m.total), "repeats": repeats,
+                                "warmup": warmup}))
     base = rows[0].tflops
     for r in rows:
         r.ratio = r.tflops / base if base else float("nan")

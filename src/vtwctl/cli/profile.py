@@ -105,10 +105,10 @@ def profile(
 
         with Progress(TextColumn("measuring"), BarColumn(), MofNCompleteColumn(), console=console,
                       transient=True) as bar:
-            job = bar.add_task("m", total=len(ks) + 2)
+            job = bar.add_task("m", total=(len(ks) + 2) * (repeats + 1))
             rows, sweep, tokens = measured_rows(loaded, inputs, ks, fastv_k, fastv_ratio, method, count,
                                                 max_new_tokens, warmup, repeats,
-                                                progress=lambda d, n: bar.update(job, completed=d))
+                                                progress=lambda d, n: bar.update(job, completed=d, total=n))
         report = ProfileReport(model=loaded.name, k=ks[0], tokens=tokens, method=method, count=count, rows=rows,
                                sweep=sweep if len(ks) > 1 else [], fastv={"k": fastv_k, "ratio": fastv_ratio},
                                calibrations=records(loaded.name, profile_dir), env=environment(loaded))

@@ -307,15 +307,26 @@ def _chance(spec: dict[str, Any]) -> float:
     return 1.0 / _SHORT_ANSWER_SPACE[spec["kind"]]
 
 
-def make_sample(split: str, index: int, seed: int = 0, fmt: str | None = None, hint: bool = False) -> dict[str, Any]:
-    """One sample; fully determined by (split, index, seed). Format cycles mc/yesno/short unless given."""
+def make_sample(
+    split: str,
+    index: int,
+    seed: int = 0,
+    fmt: str | None = None,
+    hint: bool = False,
+    n_objects: int | None = None,
+) -> dict[str, Any]:
+    """One sample; fully determined by its arguments. Format cycles mc/yesno/short unless given.
+
+    ``hint`` adds a text description of the scene as ScienceQA "Context:" (used for text-only training);
+    ``n_objects`` fixes the number of objects (default: 1-3 at random; used for a training curriculum).
+    """
     if split not in _SPLIT_SALT:
         raise ValueError(f"unknown split {split!r}")
     rng = random.Random(f"shapes:{_SPLIT_SALT[split]}:{seed}:{index}")
     fmt = fmt or FORMATS[index % len(FORMATS)]
     want_yes = ((index // len(FORMATS)) % 2 == 0) if fmt == "yesno" else None
     while True:
-        scene = _make_scene(rng)
+        scene = _make_scene(rng, n_objects)
         scene_json = json.dumps(scene, sort_keys=True)
         if scene_bucket(scene_json) in _SPLIT_BUCKETS[split]:
             break
