@@ -444,6 +444,7 @@ def main():
     ap.add_argument("--bs", type=int, default=16)
     ap.add_argument("--bs-vision", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--emb-std", type=float, default=1.0)
     ap.add_argument("--lr-final", type=float, default=3e-4)
     ap.add_argument("--eval-every", type=int, default=100)
     ap.add_argument("--n-val", type=int, default=150, help="validation samples for the periodic evals")
@@ -463,11 +464,10 @@ def main():
     vocab = build_vocab()
     proc = build_processor(vocab)
     model = build_model(vocab, args)
-    # zero-init the residual output projections: every decoder layer starts as the identity, which shortens
-    # the long plateaus that deep-and-narrow decoders show on these lookup tasks
-    for layer in model.model.language_model.layers:
-        nn.init.zeros_(layer.self_attn.o_proj.weight)
-        nn.init.zeros_(layer.mlp.down_proj.weight)
+    # Token embeddings with std 1 instead of Llama's 0.02: with tiny embeddings the token identity is drowned
+    # in the residual stream by the random outputs of 8 layers, and this deep, narrow decoder then sits at
+    # chance for thousands of steps (it cannot even overfit one batch); with std 1 it learns at once.
+    nn.init.normal_(model.model.language_model.embed_tokens.weight, std=args.emb_std)
     model.train()
     n_params = sum(p.numel() for p in model.parameters())
     log(f"vocab {len(vocab)}  params {n_params/1e6:.2f}M  threads {args.threads}")
