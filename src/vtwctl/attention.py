@@ -38,9 +38,28 @@ def segment(input_ids: torch.Tensor, vision_ids: list[int], attention_mask: torc
     return types
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding of ``x`` [B, H, S, D] with tables [B, S, D] (as the model's apply_rotary_pos_emb)."""
     a, b = x[..., : x.shape[-1] // 2], x[..., x.shape[-1] // 2 :]
-    return torch.cat((-b, a), dim=-1)
+    return x * cos.unsqueeze(1) + torch.cat((-b, a), dim=-1) * sin.unsqueeze(1)
+
+
+def last_query_attention(attn, hidden_last: torch.Tensor, cos_last: torch.Tensor, sin_last: torch.Tensor,
+                         keys: torch.Tensor, mask_row: torch.Tensor | None) -> torch.Tensor:
+    """Head-averaged softmax attention of one query row over rotated ``keys``: [B, S].
+
+    ``hidden_last`` [B, 1, H] is the attention module's input at the query position, ``keys``
+    [B, Hkv, S, D] the layer's rotated keys, ``mask_row`` the mask row of the query (4D bool or
+    additive float, broadcastable to [B, 1, 1, S]) or None.
+    """
+    b, d = hidden_last.shape[0], attn.head_dim
+    q = rotate(attn.q_proj(hidden_last).view(b, 1, -1, d).transpose(1, 2), cos_last, sin_last)
+    k = keys.repeat_interleave(q.shape[1] // keys.shape[1], dim=1)
+    s = (q.float() @ k.float().transpose(-1, -2)) * attn.scaling  # [B, H, 1, S]
+    if mask_row is not None:
+        mask_row = mask_row[..., -s.shape[-1]:]
+        s = s.masked_fill(~mask_row, float("-inf")) if mask_row.dtype == torch.bool else s + mask_row.float()
+    return s.softmax(-1).mean(1)[:, 0]
 
 
 @dataclass
@@ -91,15 +110,7 @@ class AttentionRecorder:
             cache = kwargs.get("cache", kwargs.get("past_key_values"))
             keys = cache.layers[module.layer_idx].keys  # [B, Hkv, S, D], rotated
             b = hidden.shape[0]
-            d = module.head_dim
-            q = module.q_proj(hidden).view(b, 1, -1, d).transpose(1, 2)
-            q = q * cos.unsqueeze(1) + _rotate_half(q) * sin.unsqueeze(1)
-            k = keys.repeat_interleave(q.shape[1] // keys.shape[1], dim=1)
-            s = (q.float() @ k.float().transpose(-1, -2)) * module.scaling  # [B, H, 1, S]
-            if row is not None:
-                row = row[..., -s.shape[-1]:]
-                s = s.masked_fill(~row, float("-inf")) if row.dtype == torch.bool else s + row.float()
-            probs = s.softmax(-1).mean(1)[:, 0]  # [B, S]
+            probs = last_query_attention(module, hidden, cos, sin, keys, row)  # [B, S]
             types = self.key_types(i, probs.shape[-1]).to(probs.device)
             beta = torch.zeros(b, len(TYPES), device=probs.device)
             beta.scatter_add_(1, types.clamp(min=0), probs * (types >= 0))
@@ -209,8 +220,7 @@ def attention_stats(loaded, tasks_and_samples: list[tuple], max_new_tokens: int 
 
     betas, ids, names = [], [], []
     for i, (task, s) in enumerate(tasks_and_samples):
-        inputs = loaded.build_inputs(s.prompt, images=[s.image] if s.image is not None else None,
-                                     videos=[s.video] if s.video is not None else None)
+        inputs = loaded.sample_inputs(s)
         betas.append(record(loaded, inputs, max_new_tokens, k)[0])
         ids.append(s.id)
         names.append(task)

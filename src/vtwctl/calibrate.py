@@ -189,8 +189,7 @@ def calibrate(loaded, task, etas: list[float], k_min: int = 5, samples: int = 20
     start = time.perf_counter()
     rows = []
     for i, s in enumerate(data):
-        inputs = loaded.build_inputs(s.prompt, images=[s.image] if s.image is not None else None,
-                                     videos=[s.video] if s.video is not None else None)
+        inputs = loaded.sample_inputs(s)
         inputs = teacher_forced(loaded, inputs, tokens)
         rows.append(sweep_sample(loaded.model, inputs, k_min, tokens))
         if progress:
@@ -221,8 +220,7 @@ def accuracy_sweep(loaded, task, data, ks: list[int], progress=None) -> tuple[di
     total = len(correct) * len(data)
     done = 0
     for s in data:
-        inputs = loaded.build_inputs(s.prompt, images=[s.image] if s.image is not None else None,
-                                     videos=[s.video] if s.video is not None else None)
+        inputs = loaded.sample_inputs(s)
         for k in correct:
             out = generate(loaded, inputs, k=k, max_new_tokens=task.max_new_tokens).answers[0]
             correct[k] += bool(task.score(s, task.parse(s, out)))

@@ -16,12 +16,8 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from .attention import last_query_attention, rotate
 from .withdraw import Engine, active, num_layers
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    a, b = x[..., : x.shape[-1] // 2], x[..., x.shape[-1] // 2 :]
-    return torch.cat((-b, a), dim=-1)
 
 
 def last_token_attention(attn: nn.Module, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
@@ -32,18 +28,9 @@ def last_token_attention(attn: nn.Module, hidden: torch.Tensor, cos: torch.Tenso
     rotary tables the layer receives, ``mask`` the layer's 4D mask or None (plain causal).
     """
     b, s, _ = hidden.shape
-    d = attn.head_dim
-    q = attn.q_proj(hidden[:, -1:]).view(b, 1, -1, d).transpose(1, 2)  # [B, H, 1, D]
-    k = attn.k_proj(hidden).view(b, s, -1, d).transpose(1, 2)  # [B, Hkv, S, D]
-    c, sn = cos.unsqueeze(1), sin.unsqueeze(1)
-    q = q * c[:, :, -1:] + _rotate_half(q) * sn[:, :, -1:]
-    k = k * c + _rotate_half(k) * sn
-    k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
-    scores = (q.float() @ k.float().transpose(-1, -2)) * attn.scaling  # [B, H, 1, S]
-    if isinstance(mask, torch.Tensor) and mask.ndim == 4:
-        row = mask[:, :, -1:, -s:]
-        scores = scores.masked_fill(~row, float("-inf")) if row.dtype == torch.bool else scores + row.float()
-    return scores.softmax(-1).mean(1)[:, 0]  # [B, S]
+    keys = rotate(attn.k_proj(hidden).view(b, s, -1, attn.head_dim).transpose(1, 2), cos, sin)
+    row = mask[:, :, -1:, :] if isinstance(mask, torch.Tensor) and mask.ndim == 4 else None
+    return last_query_attention(attn, hidden[:, -1:], cos[:, -1:], sin[:, -1:], keys, row)
 
 
 class FastVEngine(Engine):

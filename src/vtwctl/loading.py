@@ -214,6 +214,11 @@ class Loaded:
         batch = self.processor(**kwargs)
         return self.to_device(dict(batch))
 
+    def sample_inputs(self, sample) -> dict:
+        """Model inputs for one task ``Sample`` (its prompt with its image or video, if any)."""
+        return self.build_inputs(sample.prompt, images=[sample.image] if sample.image is not None else None,
+                                 videos=[sample.video] if sample.video is not None else None)
+
     def to_device(self, batch: dict) -> dict:
         import torch
 

@@ -140,8 +140,7 @@ def _inputs(loaded, image, prompt, dataset, index):
     if len(samples) <= index:
         raise VTWError(f"--index {index} is beyond the {len(samples)} samples of {task.name}")
     s = samples[index]
-    return loaded.build_inputs(s.prompt, images=[s.image] if s.image is not None else None,
-                               videos=[s.video] if s.video is not None else None)
+    return loaded.sample_inputs(s)
 
 
 def _fmt_bytes(n):
