@@ -153,3 +153,11 @@ def test_library_load_builds_chat_template_inputs(tiny_dir, image):
     assert lay["num_vision_tokens"] == [16, 0]
     assert batch["input_ids"].shape[0] == 2 and batch["attention_mask"][1, 0] == 0  # left padded
     assert batch["pixel_values"].dtype == torch.float32
+
+
+def test_broken_local_directory_is_one_line(tmp_path):
+    import json as _json
+
+    (tmp_path / "config.json").write_text(_json.dumps({"model_type": "llava"}))
+    out = vtwctl("run", "--model", tmp_path, "--prompt", "hi")
+    assert out.returncode == 2 and "cannot load" in out.stderr and "Traceback" not in out.stderr, out.stderr

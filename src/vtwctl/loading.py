@@ -95,7 +95,11 @@ def resolve(spec: str) -> Resolved:
 def _from_pretrained(fn, res: Resolved, **kw):
     """Call a ``from_pretrained`` cache-first; go online only if the hub is reachable."""
     if res.local:
-        return fn(res.source, **kw)
+        try:
+            return fn(res.source, **kw)
+        except (OSError, ImportError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise VTWError(f"cannot load {res.spec}: {first}") from None
     kw = dict(kw, revision=res.revision) if res.revision else kw
     try:
         return fn(res.source, local_files_only=True, **kw)

@@ -269,3 +269,4 @@ def save_tiny_llava(path, num_layers: int = 6, seed: int = 0) -> None:
                           vision_feature_select_strategy="default", num_additional_image_tokens=1,
                           chat_template=LLAVA_TEMPLATE)
     proc.save_pretrained(path)
+
