@@ -451,6 +451,8 @@ def main():
     ap.add_argument("--n-test", type=int, default=600)
     ap.add_argument("--turns", type=int, default=4, help="questions per training image (multi-turn)")
     ap.add_argument("--turns-text", type=int, default=3, help="questions per text-only training scene")
+    ap.add_argument("--resume", type=Path, default=None,
+                    help="load model+processor (and metrics) from this dir and run only stage F (named F2) + test")
     ap.add_argument("--bench", action="store_true", help="time a few steps of each stage and exit")
     ap.add_argument("--deadline-min", type=float, default=0.0, help="if >0: shorten stages P/F to finish in time")
     args = ap.parse_args()
@@ -461,13 +463,26 @@ def main():
     t0 = time.time()
     deadline = t0 + args.deadline_min * 60 if args.deadline_min > 0 else None
 
-    vocab = build_vocab()
-    proc = build_processor(vocab)
-    model = build_model(vocab, args)
+    fresh = args.resume is None
+    prev_metrics: dict = {}
+    if fresh:
+        vocab = build_vocab()
+        proc = build_processor(vocab)
+        model = build_model(vocab, args)
+    else:  # continue stage F from a saved model (a second, documented invocation)
+        from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+        proc = AutoProcessor.from_pretrained(str(args.resume))
+        model = LlavaForConditionalGeneration.from_pretrained(str(args.resume), dtype=torch.float32)
+        tv = proc.tokenizer.get_vocab()
+        vocab = sorted(tv, key=tv.get)
+        mpath = Path(args.resume) / "training_metrics.json"
+        prev_metrics = json.loads(mpath.read_text()) if mpath.exists() else {}
     # Token embeddings with std 1 instead of Llama's 0.02: with tiny embeddings the token identity is drowned
     # in the residual stream by the random outputs of 8 layers, and this deep, narrow decoder then sits at
     # chance for thousands of steps (it cannot even overfit one batch); with std 1 it learns at once.
-    nn.init.normal_(model.model.language_model.embed_tokens.weight, std=args.emb_std)
+    if fresh:
+        nn.init.normal_(model.model.language_model.embed_tokens.weight, std=args.emb_std)
     model.train()
     n_params = sum(p.numel() for p in model.parameters())
     log(f"vocab {len(vocab)}  params {n_params/1e6:.2f}M  threads {args.threads}")
@@ -493,11 +508,18 @@ def main():
         "stages": {},
         "curves": [],
     }
+    t_offset = 0.0
+    if prev_metrics:
+        metrics["runs"] = prev_metrics.get("runs", [prev_metrics["config"]]) + [metrics["config"]]
+        metrics["stages"] = prev_metrics["stages"]
+        metrics["curves"] = prev_metrics["curves"]
+        t_offset = prev_metrics.get("train_minutes", metrics["curves"][-1]["minutes"] if metrics["curves"] else 0)
+        metrics["previous_test"] = prev_metrics.get("test")
 
     def record(stage, step, mode, loss):
         samples = val_text if mode == "text" else val
         acc = evaluate_tf(model, data, samples, mode)
-        row = {"stage": stage, "step": step, "minutes": round((time.time() - t0) / 60, 2), "loss": loss,
+        row = {"stage": stage, "step": step, "minutes": round(t_offset + (time.time() - t0) / 60, 2), "loss": loss,
                "val_mode": mode, "val_acc": acc}
         metrics["curves"].append(row)
         log(f"[{stage}] step {step} loss {loss:.4f} val({mode}) {acc}")
@@ -513,10 +535,10 @@ def main():
         ema = None
         total = steps
         for step in range(steps):
-            if deadline and stage in ("P", "F") and step > 50:
+            if deadline and stage in ("P", "F", "F2") and step > 50:
                 # keep enough time for later stages: stop P/F early if running late
                 left = deadline - time.time()
-                need = {"P": 0.45, "F": 0.06}[stage] * args.deadline_min * 60
+                need = {"P": 0.45, "F": 0.06, "F2": 0.06}[stage] * args.deadline_min * 60
                 if left < need:
                     log(f"[{stage}] deadline: stopping at step {step}")
                     total = step
@@ -539,23 +561,26 @@ def main():
                 return
             if (step + 1) % args.eval_every == 0 or step + 1 == steps:
                 record(stage, step + 1, mode, round(ema, 4))
-                if stage == "F":
+                if stage in ("F", "F2"):
                     metrics["stages"][stage] = {"steps": step + 1, "minutes": round((time.time() - tstage) / 60, 2)}
                     save(model, proc, args.out, metrics)
         metrics["stages"][stage] = {"steps": total, "minutes": round((time.time() - tstage) / 60, 2)}
 
-    if args.steps_text:
+    if fresh and args.steps_text:
         log("stage T: text-only warm-up")
         run_lm_stage("T", "text", args.steps_text, args.bs_text, args.lr, Stream(10_000_000, args.seed, hint=True, turns=args.turns_text),
                  dec_params())
-    log("stage P1: compact pseudo images (one token per grid cell), one object per scene")
-    run_lm_stage("P1", "pseudo9", args.steps_p1, args.bs, args.lr,
+    if fresh:
+        log("stage P1: compact pseudo images (one token per grid cell), one object per scene")
+        run_lm_stage("P1", "pseudo9", args.steps_p1, args.bs, args.lr,
                  Stream(70_000_000, args.seed, turns=args.turns, n_objects=1), dec_params())
-    log("stage P9: compact pseudo images (one token per grid cell)")
-    run_lm_stage("P9", "pseudo9", args.steps_p9, args.bs, args.lr, Stream(60_000_000, args.seed, turns=args.turns),
+    if fresh:
+        log("stage P9: compact pseudo images (one token per grid cell)")
+        run_lm_stage("P9", "pseudo9", args.steps_p9, args.bs, args.lr, Stream(60_000_000, args.seed, turns=args.turns),
                  dec_params())
-    log("stage P: pseudo-image tokens")
-    run_lm_stage("P", "pseudo", args.steps_pseudo, args.bs, args.lr, Stream(0, args.seed, turns=args.turns),
+    if fresh:
+        log("stage P: pseudo-image tokens")
+        run_lm_stage("P", "pseudo", args.steps_pseudo, args.bs, args.lr, Stream(0, args.seed, turns=args.turns),
                  dec_params(), replay=Stream(20_000_000, args.seed, hint=True, turns=args.turns_text), replay_every=8)
 
     # ---------------------------------------------------------------- stage V: vision tower + projector
@@ -577,7 +602,7 @@ def main():
     tv = time.time()
     vval = shapes.generate("validation", 64, args.seed)
     vval_b = data.encode(vval, "targets")
-    for step in range(args.steps_vision):
+    for step in range(args.steps_vision if fresh else 0):
         for g in opt.param_groups:
             g["lr"] = 2e-3 * lr_at(step, args.steps_vision)
         samples = vstream.take(args.bs_vision)
@@ -611,16 +636,18 @@ def main():
             metrics["curves"].append({"stage": "V", "step": step + 1, "minutes": round((time.time() - t0) / 60, 2),
                                       "loss": round(loss.item(), 4), "val_rel_mse": round(rel, 5),
                                       "val_patch_colour": round(pc, 4), "val_patch_shape": round(ps, 4)})
-    metrics["stages"]["V"] = {"steps": args.steps_vision, "minutes": round((time.time() - tv) / 60, 2)}
+    if fresh:
+        metrics["stages"]["V"] = {"steps": args.steps_vision, "minutes": round((time.time() - tv) / 60, 2)}
     del heads
-    if not args.bench:
+    if fresh and not args.bench:
         record("V", args.steps_vision, "real", 0.0)
         save(model, proc, args.out, metrics)
         log(f"saved (after V) to {args.out}")
 
     # ---------------------------------------------------------------- stage F: joint fine-tune on real images
-    log("stage F: joint fine-tune on real images")
-    run_lm_stage("F", "real", args.steps_final, args.bs, args.lr_final, Stream(40_000_000, args.seed, turns=args.turns),
+    log("stage F: joint fine-tune on real images" + ("" if fresh else f" (continued from {args.resume}: F2)"))
+    run_lm_stage("F" if fresh else "F2", "real", args.steps_final, args.bs, args.lr_final,
+                 Stream(40_000_000 if fresh else 80_000_000, args.seed, turns=args.turns),
                  list(model.parameters()), replay=Stream(50_000_000, args.seed, hint=True, turns=args.turns_text),
                  replay_every=8)
     if args.bench:
@@ -633,7 +660,7 @@ def main():
     test_res, preds = evaluate_generate(model, proc, test)
     metrics["test"] = test_res
     metrics["test_eval_minutes"] = round((time.time() - tt) / 60, 2)
-    metrics["train_minutes"] = round((tt - t0) / 60, 2)
+    metrics["train_minutes"] = round(t_offset + (tt - t0) / 60, 2)
     metrics["total_steps"] = sum(v["steps"] for v in metrics["stages"].values())
     val_res, _ = evaluate_generate(model, proc, shapes.generate("validation", args.n_val, args.seed))
     metrics["validation_generate"] = val_res

@@ -215,7 +215,10 @@ class Loaded:
         tok = getattr(self.processor, "tokenizer", None)
         if tok is not None:
             tok.padding_side = "left"
-        batch = self.processor(**kwargs)
+        try:
+            batch = self.processor(**kwargs)
+        except ImportError as exc:  # e.g. transformers' video processors need torchvision
+            raise VTWError(f"the {self.family} processor cannot run here: {str(exc).strip().splitlines()[0]}") from None
         return self.to_device(dict(batch))
 
     def sample_inputs(self, sample) -> dict:
