@@ -112,3 +112,14 @@ def test_non_editable_wheel_ships_profiles(tmp_path):
     assert out.returncode == 0, out.stderr
     where, count = out.stdout.split()
     assert where.startswith(str(target)) and int(count) >= 8
+    # the demo model ships in the wheel and runs offline from the installed copy
+    assert "vtwctl/demo/model/model.safetensors" in names
+    env = {"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"}
+    run = subprocess.run([sys.executable, "-m", "vtwctl", "run", "--example", "2", "--k", "4", "--json"],
+                         capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
+    assert run.returncode == 0, run.stderr
+    import json
+
+    rec = json.loads(run.stdout)
+    assert rec["model"] == "demo" and rec["num_vision_tokens"] == 144 and rec["k"] == 4
+    assert rec["num_vision_tokens"] > rec["num_text_tokens"]
