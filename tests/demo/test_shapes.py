@@ -186,6 +186,6 @@ def test_demo_package_import_is_light():
 
     import vtwctl
 
-    src = str(Path(vtwctl.__file__).resolve().parents[1]) if vtwctl.__file__ else str(Path(list(vtwctl.__path__)[0]).parent)
+    src = str(Path(list(vtwctl.__path__)[0]).resolve().parent)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]))
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
