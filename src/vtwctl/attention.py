@@ -14,6 +14,7 @@ so far. Under VTW (``k``), layers >= k hold no vision keys: their vision mass is
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import torch
@@ -60,11 +61,6 @@ def last_query_attention(attn, hidden_last: torch.Tensor, cos_last: torch.Tensor
         mask_row = mask_row[..., -s.shape[-1]:]
         s = s.masked_fill(~mask_row, float("-inf")) if mask_row.dtype == torch.bool else s + mask_row.float()
     return s.softmax(-1).mean(1)[:, 0]
-
-
-@dataclass
-class _Step:
-    inputs: dict = field(default_factory=dict)  # layer -> (hidden last row, cos last, sin last, mask row)
 
 
 class AttentionRecorder:
@@ -148,7 +144,7 @@ def record(loaded, inputs: dict, max_new_tokens: int = 16, k: int | None = None)
     rec = AttentionRecorder(model, key_types)
     rec.install()
     try:
-        ctx = active(model, engine) if engine is not None else _null()
+        ctx = active(model, engine) if engine is not None else contextlib.nullcontext()
         with ctx:
             model.generate(**inputs, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens,
                            do_sample=False, temperature=None, top_p=None, top_k=None)
@@ -156,13 +152,6 @@ def record(loaded, inputs: dict, max_new_tokens: int = 16, k: int | None = None)
         rec.remove()
     return torch.stack(rec.rows, 1)  # [B, T, L, 4]
 
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 @dataclass

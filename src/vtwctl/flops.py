@@ -17,6 +17,7 @@ fvcore are imported lazily.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -444,19 +445,11 @@ def _fvcore_counts(model: Any, inputs: dict, forward_kwargs: dict, k: int | None
     analysis.unsupported_ops_warnings(False)
     analysis.uncalled_modules_warnings(False)
     analysis.tracer_warnings("none")
-    ctx = withdraw(model, k) if k is not None else _null()
+    ctx = withdraw(model, k) if k is not None else contextlib.nullcontext()
     with ctx, torch.no_grad():
         by_module = analysis.by_module()
     return {(name[2:] if name.startswith("m.") else ("" if name == "m" else name)): 2.0 * float(n)
             for name, n in by_module.items()}
-
-
-class _null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def counted_flops(model: Any, inputs: dict, k: int | None = None, backend: str = "torch", part: str = "language",
@@ -477,7 +470,7 @@ def counted_flops(model: Any, inputs: dict, k: int | None = None, backend: str =
         raise ValueError(f"part must be 'language', 'vision' or 'all', got {part!r}")
     if backend == "torch":
         def call():
-            ctx = withdraw(model, k) if k is not None else _null()
+            ctx = withdraw(model, k) if k is not None else contextlib.nullcontext()
             with ctx, torch.no_grad():
                 model(**inputs, **forward_kwargs)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -155,7 +155,6 @@ class Loaded:
     device: Any
     dtype: Any
     attn_implementation: str
-    extra: dict = field(default_factory=dict)
 
     @property
     def adapter(self) -> Adapter:
