@@ -55,11 +55,33 @@ def read_video(path: str | Path, num_frames: int = 8):
             raise VTWError(f"reading {p.suffix} video files needs PyAV (pip install av); "
                            "or pass a folder of frames or a .npy array") from None
         try:
-            with av.open(str(p)) as container:
-                frames = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+            frames = _decode_sampled(av, p, num_frames)
+        except VTWError:
+            raise
         except Exception as exc:  # PyAV raises many error types
             raise VTWError(f"cannot read video {path}: {exc.__class__.__name__}") from None
+        return frames
     if len(frames) == 0:
         raise VTWError(f"video {path} has no frames")
     idx = np.linspace(0, len(frames) - 1, num=min(num_frames, len(frames))).round().astype(int)
     return frames[idx].astype("uint8")
+
+
+def _decode_sampled(av, path: Path, num_frames: int):
+    """Decode only the ``num_frames`` evenly spaced frames (the rest are skipped, not kept in memory)."""
+    import numpy as np
+
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        total = stream.frames or sum(1 for _ in container.decode(video=0))
+    if total <= 0:
+        raise VTWError(f"video {path} has no frames")
+    wanted = set(np.linspace(0, total - 1, num=min(num_frames, total)).round().astype(int).tolist())
+    out = []
+    with av.open(str(path)) as container:
+        for i, frame in enumerate(container.decode(video=0)):
+            if i in wanted:
+                out.append(frame.to_ndarray(format="rgb24"))
+            if len(out) == len(wanted):
+                break
+    return np.stack(out).astype("uint8")
