@@ -120,10 +120,10 @@ class AttentionRecorder:
 @torch.no_grad()
 def record(loaded, inputs: dict, max_new_tokens: int = 16, k: int | None = None) -> torch.Tensor:
     """beta [B, T, L, 4] for each generated token t (greedy), layer l and token type (TYPES)."""
-    from .withdraw import Engine, active
+    from .withdraw import Engine, active, carries_visual
 
     model = loaded.model
-    visual = any(key.startswith("pixel_values") for key in inputs)
+    visual = carries_visual(inputs)
     prompt_types = segment(inputs["input_ids"], loaded.vision_token_ids, inputs.get("attention_mask"), visual)
     n = loaded.num_layers
     engine = Engine(model, k, "keep") if k is not None and k < n else None

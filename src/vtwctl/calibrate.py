@@ -23,8 +23,7 @@ import torch
 
 from .errors import VTWError
 from .families import adapter_for
-
-_VISUAL_KWARGS = ("pixel_values", "pixel_values_images", "pixel_values_videos")
+from .withdraw import carries_visual
 
 
 def kl_vtw_base(vtw_logits: torch.Tensor, base_logits: torch.Tensor) -> torch.Tensor:
@@ -41,7 +40,7 @@ def _text_index(model, inputs: dict) -> torch.Tensor:
     keep = torch.ones_like(ids[0], dtype=torch.bool)
     if "attention_mask" in inputs:
         keep &= inputs["attention_mask"][0].bool()
-    if any(inputs.get(k) is not None for k in _VISUAL_KWARGS):
+    if carries_visual(inputs):
         vision_ids = torch.tensor(adapter_for(model).vision_token_ids(model.config), device=ids.device)
         keep &= ~torch.isin(ids[0], vision_ids)
     return keep.nonzero().squeeze(1)

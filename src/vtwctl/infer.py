@@ -7,7 +7,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .errors import VTWError
+from .errors import VTWError, check_k
 from .withdraw import withdraw
 
 
@@ -56,10 +56,6 @@ class Generation:
         return asdict(self)
 
 
-def check_k(k: int | None, num_layers: int) -> None:
-    if k is not None and not 0 <= k <= num_layers:
-        raise VTWError(f"K={k} is out of range: the model has {num_layers} decoder layers, "
-                       f"so K must be in 0..{num_layers}")
 
 
 def generate(loaded, inputs: dict, k: int | None = None, positions: str = "keep", max_new_tokens: int = 32,

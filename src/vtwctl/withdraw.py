@@ -34,7 +34,12 @@ from torch import nn
 from .families import adapter_for
 
 _ACTIVE_ATTR = "_vtw_active"
-_VISUAL_KWARGS = ("pixel_values", "pixel_values_images", "pixel_values_videos", "mm_encoder_outputs")
+VISUAL_KWARGS = ("pixel_values", "pixel_values_images", "pixel_values_videos", "mm_encoder_outputs")
+
+
+def carries_visual(kwargs: dict) -> bool:
+    """Whether model inputs hold pixels (or encoder outputs), i.e. vision-token ids carry vision features."""
+    return any(kwargs.get(name) is not None for name in VISUAL_KWARGS)
 
 
 @dataclass
@@ -115,7 +120,7 @@ class Engine:
         embeds = kwargs.get("inputs_embeds")
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
         past = int(cache.get_seq_length()) if cache is not None else 0
-        visual = any(kwargs.get(name) is not None for name in _VISUAL_KWARGS)
+        visual = carries_visual(kwargs)
         if input_ids is not None:
             vision = torch.isin(input_ids, self.vision_ids.to(input_ids.device))
         elif embeds is not None:

@@ -31,16 +31,14 @@ def attention(
 
     from .. import tasks
     from ..attention import TYPES, attention_stats
-    from ..errors import VTWError
+    from ..errors import VTWError, check_k
 
     names = [d.strip() for d in dataset.split(",") if d.strip()]
     units = [tasks.get(n) for n in names]
     if data_dir and len(units) > 1:
         raise VTWError("--data-dir holds the data of one task; run one task at a time")
     loaded = load_model(model, device, dtype, attn_implementation, trust_remote_code)
-    if k is not None and not 0 <= k <= loaded.num_layers:
-        raise VTWError(f"K={k} is out of range: the model has {loaded.num_layers} decoder layers, "
-                       f"so K must be in 0..{loaded.num_layers}")
+    check_k(k, loaded.num_layers)
     pairs = [(t.name, s) for t in units for s in t.load(split or t.test_split, samples, 0, data_dir)]
     console = stderr_console()
     with Progress(TextColumn("attention"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),

@@ -44,7 +44,7 @@ def load_model(model: str, device: str, dtype: str, attn: str | None, trust_remo
 
 def parse_k(value: str | None, no_withdraw: bool, num_layers: int) -> int | str | None:
     """``--k`` as an int, 'auto', or None (no withdrawal)."""
-    from ..errors import VTWError
+    from ..errors import VTWError, check_k
 
     if no_withdraw:
         if value not in (None, "auto"):
@@ -56,7 +56,5 @@ def parse_k(value: str | None, no_withdraw: bool, num_layers: int) -> int | str 
         k = int(value)
     except ValueError:
         raise VTWError(f"--k must be an integer in 0..{num_layers} or 'auto', got {value!r}") from None
-    if not 0 <= k <= num_layers:
-        raise VTWError(f"K={k} is out of range: the model has {num_layers} decoder layers, "
-                       f"so K must be in 0..{num_layers}")
+    check_k(k, num_layers)
     return k

@@ -11,7 +11,7 @@ from .common import ATTN, DEVICE, DTYPE, JSON, MODEL, TRUST, emit_json, load_mod
 
 
 def _parse_ks(text: str | None, n: int, model: str, profile_dir) -> list[int]:
-    from ..errors import VTWError
+    from ..errors import VTWError, check_k
     from ..profiles import records
 
     if text is None or text == "auto":
@@ -25,10 +25,10 @@ def _parse_ks(text: str | None, n: int, model: str, profile_dir) -> list[int]:
         ks = [int(t) for t in text.split(",") if t.strip()]
     except ValueError:
         raise VTWError(f"--k must be an integer, a comma-separated list or 'auto', got {text!r}") from None
-    bad = [k for k in ks if not 0 <= k <= n]
-    if not ks or bad:
-        raise VTWError(f"K={bad[0] if bad else text} is out of range: the model has {n} decoder layers, "
-                       f"so K must be in 0..{n}")
+    if not ks:
+        raise VTWError(f"--k must be an integer, a comma-separated list or 'auto', got {text!r}")
+    for k in ks:
+        check_k(k, n)
     return ks
 
 
