@@ -153,7 +153,6 @@ def record(loaded, inputs: dict, max_new_tokens: int = 16, k: int | None = None)
     return torch.stack(rec.rows, 1)  # [B, T, L, 4]
 
 
-
 @dataclass
 class AttentionReport:
     model: str

@@ -56,8 +56,6 @@ class Generation:
         return asdict(self)
 
 
-
-
 def generate(loaded, inputs: dict, k: int | None = None, positions: str = "keep", max_new_tokens: int = 32,
              do_sample: bool = False, temperature: float = 1.0, seed: int | None = None) -> Generation:
     """Generate for a batch of inputs; ``k=None`` (or N) is the stock model."""

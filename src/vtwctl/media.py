@@ -61,10 +61,16 @@ def read_video(path: str | Path, num_frames: int = 8):
         except Exception as exc:  # PyAV raises many error types
             raise VTWError(f"cannot read video {path}: {exc.__class__.__name__}") from None
         return frames
-    if len(frames) == 0:
+    return frames[_frame_index(len(frames), num_frames, path)].astype("uint8")
+
+
+def _frame_index(total: int, num_frames: int, path) -> list[int]:
+    """Indices of ``num_frames`` evenly spaced frames out of ``total`` (all of them if fewer)."""
+    import numpy as np
+
+    if total <= 0:
         raise VTWError(f"video {path} has no frames")
-    idx = np.linspace(0, len(frames) - 1, num=min(num_frames, len(frames))).round().astype(int)
-    return frames[idx].astype("uint8")
+    return np.linspace(0, total - 1, num=min(num_frames, total)).round().astype(int).tolist()
 
 
 def _decode_sampled(av, path: Path, num_frames: int):
@@ -74,9 +80,7 @@ def _decode_sampled(av, path: Path, num_frames: int):
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         total = stream.frames or sum(1 for _ in container.decode(video=0))
-    if total <= 0:
-        raise VTWError(f"video {path} has no frames")
-    wanted = set(np.linspace(0, total - 1, num=min(num_frames, total)).round().astype(int).tolist())
+    wanted = set(_frame_index(total, num_frames, path))
     out = []
     with av.open(str(path)) as container:
         for i, frame in enumerate(container.decode(video=0)):
