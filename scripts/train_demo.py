@@ -3,18 +3,24 @@
 
 CPU only, seeded and staged (as LLaVA is built, plus a shortcut that makes the decoder stages cheap):
 
-  P1 / P9  decoder on *compact pseudo images*: the exact eval prompt (chat template), but the image is 9
-           pseudo visual tokens, one per grid cell, E[<image>] + E[colour] + E[shape] + E[cell] (sums of the
-           decoder's own word embeddings; "none" for empty cells). P1: one object per scene (curriculum).
+  P1 / PK / PM / P9  decoder on *compact pseudo images*: the exact eval prompt (chat template), but the image
+           is 9 pseudo visual tokens, one per grid cell, E[<image>] + E[colour] + E[shape] + E[cell] (sums of the
+           decoder's own word embeddings; "none" for empty cells). A curriculum: P1 one object per scene; PK
+           only the short-answer lookups and counting (--kinds-pk), where the question-word -> visual-token
+           binding forms first; PM only multiple choice (--kinds-pm); P9 every kind. Batch 64, lr 1e-3.
   P        the same with the real layout: 144 pseudo tokens (each patch carries its cell's token).
   V        CLIP tower + projector learn to map the real image to those pseudo tokens (MSE, plus throwaway
            per-patch classification heads), decoder frozen.
-  F        joint fine-tune on real images in the exact eval format, all parts trainable, text-only replay.
+  F        joint fine-tune on real images in the exact eval format, all parts trainable (optional text-only
+           replay); its checkpoints replace the model after V only when better on validation. It made
+           validation worse in every try so far; the shipped model skips it (docs/demo.md).
   (T)      optional text-only warm-up with the scene as ScienceQA "Context:" (off by default).
 
 Every training image carries --turns questions (LLaVA-style multi-turn); answers are supervised with EOS.
-Token embeddings are initialised with std --emb-std (1.0): with Llama's 0.02 this 8-layer decoder does not
-learn at all. ``--resume DIR`` continues stage F (named F2) from a saved model.
+Token embeddings are initialised with std --emb-std (0.02, Llama's own): with std 1.0 (the first shipped
+model) the decoder never learned to bind a question word to a visual token (docs/demo.md).
+``--resume DIR`` continues stage F (named F2) from a saved model; ``--init DIR`` runs the stages again from
+a saved model (the shipped model is two passes: docs/demo.md, "Exact commands").
 
 Finally the test split is answered with greedy ``generate(max_new_tokens=5)`` through the stock
 processor/chat template and scored with ``vtwctl.demo.shapes.score``.
@@ -323,8 +329,10 @@ def vision_features(model, pixel_values):
 class Stream:
     """Deterministic stream of training samples (train split, disjoint index ranges per stage)."""
 
-    def __init__(self, base: int, seed: int, hint: bool = False, turns: int = 1, n_objects: int | None = None):
+    def __init__(self, base: int, seed: int, hint: bool = False, turns: int = 1, n_objects: int | None = None,
+                 kinds: set[str] | None = None):
         self.n_objects = n_objects
+        self.kinds = kinds  # keep only these "format/kind" samples
         self.i = base
         self.seed = seed
         self.hint = hint
@@ -342,8 +350,12 @@ class Stream:
         return s
 
     def take(self, n):
-        out = [self.one(self.i + k) for k in range(n)]
-        self.i += n
+        out = []
+        while len(out) < n:
+            s = self.one(self.i)
+            self.i += 1
+            if self.kinds is None or f"{s['format']}/{s['kind']}" in self.kinds:
+                out.append(s)
         return out
 
 
@@ -432,24 +444,36 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--width", type=int, default=256)
     ap.add_argument("--ffn", type=int, default=384)
     ap.add_argument("--layers", type=int, default=8)
     ap.add_argument("--vision-width", type=int, default=96)
     ap.add_argument("--vision-layers", type=int, default=3)
     ap.add_argument("--steps-text", type=int, default=0)
-    ap.add_argument("--steps-p1", type=int, default=150, help="curriculum: compact pseudo images, 1 object")
-    ap.add_argument("--steps-p9", type=int, default=800)
+    ap.add_argument("--steps-p1", type=int, default=100, help="curriculum: compact pseudo images, 1 object")
+    ap.add_argument("--steps-pk", type=int, default=400, help="curriculum: compact pseudo images, --kinds-pk only")
+    ap.add_argument("--kinds-pk", default="short/colour_of_shape,short/shape_of_colour,short/shape_at,short/count")
+    ap.add_argument("--steps-pm", type=int, default=500, help="curriculum: compact pseudo images, --kinds-pm only")
+    ap.add_argument("--kinds-pm", default="mc/colour_of_shape,mc/shape_of_colour,mc/count,mc/position_of")
+    ap.add_argument("--steps-p9", type=int, default=2500)
+    ap.add_argument("--bs-p9", type=int, default=64, help="batch of the compact pseudo-image stages (P1, PK, P9)")
+    ap.add_argument("--turns-p9", type=int, default=1, help="questions per image in P1, PK, P9")
     ap.add_argument("--steps-pseudo", type=int, default=300)
+    ap.add_argument("--lr-pseudo", type=float, default=None, help="lr of stage P (default: --lr)")
+    ap.add_argument("--replay-every-p", type=int, default=8, help="stage P: every n-th batch is text-only replay")
     ap.add_argument("--steps-vision", type=int, default=500)
     ap.add_argument("--steps-final", type=int, default=500)
     ap.add_argument("--bs-text", type=int, default=32)
     ap.add_argument("--bs", type=int, default=16)
     ap.add_argument("--bs-vision", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--emb-std", type=float, default=1.0)
-    ap.add_argument("--lr-final", type=float, default=4e-4)
+    ap.add_argument("--emb-std", type=float, default=0.02)
+    ap.add_argument("--lr-final", type=float, default=2e-4)
+    ap.add_argument("--freeze-embeddings", action="store_true",
+                    help="stage F: keep the token embeddings (the projector's targets) fixed")
+    ap.add_argument("--replay-every", type=int, default=0,
+                    help="stage F: every n-th batch is text-only replay (scene as 'Context:'); 0 = none")
     ap.add_argument("--eval-every", type=int, default=100)
     ap.add_argument("--n-val", type=int, default=150, help="validation samples for the periodic evals")
     ap.add_argument("--n-test", type=int, default=600)
@@ -459,6 +483,9 @@ def main():
                     help="stop stage F/F2 after this many steps (the lr schedule still spans --steps-final)")
     ap.add_argument("--resume", type=Path, default=None,
                     help="load model+processor (and metrics) from this dir and run only stage F (named F2) + test")
+    ap.add_argument("--init", type=Path, default=None,
+                    help="start every stage from the model saved in this dir instead of a random init "
+                         "(stages with 0 steps are skipped; samples come from --seed's streams)")
     ap.add_argument("--bench", action="store_true", help="time a few steps of each stage and exit")
     ap.add_argument("--deadline-min", type=float, default=0.0, help="if >0: shorten stages P/F to finish in time")
     args = ap.parse_args()
@@ -471,23 +498,24 @@ def main():
 
     fresh = args.resume is None
     prev_metrics: dict = {}
-    if fresh:
+    if fresh and args.init is None:
         vocab = build_vocab()
         proc = build_processor(vocab)
         model = build_model(vocab, args)
-    else:  # continue stage F from a saved model (a second, documented invocation)
+    else:  # continue from a saved model: stage F only (--resume) or every stage (--init)
         from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-        proc = AutoProcessor.from_pretrained(str(args.resume))
-        model = LlavaForConditionalGeneration.from_pretrained(str(args.resume), dtype=torch.float32)
+        src = str(args.resume or args.init)
+        proc = AutoProcessor.from_pretrained(src)
+        model = LlavaForConditionalGeneration.from_pretrained(src, dtype=torch.float32)
         tv = proc.tokenizer.get_vocab()
         vocab = sorted(tv, key=tv.get)
-        mpath = Path(args.resume) / "training_metrics.json"
+        mpath = Path(src) / "training_metrics.json"
         prev_metrics = json.loads(mpath.read_text()) if mpath.exists() else {}
-    # Token embeddings with std 1 instead of Llama's 0.02: with tiny embeddings the token identity is drowned
-    # in the residual stream by the random outputs of 8 layers, and this deep, narrow decoder then sits at
-    # chance for thousands of steps (it cannot even overfit one batch); with std 1 it learns at once.
-    if fresh:
+    # Token embeddings: Llama's std 0.02 by default. With std 1.0 (the first shipped model) the decoder learned
+    # counting but never bound a question word to a visual token (colour-of-shape stayed at "any present
+    # colour"); with 0.02, lr 1e-3 and batch 64 the same probe reaches 1.0 in 100 steps (docs/demo.md).
+    if fresh and args.init is None:
         nn.init.normal_(model.model.language_model.embed_tokens.weight, std=args.emb_std)
     model.train()
     n_params = sum(p.numel() for p in model.parameters())
@@ -517,7 +545,10 @@ def main():
     t_offset = 0.0
     if prev_metrics:
         metrics["runs"] = prev_metrics.get("runs", [prev_metrics["config"]]) + [metrics["config"]]
-        metrics["stages"] = prev_metrics["stages"]
+        if args.init is not None:  # a second full pass: keep the first pass's stages apart
+            metrics["stages_before_init"] = prev_metrics.get("stages_before_init", []) + [prev_metrics["stages"]]
+        else:
+            metrics["stages"] = prev_metrics["stages"]
         metrics["curves"] = prev_metrics["curves"]
         t_offset = prev_metrics.get("train_minutes", metrics["curves"][-1]["minutes"] if metrics["curves"] else 0)
         metrics["previous_test"] = prev_metrics.get("test")
@@ -572,28 +603,45 @@ def main():
                 log(f"[{stage}] bench {(time.time() - tstage) / 5:.3f} s/step (bs {bs})")
                 return
             if (step + 1) % args.eval_every == 0 or step + 1 == steps:
-                record(stage, step + 1, mode, round(ema, 4))
+                acc = record(stage, step + 1, mode, round(ema, 4))
                 if stage in ("F", "F2"):
                     metrics["stages"][stage] = {"steps": step + 1, "minutes": round((time.time() - tstage) / 60, 2)}
-                    save(model, proc, args.out, metrics)
+                    # keep the best model by validation accuracy (the model after stage V is the first candidate)
+                    if acc["overall"] > best["overall"]:
+                        best.update(overall=acc["overall"], stage=stage, step=step + 1)
+                        metrics["selected"] = dict(best)
+                        save(model, proc, args.out, metrics)
+                        log(f"[{stage}] step {step + 1}: best so far on validation, saved")
         metrics["stages"][stage] = {"steps": total, "minutes": round((time.time() - tstage) / 60, 2)}
 
     if fresh and args.steps_text:
         log("stage T: text-only warm-up")
         run_lm_stage("T", "text", args.steps_text, args.bs_text, args.lr,
                      Stream(10_000_000, args.seed, hint=True, turns=args.turns_text), dec_params())
-    if fresh:
+    if fresh and args.steps_p1:
         log("stage P1: compact pseudo images (one token per grid cell), one object per scene")
-        run_lm_stage("P1", "pseudo9", args.steps_p1, args.bs, args.lr,
-                 Stream(70_000_000, args.seed, turns=args.turns, n_objects=1), dec_params())
-    if fresh:
+        run_lm_stage("P1", "pseudo9", args.steps_p1, args.bs_p9, args.lr,
+                     Stream(70_000_000, args.seed, turns=args.turns_p9, n_objects=1), dec_params())
+    if fresh and args.steps_pk:
+        log(f"stage PK: compact pseudo images, kinds {args.kinds_pk}")
+        run_lm_stage("PK", "pseudo9", args.steps_pk, args.bs_p9, args.lr,
+                     Stream(90_000_000, args.seed, turns=args.turns_p9, kinds=set(args.kinds_pk.split(","))),
+                     dec_params())
+    if fresh and args.steps_pm:
+        log(f"stage PM: compact pseudo images, kinds {args.kinds_pm}")
+        run_lm_stage("PM", "pseudo9", args.steps_pm, args.bs_p9, args.lr,
+                     Stream(95_000_000, args.seed, turns=args.turns_p9, kinds=set(args.kinds_pm.split(","))),
+                     dec_params())
+    if fresh and args.steps_p9:
         log("stage P9: compact pseudo images (one token per grid cell)")
-        run_lm_stage("P9", "pseudo9", args.steps_p9, args.bs, args.lr, Stream(60_000_000, args.seed, turns=args.turns),
-                 dec_params())
-    if fresh:
+        run_lm_stage("P9", "pseudo9", args.steps_p9, args.bs_p9, args.lr,
+                     Stream(60_000_000, args.seed, turns=args.turns_p9), dec_params())
+    if fresh and args.steps_pseudo:
         log("stage P: pseudo-image tokens")
-        run_lm_stage("P", "pseudo", args.steps_pseudo, args.bs, args.lr, Stream(0, args.seed, turns=args.turns),
-                 dec_params(), replay=Stream(20_000_000, args.seed, hint=True, turns=args.turns_text), replay_every=8)
+        run_lm_stage("P", "pseudo", args.steps_pseudo, args.bs, args.lr_pseudo or args.lr,
+                     Stream(0, args.seed, turns=args.turns),
+                     dec_params(), replay=Stream(20_000_000, args.seed, hint=True, turns=args.turns_text),
+                     replay_every=args.replay_every_p)
 
     # ---------------------------------------------------------------- stage V: vision tower + projector
     log("stage V: vision tower + projector -> pseudo tokens")
@@ -652,19 +700,37 @@ def main():
     if fresh:
         metrics["stages"]["V"] = {"steps": args.steps_vision, "minutes": round((time.time() - tv) / 60, 2)}
     del heads
+    best = {"overall": -1.0, "stage": None, "step": None}
     if fresh and not args.bench:
-        record("V", args.steps_vision, "real", 0.0)
+        acc = record("V", args.steps_vision, "real", 0.0)
+        best.update(overall=acc["overall"], stage="V", step=args.steps_vision)
+        metrics["selected"] = dict(best)
         save(model, proc, args.out, metrics)
         log(f"saved (after V) to {args.out}")
 
+    if not fresh and not args.bench:  # --resume: the loaded model is the first candidate
+        acc = record("F2", 0, "real", 0.0)
+        best.update(overall=acc["overall"], stage="F2", step=0)
+        metrics["selected"] = dict(best)
+        save(model, proc, args.out, metrics)
+
     # ---------------------------------------------------------------- stage F: joint fine-tune on real images
     log("stage F: joint fine-tune on real images" + ("" if fresh else f" (continued from {args.resume}: F2)"))
+    emb = model.model.language_model.embed_tokens.weight
+    if args.freeze_embeddings:
+        emb.requires_grad_(False)
     run_lm_stage("F" if fresh else "F2", "real", args.steps_final, args.bs, args.lr_final,
                  Stream(40_000_000 if fresh else 80_000_000, args.seed, turns=args.turns),
-                 list(model.parameters()), replay=Stream(50_000_000, args.seed, hint=True, turns=args.turns_text),
-                 replay_every=8)
+                 [p for p in model.parameters() if p.requires_grad],
+                 replay=Stream(50_000_000, args.seed, hint=True, turns=args.turns_text),
+                 replay_every=args.replay_every)
     if args.bench:
         return
+    # the test is run on the model chosen on validation (the last one saved), not on the last step
+    from transformers import LlavaForConditionalGeneration
+
+    model = LlavaForConditionalGeneration.from_pretrained(str(args.out), dtype=torch.float32)
+    log(f"selected on validation: {best}")
 
     # ---------------------------------------------------------------- test
     log("test: greedy generate on the test split")

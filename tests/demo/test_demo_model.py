@@ -11,11 +11,15 @@ from vtwctl.demo import MODEL_DIR, shapes
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-# Which questions: the shipped model is only good at some question kinds (see training_metrics.json:
-# short-answer counts ~100%, short-answer "What colour is the {shape}?" ~70%; multiple choice and yes/no
-# stay near chance). So the fixed questions are, by rule, the first five short-answer test questions of
-# those two kinds, in test-split order; not picked one by one.
-EASY_KINDS = ("count", "colour_of_shape")
+# Which questions: the shipped model is good at some question kinds and not others (training_metrics.json:
+# short-answer "What colour is the {shape}?" and "What shape is the {colour} object?" ~0.86-0.88 on the test
+# split; multiple choice stays at chance). So the fixed questions are, by rule, the first five short-answer
+# test questions of those two kinds, in test-split order; not picked one by one.
+EASY_KINDS = ("colour_of_shape", "shape_of_colour")
+# On the first 60 test questions the shipped model scores 0.63 overall (short 0.90, yes/no 0.75, mc 0.25);
+# chance is 0.35 (0.27 / 0.50 / 0.27). Multiple choice is at chance (docs/demo.md), so it gets no margin.
+MIN_SLICE_OVERALL = 0.55
+MIN_SLICE_MARGIN = {"short": 0.4, "yesno": 0.15}
 
 
 def _fixed_questions(n=5):
@@ -101,3 +105,26 @@ def test_greedy_generation_answers_fixed_questions(model_and_processor):
         outputs.append((s["id"], s["kind"], s["answer"], pred, new))
         correct += ok
     assert correct >= 4, outputs
+
+
+def test_accuracy_far_above_chance_on_a_test_slice(model_and_processor):
+    """Greedy answers to the first 60 test questions (20 per format), batched through the stock processor."""
+    import torch
+
+    model, proc = model_and_processor
+    samples = shapes.generate("test", 60)
+    texts = [_inputs(proc, s)[0] for s in samples]
+    inputs = proc(images=[s["image"] for s in samples], text=texts, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=5, do_sample=False)
+    preds = proc.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+    hits: dict[str, list[bool]] = {}
+    for s, p in zip(samples, preds):
+        hits.setdefault(s["format"], []).append(shapes.score(s["format"], p.strip(), s["answer"]))
+    acc = {f: sum(h) / len(h) for f, h in hits.items()}
+    chance = {f: sum(s["chance"] for s in samples if s["format"] == f) / len(hits[f]) for f in hits}
+    overall = sum(sum(h) for h in hits.values()) / len(samples)
+    # thresholds well under the measured accuracy (docs/demo.md) and far above chance (0.27 / 0.50 / 0.27)
+    assert overall >= MIN_SLICE_OVERALL, (acc, preds)
+    for f, margin in MIN_SLICE_MARGIN.items():
+        assert acc[f] >= chance[f] + margin, (f, acc, chance)
