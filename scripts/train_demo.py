@@ -20,7 +20,7 @@ Every training image carries --turns questions (LLaVA-style multi-turn); answers
 Token embeddings are initialised with std --emb-std (0.02, Llama's own): with std 1.0 (the first shipped
 model) the decoder never learned to bind a question word to a visual token (docs/demo.md).
 ``--resume DIR`` continues stage F (named F2) from a saved model; ``--init DIR`` runs the stages again from
-a saved model (the shipped model is two passes: docs/demo.md, "Exact commands").
+a saved model (the shipped model is three passes: docs/demo.md, "Exact commands").
 
 Finally the test split is answered with greedy ``generate(max_new_tokens=5)`` through the stock
 processor/chat template and scored with ``vtwctl.demo.shapes.score``.
@@ -457,8 +457,8 @@ def main():
     ap.add_argument("--steps-pm", type=int, default=500, help="curriculum: compact pseudo images, --kinds-pm only")
     ap.add_argument("--kinds-pm", default="mc/colour_of_shape,mc/shape_of_colour,mc/count,mc/position_of")
     ap.add_argument("--steps-p9", type=int, default=2500)
-    ap.add_argument("--bs-p9", type=int, default=64, help="batch of the compact pseudo-image stages (P1, PK, P9)")
-    ap.add_argument("--turns-p9", type=int, default=1, help="questions per image in P1, PK, P9")
+    ap.add_argument("--bs-p9", type=int, default=64, help="batch of the compact pseudo-image stages (P1, PK, PM, P9)")
+    ap.add_argument("--turns-p9", type=int, default=1, help="questions per image in P1, PK, PM, P9")
     ap.add_argument("--steps-pseudo", type=int, default=300)
     ap.add_argument("--lr-pseudo", type=float, default=None, help="lr of stage P (default: --lr)")
     ap.add_argument("--replay-every-p", type=int, default=8, help="stage P: every n-th batch is text-only replay")
@@ -606,11 +606,7 @@ def main():
                 acc = record(stage, step + 1, mode, round(ema, 4))
                 if stage in ("F", "F2"):
                     metrics["stages"][stage] = {"steps": step + 1, "minutes": round((time.time() - tstage) / 60, 2)}
-                    # keep the best model by validation accuracy (the model after stage V is the first candidate)
-                    if acc["overall"] > best["overall"]:
-                        best.update(overall=acc["overall"], stage=stage, step=step + 1)
-                        metrics["selected"] = dict(best)
-                        save(model, proc, args.out, metrics)
+                    if keep_if_best(stage, step + 1, acc):
                         log(f"[{stage}] step {step + 1}: best so far on validation, saved")
         metrics["stages"][stage] = {"steps": total, "minutes": round((time.time() - tstage) / 60, 2)}
 
@@ -618,24 +614,19 @@ def main():
         log("stage T: text-only warm-up")
         run_lm_stage("T", "text", args.steps_text, args.bs_text, args.lr,
                      Stream(10_000_000, args.seed, hint=True, turns=args.turns_text), dec_params())
-    if fresh and args.steps_p1:
-        log("stage P1: compact pseudo images (one token per grid cell), one object per scene")
-        run_lm_stage("P1", "pseudo9", args.steps_p1, args.bs_p9, args.lr,
-                     Stream(70_000_000, args.seed, turns=args.turns_p9, n_objects=1), dec_params())
-    if fresh and args.steps_pk:
-        log(f"stage PK: compact pseudo images, kinds {args.kinds_pk}")
-        run_lm_stage("PK", "pseudo9", args.steps_pk, args.bs_p9, args.lr,
-                     Stream(90_000_000, args.seed, turns=args.turns_p9, kinds=set(args.kinds_pk.split(","))),
-                     dec_params())
-    if fresh and args.steps_pm:
-        log(f"stage PM: compact pseudo images, kinds {args.kinds_pm}")
-        run_lm_stage("PM", "pseudo9", args.steps_pm, args.bs_p9, args.lr,
-                     Stream(95_000_000, args.seed, turns=args.turns_p9, kinds=set(args.kinds_pm.split(","))),
-                     dec_params())
-    if fresh and args.steps_p9:
-        log("stage P9: compact pseudo images (one token per grid cell)")
-        run_lm_stage("P9", "pseudo9", args.steps_p9, args.bs_p9, args.lr,
-                     Stream(60_000_000, args.seed, turns=args.turns_p9), dec_params())
+    # the compact pseudo-image curriculum: (stage, steps, stream base, objects per scene, kinds, what)
+    curriculum = [
+        ("P1", args.steps_p1, 70_000_000, 1, None, "one object per scene"),
+        ("PK", args.steps_pk, 90_000_000, None, args.kinds_pk, f"kinds {args.kinds_pk}"),
+        ("PM", args.steps_pm, 95_000_000, None, args.kinds_pm, f"kinds {args.kinds_pm}"),
+        ("P9", args.steps_p9, 60_000_000, None, None, "every kind"),
+    ]
+    for stage, steps, base, n_objects, kinds, what in curriculum:
+        if fresh and steps:
+            log(f"stage {stage}: compact pseudo images (one token per grid cell), {what}")
+            stream = Stream(base, args.seed, turns=args.turns_p9, n_objects=n_objects,
+                            kinds=set(kinds.split(",")) if kinds else None)
+            run_lm_stage(stage, "pseudo9", steps, args.bs_p9, args.lr, stream, dec_params())
     if fresh and args.steps_pseudo:
         log("stage P: pseudo-image tokens")
         run_lm_stage("P", "pseudo", args.steps_pseudo, args.bs, args.lr_pseudo or args.lr,
@@ -700,25 +691,28 @@ def main():
     if fresh:
         metrics["stages"]["V"] = {"steps": args.steps_vision, "minutes": round((time.time() - tv) / 60, 2)}
     del heads
+    # model selection on validation: the model after V (or the --resume'd one) is the first candidate, F's
+    # checkpoints replace it only when better; the last one saved is the one tested
     best = {"overall": -1.0, "stage": None, "step": None}
-    if fresh and not args.bench:
-        acc = record("V", args.steps_vision, "real", 0.0)
-        best.update(overall=acc["overall"], stage="V", step=args.steps_vision)
-        metrics["selected"] = dict(best)
-        save(model, proc, args.out, metrics)
-        log(f"saved (after V) to {args.out}")
 
-    if not fresh and not args.bench:  # --resume: the loaded model is the first candidate
-        acc = record("F2", 0, "real", 0.0)
-        best.update(overall=acc["overall"], stage="F2", step=0)
+    def keep_if_best(stage, step, acc):
+        if acc["overall"] <= best["overall"]:
+            return False
+        best.update(overall=acc["overall"], stage=stage, step=step)
         metrics["selected"] = dict(best)
         save(model, proc, args.out, metrics)
+        return True
+
+    if fresh and not args.bench:
+        keep_if_best("V", args.steps_vision, record("V", args.steps_vision, "real", 0.0))
+        log(f"saved (after V) to {args.out}")
+    if not fresh and not args.bench:
+        keep_if_best("F2", 0, record("F2", 0, "real", 0.0))
 
     # ---------------------------------------------------------------- stage F: joint fine-tune on real images
     log("stage F: joint fine-tune on real images" + ("" if fresh else f" (continued from {args.resume}: F2)"))
-    emb = model.model.language_model.embed_tokens.weight
     if args.freeze_embeddings:
-        emb.requires_grad_(False)
+        model.model.language_model.embed_tokens.weight.requires_grad_(False)
     run_lm_stage("F" if fresh else "F2", "real", args.steps_final, args.bs, args.lr_final,
                  Stream(40_000_000 if fresh else 80_000_000, args.seed, turns=args.turns),
                  [p for p in model.parameters() if p.requires_grad],
@@ -726,7 +720,6 @@ def main():
                  replay_every=args.replay_every)
     if args.bench:
         return
-    # the test is run on the model chosen on validation (the last one saved), not on the last step
     from transformers import LlavaForConditionalGeneration
 
     model = LlavaForConditionalGeneration.from_pretrained(str(args.out), dtype=torch.float32)

@@ -41,9 +41,13 @@ def model_and_processor():
     return model, proc
 
 
-def _inputs(proc, sample):
+def _prompt(proc, sample):
     msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": sample["question"]}]}]
-    text = proc.apply_chat_template(msgs, add_generation_prompt=True)
+    return proc.apply_chat_template(msgs, add_generation_prompt=True)
+
+
+def _inputs(proc, sample):
+    text = _prompt(proc, sample)
     return text, proc(images=sample["image"], text=text, return_tensors="pt")
 
 
@@ -113,7 +117,7 @@ def test_accuracy_far_above_chance_on_a_test_slice(model_and_processor):
 
     model, proc = model_and_processor
     samples = shapes.generate("test", 60)
-    texts = [_inputs(proc, s)[0] for s in samples]
+    texts = [_prompt(proc, s) for s in samples]
     inputs = proc(images=[s["image"] for s in samples], text=texts, return_tensors="pt", padding=True)
     with torch.no_grad():
         out = model.generate(**inputs, max_new_tokens=5, do_sample=False)
