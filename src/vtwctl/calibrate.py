@@ -182,7 +182,7 @@ def calibrate(loaded, task, etas: list[float], k_min: int = 5, samples: int = 20
     split = split or task.calibration_split
     if split == task.test_split:
         raise VTWError(f"calibration must not use the test split ({split}) of {task.name}")
-    data = task.load(split, samples, seed, source)
+    data = list(task.open(split, source, seed).sample(samples, seed))  # a seeded random subset (recorded)
     if not data:
         raise VTWError(f"no samples in {task.name}/{split}")
     start = time.perf_counter()
@@ -221,7 +221,7 @@ def accuracy_sweep(loaded, task, data, ks: list[int], progress=None) -> tuple[di
     for s in data:
         inputs = loaded.sample_inputs(s)
         for k in correct:
-            out = generate(loaded, inputs, k=k, max_new_tokens=task.max_new_tokens).answers[0]
+            out = generate(loaded, inputs, k=k, max_new_tokens=task.max_new_tokens, stop=task.until).answers[0]
             correct[k] += bool(task.score(s, task.parse(s, out)))
             done += 1
             if progress:

@@ -79,6 +79,8 @@ class Summary:
     k: int | None
     positions: str
     image_mode: str
+    scoring: str
+    judge: str | None
     samples: int
     metrics: dict
     mean_latency_s: float
@@ -109,14 +111,15 @@ def summarize(records: list[dict], task, output: str | None = None, env: dict | 
     return Summary(
         model=first["model"], dataset=first["dataset"], split=first["split"], k=first["k"],
         positions=first.get("positions", "keep"), image_mode=first.get("image_mode", "normal"),
-        samples=len(records), metrics=task.metrics(records), mean_latency_s=mean("total_s"),
+        scoring=first.get("scoring", "lenient"), judge=first.get("judge_model"), samples=len(records),
+        metrics=task.metrics(records), mean_latency_s=mean("total_s"),
         mean_prefill_s=mean("prefill_s"), mean_decode_s=mean("decode_s"),
         mean_vision_tokens=mean("num_vision_tokens"), mean_text_tokens=mean("num_text_tokens"),
         mean_new_tokens=mean("new_tokens"), output=output, new_samples=new, env=env or {},
     )
 
 
-_CONFIG_KEYS = ("model", "dataset", "split", "k", "positions", "image_mode")
+_CONFIG_KEYS = ("model", "dataset", "split", "k", "positions", "image_mode", "scoring", "judge_model")
 
 
 def _check_compatible(existing: list[dict], config: dict, path: Path) -> None:
@@ -127,21 +130,40 @@ def _check_compatible(existing: list[dict], config: dict, path: Path) -> None:
             raise VTWError(f"{path} holds results of another run ({what}); pass another --output")
 
 
-def _visual(sample, image_mode: str):
-    if image_mode == "none" or sample.image is None:
-        return None
+def _visuals(sample, image_mode: str) -> list:
+    """The sample's images as ``image_mode`` shows them: as they are, white images of the same sizes
+    (the paper's Table 1 "non-content image"), or none."""
+    if image_mode == "none":
+        return []
     if image_mode == "blank":
         from PIL import Image
 
-        return Image.new("RGB", sample.image.size, (255, 255, 255))
-    return sample.image
+        return [Image.new("RGB", im.size, (255, 255, 255)) for im in sample.images]
+    return list(sample.images)
+
+
+def select(task, split: str | None = None, source: str | None = None, limit: int | None = None,
+           shard: tuple[int, int] = (0, 1), seed: int = 0):
+    """The samples a run answers: the first ``limit`` of ``split`` (lmms-eval's ``--limit``), then this
+    shard's share (every N-th from I). Nothing is decoded; unreadable samples (e.g. missing videos)
+    raise ``VTWError`` now, before any model loads."""
+    samples = task.open(split or task.test_split, source, seed).first(limit).shard(*shard)
+    samples.check()
+    return samples
 
 
 def evaluate(loaded, task, k: int | None, positions: str = "keep", split: str | None = None,
              limit: int | None = None, batch_size: int = 1, output: str | Path | None = None,
              shard: tuple[int, int] = (0, 1), image_mode: str = "normal", max_new_tokens: int | None = None,
-             source: str | None = None, progress: Callable[[int, int], None] | None = None) -> Summary:
-    """Run ``task`` through the model (VTW at ``k``; None = stock) and summarise."""
+             source: str | None = None, progress: Callable[[int, int], None] | None = None,
+             scoring: str = "lmms-eval", judge=None, samples=None) -> Summary:
+    """Run ``task`` through the model (VTW at ``k``; None = stock), score each answer as ``scoring``
+    reads it (``lmms-eval``: lmms-eval's own rules; ``lenient``) and summarise.
+
+    ``samples``: what ``select`` returned (the CLI selects before loading the model); by default the
+    selection of ``split``, ``limit``, ``shard`` and ``source``. ``judge``: an answer matcher for the
+    tasks lmms-eval scores with a GPT judge (``tasks.judge.OpenAIJudge``; MMBench).
+    """
     from .env import environment
     from .infer import generate
 
@@ -149,41 +171,43 @@ def evaluate(loaded, task, k: int | None, positions: str = "keep", split: str | 
         raise VTWError(f"--image-mode must be one of {', '.join(IMAGE_MODES)}, got {image_mode!r}")
     if batch_size < 1:
         raise VTWError("--batch-size must be at least 1")
+    if scoring not in task.parsers:
+        raise VTWError(f"--scoring must be one of {', '.join(task.parsers)}, got {scoring!r}")
     split = split or task.test_split
-    samples = task.load(split, limit, 0, source)
+    if samples is None:
+        samples = select(task, split, source, limit, shard)
     index, count = shard
-    samples = samples[index::count]
     n = loaded.num_layers
+    judge_model = getattr(judge, "name", None) if judge is not None and task.judge_parser is not None else None
     config = {"model": loaded.name, "dataset": task.name, "split": split, "k": k if k is not None else n,
-              "positions": positions, "image_mode": image_mode}
+              "positions": positions, "image_mode": image_mode, "scoring": scoring, "judge_model": judge_model}
     path = Path(output) if output else None
     existing: list[dict] = []
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         existing = read_records(path)
         _check_compatible(existing, config, path)
-    done = {r["id"] for r in existing}
-    todo = [s for s in samples if s.id not in done]
-    records = [r for r in existing if r["id"] in {s.id for s in samples}] if existing else []
+    wanted = set(samples.ids)
+    records = [r for r in existing if r["id"] in wanted]
+    todo = samples.exclude(r["id"] for r in existing)
     finished = len(samples) - len(todo)
     if progress:
         progress(finished, len(samples))
     tokens = max_new_tokens or task.max_new_tokens
     new = 0
     for start in range(0, len(todo), batch_size):
-        batch = todo[start:start + batch_size]
-        images = [_visual(s, image_mode) for s in batch]
+        batch = list(todo[start:start + batch_size])
+        images = [_visuals(s, image_mode) for s in batch]
         videos = [s.video if image_mode == "normal" else None for s in batch]
-        inputs = loaded.build_inputs([s.prompt for s in batch],
-                                     images=images if any(i is not None for i in images) else None,
-                                     videos=videos if any(v is not None for v in videos) else None)
-        gen = generate(loaded, inputs, k=k, positions=positions, max_new_tokens=tokens)
+        inputs = loaded.build_inputs([s.prompt for s in batch], images=images, videos=videos)
+        gen = generate(loaded, inputs, k=k, positions=positions, max_new_tokens=tokens, stop=task.until)
         out = []
         for j, s in enumerate(batch):
-            parsed = task.parse(s, gen.answers[j])
+            result = task.process(s, gen.answers[j], scoring, judge)
             out.append({
                 "id": s.id, **config, "prompt_hash": prompt_hash(s.prompt), "answer": gen.answers[j],
-                "parsed": parsed, "target": s.answer, "correct": bool(task.score(s, parsed)),
+                "parsed": result["parsed"], "target": s.answer, "correct": result["correct"],
+                "judge": result["judge"], "num_images": len(images[j]),
                 "num_vision_tokens": gen.num_vision_tokens[j], "num_text_tokens": gen.num_text_tokens[j],
                 "new_tokens": gen.new_tokens[j], "prefill_s": gen.prefill_s / len(batch),
                 "decode_s": gen.decode_s / len(batch), "total_s": gen.total_s / len(batch),

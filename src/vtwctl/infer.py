@@ -57,8 +57,13 @@ class Generation:
 
 
 def generate(loaded, inputs: dict, k: int | None = None, positions: str = "keep", max_new_tokens: int = 32,
-             do_sample: bool = False, temperature: float = 1.0, seed: int | None = None) -> Generation:
-    """Generate for a batch of inputs; ``k=None`` (or N) is the stock model."""
+             do_sample: bool = False, temperature: float = 1.0, seed: int | None = None,
+             stop: list[str] | None = None) -> Generation:
+    """Generate for a batch of inputs; ``k=None`` (or N) is the stock model.
+
+    ``stop``: strings that end an answer (lmms-eval's ``until``): generation of a row stops once one
+    appears and the answer is cut before it.
+    """
     import torch
 
     model = loaded.model
@@ -75,6 +80,9 @@ def generate(loaded, inputs: dict, k: int | None = None, positions: str = "keep"
         kw["temperature"] = temperature
     else:
         kw.update(temperature=None, top_p=None, top_k=None)
+    tok = getattr(loaded.processor, "tokenizer", loaded.processor)
+    if stop:
+        kw["stopping_criteria"] = [_stop_on(tok, stop, length)]
     if seed is not None:
         torch.manual_seed(seed)
     clock = _Clock(loaded.device)
@@ -86,19 +94,48 @@ def generate(loaded, inputs: dict, k: int | None = None, positions: str = "keep"
         sync(loaded.device)
         end = time.perf_counter()
     new = out[:, length:]
-    tok = getattr(loaded.processor, "tokenizer", loaded.processor)
     eos = _eos_ids(model, tok)
     seqs, counts = [], []
     for row in new.tolist():
         cut = next((i for i, t in enumerate(row) if t in eos), len(row))
         seqs.append(row[:cut])
         counts.append(min(cut + 1, len(row)))
-    answers = [tok.decode(s, skip_special_tokens=True).strip() for s in seqs]
+    answers = [cut_at(tok.decode(s, skip_special_tokens=True), stop).strip() for s in seqs]
     first = clock.first if clock.first is not None else end
     return Generation(answers=answers, tokens=seqs, new_tokens=counts,
                       num_vision_tokens=layout["num_vision_tokens"], num_text_tokens=layout["num_text_tokens"],
                       prefill_s=first - start, decode_s=end - first, total_s=end - start,
                       k=k if k is not None else n)
+
+
+def _stop_on(tokenizer, stop: list[str], start: int):
+    """A stopping criterion that ends a row once its new text holds one of the ``stop`` strings.
+
+    Decodes the last few new tokens of every row each step (one host sync per step, only when stop
+    strings are given); transformers' own ``stop_strings`` needs a tokenizer whose vocabulary it can
+    map to text, which word-level tokenizers are not.
+    """
+    import torch
+    from transformers import StoppingCriteria
+
+    window = 2 * max(len(s) for s in stop) + 8
+
+    class StopOn(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            tail = input_ids[:, start:][:, -window:]
+            texts = tokenizer.batch_decode(tail, skip_special_tokens=True)
+            return torch.tensor([any(s in t for s in stop if s) for t in texts], dtype=torch.bool,
+                                device=input_ids.device)
+
+    return StopOn()
+
+
+def cut_at(text: str, stop: list[str] | None) -> str:
+    """``text`` up to the first of the ``stop`` strings (lmms-eval's ``until`` rule)."""
+    for term in stop or ():
+        if term:
+            text = text.split(term)[0]
+    return text
 
 
 def _eos_ids(model, tokenizer) -> set[int]:

@@ -196,17 +196,17 @@ class Loaded:
                      videos: list | None = None) -> dict:
         """Tokenised model inputs on the model's device for one prompt per row (left padded).
 
-        ``images``/``videos`` hold one entry per row (None for a row without one).
+        ``images``/``videos`` hold one entry per row: None (none), one image (video), or a list of
+        them, given to the chat template in order.
         """
         single = isinstance(prompts, str)
         prompts = [prompts] if single else list(prompts)
-        images = list(images) if images is not None else [None] * len(prompts)
-        videos = list(videos) if videos is not None else [None] * len(prompts)
-        texts = [self.prompt_text(p, int(i is not None), int(v is not None))
-                 for p, i, v in zip(prompts, images, videos, strict=True)]
+        per_row_images = _per_row(images, len(prompts))
+        per_row_videos = _per_row(videos, len(prompts))
+        texts = [self.prompt_text(p, len(i), len(v)) for p, i, v in zip(prompts, per_row_images, per_row_videos)]
         kwargs: dict[str, Any] = {"text": texts, "return_tensors": "pt", "padding": True}
-        imgs = [i for i in images if i is not None]
-        vids = [v for v in videos if v is not None]
+        imgs = [i for row in per_row_images for i in row]
+        vids = [v for row in per_row_videos for v in row]
         if imgs:
             kwargs["images"] = imgs
         if vids:
@@ -221,9 +221,8 @@ class Loaded:
         return self.to_device(dict(batch))
 
     def sample_inputs(self, sample) -> dict:
-        """Model inputs for one task ``Sample`` (its prompt with its image or video, if any)."""
-        return self.build_inputs(sample.prompt, images=[sample.image] if sample.image is not None else None,
-                                 videos=[sample.video] if sample.video is not None else None)
+        """Model inputs for one task ``Sample`` (its prompt with its images or video, if any)."""
+        return self.build_inputs(sample.prompt, images=[sample.images], videos=[sample.video])
 
     def to_device(self, batch: dict) -> dict:
         import torch
@@ -246,6 +245,16 @@ class Loaded:
         vision = torch.isin(ids, torch.tensor(self.vision_token_ids, device=ids.device)) & valid
         return {"num_vision_tokens": vision.sum(1).tolist(),
                 "num_text_tokens": (valid & ~vision).sum(1).tolist()}
+
+
+def _per_row(visuals: list | None, rows: int) -> list[list]:
+    """One list of visuals per row from None / one visual / a list of visuals per row."""
+    if visuals is None:
+        return [[] for _ in range(rows)]
+    visuals = list(visuals)
+    if len(visuals) != rows:
+        raise ValueError(f"{len(visuals)} visual entries for {rows} prompts: one entry (None, one, a list) per row")
+    return [[] if v is None else list(v) if isinstance(v, (list, tuple)) else [v] for v in visuals]
 
 
 def load(spec: str = "demo", device: str = "auto", dtype: str = "auto",

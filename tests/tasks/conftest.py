@@ -37,10 +37,10 @@ def hf_offline(monkeypatch, tmp_path):
     return tmp_path
 
 
-def records(task, samples, outputs):
+def records(task, samples, outputs, scoring="lmms-eval"):
     """The records ``metrics`` receives, for model outputs ``outputs`` (one per sample)."""
     out = []
     for s, o in zip(samples, outputs):
-        parsed = task.parse(s, o)
-        out.append({"id": s.id, "parsed": parsed, "answer": s.answer, "correct": task.score(s, parsed), "meta": s.meta})
+        r = task.process(s, o, scoring)
+        out.append({"id": s.id, "parsed": r["parsed"], "answer": s.answer, "correct": r["correct"], "meta": s.meta})
     return out

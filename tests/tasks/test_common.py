@@ -60,11 +60,11 @@ def test_missing_data_dir_is_clear(tmp_path):
 
 
 def test_source_kinds(tmp_path, hf_offline):
-    from vtwctl.tasks.common import _is_local
+    from vtwctl.tasks.common import is_local
 
-    assert _is_local(str(tmp_path))  # an existing path is local
-    assert _is_local("no-such-dir") and _is_local("./x") and _is_local("x.parquet")
-    assert not _is_local("lmms-lab/POPE")
+    assert is_local(str(tmp_path))  # an existing path is local
+    assert is_local("no-such-dir") and is_local("./x") and is_local("x.parquet")
+    assert not is_local("lmms-lab/POPE")
     with pytest.raises(VTWError, match="dataset path not found"):
         get("pope").load("test", source="no-such-dir")
     with pytest.raises(VTWError, match="dataset someone/POPE-copy .*hub cannot be reached"):

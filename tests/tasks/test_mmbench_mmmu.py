@@ -59,7 +59,8 @@ def test_mmbench_circular_metrics(mmb_dir):
     assert m["accuracy_all_variants"] == pytest.approx(4 / 5)
     assert m["accuracy_image_topic"] == 1.0 and m["accuracy_color"] == 0.0
     assert m["accuracy_l2_Coarse Perception"] == pytest.approx(1 / 2)
-    assert task.parse(samples[0], "E") == ""  # not an option of this question
+    assert task.parse(samples[0], "E", "lenient") == ""  # not an option of this question
+    assert task.parse(samples[0], "E") == "E"  # MMBench's can_infer_option reads A-E whatever the options
 
 
 S_MMMU = {"id": S, "question": S, "options": S, "explanation": S,
@@ -97,6 +98,9 @@ def test_mmmu_prompts_and_images(mmmu_dir):
     assert samples[2].prompt == "<image 1> What is x?\n\nAnswer the question using a single word or phrase."
     assert samples[1].meta["num_images"] == 2 and samples[1].meta["image_keys"] == ["image_1", "image_2"]
     assert samples[1].image.getpixel((0, 0)) == (10, 0, 0)  # image_1 (first by name)
+    # every referenced image, in lmms-eval's order (sorted by name), not only the first
+    assert [im.getpixel((0, 0)) for im in samples[1].images] == [(10, 0, 0), (20, 0, 0)]
+    assert [len(s.images) for s in samples] == [1, 2, 1, 1]
     assert [s.meta["subject"] for s in samples] == ["Accounting", "Art_Theory", "Math", "Math"]
     assert [s.id for s in task.load("dev", source=str(mmmu_dir))] == ["validation_Accounting_1"]
 

@@ -31,7 +31,14 @@ def test_pope_prompt_parse_and_metrics(tmp_path):
                                  "Answer the question using a single word or phrase.")
     assert [s.answer for s in samples] == ["yes", "no", "yes", "no", "yes", "no"]
     outputs = ["Yes, there is.", "Yes", "No.", "no", "I think it's a cat", "No, there is no kite."]
-    recs = records(task, samples, outputs)
+    # lmms-eval: only an exact yes/no counts; "No." and "Yes, there is." are neither
+    lmms = records(task, samples, outputs)
+    assert [r["parsed"] for r in lmms] == ["yes, there is.", "yes", "no.", "no", "i think it's a cat",
+                                          "no, there is no kite."]
+    m = task.metrics(lmms)  # TP=0, FP=1 (row 1), FN=0, TN=1 (row 3)
+    assert m["accuracy"] == pytest.approx(1 / 6) and m["precision"] == 0.0 and m["recall"] == 0.0
+    assert m["pred_yes_ratio"] == pytest.approx(1 / 6)
+    recs = records(task, samples, outputs, scoring="lenient")
     assert [r["parsed"] for r in recs] == ["yes", "yes", "no", "no", "other", "no"]
     m = task.metrics(recs)
     # TP=1 (row 0), FP=1 (row 1), FN=1 (row 2; row 4 is "other", neither yes nor no), TN=2
@@ -76,7 +83,7 @@ def test_mme_prompt_and_scores(tmp_path):
     assert [s.answer for s in samples] == ["yes", "no", "yes", "no"]
     assert [s.id for s in samples] == ["code_reasoning/0020.png#0", "code_reasoning/0020.png#1",
                                        "000000006040.jpg#0", "000000006040.jpg#1"]
-    recs = records(task, samples, ["Yes", "No.", "Yes, there is a train.", "Yes"])
+    recs = records(task, samples, ["Yes", "No.", "Yes, there is a train.", "Yes"])  # Otter's rule reads all four
     assert [r["correct"] for r in recs] == [True, True, True, False]
     m = task.metrics(recs)
     assert m["accuracy"] == pytest.approx(3 / 4)
@@ -106,5 +113,7 @@ def test_pope_metrics_on_evaluate_records(tmp_path):
     task = get("pope")
     samples = task.load("test", source=str(tmp_path))
     outputs = ["Yes, there is.", "Yes", "No.", "no", "I think it's a cat", "No, there is no kite."]
-    recs = [{**r, "answer": out, "target": r["answer"]} for r, out in zip(records(task, samples, outputs), outputs)]
-    assert task.metrics(recs) == task.metrics(records(task, samples, outputs))
+    for scoring in ("lmms-eval", "lenient"):
+        plain = records(task, samples, outputs, scoring)
+        recs = [{**r, "answer": out, "target": r["answer"]} for r, out in zip(plain, outputs)]
+        assert task.metrics(recs) == task.metrics(plain)

@@ -57,13 +57,16 @@ def test_sqa_prompts_answers_and_load(sqa_dir):
 def test_sqa_parse_and_metrics(sqa_dir):
     task = get("sqa")
     samples = task.load("test", source=str(sqa_dir))
-    recs = records(task, samples, ["The answer is (A).", "b", "A. inherited"])
+    outputs = ["The answer is (A).", "b", "A. inherited"]
+    assert [r["parsed"] for r in records(task, samples, outputs)] == ["", "B", "A"]  # lmms-eval's rule
+    recs = records(task, samples, outputs, scoring="lenient")
     assert [r["parsed"] for r in recs] == ["A", "B", "A"]
     m = task.metrics(recs)
     assert m["accuracy"] == pytest.approx(2 / 3)
     assert m["accuracy_natural science"] == pytest.approx(0.5)
     assert m["accuracy_language science"] == 1.0
-    assert task.parse(samples[1], "I think it's a tokay gecko") == "B"
+    assert task.parse(samples[1], "I think it's a tokay gecko", "lenient") == "B"
+    assert task.parse(samples[1], "I think it's a tokay gecko") == ""
 
 
 AI2D_FEATURES = {"question": datasets.Value("string"), "options": datasets.Sequence(datasets.Value("string")),
@@ -85,9 +88,12 @@ def test_ai2d(tmp_path):
     assert samples[1].prompt == ("What is the producer in the diagram?\nA. frog\nB. grass\nC. hawk\n"
                                  "Answer with the option's letter from the given choices directly.")
     assert [s.answer for s in samples] == ["B", "B", "B"]
-    recs = records(task, samples, ["B", "Answer: C", "(B) larva"])
+    recs = records(task, samples, ["B", "Answer: C", "(B) larva"], scoring="lenient")
     assert [r["correct"] for r in recs] == [True, False, True]
     assert task.metrics(recs) == {"accuracy": pytest.approx(2 / 3)}
+    # lmms-eval: a leading "X." letter, else the whole answer, equal to the letter up to case and punctuation
+    recs = records(task, samples, ["b", "B. D", "(B) larva"])
+    assert [(r["parsed"], r["correct"]) for r in recs] == [("b", True), ("B", True), ("(B) larva", False)]
     # the calib pseudo-split is a deterministic hash-bucket subset of the test rows
     from vtwctl.tasks.common import in_calib
 

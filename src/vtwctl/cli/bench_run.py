@@ -32,16 +32,29 @@ def _resolve_k(k, no_withdraw, loaded, task, profile_dir, console):
 
 def run_dataset(*, model, dataset, split, limit, batch_size, output, shard, image_mode, data_dir, k, no_withdraw,
                 positions, max_new_tokens, profile_dir, device, dtype, attn_implementation, json_out,
-                trust_remote_code=False) -> None:
+                trust_remote_code=False, scoring="lmms-eval", judge_url=None, judge_model=None) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from .. import tasks
     from ..errors import VTWError
-    from ..evaluate import IMAGE_MODES, distributed_context, evaluate, merge, parse_shard
+    from ..evaluate import IMAGE_MODES, distributed_context, evaluate, merge, parse_shard, select
 
     task = tasks.get(dataset)
     if image_mode not in IMAGE_MODES:
         raise VTWError(f"--image-mode must be one of {', '.join(IMAGE_MODES)}, got {image_mode!r}")
+    if scoring not in tasks.SCORING_MODES:
+        raise VTWError(f"--scoring must be one of {', '.join(tasks.SCORING_MODES)}, got {scoring!r}")
+    judge = None
+    if judge_url is not None:
+        from ..tasks.judge import DEFAULT_MODEL, OpenAIJudge
+
+        if task.judge_parser is None or scoring != "lmms-eval":
+            raise VTWError(f"--judge-url is for the tasks lmms-eval scores with a GPT judge (mmbench) under "
+                           f"--scoring lmms-eval, not {task.name} with --scoring {scoring}")
+        judge = OpenAIJudge(judge_url, judge_model or DEFAULT_MODEL)
+        judge.check()
+    elif judge_model is not None:
+        raise VTWError("--judge-model needs --judge-url (the OpenAI-compatible endpoint)")
     index, count = parse_shard(shard)
     rank, world, dist = distributed_context()
     if world > 1:
@@ -55,6 +68,7 @@ def run_dataset(*, model, dataset, split, limit, batch_size, output, shard, imag
 
             device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}" if torch.cuda.is_available() else "cpu"
     console = stderr_console()
+    samples = select(task, split, data_dir, limit, (index, count))  # data problems show before the model loads
     loaded = load_model(model, device, dtype, attn_implementation, trust_remote_code)
     chosen = _resolve_k(k, no_withdraw, loaded, task, profile_dir, console)
     out_path = Path(f"{output}.rank{rank}") if world > 1 else output
@@ -72,7 +86,8 @@ def run_dataset(*, model, dataset, split, limit, batch_size, output, shard, imag
         try:
             summary = evaluate(loaded, task, chosen, positions=positions, split=split, limit=limit,
                                batch_size=batch_size, output=out_path, shard=(index, count), image_mode=image_mode,
-                               max_new_tokens=max_new_tokens, source=data_dir, progress=progress)
+                               max_new_tokens=max_new_tokens, source=data_dir, progress=progress,
+                               scoring=scoring, judge=judge, samples=samples)
         except KeyboardInterrupt:
             if out_path:
                 console.print(f"interrupted; finished samples are in {out_path} (run again to resume)")
@@ -91,8 +106,9 @@ def render(summary, json_out: bool) -> None:
         return
     from rich.table import Table
 
+    judged = f", judge {summary.judge}" if summary.judge else ""
     t = Table(title=f"{summary.model} on {summary.dataset}/{summary.split}: K={summary.k}, "
-                    f"{summary.samples} samples ({summary.new_samples} new)")
+                    f"{summary.samples} samples ({summary.new_samples} new), scoring {summary.scoring}{judged}")
     t.add_column("metric")
     t.add_column("value", justify="right")
     for key, val in summary.metrics.items():

@@ -22,7 +22,8 @@ def run(
     no_withdraw: bool = typer.Option(False, "--no-withdraw", help="Run the stock model."),
     positions: str = typer.Option("keep", "--positions", help="keep | rearrange (Table 6)."),
     max_new_tokens: int | None = typer.Option(None, "--max-new-tokens", min=1,
-                                              help="Default: 32 for one prompt, the task's for --dataset."),
+                                              help="Default: 32 for one prompt; with --dataset the task's "
+                                                   "lmms-eval generation length (docs/tasks.md)."),
     dataset: str | None = typer.Option(None, "--dataset", "-d", help="Run a whole benchmark (shapes, sqa, pope, ...)."),
     split: str | None = typer.Option(None, "--split", help="Benchmark split (default: the task's test split)."),
     limit: int | None = typer.Option(None, "--limit", min=1, help="First N samples only."),
@@ -31,6 +32,12 @@ def run(
     shard: str | None = typer.Option(None, "--shard", help="I/N: run shard I (0-based) of N (SLURM arrays)."),
     image_mode: str = typer.Option("normal", "--image-mode", help="normal | blank | none (Table 1 ablation)."),
     data_dir: str | None = typer.Option(None, "--data-dir", help="Local directory or parquet file of the dataset."),
+    scoring: str = typer.Option("lmms-eval", "--scoring",
+                                help="lmms-eval (lmms-eval's own answer rules) | lenient (more forgiving parsers)."),
+    judge_url: str | None = typer.Option(None, "--judge-url",
+                                         help="OpenAI-compatible API for MMBench's GPT answer matching "
+                                              "(key: $OPENAI_API_KEY); default: MMBench's static rules."),
+    judge_model: str | None = typer.Option(None, "--judge-model", help="Judge model (default gpt-4o-2024-11-20)."),
     frames: int = typer.Option(8, "--frames", min=1, help="Frames sampled from --video."),
     sample: bool = typer.Option(False, "--sample", help="Sample instead of greedy decoding."),
     temperature: float = typer.Option(1.0, "--temperature"),
@@ -58,7 +65,8 @@ def run(
                     shard=shard, image_mode=image_mode, data_dir=data_dir, k=k, no_withdraw=no_withdraw,
                     positions=positions, max_new_tokens=max_new_tokens, profile_dir=profile_dir, device=device,
                     dtype=dtype, attn_implementation=attn_implementation, json_out=json_out,
-                    trust_remote_code=trust_remote_code)
+                    trust_remote_code=trust_remote_code, scoring=scoring, judge_url=judge_url,
+                    judge_model=judge_model)
         return
     max_new_tokens = max_new_tokens or 32
     expected = None

@@ -307,6 +307,10 @@ def _chance(spec: dict[str, Any]) -> float:
     return 1.0 / _SHORT_ANSWER_SPACE[spec["kind"]]
 
 
+def sample_id(split: str, index: int, seed: int = 0) -> str:
+    return f"shapes-{split}-{seed}-{index:06d}"
+
+
 def make_sample(
     split: str,
     index: int,
@@ -333,7 +337,7 @@ def make_sample(
     spec = _make_spec(rng, scene, fmt, want_yes)
     hint_text = describe_scene(scene) if hint else ""
     return {
-        "id": f"shapes-{split}-{seed}-{index:06d}",
+        "id": sample_id(split, index, seed),
         "image": render(scene, jitter_seed=f"{split}:{seed}:{index}"),
         "format": fmt,
         "kind": spec["kind"],

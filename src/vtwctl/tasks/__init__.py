@@ -1,56 +1,189 @@
-"""Benchmarks as small declarative units in a registry (in the spirit of lmms-eval).
+"""Benchmarks as small declarative units in a registry, shaped as lmms-eval shapes them.
 
-A ``Task`` says where its data comes from (a generator or a dataset id), which split is the test
-split and which one calibration may use, how to build each sample's prompt and visual input, how to
-score an answer and which metrics to report. Adding a benchmark is adding one unit to ``REGISTRY``
-("name": "module:attribute", imported lazily).
+A ``Task`` names its data (hub ids, newest first; config; splits; the split calibration may use),
+how a document becomes a sample (``doc_to_text``, ``doc_to_visual``, ``doc_to_target``; an id and
+metadata), how an output is read (``parsers``: one rule per scoring mode, ``lmms-eval`` being
+lmms-eval's own rule; ``score``) and how records aggregate (``aggregation``), plus lmms-eval's
+``generation_kwargs``. Adding a benchmark is adding one unit to ``REGISTRY`` ("name":
+"module:attribute", imported lazily).
+
+Data are read lazily: ``task.open(split)`` returns a ``SampleSet`` that knows every id but decodes
+a document's images or video only when that sample is read, so a shard (or a torchrun rank) decodes
+only its own samples. ``task.load(split, limit)`` is the eager form (the first ``limit`` samples).
 """
 
 from __future__ import annotations
 
 import difflib
 import importlib
-from collections.abc import Callable
+import random
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import VTWError
 
+SCORING_MODES = ("lmms-eval", "lenient")
+
 
 @dataclass
 class Sample:
+    """One question: ``prompt`` is the text before the model's chat template, ``images`` every image
+    it shows (in order; ``image`` is the first one, or None), ``video`` frames [T, H, W, 3] or None."""
+
     id: str
-    prompt: str  # the question as the model sees it, before the chat template
+    prompt: str
     answer: str
-    image: Any = None  # PIL image or None
-    video: Any = None  # frames [T, H, W, 3] or None
+    image: Any = None
+    video: Any = None
     meta: dict = field(default_factory=dict)
+    images: list | None = None
+
+    def __post_init__(self) -> None:
+        if self.images is None:
+            self.images = [self.image] if self.image is not None else []
+        elif self.image is None and self.images:
+            self.image = self.images[0]
+
+
+class SampleSet(Sequence):
+    """Samples of one split, decoded on access. ``ids`` are known without decoding anything.
+
+    Selections return new sets over the same rows: ``first(n)`` (lmms-eval's ``--limit``),
+    ``sample(n, seed)`` (a seeded random subset, as calibration draws one), ``shard(i, n)`` (every
+    n-th sample from i), ``exclude(ids)`` (resume).
+    """
+
+    def __init__(self, ids: Sequence[str], make: Callable[[int], Sample], positions: Sequence[int] | None = None,
+                 check: Callable[[int], None] | None = None):
+        self._all_ids = list(ids)
+        self._make = make
+        self._check = check
+        self._pos = list(range(len(self._all_ids))) if positions is None else list(positions)
+
+    def _with(self, positions: Sequence[int]) -> SampleSet:
+        return SampleSet(self._all_ids, self._make, positions, self._check)
+
+    @property
+    def ids(self) -> list[str]:
+        return [self._all_ids[p] for p in self._pos]
+
+    def __len__(self) -> int:
+        return len(self._pos)
+
+    def __getitem__(self, j):
+        if isinstance(j, slice):
+            return self._with(self._pos[j])
+        return self._make(self._pos[j])
+
+    def __iter__(self) -> Iterator[Sample]:
+        for p in self._pos:
+            yield self._make(p)
+
+    def first(self, n: int | None) -> SampleSet:
+        return self if n is None else self._with(self._pos[: max(int(n), 0)])
+
+    def sample(self, n: int, seed: int = 0) -> SampleSet:
+        """``n`` samples drawn at random with ``seed`` (all of them when there are fewer), in split order."""
+        if n >= len(self._pos):
+            return self
+        picked = sorted(random.Random(seed).sample(range(len(self._pos)), n))
+        return self._with([self._pos[j] for j in picked])
+
+    def shard(self, index: int, count: int) -> SampleSet:
+        return self._with(self._pos[index::count])
+
+    def exclude(self, ids) -> SampleSet:
+        drop = set(ids)
+        return self._with([p for p in self._pos if self._all_ids[p] not in drop])
+
+    def check(self) -> None:
+        """Raise ``VTWError`` now if a selected sample cannot be read later (e.g. a missing video file)."""
+        if self._check is not None:
+            for p in self._pos:
+                self._check(p)
 
 
 @dataclass(frozen=True)
 class Task:
-    """One benchmark.
-
-    ``load(split, limit, seed, source)`` returns samples in a deterministic order (``limit`` takes
-    the first ones; ``seed`` only matters for generated data); ``source`` overrides where the data
-    comes from (a hub id, a local directory or parquet file(s) of the same schema).
-    ``parse(sample, output)`` turns the model's raw text into the answer form (a letter, yes/no,
-    a word); ``score(sample, parsed)`` says if it is right; ``metrics(records)`` aggregates
-    records (dicts with "id", "parsed", "answer", "correct", "meta") into named metrics, always
-    including ``accuracy`` (a fraction) for multiple-choice and yes/no tasks.
-    """
+    """One benchmark (see the module docstring). Documents are rows of the dataset as dicts (images
+    as PIL), with ``_row``, the row's index in its split."""
 
     name: str
     description: str
     test_split: str
     calibration_split: str  # never the test split
-    load: Callable[..., list[Sample]]
-    parse: Callable[[Sample, str], str]
+    parsers: Mapping[str, Callable[[Sample, str], str]]  # scoring mode -> output to parsed answer
     score: Callable[[Sample, str], bool]
-    metrics: Callable[[list[dict]], dict]
-    max_new_tokens: int = 8
+    aggregation: Callable[[list[dict]], dict]
+    doc_to_text: Callable[[dict], str] | None = None
+    doc_to_visual: Callable[[dict], list] | None = None
+    doc_to_target: Callable[[dict], str] | None = None
+    doc_to_id: Callable[[dict], str] | None = None  # reads only ``key_columns`` (and ``_row``)
+    doc_to_meta: Callable[[dict], dict] | None = None
+    generation_kwargs: Mapping[str, Any] = field(default_factory=lambda: {"max_new_tokens": 16})
     splits: tuple[str, ...] = ()
-    dataset_ids: tuple[str, ...] = ()  # hub ids, newest first (old organisations kept)
+    dataset_ids: tuple[str, ...] = ()  # hub ids, newest first (old organisations kept as fallbacks)
+    dataset_config: Any = None  # a config name, or a function of the hub id
+    subdir: str | None = None  # the config's folder in a full local download of the hub repo
+    key_columns: tuple[str, ...] = ()  # read undecoded for ids, the calib split and row_filter
+    columns: tuple[str, ...] = ()  # required in local data (checked before anything runs)
+    calib_key: Callable[[dict], Any] | None = None  # row -> key of the "calib" pseudo-split bucket
+    row_filter: Callable[[dict], bool] | None = None
+    doc_ids: Callable[[list[dict]], list[str]] | None = None  # ids that depend on several rows (MME)
+    lmms_filter: Callable[[str], str] | None = None  # lmms-eval filter_list step, before tag stripping
+    judge_parser: Callable[[Sample, str, Any], tuple[str, str]] | None = None  # MMBench's GPT judge
+    opener: Callable[..., SampleSet] | None = None  # data that are not rows of a dataset (generated)
+    doc_to_video: Callable[[dict, str | None], Any] | None = None  # (doc, source) -> frames [T, H, W, 3]
+    video_check: Callable[[dict, str | None], None] | None = None  # (key columns, source): raise if missing
+
+    @property
+    def max_new_tokens(self) -> int:
+        return int(self.generation_kwargs.get("max_new_tokens", 16))
+
+    @property
+    def until(self) -> list[str]:
+        until = self.generation_kwargs.get("until") or []
+        return [until] if isinstance(until, str) else list(until)
+
+    def open(self, split: str | None = None, source: str | None = None, seed: int = 0) -> SampleSet:
+        """Every sample of ``split`` (default: the test split), decoded when read."""
+        split = split or self.test_split
+        if self.opener is not None:
+            return self.opener(split, source, seed)
+        from .common import open_rows
+
+        return open_rows(self, split, source)
+
+    def load(self, split: str | None = None, limit: int | None = None, seed: int = 0,
+             source: str | None = None) -> list[Sample]:
+        """The first ``limit`` samples of ``split``, decoded (``seed`` only matters for generated data)."""
+        return list(self.open(split, source, seed).first(limit))
+
+    def parse(self, sample: Sample, output: str, scoring: str = "lmms-eval", judge: Any = None) -> str:
+        """The answer ``output`` gives, read as ``scoring`` reads it."""
+        return self.process(sample, output, scoring, judge)["parsed"]
+
+    def process(self, sample: Sample, output: str, scoring: str = "lmms-eval", judge: Any = None) -> dict:
+        """lmms-eval's pipeline for one output: the task's filter, reasoning tags stripped, the parse
+        rule of ``scoring``, the score. Returns ``{"parsed", "correct", "judge"}``."""
+        from .lmms_rules import strip_reasoning_tags
+
+        if scoring not in self.parsers:
+            raise VTWError(f"--scoring must be one of {', '.join(self.parsers)}, got {scoring!r}")
+        text = output or ""
+        if scoring == "lmms-eval" and self.lmms_filter is not None:
+            text = self.lmms_filter(text)
+        text = strip_reasoning_tags(text)
+        used = None
+        if judge is not None and self.judge_parser is not None and scoring == "lmms-eval":
+            parsed, used = self.judge_parser(sample, text, judge)
+        else:
+            parsed = self.parsers[scoring](sample, text)
+        return {"parsed": parsed, "correct": bool(self.score(sample, parsed)), "judge": used}
+
+    def metrics(self, records: list[dict]) -> dict:
+        return self.aggregation(records)
 
 
 REGISTRY: dict[str, str] = {
@@ -78,42 +211,3 @@ def get(name: str) -> Task:
         raise VTWError(f"unknown dataset {name!r}{hint}; known: {', '.join(names())}")
     module, attr = REGISTRY[key].split(":")
     return getattr(importlib.import_module(module), attr)
-
-
-def accuracy_by(records: list[dict], key: str, chance: dict[str, float] | None = None) -> dict:
-    """Overall accuracy and accuracy per ``meta[key]`` group (with its chance level if given)."""
-    out: dict[str, Any] = {"accuracy": sum(r["correct"] for r in records) / len(records) if records else 0.0}
-    groups: dict[str, list[bool]] = {}
-    for r in records:
-        groups.setdefault(str(r["meta"].get(key)), []).append(bool(r["correct"]))
-    for g, vals in sorted(groups.items()):
-        out[f"accuracy_{g}"] = sum(vals) / len(vals)
-        if chance and g in chance:
-            out[f"chance_{g}"] = chance[g]
-    return out
-
-
-def load_parquet_rows(source: str, split: str, limit: int | None = None) -> list[dict]:
-    """Rows of ``split`` from a local parquet file, or a directory holding ``{split}.parquet`` or
-    ``{split}-*.parquet`` / ``data/{split}-*.parquet`` files (the layout of hub dataset repos).
-
-    Image columns come back as PIL images (decoded by ``datasets``).
-    """
-    from pathlib import Path
-
-    p = Path(source).expanduser()
-    if p.is_file():
-        files = [p]
-    elif p.is_dir():
-        files = sorted({*p.glob(f"{split}.parquet"), *p.glob(f"{split}-*.parquet"), *p.glob(f"data/{split}-*.parquet"),
-                        *p.glob(f"*/{split}-*.parquet"), *p.glob(f"{split}/*.parquet")})
-        if not files:
-            raise VTWError(f"no parquet files for split {split!r} in {source}")
-    else:
-        raise VTWError(f"dataset path not found: {source}")
-    import datasets
-
-    ds = datasets.load_dataset("parquet", data_files=[str(f) for f in files], split="train")
-    if limit is not None:
-        ds = ds.select(range(min(limit, len(ds))))
-    return list(ds)

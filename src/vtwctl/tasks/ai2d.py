@@ -4,49 +4,39 @@ Prompt (lmms-eval default, ``prompt_format: mcq``): question + ``"\\nA. ...\\nB.
 ``"\\nAnswer with the option's letter from the given choices directly."``. Target: the letter of
 ``answer`` (a string index into ``options``). Metric: accuracy.
 
-lmms-lab/ai2d only has a ``test`` split; calibration uses the ``calib`` pseudo-split: the test rows
-whose md5(row index) % 20 == 0 (~5%, deterministic). They stay in the test split (as in the paper,
-which calibrates on a tiny subset of the target datasets), so test numbers stay comparable.
+Scoring ``lmms-eval``: the task's ``MultiChoiceRegexFilter`` (the letter of a leading ``X.``, else the
+whole answer), then exact match with the target ignoring case and punctuation ("(b)" is right,
+"B is right" is not). ``lenient``: ``parse_letter``.
+
+Only a ``test`` split; calibration uses the ``calib`` pseudo-split: the test rows whose
+md5("ai2d-{row}") % 20 == 0 (~5%, deterministic). They stay in the test split (as in the paper, which
+calibrates on a tiny subset of the target datasets), so test numbers stay comparable.
 """
 
 from __future__ import annotations
 
-from . import Sample, Task
-from .common import CALIB_SPLIT, MC_POST_PROMPT, fraction, letters, load_rows, options_block, parse_letter, rgb
+from . import Task
+from .common import CALIB_SPLIT, MC_POST_PROMPT, fraction, letters, options_block, parse_letter, rgb
+from .lmms_rules import ai2d_filter, exact_match
 
-DATASET_IDS = ("lmms-lab/ai2d",)
-
-
-def build_prompt(row: dict) -> str:
-    return f"{row['question']}\n{options_block(row['options'])}\n{MC_POST_PROMPT}"
+DATASET_IDS = ("lmms-lab-encoder/ai2d", "lmms-lab/ai2d")
 
 
-def to_sample(row: dict) -> Sample:
-    opts = letters(len(row["options"]))
-    return Sample(
-        id=f"ai2d-{row['_row']}",
-        prompt=build_prompt(row),
-        answer=opts[int(row["answer"])],
-        image=rgb(row.get("image")),
-        meta={"choices": len(opts), "options": dict(zip(opts, (str(o) for o in row["options"])))},
-    )
+def doc_to_text(doc: dict) -> str:
+    return f"{doc['question']}\n{options_block(doc['options'])}\n{MC_POST_PROMPT}"
 
 
-def _load(split: str, limit: int | None = None, seed: int = 0, source: str | None = None) -> list[Sample]:
-    rows = load_rows(DATASET_IDS, None, split, limit, source, name="ai2d", calib_key=lambda row, i: f"ai2d-{i}")
-    return [to_sample(row) for row in rows]
+def doc_to_meta(doc: dict) -> dict:
+    opts = letters(len(doc["options"]))
+    return {"choices": len(opts), "options": dict(zip(opts, (str(o) for o in doc["options"])))}
 
 
-def _parse(sample: Sample, output: str) -> str:
+def _lenient(sample, output: str) -> str:
     return parse_letter(output, letters(sample.meta["choices"]), sample.meta.get("options"))
 
 
-def _score(sample: Sample, parsed: str) -> bool:
-    return parsed == sample.answer
-
-
-def _metrics(records: list[dict]) -> dict:
-    return {"accuracy": fraction([r["correct"] for r in records])}
+def _score(sample, parsed: str) -> bool:
+    return exact_match(parsed, sample.answer, ignore_case=True, ignore_punctuation=True)
 
 
 TASK = Task(
@@ -54,11 +44,18 @@ TASK = Task(
     description="AI2D diagrams (lmms-eval ai2d): multiple choice, letter answers, accuracy",
     test_split="test",
     calibration_split=CALIB_SPLIT,
-    load=_load,
-    parse=_parse,
+    doc_to_text=doc_to_text,
+    doc_to_visual=lambda doc: [rgb(doc["image"])],
+    doc_to_target=lambda doc: letters(len(doc["options"]))[int(doc["answer"])],
+    doc_to_id=lambda row: f"ai2d-{row['_row']}",
+    doc_to_meta=doc_to_meta,
+    parsers={"lmms-eval": lambda sample, output: output, "lenient": _lenient},
+    lmms_filter=ai2d_filter,
     score=_score,
-    metrics=_metrics,
-    max_new_tokens=16,
+    aggregation=lambda records: {"accuracy": fraction([r["correct"] for r in records])},
+    generation_kwargs={"max_new_tokens": 16},
     splits=("test", CALIB_SPLIT),
     dataset_ids=DATASET_IDS,
+    columns=("question", "options", "answer", "image"),
+    calib_key=lambda row: f"ai2d-{row['_row']}",
 )

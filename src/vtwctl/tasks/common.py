@@ -1,11 +1,10 @@
-"""Helpers shared by the lmms-eval style benchmark tasks (sqa, ai2d, mmmu, mmbench, pope, mme, videomme).
+"""What the benchmark tasks share: the one loading path, the calibration pseudo-split, prompt pieces,
+the lenient parsers (``--scoring lenient``) and metric helpers.
 
-* ``load_rows``: rows of a split from a local parquet directory/file, a hub id, or the local Hugging
-  Face cache (never waiting on the network when the hub is unreachable), plus the ``calib``
-  pseudo-split for benchmarks that only publish a test split.
-* ``parse_letter``: the option letter in a model's free-form answer (lmms-eval / MMBench rules).
-* ``parse_yes_no``: yes / no / other (the MME "Otter" rule, then LLaVA's POPE rule).
-* small metric helpers.
+* ``open_dataset``: a split from a local parquet file/directory, a hub id, or the local Hugging Face
+  cache (never waiting on the network when the hub is unreachable).
+* ``open_rows``: a task's split as a lazily decoded ``SampleSet`` (ids from undecoded key columns).
+* ``parse_letter`` / ``parse_yes_no``: the lenient readings of an answer.
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ import math
 import os
 import re
 import string
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +40,14 @@ def in_calib(key: Any) -> bool:
     return stable_bucket(key) == 0
 
 
-def _parquet_files(source: str, split: str) -> list[Path]:
+def env_dir(name: str) -> Path | None:
+    value = os.environ.get(name)
+    return Path(value).expanduser() if value else None
+
+
+def parquet_files(source: str, split: str) -> list[Path]:
+    """The parquet files of ``split`` in a file or directory: ``{split}.parquet``, ``{split}-*.parquet``,
+    ``data/{split}-*.parquet``, ``*/{split}-*.parquet`` or ``{split}/*.parquet`` (hub repo layouts)."""
     p = Path(source).expanduser()
     if p.is_file():
         return [p]
@@ -54,7 +60,7 @@ def _parquet_files(source: str, split: str) -> list[Path]:
     raise VTWError(f"dataset path not found: {source}")
 
 
-def _is_local(source: str) -> bool:
+def is_local(source: str) -> bool:
     """A local path unless it is a non-existent ``org/name`` (a hub dataset id)."""
     if Path(source).expanduser().exists() or source.startswith((".", "/", "~")) or source.endswith(".parquet"):
         return True
@@ -62,7 +68,7 @@ def _is_local(source: str) -> bool:
 
 
 @contextlib.contextmanager
-def _offline():
+def offline():
     """Make ``datasets`` / ``huggingface_hub`` use only the local cache (no retries on a dead network)."""
     import datasets.config as dconf
 
@@ -90,7 +96,7 @@ def _first_line(exc: BaseException) -> str:
     return f"{exc.__class__.__name__}: {text[0]}" if text else exc.__class__.__name__
 
 
-def _hub_dataset(ids: Sequence[str], config: str | None | Callable[[str], Any], split: str):
+def _hub_dataset(ids: Sequence[str], config: Any, split: str):
     """``split`` of the first of ``ids`` that loads (local cache first; the hub only if reachable)."""
     import datasets
 
@@ -103,8 +109,7 @@ def _hub_dataset(ids: Sequence[str], config: str | None | Callable[[str], Any], 
         try:
             if callable(cfg):  # a loader for repos split over many configs (MMMU/MMMU)
                 return cfg(ds_id, split, online)
-            ctx = contextlib.nullcontext() if online else _offline()
-            with ctx:
+            with contextlib.nullcontext() if online else offline():
                 return datasets.load_dataset(ds_id, cfg, split=split)
         except VTWError:
             raise
@@ -122,62 +127,79 @@ def _hub_dataset(ids: Sequence[str], config: str | None | Callable[[str], Any], 
                    "and pass --data-dir DIR (parquet files of the same schema)")
 
 
-def load_rows(ids: Sequence[str], config: Any, split: str, limit: int | None, source: str | None,
-              *, calib_key: Callable[[dict, int], Any] | None = None, calib_from: str = "test",
-              key_columns: Sequence[str] = (), row_filter: Callable[[dict], bool] | None = None,
-              subdir: str | None = None, name: str | None = None) -> list[dict]:
-    """Rows of ``split`` (the first ``limit``) as dicts with PIL images, in the dataset's order; each
-    row gets ``"_row"``, its index in the split.
+def open_dataset(ids: Sequence[str], config: Any, split: str, source: str | None, *, subdir: str | None = None,
+                 name: str | None = None, columns: Sequence[str] = ()):
+    """The ``datasets.Dataset`` of ``split`` (rows are decoded when read).
 
-    ``source``: None (the local HF cache / the hub, trying each of ``ids``), a hub id, or a local
-    parquet file / directory (``{split}.parquet``, ``{split}-*.parquet``, ``data/{split}-*.parquet``,
-    ``*/{split}-*.parquet``, ``{split}/*.parquet``); when the directory has a ``subdir`` folder (the
-    config's folder in a full hub download, e.g. ``ScienceQA-IMG``) only that folder is read.
-    With ``source`` None, ``$VTWCTL_DATA_DIR/{name}`` is used when it exists (a way to give local data to
-    commands without a --data-dir option, e.g. calibrate).
-    ``split == "calib"`` (when ``calib_key`` is given) selects the rows of ``calib_from`` whose
-    ``calib_key(row, index)`` falls in the reserved hash bucket; ``row_filter(row)`` drops rows. Both
-    only see ``key_columns`` (images undecoded), so nothing else is decoded for rows left out.
+    ``source``: None (``$VTWCTL_DATA_DIR/{name}`` when it exists, else the local HF cache / the hub,
+    trying each of ``ids``), a hub id, or a local parquet file / directory (see ``parquet_files``);
+    when a directory has a ``subdir`` folder (the config's folder in a full hub download, e.g.
+    ``ScienceQA-IMG``) only that folder is read. ``columns`` must all be there.
     """
     import datasets
 
-    real_split = calib_from if (split == CALIB_SPLIT and calib_key is not None) else split
     root_env = env_dir("VTWCTL_DATA_DIR")
     if source is None and name and root_env is not None and (root_env / name).exists():
         source = str(root_env / name)
-    if source is not None and _is_local(str(source)):
+    if source is not None and is_local(str(source)):
         root = Path(str(source)).expanduser()
         if subdir and root.is_dir() and (root / subdir).is_dir():
             root = root / subdir
-        files = _parquet_files(str(root), real_split)
-        ds = datasets.load_dataset("parquet", data_files=[str(f) for f in files], split="train")
-    elif source is not None:
-        ds = _hub_dataset([str(source)], config, real_split)
+        files = parquet_files(str(root), split)
+        try:
+            ds = datasets.load_dataset("parquet", data_files=[str(f) for f in files], split="train")
+        except Exception as exc:  # not parquet, truncated, schemas that differ between files
+            raise VTWError(f"cannot read {files[0] if len(files) == 1 else root}: {_first_line(exc)}") from None
+        where = str(files[0]) if len(files) == 1 else f"{root} ({len(files)} files)"
     else:
-        ds = _hub_dataset(ids, config, real_split)
-    indices = list(range(len(ds)))
-    if real_split != split or row_filter is not None:
-        cols = [c for c in key_columns if c in ds.column_names]
-        light = ds.select_columns(cols) if cols else None
-        if light is not None:
-            for c in cols:
-                if isinstance(light.features[c], datasets.Image):
-                    light = light.cast_column(c, datasets.Image(decode=False))
-        keep = []
-        for i in indices:
-            row = light[i] if light is not None else {}
-            if row_filter is not None and not row_filter(row):
-                continue
-            if real_split != split and not in_calib(calib_key(row, i)):
-                continue
-            keep.append(i)
-            if limit is not None and len(keep) >= limit:
-                break
-        indices = keep
-    if limit is not None:
-        indices = indices[: max(int(limit), 0)]
-    sub = ds.select(indices)
-    return [{**row, "_row": i} for i, row in zip(indices, sub)]
+        ds = _hub_dataset([str(source)] if source is not None else ids, config, split)
+        where = str(source or ids[0])
+    missing = [c for c in columns if c not in ds.column_names]
+    if missing:
+        raise VTWError(f"{where} has no column {', '.join(map(repr, missing))} (found: {', '.join(ds.column_names)}); "
+                       "the files must have the schema of the hub dataset (docs/tasks.md)")
+    return ds
+
+
+def _light_rows(ds, columns: Sequence[str], split: str) -> list[dict]:
+    """``columns`` of every row, images left undecoded, each with ``_row`` and ``_split``."""
+    import datasets
+
+    cols = [c for c in columns if c in ds.column_names]
+    if not cols:
+        return [{"_row": i, "_split": split} for i in range(len(ds))]
+    light = ds.select_columns(cols)
+    for c in cols:
+        if isinstance(light.features[c], datasets.Image):
+            light = light.cast_column(c, datasets.Image(decode=False))
+    return [{**row, "_row": i, "_split": split} for i, row in enumerate(light)]
+
+
+def open_rows(task, split: str, source: str | None):
+    """``task``'s ``split`` as a ``SampleSet``; ``calib`` (when the task has a ``calib_key``) is the
+    hash-selected subset of the test rows. Only key columns are read until a sample is decoded.
+    Documents (and the key-column rows ids are made from) carry ``_row`` (the index in the split) and
+    ``_split`` (the split read: ``test`` for ``calib``)."""
+    from . import Sample, SampleSet
+
+    real_split = task.test_split if (split == CALIB_SPLIT and task.calib_key is not None) else split
+    ds = open_dataset(task.dataset_ids, task.dataset_config, real_split, source, subdir=task.subdir, name=task.name,
+                      columns=task.columns)
+    light = _light_rows(ds, task.key_columns, real_split)
+    positions = [i for i, row in enumerate(light)
+                 if (task.row_filter is None or task.row_filter(row))
+                 and (real_split == split or in_calib(task.calib_key(row)))]
+    ids = task.doc_ids(light) if task.doc_ids is not None else [task.doc_to_id(row) for row in light]
+
+    def make(i: int) -> Sample:
+        doc = {**ds[i], "_row": i, "_split": real_split}
+        video = task.doc_to_video(doc, source) if task.doc_to_video is not None else None
+        images = task.doc_to_visual(doc) if task.doc_to_visual is not None else []
+        return Sample(id=ids[i], prompt=task.doc_to_text(doc), answer=task.doc_to_target(doc), images=images,
+                      video=video, meta=task.doc_to_meta(doc) if task.doc_to_meta is not None else {})
+
+    check = (lambda i: task.video_check(light[i], source)) if task.video_check is not None else None
+    return SampleSet(ids, make, positions, check)
 
 
 def rgb(image: Any) -> Any:
@@ -206,7 +228,7 @@ def options_block(options: Sequence[str]) -> str:
     return "\n".join(f"{letter}. {opt}" for letter, opt in zip(letters(len(options)), options))
 
 
-# --------------------------------------------------------------------------------------- parsing
+# ------------------------------------------------------------------------------- lenient parsing
 _PUNCT = str.maketrans("", "", string.punctuation)
 _ANSWER_IS = re.compile(
     r"(?i:answer|option|choice)\s*(?i:is|would be|should be|:)?\s*(?i:option|choice)?\s*[:\-]?\s*"
@@ -214,39 +236,37 @@ _ANSWER_IS = re.compile(
 )
 
 
-def _count(tokens: Sequence[str], choices: str, prefix: str = "", suffix: str = "") -> int:
-    return sum(1 for c in choices if prefix + c + suffix in tokens)
+def _option_letter_alone(answer: str, choices: str) -> str:
+    """One option letter standing alone in the answer (bare, "X.", "(X)", ...: MMBench's forms)."""
+    from .lmms_rules import _OPTION_FORMS, _count
 
-
-def _infer_option(answer: str, choices: str) -> str:
-    """MMBench's ``can_infer_option``: one option letter standing alone (or in brackets, with a dot...)."""
     tokens = [x.strip() for x in answer.split()]
     if _count(tokens, choices) == 1 and not ("A" in tokens and len(tokens) > 3):
-        for ch in choices:
-            if ch in tokens:
-                return ch
-    for pre, suf in (("", "."), ("", ","), ("", ":"), ("", ")"), ("", ")."), ("(", ")"), ("(", ")."), (":", ""),
-                     (":", ","), (":", "."), (":", ")"), (":", ").")):
+        return next(ch for ch in choices if ch in tokens)
+    for pre, suf in _OPTION_FORMS:
         if _count(tokens, choices, pre, suf) == 1:
-            for ch in choices:
-                if pre + ch + suf in tokens:
-                    return ch
+            return next(ch for ch in choices if pre + ch + suf in tokens)
     return ""
 
 
-def _infer_text(answer: str, options: dict[str, str]) -> str:
-    """MMBench's ``can_infer_text``: exactly one option's text appears in the answer."""
+def _option_text(answer: str, options: Mapping[str, str]) -> str:
+    """Exactly one option's text occurs in the answer as whole words (options of one character, e.g.
+    "a" or "1", are never matched as text: they would be found inside any word)."""
     low = answer.lower()
-    hits = [k for k, v in options.items() if str(v).strip() and str(v).lower() in low]
+    hits = []
+    for k, v in options.items():
+        text = str(v).strip().lower()
+        if len(text) >= 2 and re.search(rf"(?<!\w){re.escape(text)}(?!\w)", low):
+            hits.append(k)
     return hits[0] if len(hits) == 1 else ""
 
 
-def parse_letter(output: str, choices: Sequence[str], options: dict[str, str] | None = None) -> str:
-    """The option letter in ``output`` ("" when none can be found).
+def parse_letter(output: str, choices: Sequence[str], options: Mapping[str, str] | None = None) -> str:
+    """The option letter in ``output`` ("" when none can be found), read leniently.
 
-    In order: the whole answer is a letter (any case, punctuation ignored: lmms-eval's exact_match with
-    ignore_case/ignore_punctuation); "X." / "X)" / "(X)" at the start (LLaVA's ScienceQA rule); "the
-    answer is (X)" / "Answer: X"; MMBench's can_infer_option, then can_infer_text over ``options``.
+    In order: the whole answer is a letter (any case, punctuation ignored); "X." / "X)" / "(X)" at the
+    start; "the answer is (X)" / "Answer: X"; one option letter standing alone; exactly one option's
+    text (whole words, two characters or more).
     """
     choices = "".join(choices)
     text = (output or "").strip()
@@ -261,31 +281,22 @@ def parse_letter(output: str, choices: Sequence[str], options: dict[str, str] | 
     for m in _ANSWER_IS.finditer(text):
         if m.group(1) in choices:
             return m.group(1)
-    found = _infer_option(text, choices)
+    found = _option_letter_alone(text, choices)
     if found:
         return found
     if options:
-        return _infer_text(text, {k: v for k, v in options.items() if k in choices})
+        return _option_text(text, {k: v for k, v in options.items() if k in choices})
     return ""
 
 
 def parse_yes_no(output: str) -> str:
-    """"yes", "no" or "other".
+    """"yes", "no" or "other", read leniently: lmms-eval's MME rule, then a "no"/"not" word in the first
+    sentence (no) or a "yes" word (yes)."""
+    from .lmms_rules import mme
 
-    lmms-eval's MME rule (from Otter: lowercase, drop dots; "yes"/"no"/"y"/"n"; else "yes"/"no" within
-    the first 4 characters), then LLaVA's POPE rule on the first sentence ("no"/"not" -> no) and an
-    explicit "yes" word -> yes.
-    """
-    pred = (output or "").lower().strip().replace(".", "")
-    if pred in ("yes", "no"):
+    pred = mme(output or "")
+    if pred != "other":
         return pred
-    if len(pred) == 1:
-        return {"y": "yes", "n": "no"}.get(pred, "other")
-    head = pred[:4]
-    if "yes" in head:
-        return "yes"
-    if "no" in head:
-        return "no"
     first = (output or "").strip().split(".")[0].replace(",", " ").lower()
     words = re.findall(r"[a-z']+", first)
     if "no" in words or "not" in words:
@@ -306,14 +317,16 @@ def fraction(values: Sequence[bool]) -> float:
     return sum(bool(v) for v in values) / len(values) if values else 0.0
 
 
-def grouped_accuracy(records: Sequence[dict], key: str, prefix: str = "accuracy_") -> dict[str, float]:
-    """``{prefix}{group}: accuracy`` over ``meta[key]`` groups (sorted)."""
-    groups: dict[str, list[bool]] = {}
+def grouped(records: Sequence[dict], key: str | Callable[[dict], Any]) -> dict[str, list[dict]]:
+    """Records by ``meta[key]`` (or ``key(record)``), groups sorted by name."""
+    out: dict[str, list[dict]] = {}
     for r in records:
-        groups.setdefault(str(r["meta"].get(key)), []).append(bool(r["correct"]))
-    return {f"{prefix}{g}": fraction(v) for g, v in sorted(groups.items())}
+        g = key(r) if callable(key) else r["meta"].get(key)
+        out.setdefault(str(g), []).append(r)
+    return dict(sorted(out.items()))
 
 
-def env_dir(name: str) -> Path | None:
-    value = os.environ.get(name)
-    return Path(value).expanduser() if value else None
+def grouped_accuracy(records: Sequence[dict], key: str, prefix: str = "accuracy_",
+                     correct: Callable[[dict], bool] = lambda r: bool(r["correct"])) -> dict[str, float]:
+    """``{prefix}{group}: accuracy`` over ``meta[key]`` groups (sorted)."""
+    return {f"{prefix}{g}": fraction([correct(r) for r in recs]) for g, recs in grouped(records, key).items()}

@@ -5,17 +5,17 @@ multiple choice: ``"{question}\\nA. ...\\nB. ...\\n\\nAnswer with the option's l
 directly."``; open: ``"{question}\\n\\nAnswer the question using a single word or phrase."``. The
 ``<image 1>``... placeholders stay in the text, as in lmms-eval.
 
-Images: lmms-eval passes every ``image_i`` the prompt mentions; ``Sample`` carries one image, so
-``Sample.image`` is the first of them (``meta["num_images"]`` says how many the question has:
-about 5% of the validation questions have several, and see their other images only through
-their text here).
+Images: every ``image_i`` the question and its options mention (``mmmu_doc_to_visual``: sorted by name,
+each once), all given to the model in that order (the chat template gets one image entry each, before
+the text); a question that mentions none gets none, as in lmms-eval.
 
 Parsing and scoring follow the MMMU evaluation code that lmms-eval vendors:
 ``parse_multi_choice_response`` (brackets, bare letters, "X.", then option text in long answers;
 when nothing is found lmms-eval picks a random letter, here a deterministic pseudo-random one seeded by
-the question id) and, for open questions, ``parse_open_response`` + ``eval_open`` (applied in
-``score``; ``parse`` keeps the stripped answer). Metrics: ``accuracy`` and accuracy per subject and per
-discipline (``accuracy_domain_*``).
+the question id: the one deliberate difference) and, for open questions, ``parse_open_response`` +
+``eval_open`` (applied in ``score``; ``parse`` keeps the stripped answer). ``--scoring lenient`` tries
+``parse_letter`` first. Metrics: ``accuracy`` and accuracy per subject and per discipline
+(``accuracy_domain_*``).
 
 Calibration uses the ``dev`` split (150 questions, with answers), disjoint from ``validation``.
 """
@@ -28,9 +28,18 @@ import random
 import re
 
 from . import Sample, Task
-from .common import MC_POST_PROMPT, SHORT_POST_PROMPT, fraction, load_rows, rgb
+from .common import (
+    MC_POST_PROMPT,
+    SHORT_POST_PROMPT,
+    fraction,
+    grouped_accuracy,
+    letters,
+    options_block,
+    parse_letter,
+    rgb,
+)
 
-DATASET_IDS = ("lmms-lab/MMMU", "MMMU/MMMU")
+DATASET_IDS = ("lmms-lab-encoder/MMMU", "lmms-lab/MMMU", "MMMU/MMMU")
 
 DOMAIN_CAT2SUB_CAT = {
     "Art and Design": ["Art", "Art_Theory", "Design", "Music"],
@@ -52,10 +61,9 @@ def _load_official(ds_id: str, split: str, online: bool):
 
     import datasets
 
-    from .common import _offline
+    from .common import offline
 
-    ctx = contextlib.nullcontext() if online else _offline()
-    with ctx:
+    with contextlib.nullcontext() if online else offline():
         parts = [datasets.load_dataset(ds_id, subject, split=split) for subject in SUBJECTS]
     return datasets.concatenate_datasets(parts)
 
@@ -70,18 +78,22 @@ def parse_options(options) -> list[str]:
     return list(options or [])
 
 
-def build_prompt(row: dict) -> str:
-    question = row["question"]
-    if row["question_type"] == "multiple-choice":
-        opts = parse_options(row["options"])
-        block = "\n".join(f"{chr(ord('A') + i)}. {o}" for i, o in enumerate(opts))
-        return f"{question}\n{block}\n\n{MC_POST_PROMPT}"
+def doc_to_text(doc: dict) -> str:
+    question = doc["question"]
+    if doc["question_type"] == "multiple-choice":
+        return f"{question}\n{options_block(parse_options(doc['options']))}\n\n{MC_POST_PROMPT}"
     return f"{question}\n\n{SHORT_POST_PROMPT}"
 
 
-def image_keys(prompt: str) -> list[str]:
-    """``image_i`` columns the prompt refers to (lmms-eval's ``mmmu_doc_to_visual``)."""
-    return sorted({t.strip("<>").replace(" ", "_") for t in re.findall(r"<image \d+>", prompt)})
+def image_keys(doc: dict) -> list[str]:
+    """``image_i`` columns the prompt (question, and options of a multiple-choice question) refers to
+    (lmms-eval's ``mmmu_doc_to_visual``)."""
+    text = doc_to_text(doc)
+    return sorted({t.strip("<>").replace(" ", "_") for t in re.findall(r"<image \d+>", text)})
+
+
+def doc_to_visual(doc: dict) -> list:
+    return [rgb(doc[k]) for k in image_keys(doc) if doc.get(k) is not None]
 
 
 def subject_of(qid: str) -> str:
@@ -91,26 +103,13 @@ def subject_of(qid: str) -> str:
     return m.group(1) if m else "unknown"
 
 
-def to_sample(row: dict) -> Sample:
-    prompt = build_prompt(row)
-    keys = [k for k in image_keys(prompt) if row.get(k) is not None]
-    if not keys:
-        keys = [k for k in (f"image_{i}" for i in range(1, 8)) if row.get(k) is not None][:1]
-    opts = parse_options(row.get("options")) if row["question_type"] == "multiple-choice" else []
-    subject = subject_of(str(row["id"]))
-    return Sample(
-        id=str(row["id"]),
-        prompt=prompt,
-        answer=str(row["answer"]),
-        image=rgb(row[keys[0]]) if keys else None,
-        meta={"question_type": row["question_type"], "subject": subject, "domain": SUB2DOMAIN.get(subject, "unknown"),
-              "options": [str(o) for o in opts], "num_images": len(keys), "image_keys": keys,
-              "img_type": str(row.get("img_type")), "difficulty": row.get("topic_difficulty")},
-    )
-
-
-def _load(split: str, limit: int | None = None, seed: int = 0, source: str | None = None) -> list[Sample]:
-    return [to_sample(row) for row in load_rows(DATASET_IDS, _config, split, limit, source, name="mmmu")]
+def doc_to_meta(doc: dict) -> dict:
+    opts = parse_options(doc.get("options")) if doc["question_type"] == "multiple-choice" else []
+    subject = subject_of(str(doc["id"]))
+    keys = image_keys(doc)
+    return {"question_type": doc["question_type"], "subject": subject, "domain": SUB2DOMAIN.get(subject, "unknown"),
+            "options": [str(o) for o in opts], "num_images": len(keys), "image_keys": keys,
+            "img_type": str(doc.get("img_type")), "difficulty": doc.get("topic_difficulty")}
 
 
 # ----------------------------------------------------------------- MMMU's parsing and evaluation
@@ -223,9 +222,17 @@ def _rng(sample: Sample) -> random.Random:
 def _parse(sample: Sample, output: str) -> str:
     if sample.meta["question_type"] == "multiple-choice":
         opts = sample.meta["options"]
-        choices = [chr(ord("A") + i) for i in range(len(opts))]
-        return parse_multi_choice_response(output or "", choices, dict(zip(choices, opts)), _rng(sample))
-    return (output or "").strip()
+        choices = letters(len(opts))
+        return parse_multi_choice_response(output, choices, dict(zip(choices, opts)), _rng(sample))
+    return output.strip()
+
+
+def _lenient(sample: Sample, output: str) -> str:
+    if sample.meta["question_type"] == "multiple-choice":
+        opts = sample.meta["options"]
+        choices = letters(len(opts))
+        return parse_letter(output, choices, dict(zip(choices, opts))) or _parse(sample, output)
+    return output.strip()
 
 
 def _score(sample: Sample, parsed: str) -> bool:
@@ -236,14 +243,8 @@ def _score(sample: Sample, parsed: str) -> bool:
 
 
 def _metrics(records: list[dict]) -> dict:
-    out: dict[str, float] = {"accuracy": fraction([r["correct"] for r in records])}
-    for key, prefix in (("domain", "accuracy_domain_"), ("subject", "accuracy_")):
-        per: dict[str, list[bool]] = {}
-        for r in records:
-            per.setdefault(str(r["meta"].get(key)), []).append(bool(r["correct"]))
-        for name, vals in sorted(per.items()):
-            out[f"{prefix}{name}"] = fraction(vals)
-    return out
+    return {"accuracy": fraction([r["correct"] for r in records]),
+            **grouped_accuracy(records, "domain", "accuracy_domain_"), **grouped_accuracy(records, "subject")}
 
 
 TASK = Task(
@@ -251,11 +252,18 @@ TASK = Task(
     description="MMMU validation (lmms-eval mmmu_val): multiple choice + open answers, accuracy per subject",
     test_split="validation",
     calibration_split="dev",
-    load=_load,
-    parse=_parse,
+    doc_to_text=doc_to_text,
+    doc_to_visual=doc_to_visual,
+    doc_to_target=lambda doc: str(doc["answer"]),
+    doc_to_id=lambda row: str(row["id"]),
+    doc_to_meta=doc_to_meta,
+    parsers={"lmms-eval": _parse, "lenient": _lenient},
     score=_score,
-    metrics=_metrics,
-    max_new_tokens=16,
+    aggregation=_metrics,
+    generation_kwargs={"max_new_tokens": 128},
     splits=("dev", "validation", "test"),
     dataset_ids=DATASET_IDS,
+    dataset_config=_config,
+    key_columns=("id",),
+    columns=("id", "question", "options", "answer", "question_type", "image_1"),
 )

@@ -1,54 +1,30 @@
 """POPE (lmms-eval ``pope``): object hallucination yes/no questions on COCO images.
 
 Prompt: ``question.strip() + "\\nAnswer the question using a single word or phrase."``.
-Parsing: yes / no / other (``common.parse_yes_no``: lmms-eval's MME rule, then LLaVA's POPE rule); lmms-eval
-itself compares the lowercased raw output with the answer, which gives the same result for answers
-like "Yes" / "No." and credits messy answers ("Yes, there is a dog.") that exact match would drop.
-Metrics (lmms-eval's aggregations): accuracy, precision, recall, F1 ("yes" is the positive class;
-"other" counts as neither a yes nor a no prediction), yes_ratio (the share of "yes" *ground truth*, as
-lmms-eval computes it) and pred_yes_ratio (the share of "yes" predictions, the POPE paper's yes-ratio);
-each overall and per category (adversarial / popular / random).
+Scoring ``lmms-eval``: the answer lowercased and stripped must be exactly "yes" or "no" ("Yes." and
+"Yes, there is a dog." are neither); ``lenient``: ``parse_yes_no`` (MME's rule, then a yes/no word).
+An answer that is neither counts as neither a yes nor a no prediction in precision / recall / F1.
+Metrics (lmms-eval's aggregations, "yes" is the positive class): accuracy, precision, recall, F1,
+yes_ratio (the share of "yes" *ground truth*, as lmms-eval computes it), plus pred_yes_ratio (the
+share of "yes" predictions, the POPE paper's yes-ratio); each overall and per category
+(adversarial / popular / random).
 
 Only a ``test`` split; calibration uses the ``calib`` pseudo-split (test rows whose md5(id) % 20 == 0).
 """
 
 from __future__ import annotations
 
-from . import Sample, Task
-from .common import CALIB_SPLIT, SHORT_POST_PROMPT, gold, load_rows, parse_yes_no, rgb
+from . import Task
+from .common import CALIB_SPLIT, SHORT_POST_PROMPT, gold, grouped, parse_yes_no, rgb
+from .lmms_rules import pope
 
-DATASET_IDS = ("lmms-lab/POPE",)
+DATASET_IDS = ("lmms-lab-encoder/POPE", "lmms-lab/POPE")
 CATEGORIES = ("adversarial", "popular", "random")
 
 
-def build_prompt(row: dict) -> str:
-    return f"{row['question'].strip()}\n{SHORT_POST_PROMPT}"
-
-
-def to_sample(row: dict) -> Sample:
-    rid = row.get("id")
-    return Sample(
-        id=str(rid) if rid is not None else f"pope-{row['_row']}",
-        prompt=build_prompt(row),
-        answer=str(row["answer"]).lower().strip(),
-        image=rgb(row.get("image")),
-        meta={"category": row.get("category"), "question_id": str(row.get("question_id")),
-              "image_source": row.get("image_source")},
-    )
-
-
-def _load(split: str, limit: int | None = None, seed: int = 0, source: str | None = None) -> list[Sample]:
-    rows = load_rows(DATASET_IDS, None, split, limit, source, name="pope", key_columns=("id",),
-                     calib_key=lambda row, i: row.get("id", i))
-    return [to_sample(row) for row in rows]
-
-
-def _parse(sample: Sample, output: str) -> str:
-    return parse_yes_no(output)
-
-
-def _score(sample: Sample, parsed: str) -> bool:
-    return parsed == sample.answer
+def doc_to_meta(doc: dict) -> dict:
+    return {"category": doc.get("category"), "question_id": str(doc.get("question_id")),
+            "image_source": doc.get("image_source")}
 
 
 def binary_metrics(records: list[dict]) -> dict[str, float]:
@@ -75,10 +51,7 @@ def binary_metrics(records: list[dict]) -> dict[str, float]:
 
 def _metrics(records: list[dict]) -> dict:
     out: dict[str, float] = dict(binary_metrics(records))
-    groups: dict[str, list[dict]] = {}
-    for r in records:
-        groups.setdefault(str(r["meta"].get("category")), []).append(r)
-    for cat, recs in sorted(groups.items()):
+    for cat, recs in grouped(records, "category").items():
         for k, v in binary_metrics(recs).items():
             out[f"{k}_{cat}"] = v
     return out
@@ -89,11 +62,18 @@ TASK = Task(
     description="POPE hallucination (lmms-eval pope): yes/no, accuracy/precision/recall/F1 per category",
     test_split="test",
     calibration_split=CALIB_SPLIT,
-    load=_load,
-    parse=_parse,
-    score=_score,
-    metrics=_metrics,
-    max_new_tokens=16,
+    doc_to_text=lambda doc: f"{doc['question'].strip()}\n{SHORT_POST_PROMPT}",
+    doc_to_visual=lambda doc: [rgb(doc["image"])],
+    doc_to_target=lambda doc: str(doc["answer"]).lower().strip(),
+    doc_to_id=lambda row: str(row["id"]) if row.get("id") is not None else f"pope-{row['_row']}",
+    doc_to_meta=doc_to_meta,
+    parsers={"lmms-eval": lambda sample, output: pope(output), "lenient": lambda sample, output: parse_yes_no(output)},
+    score=lambda sample, parsed: parsed == sample.answer,
+    aggregation=_metrics,
+    generation_kwargs={"max_new_tokens": 128},
     splits=("test", CALIB_SPLIT),
     dataset_ids=DATASET_IDS,
+    key_columns=("id",),
+    columns=("question", "answer", "image"),
+    calib_key=lambda row: row.get("id", row["_row"]),
 )

@@ -1,22 +1,35 @@
-"""The demo benchmark "shapes" (generated, so it needs no download)."""
+"""The demo benchmark "shapes" (generated, so it needs no download; ``--data-dir`` reads an export).
+
+Its own lenient scoring (``demo.shapes.score``) in both scoring modes: it is not an lmms-eval task.
+"""
 
 from __future__ import annotations
 
-from . import Sample, Task, accuracy_by
+from . import Sample, SampleSet, Task
+from .common import fraction, grouped_accuracy
 
 
-def _load(split: str, limit: int | None = None, seed: int = 0, source: str | None = None) -> list[Sample]:
+def _sample(row: dict) -> Sample:
+    return Sample(id=row["id"], prompt=row["question"], answer=row["answer"], image=row["image"],
+                  meta={"format": row["format"], "kind": row["kind"], "chance": row["chance"]})
+
+
+def _open(split: str, source: str | None = None, seed: int = 0) -> SampleSet:
     from ..demo import shapes
 
     if source is not None:
-        from . import load_parquet_rows
+        from .common import open_dataset
 
-        rows = load_parquet_rows(source, split, limit)
-        return [Sample(id=r["id"], prompt=r["question"], answer=r["answer"], image=r["image"],
-                       meta={"format": r["format"], "kind": r["kind"], "chance": r["chance"]}) for r in rows]
-    rows = shapes.generate(split, limit, seed)
-    return [Sample(id=r["id"], prompt=r["question"], answer=r["answer"], image=r["image"],
-                   meta={"format": r["format"], "kind": r["kind"], "chance": r["chance"]}) for r in rows]
+        ds = open_dataset((), None, split, source, columns=("id", "image", "format", "kind", "question", "answer",
+                                                            "chance"))
+        return SampleSet(list(ds["id"]), lambda i: _sample(ds[i]))
+    if split not in shapes.SPLIT_SIZES:
+        from ..errors import VTWError
+
+        raise VTWError(f"shapes has no split {split!r}; splits: {', '.join(shapes.SPLIT_SIZES)}")
+    n = shapes.SPLIT_SIZES[split]
+    return SampleSet([shapes.sample_id(split, i, seed) for i in range(n)],
+                     lambda i: _sample(shapes.make_sample(split, i, seed)))
 
 
 def _parse(sample: Sample, output: str) -> str:
@@ -33,8 +46,11 @@ def _metrics(records: list[dict]) -> dict:
     chance: dict[str, list[float]] = {}
     for r in records:
         chance.setdefault(r["meta"]["format"], []).append(float(r["meta"]["chance"]))
-    mean_chance = {k: sum(v) / len(v) for k, v in chance.items()}
-    out = accuracy_by(records, "format", mean_chance)
+    out: dict = {"accuracy": fraction([r["correct"] for r in records])}
+    for key, value in grouped_accuracy(records, "format").items():
+        fmt = key[len("accuracy_"):]
+        out[key] = value
+        out[f"chance_{fmt}"] = sum(chance[fmt]) / len(chance[fmt])
     if records:
         out["chance"] = sum(float(r["meta"]["chance"]) for r in records) / len(records)
     return out
@@ -45,10 +61,10 @@ TASK = Task(
     description="coloured shapes: multiple choice (SQA-IMG format), yes/no (POPE style), short answers",
     test_split="test",
     calibration_split="validation",
-    load=_load,
-    parse=_parse,
+    parsers={"lmms-eval": _parse, "lenient": _parse},
     score=_score,
-    metrics=_metrics,
-    max_new_tokens=4,
+    aggregation=_metrics,
+    generation_kwargs={"max_new_tokens": 4},
     splits=("train", "validation", "test"),
+    opener=_open,
 )

@@ -2,62 +2,48 @@
 
 Prompt (lmms-eval default): ``"Context: {hint}\\n"`` (only when the hint is not empty) + question +
 ``"\\nA. ...\\nB. ..."`` + ``"\\nAnswer with the option's letter from the given choices directly."``.
-Target: the letter of ``answer`` (an index into ``choices``). Metric: accuracy.
+Target: the letter of ``answer`` (an index into ``choices``). Metric: accuracy (per subject too).
+
+Scoring ``lmms-eval``: ``sqa_process_results``: only an answer that is the letter alone (any case) or
+starts with an uppercase letter and a dot ("B. tokay gecko") counts. ``lenient``: ``parse_letter``.
 """
 
 from __future__ import annotations
 
-from . import Sample, Task
-from .common import MC_POST_PROMPT, fraction, grouped_accuracy, letters, load_rows, options_block, parse_letter, rgb
+from . import Task
+from .common import MC_POST_PROMPT, fraction, grouped_accuracy, letters, options_block, parse_letter, rgb
+from .lmms_rules import sqa
 
-DATASET_IDS = ("lmms-lab/ScienceQA", "lmms-lab/ScienceQA-IMG", "derek-thomas/ScienceQA")
+DATASET_IDS = ("lmms-lab-encoder/ScienceQA", "lmms-lab/ScienceQA", "lmms-lab/ScienceQA-IMG", "derek-thomas/ScienceQA")
 CONFIG = "ScienceQA-IMG"
+COLUMNS = ("image", "question", "choices", "answer", "hint")
 
 
 def _config(ds_id: str) -> str | None:
-    # lmms-lab/ScienceQA has the configs ScienceQA-IMG / ScienceQA-FULL; lmms-lab/ScienceQA-IMG (image rows only)
-    # and derek-thomas/ScienceQA (the full set, filtered here) have none.
-    return CONFIG if ds_id == "lmms-lab/ScienceQA" else None
+    # lmms-lab(-encoder)/ScienceQA have the configs ScienceQA-IMG / ScienceQA-FULL; lmms-lab/ScienceQA-IMG
+    # (image rows only) and derek-thomas/ScienceQA (the full set, filtered here) have none.
+    return CONFIG if ds_id.endswith("/ScienceQA") and not ds_id.startswith("derek-thomas/") else None
 
 
-def build_prompt(row: dict) -> str:
-    context = row.get("hint") or ""
+def doc_to_text(doc: dict) -> str:
+    context = doc.get("hint") or ""
     if context:
         context = f"Context: {context}\n"
-    return f"{context}{row['question']}\n{options_block(row['choices'])}\n{MC_POST_PROMPT}"
+    return f"{context}{doc['question']}\n{options_block(doc['choices'])}\n{MC_POST_PROMPT}"
 
 
-def to_sample(row: dict, index: int, split: str) -> Sample:
-    opts = letters(len(row["choices"]))
-    return Sample(
-        id=f"sqa-{split}-{index}",
-        prompt=build_prompt(row),
-        answer=opts[int(row["answer"])],
-        image=rgb(row.get("image")),
-        meta={"choices": len(opts), "options": dict(zip(opts, (str(c) for c in row["choices"]))),
-              "subject": row.get("subject"), "category": row.get("category"), "grade": row.get("grade")},
-    )
+def doc_to_meta(doc: dict) -> dict:
+    opts = letters(len(doc["choices"]))
+    return {"choices": len(opts), "options": dict(zip(opts, (str(c) for c in doc["choices"]))),
+            "subject": doc.get("subject"), "category": doc.get("category"), "grade": doc.get("grade")}
 
 
-def _load(split: str, limit: int | None = None, seed: int = 0, source: str | None = None) -> list[Sample]:
-    # ScienceQA-IMG only: rows without an image (derek-thomas/ScienceQA is the full set) are dropped.
-    rows = load_rows(DATASET_IDS, _config, split, limit, source, name="sqa", key_columns=("image",),
-                     row_filter=lambda r: r.get("image") is not None, subdir=CONFIG)
-    return [to_sample(row, row["_row"], split) for row in rows]
-
-
-def _parse(sample: Sample, output: str) -> str:
+def _lenient(sample, output: str) -> str:
     return parse_letter(output, letters(sample.meta["choices"]), sample.meta.get("options"))
 
 
-def _score(sample: Sample, parsed: str) -> bool:
-    return parsed == sample.answer
-
-
 def _metrics(records: list[dict]) -> dict:
-    out = {"accuracy": fraction([r["correct"] for r in records])}
-    out.update(grouped_accuracy(records, "subject"))
-    return out
+    return {"accuracy": fraction([r["correct"] for r in records]), **grouped_accuracy(records, "subject")}
 
 
 TASK = Task(
@@ -65,11 +51,22 @@ TASK = Task(
     description="ScienceQA-IMG (lmms-eval scienceqa_img): multiple choice, letter answers, accuracy",
     test_split="test",
     calibration_split="validation",
-    load=_load,
-    parse=_parse,
-    score=_score,
-    metrics=_metrics,
-    max_new_tokens=16,
+    doc_to_text=doc_to_text,
+    doc_to_visual=lambda doc: [rgb(doc["image"])] if doc.get("image") is not None else [],
+    doc_to_target=lambda doc: letters(len(doc["choices"]))[int(doc["answer"])],
+    doc_to_id=lambda row: f"sqa-{row['_split']}-{row['_row']}",
+    doc_to_meta=doc_to_meta,
+    parsers={"lmms-eval": lambda sample, output: sqa(output, "".join(letters(sample.meta["choices"]))),
+             "lenient": _lenient},
+    score=lambda sample, parsed: parsed == sample.answer,
+    aggregation=_metrics,
+    generation_kwargs={"max_new_tokens": 16},
     splits=("validation", "test", "train"),
     dataset_ids=DATASET_IDS,
+    dataset_config=_config,
+    subdir=CONFIG,
+    key_columns=("image",),
+    columns=COLUMNS,
+    # ScienceQA-IMG only: rows without an image (derek-thomas/ScienceQA is the full set) are dropped.
+    row_filter=lambda row: row.get("image") is not None,
 )

@@ -1,21 +1,24 @@
 """Video-MME (lmms-eval ``videomme``, frames only, no subtitles): multiple choice on YouTube videos.
 
-Prompt (the official Video-MME prompt that lmms-eval's ``videomme_doc_to_text`` builds):
+Prompt (lmms-eval's ``videomme_doc_to_text`` with its default kwargs):
 ``"Select the best answer to the following multiple-choice question based on the video and the
 subtitles. Respond with only the letter (A, B, C, or D) of the correct option.\\n{question}\\n{options,
-one per line, already "A. ..."}\\nThe best answer is:"``.
+one per line, already "A. ..."}\\n\\nAnswer with the option's letter from the given choices directly."``
+("The best answer is:" is only lmms-eval's ``llava_vid`` variant).
 
 Videos are not in the parquet files (``videoID`` names a YouTube video). They are looked up, for each
 ``videoID``, as ``{videoID}.mp4`` / ``.MP4`` / ``.mkv`` (needs PyAV), ``{videoID}.npy`` (frames
 [T, H, W, 3]) or a folder ``{videoID}/`` of frame images, in: ``DIR/data``, ``DIR/videos`` and ``DIR``
 for ``--data-dir DIR``; then ``$VTWCTL_VIDEOMME_DIR`` and ``$VTWCTL_DATA_DIR/videomme`` (same
-sub-folders); then lmms-eval's cache
-``$HF_HOME/videomme/data``. ``NUM_FRAMES`` (8, Video-LLaVA's setting; ``$VTWCTL_VIDEO_FRAMES``
-overrides) evenly spaced frames are read per video (once per video: its 3 questions share them).
+sub-folders); then lmms-eval's cache ``$HF_HOME/videomme/data``. ``NUM_FRAMES`` (8, Video-LLaVA's
+setting; ``$VTWCTL_VIDEO_FRAMES`` overrides) evenly spaced frames are read per video, once for the
+questions of a video, and only for the samples that run (a missing video is reported before any
+model loads).
 
-Parsing: ``common.parse_letter`` (letter / "answer is X" / MMBench rules / option text), falling back
-to lmms-eval's ``extract_characters_regex`` (answer prefixes removed, first standalone A-D).
-Metrics: accuracy, per duration (short / medium / long), per domain and per task type.
+Scoring ``lmms-eval``: lmms-eval's current extractor (``extract_mcq_answer`` over A-D: a leading or
+final letter, "the answer is X", "(X)", "X." ... ranked); ``lenient``: ``parse_letter`` (letter /
+"answer is X" / option text), then that extractor. Metrics: accuracy, per duration (short / medium /
+long), per domain and per task type.
 
 Only a ``test`` split; calibration uses the ``calib`` pseudo-split: the videos (all their questions)
 whose md5(videoID) % 20 == 0.
@@ -23,27 +26,27 @@ whose md5(videoID) % 20 == 0.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from pathlib import Path
 
 from ..errors import VTWError
 from . import Sample, Task
-from .common import CALIB_SPLIT, env_dir, fraction, grouped_accuracy, load_rows, parse_letter
+from .common import CALIB_SPLIT, MC_POST_PROMPT, env_dir, fraction, grouped_accuracy, parse_letter
+from .lmms_rules import extract_mcq_answer
 
-DATASET_IDS = ("lmms-lab/Video-MME",)
+DATASET_IDS = ("lmms-eval/Video-MME", "lmms-lab/Video-MME")
 NUM_FRAMES = 8
 OPTION_PROMPT = ("Select the best answer to the following multiple-choice question based on the video and the "
                  "subtitles. Respond with only the letter (A, B, C, or D) of the correct option.")
-POST_PROMPT = "The best answer is:"
+POST_PROMPT = "\n" + MC_POST_PROMPT
 SUFFIXES = (".mp4", ".MP4", ".mkv", ".npy")
-ANSWER_PREFIXES = ("The best answer is", "The correct answer is", "The answer is", "The answer",
-                   "The best option isThe correct option is", "Best answer:Best option:")  # sic (lmms-eval)
 
 
-def build_prompt(row: dict) -> str:
-    options = "\n".join(str(o) for o in row["options"])
-    return f"{OPTION_PROMPT}\n{row['question']}\n{options}\n{POST_PROMPT}"
+def doc_to_text(doc: dict) -> str:
+    options = "\n".join(str(o) for o in doc["options"])
+    return f"{OPTION_PROMPT}\n{doc['question']}\n{options}\n{POST_PROMPT}"
 
 
 def video_dirs(source: str | None) -> list[Path]:
@@ -81,51 +84,43 @@ def frames_count() -> int:
         raise VTWError(f"VTWCTL_VIDEO_FRAMES must be a positive integer, got {value!r}") from None
 
 
-def _load(split: str, limit: int | None = None, seed: int = 0, source: str | None = None) -> list[Sample]:
+def _missing(vid: str, qid: str, dirs: list[Path]) -> VTWError:
+    where = ", ".join(str(d) for d in dirs[:3])
+    return VTWError(f"video {vid} (question {qid}) not found as {vid}.mp4/.mkv/.npy or a frame folder in {where}...; "
+                    "unzip the Video-MME videos into DIR/data and pass --data-dir DIR (or set VTWCTL_VIDEOMME_DIR)")
+
+
+def video_check(row: dict, source: str | None) -> None:
+    dirs = video_dirs(source)
+    if find_video(str(row["videoID"]), dirs) is None:
+        raise _missing(str(row["videoID"]), str(row["question_id"]), dirs)
+
+
+@functools.lru_cache(maxsize=2)  # the questions of a video are adjacent: its frames are read once
+def _frames(path: str, n: int):
     from ..media import read_video
 
-    rows = load_rows(DATASET_IDS, None, split, limit, source, name="videomme", key_columns=("videoID",),
-                     calib_key=lambda row, i: row.get("videoID", i), subdir="videomme")
+    return read_video(Path(path), num_frames=n)
+
+
+def doc_to_video(doc: dict, source: str | None):
+    vid = str(doc["videoID"])
     dirs = video_dirs(source)
-    n = frames_count()
-    cache: dict[str, object] = {}
-    samples = []
-    for row in rows:
-        vid = str(row["videoID"])
-        if vid not in cache:
-            path = find_video(vid, dirs)
-            if path is None:
-                where = ", ".join(str(d) for d in dirs[:3])
-                raise VTWError(f"video {vid} (question {row['question_id']}) not found as {vid}.mp4/.mkv/.npy "
-                               f"or a frame folder in {where}...; unzip the Video-MME videos into DIR/data "
-                               "and pass --data-dir DIR (or set VTWCTL_VIDEOMME_DIR)")
-            cache[vid] = read_video(path, num_frames=n)
-        options = [str(o) for o in row["options"]]
-        samples.append(Sample(
-            id=str(row["question_id"]),
-            prompt=build_prompt(row),
-            answer=str(row["answer"]).strip(),
-            video=cache[vid],
-            meta={"duration": row.get("duration"), "domain": row.get("domain"),
-                  "sub_category": row.get("sub_category"), "task_type": row.get("task_type"), "videoID": vid,
-                  "options": {o[0]: re.sub(r"^[A-D]\.\s*", "", o).rstrip(".") for o in options if o}},
-        ))
-    return samples
+    path = find_video(vid, dirs)
+    if path is None:
+        raise _missing(vid, str(doc["question_id"]), dirs)
+    return _frames(str(path), frames_count())
 
 
-def extract_characters_regex(s: str) -> str:
-    """lmms-eval's Video-MME answer extraction, with A-D matched as standalone letters only."""
-    s = (s or "").strip()
-    for prefix in ANSWER_PREFIXES:
-        s = s.replace(prefix, "")
-    if len(s.split()) > 10 and not re.search(r"\b[ABCD]\b", s):
-        return ""
-    m = re.search(r"\b[ABCD]\b", s)
-    return m[0] if m else ""
+def doc_to_meta(doc: dict) -> dict:
+    options = [str(o) for o in doc["options"]]
+    return {"duration": doc.get("duration"), "domain": doc.get("domain"), "sub_category": doc.get("sub_category"),
+            "task_type": doc.get("task_type"), "videoID": str(doc["videoID"]),
+            "options": {o[0]: re.sub(r"^[A-D]\.\s*", "", o).rstrip(".") for o in options if o}}
 
 
-def _parse(sample: Sample, output: str) -> str:
-    return parse_letter(output, "ABCD", sample.meta.get("options")) or extract_characters_regex(output)
+def _lenient(sample: Sample, output: str) -> str:
+    return parse_letter(output, "ABCD", sample.meta.get("options")) or extract_mcq_answer(output, "ABCD")
 
 
 def _score(sample: Sample, parsed: str) -> bool:
@@ -145,11 +140,20 @@ TASK = Task(
     description="Video-MME (lmms-eval videomme, no subtitles): video multiple choice, accuracy per duration",
     test_split="test",
     calibration_split=CALIB_SPLIT,
-    load=_load,
-    parse=_parse,
+    doc_to_text=doc_to_text,
+    doc_to_video=doc_to_video,
+    video_check=video_check,
+    doc_to_target=lambda doc: str(doc["answer"]).strip(),
+    doc_to_id=lambda row: str(row["question_id"]),
+    doc_to_meta=doc_to_meta,
+    parsers={"lmms-eval": lambda sample, output: extract_mcq_answer(output, "ABCD"), "lenient": _lenient},
     score=_score,
-    metrics=_metrics,
-    max_new_tokens=16,
+    aggregation=_metrics,
+    generation_kwargs={"max_new_tokens": 16},
     splits=("test", CALIB_SPLIT),
     dataset_ids=DATASET_IDS,
+    subdir="videomme",
+    key_columns=("videoID", "question_id"),
+    columns=("videoID", "question_id", "question", "options", "answer"),
+    calib_key=lambda row: row.get("videoID", row["_row"]),
 )
