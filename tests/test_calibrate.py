@@ -74,3 +74,37 @@ def test_choose_k_first_below_eta():
     assert choose_k(kl, 0.003, 12) == 7  # first below, even though 8 is above again
     assert choose_k(kl, 0.005, 12) == 6
     assert choose_k(kl, 0.0001, 12) == 12  # none qualifies: no withdrawal
+
+
+def test_kl_from_bf16_hidden_states_is_not_biased_by_bf16_logits():
+    """At eta ~ 1e-4 the logits' precision matters: the sweep evaluates norm + lm_head in fp32."""
+    from types import SimpleNamespace
+
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    from vtwctl.calibrate import head_fp32, kl_vtw_base
+
+    torch.manual_seed(0)
+    d, v = 256, 32000
+    head = torch.nn.Linear(d, v, bias=False).to(torch.bfloat16)
+    torch.nn.init.normal_(head.weight, std=0.3)  # logits with a spread like a real LLM's (std ~5)
+    norm = LlamaRMSNorm(d).to(torch.bfloat16)
+    model = SimpleNamespace(lm_head=head, config=SimpleNamespace())
+    base = torch.randn(8, d).to(torch.bfloat16)
+    vtw = (base.float() + 0.003 * torch.randn(8, d)).to(torch.bfloat16)
+
+    def exact(a, b):  # float64 from the same bf16 hidden states, written out by hand
+        def logp(x):
+            x = x.double()
+            x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon)
+            return torch.log_softmax(x @ head.weight.double().T, -1)
+        la, lb = logp(a), logp(b)
+        return (la.exp() * (la - lb)).sum(-1)
+
+    with torch.no_grad():
+        want = exact(vtw, base)
+        robust = kl_vtw_base(head_fp32(model, norm, vtw), head_fp32(model, norm, base)).double()
+        naive = kl_vtw_base(head(norm(vtw)), head(norm(base))).double()
+    assert 2e-5 < float(want.mean()) < 2e-4  # the regime of the authors' eta = 1e-4
+    assert float((robust - want).abs().max()) < 0.02 * float(want.mean())
+    assert float((naive - want).abs().mean()) > 3 * float(want.mean())  # bf16 logits would swamp it

@@ -9,10 +9,14 @@ forward per candidate.
 
 KL direction and reduction follow the paper's reference code,
 ``KLDivLoss(log_softmax(base), softmax(vtw))`` summed per sample: KL(P_vtw || P_base), in fp32.
+Both distributions come from the final norm and lm_head evaluated in fp32 on the last hidden states
+(whatever the model's dtype), so bf16/fp16 rounding of the logits does not bias a small KL (at
+eta = 1e-4, bf16 logits alone move the mean KL by several 1e-5).
 """
 
 from __future__ import annotations
 
+import copy
 import datetime as _dt
 import time
 from collections.abc import Callable
@@ -31,6 +35,23 @@ def kl_vtw_base(vtw_logits: torch.Tensor, base_logits: torch.Tensor) -> torch.Te
     lv = torch.log_softmax(vtw_logits.float(), -1)
     lb = torch.log_softmax(base_logits.float(), -1)
     return (lv.exp() * (lv - lb)).sum(-1)
+
+
+def head_fp32(model, norm: torch.nn.Module, hidden: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
+    """``lm_head(norm(hidden))`` computed in fp32 (the vocabulary in chunks, so a 7B head is never
+    copied whole): [..., V]."""
+    norm32 = copy.deepcopy(norm).float()
+    x = norm32(hidden.float())
+    head = model.lm_head if hasattr(model, "lm_head") else model.get_output_embeddings()
+    w, b = head.weight, getattr(head, "bias", None)
+    x = x.to(w.device)
+    parts = [torch.nn.functional.linear(x, w[i:i + chunk].float(), None if b is None else b[i:i + chunk].float())
+             for i in range(0, w.shape[0], chunk)]
+    logits = torch.cat(parts, -1)
+    scale = getattr(getattr(model.config, "text_config", model.config), "final_logit_softcapping", None)
+    if scale:  # Gemma-style soft capping, applied where the model applies it
+        logits = torch.tanh(logits / scale) * scale
+    return logits
 
 
 def _text_index(model, inputs: dict) -> torch.Tensor:
@@ -71,12 +92,19 @@ def sweep_sample(model, inputs: dict, k_min: int, tokens: int = 1) -> torch.Tens
                 layer_kw.update(kwargs)
         return hook
 
+    final: dict[str, torch.Tensor] = {}
+
+    def grab_final(module, args):
+        final["h"] = args[0][:, -tokens:]
+
     handles = [layers[i].register_forward_pre_hook(grab(i), with_kwargs=True) for i in range(k_min, n)]
+    handles.append(text.norm.register_forward_pre_hook(grab_final))
     try:
-        base = model(**inputs, use_cache=False, logits_to_keep=tokens).logits[0, -tokens:]
+        model(**inputs, use_cache=False, logits_to_keep=tokens)
     finally:
         for h in handles:
             h.remove()
+    base = head_fp32(model, text.norm, final["h"][0])  # [tokens, V]
 
     t = idx.numel()
     cos, sin = layer_kw["position_embeddings"]
@@ -101,8 +129,7 @@ def sweep_sample(model, inputs: dict, k_min: int, tokens: int = 1) -> torch.Tens
                   cache=None, use_cache=False)
         out = layers[layer_idx](h, **kw)
         h = out[0] if isinstance(out, tuple) else out
-    last = text.norm(h[:, -tokens:])
-    logits = model.lm_head(last)  # [C, tokens, V]
+    logits = head_fp32(model, text.norm, h[:, -tokens:])  # [C, tokens, V]
     return kl_vtw_base(logits, base.to(logits.device)[None]).mean(-1).float().cpu()
 
 
@@ -144,6 +171,8 @@ class Calibration:
     seconds: float
     accuracy: dict[str, float] | None = None  # str(K) -> accuracy (with --accuracy)
     baseline_accuracy: float | None = None
+    selection: str = "random"  # "random" (seeded subset) or "first" (the first N rows: the authors' protocol)
+    warning: str | None = None  # set when the samples come from the test split
     date: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     env: dict = field(default_factory=dict)
     schema: int = 1
@@ -168,8 +197,13 @@ def choose_k(kl_mean: dict[int, float], eta: float, num_layers: int) -> int:
 
 def calibrate(loaded, task, etas: list[float], k_min: int = 5, samples: int = 20, seed: int = 0,
               split: str | None = None, tokens: int = 1, accuracy: int = 0, source: str | None = None,
-              progress: Callable[[str, int, int], None] | None = None) -> Calibration:
-    """Sweep K over ``samples`` samples of ``task``'s calibration split and choose K per eta."""
+              progress: Callable[[str, int, int], None] | None = None, first: int | None = None) -> Calibration:
+    """Sweep K over ``samples`` samples of ``task``'s calibration split and choose K per eta.
+
+    The samples are a random subset drawn with ``seed`` (recorded by id). ``first=N`` takes the first N
+    documents instead and may read the test split: the authors' protocol (``lmms_eval --limit 20
+    --findk`` on the benchmark itself), for reproduction only; the record carries a warning.
+    """
     from .env import environment
 
     n = loaded.num_layers
@@ -180,9 +214,18 @@ def calibrate(loaded, task, etas: list[float], k_min: int = 5, samples: int = 20
     if samples < 1 or tokens < 1:
         raise VTWError("--samples and --tokens must be at least 1")
     split = split or task.calibration_split
+    warning = None
     if split == task.test_split:
-        raise VTWError(f"calibration must not use the test split ({split}) of {task.name}")
-    data = list(task.open(split, source, seed).sample(samples, seed))  # a seeded random subset (recorded)
+        if first is None:
+            raise VTWError(f"calibration must not use the test split ({split}) of {task.name} "
+                           "(--split test --first N reproduces the authors' protocol)")
+        warning = (f"calibrated on the first {first} documents of the test split of {task.name} (the authors' "
+                   "protocol): test numbers on this split are not held out")
+    if first is not None and first < 1:
+        raise VTWError(f"--first must be at least 1, got {first}")
+    pool = task.open(split, source, seed)
+    chosen = pool.first(first) if first is not None else pool.sample(samples, seed)  # seeded subset (recorded)
+    data = list(chosen)
     if not data:
         raise VTWError(f"no samples in {task.name}/{split}")
     start = time.perf_counter()
@@ -203,7 +246,8 @@ def calibrate(loaded, task, etas: list[float], k_min: int = 5, samples: int = 20
         kl={str(k): v for k, v in kl_mean.items()},
         kl_max={str(k): float(kl[:, j].max()) for j, k in enumerate(ks)},
         kl_per_sample={str(k): [float(x) for x in kl[:, j]] for j, k in enumerate(ks)},
-        seconds=0.0, env=environment(loaded),
+        seconds=0.0, env=environment(loaded), selection="first" if first is not None else "random",
+        warning=warning,
     )
     if accuracy:
         result.accuracy, result.baseline_accuracy = accuracy_sweep(loaded, task, data[:accuracy], ks, progress)
@@ -239,6 +283,8 @@ def to_records(result: Calibration, source: str) -> list[dict]:
             "dataset": result.dataset, "eta": eta, "k": k, "withdraw": k < result.num_layers,
             "k_min": result.k_min, "samples": result.samples, "split": result.split, "seed": result.seed,
             "tokens": result.tokens, "kl": result.kl, "model_source": source, "date": result.date,
+            "selection": result.selection, "warning": result.warning,
+            "dtype": result.env.get("dtype"), "prompt_style": result.env.get("prompt_style"),
             "versions": result.env.get("versions", {}), "source": "vtwctl calibrate",
         })
     return recs

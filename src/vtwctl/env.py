@@ -38,5 +38,6 @@ def environment(loaded=None) -> dict:
         env["gpu_count"] = torch.cuda.device_count()
     if loaded is not None:
         env.update(device=str(loaded.device), dtype=str(loaded.dtype).replace("torch.", ""),
-                   attn_implementation=loaded.attn_implementation, model_source=loaded.source)
+                   attn_implementation=loaded.attn_implementation, model_source=loaded.source,
+                   prompt_style=getattr(loaded, "prompt_style", "hf"))
     return env

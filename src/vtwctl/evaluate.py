@@ -81,6 +81,8 @@ class Summary:
     image_mode: str
     scoring: str
     judge: str | None
+    method: str
+    prompt_style: str
     samples: int
     metrics: dict
     mean_latency_s: float
@@ -111,7 +113,8 @@ def summarize(records: list[dict], task, output: str | None = None, env: dict | 
     return Summary(
         model=first["model"], dataset=first["dataset"], split=first["split"], k=first["k"],
         positions=first.get("positions", "keep"), image_mode=first.get("image_mode", "normal"),
-        scoring=first.get("scoring", "lenient"), judge=first.get("judge_model"), samples=len(records),
+        scoring=first.get("scoring", "lenient"), judge=first.get("judge_model"), method=first.get("method", "vtw"),
+        prompt_style=first.get("prompt_style", "hf"), samples=len(records),
         metrics=task.metrics(records), mean_latency_s=mean("total_s"),
         mean_prefill_s=mean("prefill_s"), mean_decode_s=mean("decode_s"),
         mean_vision_tokens=mean("num_vision_tokens"), mean_text_tokens=mean("num_text_tokens"),
@@ -119,12 +122,13 @@ def summarize(records: list[dict], task, output: str | None = None, env: dict | 
     )
 
 
-_CONFIG_KEYS = ("model", "dataset", "split", "k", "positions", "image_mode", "scoring", "judge_model")
+_CONFIG_KEYS = ("model", "dataset", "split", "k", "method", "positions", "image_mode", "scoring", "judge_model",
+                "prompt_style", "seed", "fastv_ratio")
 
 
 def _check_compatible(existing: list[dict], config: dict, path: Path) -> None:
     for rec in existing[:1]:
-        diff = {key: (rec.get(key), config[key]) for key in _CONFIG_KEYS if rec.get(key) != config[key]}
+        diff = {key: (rec.get(key), config.get(key)) for key in _CONFIG_KEYS if rec.get(key) != config.get(key)}
         if diff:
             what = ", ".join(f"{k}={a!r} (now {b!r})" for k, (a, b) in diff.items())
             raise VTWError(f"{path} holds results of another run ({what}); pass another --output")
@@ -156,17 +160,25 @@ def evaluate(loaded, task, k: int | None, positions: str = "keep", split: str | 
              limit: int | None = None, batch_size: int = 1, output: str | Path | None = None,
              shard: tuple[int, int] = (0, 1), image_mode: str = "normal", max_new_tokens: int | None = None,
              source: str | None = None, progress: Callable[[int, int], None] | None = None,
-             scoring: str = "lmms-eval", judge=None, samples=None) -> Summary:
+             scoring: str = "lmms-eval", judge=None, samples=None, method: str = "vtw", seed: int = 0,
+             fastv_k: int = 2, fastv_ratio: float = 0.5) -> Summary:
     """Run ``task`` through the model (VTW at ``k``; None = stock), score each answer as ``scoring``
     reads it (``lmms-eval``: lmms-eval's own rules; ``lenient``) and summarise.
 
     ``samples``: what ``select`` returned (the CLI selects before loading the model); by default the
     selection of ``split``, ``limit``, ``shard`` and ``source``. ``judge``: an answer matcher for the
     tasks lmms-eval scores with a GPT judge (``tasks.judge.OpenAIJudge``; MMBench).
+    ``method`` (Table 2's rows, ``methods.METHODS``): ``vtw`` at ``k``; ``vtw-random`` at a K drawn per
+    sample around ``k`` (recorded as ``k_drawn``); ``rand`` (random tokens at ``k``) and
+    ``vtw-random`` draw from ``seed`` and the sample id; ``fastv`` at ``fastv_k``; ``stock``.
     """
     from .env import environment
     from .infer import generate
+    from .methods import canonical, random_k, sample_seed
 
+    method = canonical(method)
+    if method == "stock" or (method == "vtw" and (k is None or k >= loaded.num_layers)):
+        method, k = "stock", None
     if image_mode not in IMAGE_MODES:
         raise VTWError(f"--image-mode must be one of {', '.join(IMAGE_MODES)}, got {image_mode!r}")
     if batch_size < 1:
@@ -180,7 +192,12 @@ def evaluate(loaded, task, k: int | None, positions: str = "keep", split: str | 
     n = loaded.num_layers
     judge_model = getattr(judge, "name", None) if judge is not None and task.judge_parser is not None else None
     config = {"model": loaded.name, "dataset": task.name, "split": split, "k": k if k is not None else n,
-              "positions": positions, "image_mode": image_mode, "scoring": scoring, "judge_model": judge_model}
+              "method": method, "positions": positions, "image_mode": image_mode, "scoring": scoring,
+              "judge_model": judge_model, "prompt_style": loaded.prompt_style}
+    if method in ("rand", "vtw-random"):
+        config["seed"] = seed
+    if method == "fastv":
+        config.update(k=fastv_k, fastv_ratio=fastv_ratio)
     path = Path(output) if output else None
     existing: list[dict] = []
     if path is not None:
@@ -197,22 +214,32 @@ def evaluate(loaded, task, k: int | None, positions: str = "keep", split: str | 
     new = 0
     for start in range(0, len(todo), batch_size):
         batch = list(todo[start:start + batch_size])
-        images = [_visuals(s, image_mode) for s in batch]
-        videos = [s.video if image_mode == "normal" else None for s in batch]
-        inputs = loaded.build_inputs([s.prompt for s in batch], images=images, videos=videos)
-        gen = generate(loaded, inputs, k=k, positions=positions, max_new_tokens=tokens, stop=task.until)
+        drawn = [random_k(seed, s.id, k if k is not None else n, n) for s in batch] if method == "vtw-random" else None
         out = []
-        for j, s in enumerate(batch):
-            result = task.process(s, gen.answers[j], scoring, judge)
-            out.append({
-                "id": s.id, **config, "prompt_hash": prompt_hash(s.prompt), "answer": gen.answers[j],
-                "parsed": result["parsed"], "target": s.answer, "correct": result["correct"],
-                "judge": result["judge"], "num_images": len(images[j]),
-                "num_vision_tokens": gen.num_vision_tokens[j], "num_text_tokens": gen.num_text_tokens[j],
-                "new_tokens": gen.new_tokens[j], "prefill_s": gen.prefill_s / len(batch),
-                "decode_s": gen.decode_s / len(batch), "total_s": gen.total_s / len(batch),
-                "batch_size": len(batch), "shard": f"{index}/{count}", "meta": _jsonable(s.meta),
-            })
+        # rows of one generate call share a K: VTW† runs each drawn K as its own sub-batch
+        for ks, rows in _by_k(batch, drawn):
+            images = [_visuals(s, image_mode) for s in rows]
+            videos = [s.video if image_mode == "normal" else None for s in rows]
+            inputs = loaded.build_inputs([s.prompt for s in rows], images=images, videos=videos)
+            gen = generate(loaded, inputs, k=ks if ks is not None else k, positions=positions, max_new_tokens=tokens,
+                           stop=task.until, method=method, seeds=[sample_seed(seed, s.id) for s in rows],
+                           fastv_k=fastv_k, fastv_ratio=fastv_ratio)
+            for j, s in enumerate(rows):
+                result = task.process(s, gen.answers[j], scoring, judge)
+                rec = {
+                    "id": s.id, **config, "prompt_hash": prompt_hash(s.prompt), "answer": gen.answers[j],
+                    "parsed": result["parsed"], "target": s.answer, "correct": result["correct"],
+                    "judge": result["judge"], "num_images": len(images[j]),
+                    "num_vision_tokens": gen.num_vision_tokens[j], "num_text_tokens": gen.num_text_tokens[j],
+                    "new_tokens": gen.new_tokens[j], "prefill_s": gen.prefill_s / len(rows),
+                    "decode_s": gen.decode_s / len(rows), "total_s": gen.total_s / len(rows),
+                    "batch_size": len(rows), "shard": f"{index}/{count}", "meta": _jsonable(s.meta),
+                }
+                if ks is not None:
+                    rec["k_drawn"] = ks
+                out.append(rec)
+        order = {s.id: i for i, s in enumerate(batch)}
+        out.sort(key=lambda r: order[r["id"]])
         if path is not None:
             _append(path, out)
         records.extend(out)
@@ -221,6 +248,16 @@ def evaluate(loaded, task, k: int | None, positions: str = "keep", split: str | 
         if progress:
             progress(finished, len(samples))
     return summarize(records, task, str(path) if path else None, environment(loaded), new)
+
+
+def _by_k(batch: list, drawn: list[int] | None) -> list[tuple[int | None, list]]:
+    """The batch as (K, rows) groups: one group (K None: the run's K) unless K was drawn per sample."""
+    if drawn is None:
+        return [(None, batch)]
+    groups: dict[int, list] = {}
+    for s, kk in zip(batch, drawn):
+        groups.setdefault(kk, []).append(s)
+    return list(groups.items())
 
 
 def _jsonable(meta: dict) -> dict:

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from .errors import VTWError, check_k
-from .withdraw import withdraw
 
 
 def sync(device: Any) -> None:
@@ -58,8 +56,14 @@ class Generation:
 
 def generate(loaded, inputs: dict, k: int | None = None, positions: str = "keep", max_new_tokens: int = 32,
              do_sample: bool = False, temperature: float = 1.0, seed: int | None = None,
-             stop: list[str] | None = None) -> Generation:
+             stop: list[str] | None = None, method: str = "vtw", seeds: list[int] | None = None,
+             fastv_k: int = 2, fastv_ratio: float = 0.5) -> Generation:
     """Generate for a batch of inputs; ``k=None`` (or N) is the stock model.
+
+    ``method`` (``methods.METHODS``): ``vtw`` (and ``vtw-random`` with its drawn ``k``) withdraws the
+    vision tokens at ``k``; ``rand`` drops as many random prompt tokens at ``k``, drawn from ``seeds``
+    (one per row); ``fastv`` prunes at ``fastv_k`` (``fastv_ratio`` of the vision tokens dropped);
+    ``stock`` is the stock model.
 
     ``stop``: strings that end an answer (lmms-eval's ``until``): generation of a row stops once one
     appears and the answer is cut before it.
@@ -86,7 +90,11 @@ def generate(loaded, inputs: dict, k: int | None = None, positions: str = "keep"
     if seed is not None:
         torch.manual_seed(seed)
     clock = _Clock(loaded.device)
-    ctx = withdraw(model, k, positions) if k is not None and k < n else contextlib.nullcontext()
+    from .methods import context
+
+    if method == "rand" and seeds is None:
+        seeds = [seed or 0] * int(inputs["input_ids"].shape[0])
+    ctx = context(model, method, k, positions, fastv_k=fastv_k, fastv_ratio=fastv_ratio, seeds=seeds)
     with ctx, torch.inference_mode():
         sync(loaded.device)
         start = time.perf_counter()

@@ -34,6 +34,29 @@ FALLBACK_TEMPLATES = {
 }
 
 
+# The original LLaVA conversation templates the paper's authors ran (llava/conversation.py of lzhxmu/VTW:
+# ``vicuna_v1`` for LLaVA-1.5 and LLaVA-NeXT-vicuna in their lmms-eval model, ``llava_v1`` for
+# Video-LLaVA in their VLMEvalKit model), separator style TWO: "{system} USER: {visuals}\n{prompt} ASSISTANT:".
+PAPER_SYSTEMS = {
+    "vicuna_v1": ("A chat between a curious user and an artificial intelligence assistant. "
+                  "The assistant gives helpful, detailed, and polite answers to the user's questions."),
+    "llava_v1": ("A chat between a curious human and an artificial intelligence assistant. "
+                 "The assistant gives helpful, detailed, and polite answers to the human's questions."),
+}
+PROMPT_STYLES = ("hf", "paper")
+
+
+def paper_template(profile: dict | None, family: str, text_model_type: str | None) -> str | None:
+    """The authors' conversation template for this model, or None when the paper did not run its kind."""
+    if profile is not None and "paper_prompt" in profile:
+        return profile["paper_prompt"]
+    if family in ("llava", "llava_next") and text_model_type == "llama":
+        return "vicuna_v1"
+    if family == "video_llava":
+        return "llava_v1"
+    return None
+
+
 def _offline_message(spec: str) -> str:
     return (f"model {spec} is not in the local cache and the hub cannot be reached; "
             "pass a local directory or pre-download it")
@@ -155,6 +178,7 @@ class Loaded:
     device: Any
     dtype: Any
     attn_implementation: str
+    prompt_style: str = "hf"
 
     @property
     def adapter(self) -> Adapter:
@@ -182,7 +206,10 @@ class Loaded:
         return getattr(text, "max_position_embeddings", None)
 
     def prompt_text(self, prompt: str, images: int = 0, videos: int = 0) -> str:
-        """``prompt`` wrapped in the model's own chat template, with one placeholder per visual."""
+        """``prompt`` wrapped in the model's own chat template (``prompt_style`` "hf") or in the paper
+        authors' conversation template ("paper"), with one placeholder per visual."""
+        if self.prompt_style == "paper":
+            return self.paper_prompt(prompt, images, videos)
         content = [{"type": "image"}] * images + [{"type": "video"}] * videos + [{"type": "text", "text": prompt}]
         conv = [{"role": "user", "content": content}]
         if getattr(self.processor, "chat_template", None):
@@ -191,6 +218,20 @@ class Loaded:
         tmpl = FALLBACK_TEMPLATES.get(label, FALLBACK_TEMPLATES["llava-1.5"])
         vision = "<image>" * images + "<video>" * videos
         return tmpl.format(vision=vision, prompt=prompt).replace("{vision}\n", "")
+
+    def paper_prompt(self, prompt: str, images: int = 0, videos: int = 0) -> str:
+        """The authors' prompt: system, then ``USER: <image>\\n{prompt} ASSISTANT:`` (several images joined
+        by spaces, as their lmms-eval model does)."""
+        text_type = getattr(getattr(self.model.config, "text_config", None), "model_type", None)
+        name = paper_template(self.profile, self.family, text_type)
+        if name is None:
+            raise VTWError(f"--prompt-style paper is the authors' template for the models the paper ran "
+                           f"(LLaVA-1.5, LLaVA-NeXT-vicuna, Video-LLaVA); {self.name} ({self.family}) has none: "
+                           "use --prompt-style hf")
+        tok = getattr(self.processor, "image_token", "<image>"), getattr(self.processor, "video_token", "<video>")
+        vision = " ".join([tok[0]] * images + [tok[1]] * videos)
+        question = f"{vision}\n{prompt}" if vision else prompt
+        return f"{PAPER_SYSTEMS[name]} USER: {question} ASSISTANT:"
 
     def build_inputs(self, prompts: str | list[str], images: list | None = None,
                      videos: list | None = None) -> dict:
@@ -258,14 +299,18 @@ def _per_row(visuals: list | None, rows: int) -> list[list]:
 
 
 def load(spec: str = "demo", device: str = "auto", dtype: str = "auto",
-         attn_implementation: str | None = None, trust_remote_code: bool = False) -> Loaded:
+         attn_implementation: str | None = None, trust_remote_code: bool = False,
+         prompt_style: str = "hf") -> Loaded:
     """Load ``spec`` (short name, hub id or local directory) with its processor.
 
     ``device``: auto, cpu, cuda, cuda:N, mps, or map (accelerate's ``device_map="auto"`` over
     every visible GPU; also what auto picks with several GPUs). ``dtype``: auto (bf16/fp16 on
     GPU, fp32 on CPU), float32, float16, bfloat16. ``attn_implementation``: eager, sdpa,
-    flash_attention_2, or None for the transformers default.
+    flash_attention_2, or None for the transformers default. ``prompt_style``: "hf" (the model's chat
+    template) or "paper" (the authors' LLaVA conversation template, with its system prompt).
     """
+    if prompt_style not in PROMPT_STYLES:
+        raise VTWError(f"--prompt-style must be hf or paper, got {prompt_style!r}")
     if attn_implementation is not None and attn_implementation not in ATTN_IMPLEMENTATIONS:
         raise VTWError(f"unknown attention implementation {attn_implementation!r}; "
                        f"use one of {', '.join(ATTN_IMPLEMENTATIONS)}")
@@ -298,5 +343,9 @@ def load(spec: str = "demo", device: str = "auto", dtype: str = "auto",
                                  trust_remote_code=trust_remote_code)
     first = next(model.parameters())
     impl = getattr(model.config, "_attn_implementation", None) or "sdpa"
-    return Loaded(model=model, processor=processor, family=adapter.family, spec=spec, source=res.source,
-                  profile=res.profile, device=first.device, dtype=first.dtype, attn_implementation=impl)
+    loaded = Loaded(model=model, processor=processor, family=adapter.family, spec=spec, source=res.source,
+                    profile=res.profile, device=first.device, dtype=first.dtype, attn_implementation=impl,
+                    prompt_style=prompt_style)
+    if prompt_style == "paper":
+        loaded.paper_prompt("")  # refuse now, not after the data are read
+    return loaded

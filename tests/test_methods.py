@@ -1,0 +1,96 @@
+"""Table 2's other rows on the engine: Rand (random input tokens dropped at K) and VTW† (VTW at a random
+K per sample), against the independent masked reference with the dropped positions drawn by hand."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from reference import reference_logits
+from vtwctl.methods import RANDOM_K_SPAN, canonical, context, rand_drop, random_k, sample_seed
+from vtwctl.testing import IMAGE_ID, tiny_inputs, tiny_model
+
+ROWS = [{"pre": 3, "post": 5, "image": (32, 64)}, {"pre": 4, "post": 3, "image": (32, 32)}, {"pre": 2, "post": 6}]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model("llava", attn_implementation="eager")
+
+
+def drawn_by_hand(x: dict, seeds: list[int]) -> torch.Tensor:
+    """The tokens Rand drops: as many as the row's vision tokens, among its non-pad tokens, per seed."""
+    ids, valid = x["input_ids"], x["attention_mask"].bool()
+    drop = torch.zeros_like(valid)
+    for row, seed in enumerate(seeds):
+        n = int((ids[row] == IMAGE_ID).sum())
+        candidates = valid[row].nonzero().squeeze(1).tolist()
+        drop[row, random.Random(seed).sample(candidates, n)] = True
+    return drop
+
+
+def test_rand_matches_the_masked_reference_with_the_drawn_tokens(model):
+    x = tiny_inputs(model, ROWS)
+    seeds = [sample_seed(0, f"s{i}") for i in range(3)]
+    drop = drawn_by_hand(x, seeds)
+    assert int(drop[2].sum()) == 0 and int(drop[0].sum()) > 0  # a text-only row loses nothing
+    assert bool((drop & (x["input_ids"] != IMAGE_ID)).any())  # text tokens are drawn too
+    for k in (1, 3):
+        with torch.no_grad(), rand_drop(model, k, seeds) as engine:
+            out = model(**x).logits
+        assert torch.equal(engine.dropped[0], drop)
+        ref = reference_logits(model, x, k, drop=drop)
+        kept = x["attention_mask"].bool() & ~drop
+        assert torch.allclose(out[kept], ref[kept], atol=1e-4)
+        # a dropped position predicts from the last kept token before it (the authors' shortened sequence)
+        for row in range(2):
+            for j in drop[row].nonzero().squeeze(1).tolist():
+                prev = [i for i in range(j) if kept[row, i]]
+                if prev:
+                    assert torch.allclose(out[row, j], ref[row, prev[-1]], atol=1e-4)
+        with torch.no_grad(), rand_drop(model, k, seeds[::-1][:1] * 3):
+            other = model(**x).logits
+        assert not torch.allclose(other[0], out[0], atol=1e-3)  # another seed, another draw
+
+
+def test_rand_generates_with_cache_and_is_reproducible(model):
+    x = tiny_inputs(model, ROWS)
+    seeds = [sample_seed(3, f"s{i}") for i in range(3)]
+    outs = []
+    for _ in range(2):
+        with torch.no_grad(), context(model, "rand", 2, seeds=seeds):
+            outs.append(model.generate(**x, max_new_tokens=5, do_sample=False))
+    assert torch.equal(outs[0], outs[1])
+
+
+def test_vtw_random_draws_k_per_sample_in_the_paper_range():
+    ks = [random_k(0, f"q{i}", 16, 32) for i in range(400)]
+    assert min(ks) == 16 - RANDOM_K_SPAN and max(ks) == 16 + RANDOM_K_SPAN  # Random[8, 24] for K = 16
+    assert len(set(ks)) == 2 * RANDOM_K_SPAN + 1
+    assert ks == [random_k(0, f"q{i}", 16, 32) for i in range(400)]  # seeded: a resume draws the same K
+    assert ks != [random_k(1, f"q{i}", 16, 32) for i in range(400)]
+    assert {random_k(0, f"q{i}", 3, 6) for i in range(100)} <= set(range(0, 7))  # clipped to 0..N
+
+
+def test_vtw_random_is_vtw_at_the_drawn_k(model):
+    from vtwctl.withdraw import withdraw
+
+    x = tiny_inputs(model, ROWS[:1])
+    k = random_k(0, "sample-7", 3, 6)
+    text = (x["input_ids"] != IMAGE_ID) & x["attention_mask"].bool()
+    with torch.no_grad(), context(model, "vtw-random", k):
+        got = model(**x).logits
+    with torch.no_grad(), withdraw(model, k):
+        want = model(**x).logits
+    assert torch.equal(got, want)
+    assert torch.allclose(got[text], reference_logits(model, x, k)[text], atol=1e-4)
+
+
+def test_method_names():
+    from vtwctl.errors import VTWError
+
+    assert canonical("baseline") == "stock" and canonical("VTW") == "vtw" and canonical("vtw_random") == "vtw-random"
+    with pytest.raises(VTWError, match="unknown method 'fast'"):
+        canonical("fast")
