@@ -234,3 +234,42 @@ def test_counted_flops_arguments():
         F.counted_flops(model, inputs, backend="thop")
     with pytest.raises(ValueError):
         F.counted_flops(model, inputs, part="text")
+
+
+@pytest.mark.parametrize("impl", ["sdpa", "eager"])
+def test_calflops_rules_equal_the_calflops_package(impl):
+    """The authors measured TFLOPs with calflops: our analytic count of its rules equals calflops itself."""
+    calflops = pytest.importorskip("calflops", reason="calflops (a dev extra) is not installed")
+    import torch
+    import transformers as tf
+
+    from vtwctl.flops import Dims, calflops_flops
+
+    cfg = tf.LlamaConfig(hidden_size=64, intermediate_size=112, num_hidden_layers=3, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=96, max_position_embeddings=256)
+    cfg._attn_implementation = impl
+    model = tf.LlamaForCausalLM(cfg).eval()
+    dims = Dims(num_layers=3, hidden_size=64, num_heads=4, num_kv_heads=2, head_dim=16, intermediate_size=112,
+                vocab_size=96)
+    for s in (7, 19):
+        ids = torch.randint(0, 96, (1, s))
+        counted, _, _ = calflops.calculate_flops(model=model, kwargs={"input_ids": ids}, print_results=False,
+                                                 output_as_string=False)
+        assert counted == calflops_flops(dims, 0, s, attn=impl)
+
+
+def test_calflops_rules_reproduce_table_2_by_hand():
+    """Table 2 at 576 vision + 66 text tokens: 7B 8.48, 13B 16.50, 7B FastV (K=2, half the vision tokens) 4.91."""
+    from vtwctl.flops import calflops_flops, dims_for
+
+    def by_hand(layers, h, inter, vocab, token_layers, last):  # MHA, gated MLP, silu, lm_head on the last layer
+        per_token_layer = 2 * (4 * h * h + 3 * h * inter) + inter
+        return per_token_layer * token_layers + 2 * h * vocab * last
+
+    seven = by_hand(32, 4096, 11008, 32064, 32 * 642, 642)
+    thirteen = by_hand(40, 5120, 13824, 32064, 40 * 642, 642)
+    fastv = by_hand(32, 4096, 11008, 32064, 2 * 642 + 30 * (66 + 288), 66 + 288)
+    assert calflops_flops(dims_for("llava-1.5-7b"), 576, 66) == seven
+    assert calflops_flops(dims_for("llava-1.5-13b"), 576, 66) == thirteen
+    assert calflops_flops(dims_for("llava-1.5-7b"), 576, 66, fastv=(2, 0.5)) == fastv
+    assert (round(seven / 1e12, 2), round(thirteen / 1e12, 2), round(fastv / 1e12, 2)) == (8.48, 16.5, 4.91)

@@ -10,6 +10,11 @@ Three ways to count, from coarse to measured (see docs/flops.md):
   the vision tower and projector). It counts what ``torch.utils.flop_counter`` counts: matrix products only,
   2 FLOPs per multiply-add, attention as full ``Lq x Lk`` products (no causal halving).
 * :func:`counted_flops` - operator counts of a real forward pass with ``torch.utils.flop_counter`` or fvcore.
+* :func:`calflops_flops` - the count the paper's authors printed (they measured with calflops): calflops'
+  rules written out analytically (2 FLOPs per multiply-add of every ``F.linear``, one per element of
+  activations and softmax, ``torch.matmul`` only where eager attention calls it; scaled-dot-product
+  attention, norms, rotary and residual arithmetic count nothing), over the language model, with lm_head on
+  every position the last layer computes. Tested against the calflops package itself.
 
 All results are FLOPs with one multiply-add = 2 FLOPs. Pure functions, no printing; torch, transformers and
 fvcore are imported lazily.
@@ -315,6 +320,35 @@ def exact_flops(dims: Dims, vision: int, text: int, k: int | None = None, fastv:
             rep.projector = batch * float(sum(2 * out_tokens * a * b for a, b in zip(widths, widths[1:])))
     rep.total = rep.prefill + rep.lm_head + rep.decode_total + rep.vision_tower + rep.projector
     return rep
+
+
+# -- 2b. calflops' rules (how the paper's authors counted) ------------------------------------------------------
+def calflops_layer(d: Dims, q: int, attn: str = "sdpa") -> float:
+    """One decoder layer over ``q`` tokens (no cache) as calflops counts it."""
+    h, hq, hkv, inter = d.hidden_size, d.num_heads * d.head_dim, d.num_kv_heads * d.head_dim, d.intermediate_size
+    linear = 2 * q * (h * hq + 2 * h * hkv + hq * h + (3 if d.gated_mlp else 2) * h * inter)
+    activation = q * inter  # F.silu / F.gelu: one per element
+    attention = 0
+    if attn == "eager":  # torch.matmul for q.k^T and attn.v (2 per multiply-add) + F.softmax (one per element)
+        attention = 2 * 2 * d.num_heads * q * q * d.head_dim + d.num_heads * q * q
+    return float(linear + activation + attention)
+
+
+def calflops_flops(dims: Dims, vision: int, text: int, k: int | None = None, fastv: Any = None,
+                   attn: str = "sdpa", lm_head_positions: int | None = None) -> float:
+    """The prefill FLOPs of the language model under calflops' rules (the unit of Table 2's TFLOPs).
+
+    Layer ``i`` sees the tokens ``layer_tokens`` gives (VTW: text only from ``k``; FastV: its kept vision
+    tokens from K); lm_head runs on ``lm_head_positions`` (default: every token of the last layer, as the
+    authors' shortened sequences and ``forward()`` without ``logits_to_keep`` compute it). ``attn``: "sdpa"
+    (the attention kernel is invisible to calflops) or "eager".
+    """
+    if attn not in ("sdpa", "eager", "flash_attention_2"):
+        raise ValueError(f"attn must be sdpa, eager or flash_attention_2, got {attn!r}")
+    rows = layer_tokens(dims.num_layers, vision, text, k, fastv)
+    total = sum(calflops_layer(dims, v + t, "eager" if attn == "eager" else "sdpa") for v, t in rows)
+    last = sum(rows[-1]) if lm_head_positions is None else lm_head_positions
+    return float(total + 2 * last * dims.hidden_size * dims.vocab_size)
 
 
 # -- 3. operator counters ------------------------------------------------------------------------------------
