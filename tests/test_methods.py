@@ -94,3 +94,23 @@ def test_method_names():
     assert canonical("baseline") == "stock" and canonical("VTW") == "vtw" and canonical("vtw_random") == "vtw-random"
     with pytest.raises(VTWError, match="unknown method 'fast'"):
         canonical("fast")
+
+
+def test_compare_halves_equal_two_separate_runs():
+    """Fig. 6: the same prompt with the stock model and with VTW; each half equals its own run."""
+    from PIL import Image
+
+    import vtwctl
+    from vtwctl.infer import compare, generate
+
+    m = vtwctl.load("demo", device="cpu")
+    x = m.build_inputs("How many shapes are there?", images=[Image.new("RGB", (96, 96), (250, 250, 250))])
+    both = compare(m, x, 4, max_new_tokens=6)
+    stock, vtw = generate(m, x, None, max_new_tokens=6), generate(m, x, 4, max_new_tokens=6)
+    assert both["stock"].tokens == stock.tokens and both["vtw"].tokens == vtw.tokens
+    assert both["stock"].method == "stock" and both["vtw"].method == "vtw" and both["vtw"].k == 4
+    # layers >= 4 of 8 cache text only: the KV cache is smaller by 4 layers' worth of the 144 vision tokens
+    per_token_layer = both["stock"].kv_bytes / (8 * (stock.num_vision_tokens[0] + stock.num_text_tokens[0]
+                                                      + stock.new_tokens[0] - 1))
+    saved = both["stock"].kv_bytes - both["vtw"].kv_bytes
+    assert saved == pytest.approx(4 * 144 * per_token_layer)

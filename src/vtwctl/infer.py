@@ -49,6 +49,8 @@ class Generation:
     decode_s: float
     total_s: float
     k: int | None
+    kv_bytes: int | None = None  # bytes of keys and values in the cache at the end (all rows)
+    method: str = "vtw"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -98,9 +100,13 @@ def generate(loaded, inputs: dict, k: int | None = None, positions: str = "keep"
     with ctx, torch.inference_mode():
         sync(loaded.device)
         start = time.perf_counter()
-        out = model.generate(**inputs, streamer=clock, **kw)
+        result = model.generate(**inputs, streamer=clock, return_dict_in_generate=True, **kw)
         sync(loaded.device)
         end = time.perf_counter()
+    from .measure import cache_bytes, cache_of
+
+    cache = cache_of(result)
+    out = result.sequences
     new = out[:, length:]
     eos = _eos_ids(model, tok)
     seqs, counts = [], []
@@ -113,7 +119,15 @@ def generate(loaded, inputs: dict, k: int | None = None, positions: str = "keep"
     return Generation(answers=answers, tokens=seqs, new_tokens=counts,
                       num_vision_tokens=layout["num_vision_tokens"], num_text_tokens=layout["num_text_tokens"],
                       prefill_s=first - start, decode_s=end - first, total_s=end - start,
-                      k=k if k is not None else n)
+                      k=k if k is not None else n, kv_bytes=cache_bytes(cache) if cache is not None else None,
+                      method=method if k is not None and k < n or method in ("fastv", "rand") else "stock")
+
+
+def compare(loaded, inputs: dict, k: int, positions: str = "keep", max_new_tokens: int = 32,
+            stop: list[str] | None = None) -> dict[str, Generation]:
+    """The paper's Fig. 6: the same inputs answered by the stock model and with VTW at ``k``."""
+    return {"stock": generate(loaded, inputs, None, positions, max_new_tokens, stop=stop),
+            "vtw": generate(loaded, inputs, k, positions, max_new_tokens, stop=stop)}
 
 
 def _stop_on(tokenizer, stop: list[str], start: int):
