@@ -31,7 +31,7 @@ from ..errors import VTWError
 from .config import k_from_config, refusals
 from .plan import LedgerError, TextPlan, VisionLedger, plan_step, slots_for
 
-logger = init_logger(__name__)
+logger = init_logger("vllm.plugins.vtwctl")  # under "vllm" so that vLLM's log settings show it
 
 # CLIP/SigLIP towers saved by transformers >= 5 drop the ``vision_model.`` level vLLM's towers keep.
 _FLAT_TOWER = WeightsMapper(orig_to_new_regex={
