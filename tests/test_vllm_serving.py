@@ -185,8 +185,9 @@ def test_serve_demo_answers_like_withdraw(tmp_path):
         sample["image"].save(buf, format="PNG")
         url = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
         # add_special_tokens: the demo's chat template has no <s>, which vtwctl's processor call prepends
-        body = {"model": "demo", "temperature": 0, "max_tokens": 16, "add_special_tokens": True, "messages": [{"role": "user", "content": [
-            {"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": sample["question"]}]}]}
+        content = [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": sample["question"]}]
+        body = {"model": "demo", "temperature": 0, "max_tokens": 16, "add_special_tokens": True,
+                "messages": [{"role": "user", "content": content}]}
         req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", json.dumps(body).encode(),
                                      {"Content-Type": "application/json"})
         answer = json.loads(urllib.request.urlopen(req, timeout=300).read())

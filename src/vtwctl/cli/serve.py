@@ -53,7 +53,7 @@ def check_vllm_args(args: list[str]) -> None:
     for name, (fine, why) in _REFUSED.items():
         for value in _option_values(args, name):
             if fine is None or value != fine:
-                problems.append(f"{name}{'=' + value if value else ''} ({why})")
+                problems.append(f"{name}{' ' + value if value else ''} ({why})")
     if problems:
         raise VTWError("vtwctl serve cannot run VTW with " + "; ".join(problems))
 

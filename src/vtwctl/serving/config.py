@@ -80,7 +80,8 @@ def refusals(*, prefix_caching: bool, pipeline_parallel: int, tensor_parallel: i
         out.append("prefix caching is on (layers >= K store KV at text ranks, which a cached prefix of another "
                    "request does not share): pass --no-enable-prefix-caching")
     if pipeline_parallel > 1:
-        out.append(f"pipeline parallelism is on (size {pipeline_parallel}): VTW needs all decoder layers in one process")
+        out.append(f"pipeline parallelism is on (size {pipeline_parallel}): "
+                   "VTW needs all decoder layers in one process")
     if tensor_parallel > 1:
         out.append(f"tensor parallelism is on (size {tensor_parallel}): not tested with VTW")
     if speculative:

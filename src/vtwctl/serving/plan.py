@@ -88,6 +88,8 @@ def plan_step(
     lens = seq_lens.tolist()
     num_req = len(lens)
     vision = vision.to(torch.bool).cpu()
+    if num_req and qsl[-1] == num_req and not bool(vision[:num_req].any()):
+        return _decode_step(lens, block_table, block_size, ledger)
     rows, ranks, req_of_row, keep, text_q, text_s = [], [], [], [], [], []
     for r in range(num_req):
         lo, hi = qsl[r], qsl[r + 1]
@@ -126,4 +128,23 @@ def plan_step(
         text_ranks=ranks_t,
         max_query_len=max(text_q),
         max_seq_len=max(text_s),
+    )
+
+
+def _decode_step(lens: list[int], block_table: torch.Tensor, block_size: int, ledger: VisionLedger) -> TextPlan:
+    """The common case, one text row per request (decode): the same plan without per-request tensors."""
+    keys = block_table[:, 0].tolist()
+    ranks = []
+    for key, n in zip(keys, lens):
+        v = ledger.before(int(key), n - 1)
+        ledger.record(int(key), n, v)
+        ranks.append(n - 1 - v)
+    num_req = len(lens)
+    ranks_t = torch.tensor(ranks, dtype=torch.int64)
+    req = torch.arange(num_req)
+    return TextPlan(
+        rows=req, query_start_loc=torch.arange(num_req + 1, dtype=torch.int32),
+        seq_lens=(ranks_t + 1).to(torch.int32), requests=req,
+        slots=slots_for(block_table, req, ranks_t, block_size), text_ranks=ranks_t,
+        max_query_len=1, max_seq_len=int(ranks_t.max()) + 1,
     )

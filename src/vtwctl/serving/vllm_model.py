@@ -147,9 +147,10 @@ class _VTW:
     def _plan(self, meta, context, vision) -> TextPlan:
         block_size = int(self._vtw_attn[self.vtw_k].kv_cache.shape[2])
         qsl, lens, table = meta.query_start_loc.cpu(), meta.seq_lens.cpu(), meta.block_table.cpu()
-        # the slot layout this plan assumes must be the one vLLM used for the stock rows
+        # the slot layout this plan assumes must be the one vLLM used for the stock rows (checked in
+        # steps with a prefill; decode-only steps are the hot path)
         stock = context.slot_mapping.get(self._vtw_attn[self.vtw_k].layer_name)
-        if stock is not None:
+        if stock is not None and int(qsl[-1]) > len(lens):
             n = int(qsl[-1])
             q_lens = (qsl[1:] - qsl[:-1]).long()
             req = torch.repeat_interleave(torch.arange(len(lens)), q_lens)
