@@ -41,6 +41,7 @@ def _register() -> None:
     from . import models as _models  # noqa: F401
     from . import profile as _profile  # noqa: F401
     from . import run as _run  # noqa: F401
+    from . import serve as _serve  # noqa: F401
 
 
 def main() -> None:

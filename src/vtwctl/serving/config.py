@@ -1,0 +1,97 @@
+"""K for a served model, and the engine settings VTW refuses (no vLLM import here).
+
+K comes from the model config, which vLLM's ``--hf-overrides`` sets: ``{"vtw_k": 16}``, or
+``{"vtw_k": "auto"}`` to take it from the model's vtwctl calibration record (optionally
+``"vtw_dataset"``, ``"vtw_eta"``, ``"vtw_model"`` (the record's model name) and
+``"vtw_profile_dir"``). Without ``vtw_k`` the plugin's classes behave exactly like vLLM's own.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import VTWError
+
+CONFIG_KEYS = ("vtw_k", "vtw_dataset", "vtw_eta", "vtw_model", "vtw_profile_dir")
+SUPPORTED_BACKENDS = ("CPU_ATTN",)
+
+
+def choose_record(model: str, dataset: str | None = None, eta: float | None = None,
+                  profile_dir: str | None = None) -> dict[str, Any] | None:
+    """The calibration record ``--k auto`` uses, as ``vtwctl run --k auto`` picks it.
+
+    With ``dataset``: the newest record for it (and ``eta`` if given). Without: the newest
+    record calibrated on every task (``dataset == "*"``), else the newest record.
+    """
+    from .. import profiles
+
+    if dataset is not None:
+        return profiles.k_for(model, dataset, eta, profile_dir)
+    recs = [r for r in profiles.records(model, profile_dir) if r.get("k") is not None]
+    if eta is not None:
+        recs = [r for r in recs if r.get("eta") is None or abs(float(r["eta"]) - eta) <= 1e-12]
+    if not recs:
+        return None
+    return next((r for r in reversed(recs) if r.get("dataset") == "*"), recs[-1])
+
+
+def parse_k(value: Any, num_layers: int) -> int | str | None:
+    """``vtw_k`` as given in the config: None (off), "auto", or an int in 0..N."""
+    if value is None:
+        return None
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    bad = VTWError(f"vtw_k must be an integer in 0..{num_layers} or 'auto', got {value!r}")
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        k = int(value.strip())
+    elif isinstance(value, int) and not isinstance(value, bool):
+        k = value
+    elif isinstance(value, float) and value.is_integer():
+        k = int(value)
+    else:
+        raise bad
+    if not 0 <= k <= num_layers:
+        raise VTWError(f"vtw_k={k} is out of range: the model has {num_layers} decoder layers, "
+                       f"so K must be in 0..{num_layers}")
+    return k
+
+
+def k_from_config(hf_config: Any, num_layers: int, default_model: str | None = None) -> int | None:
+    """K from ``hf_config.vtw_k`` (resolving "auto" through the calibration records), or None."""
+    k = parse_k(getattr(hf_config, "vtw_k", None), num_layers)
+    if k != "auto":
+        return k
+    model = getattr(hf_config, "vtw_model", None) or default_model
+    if not model:
+        raise VTWError('vtw_k="auto" needs the model name of its calibration record: add "vtw_model"')
+    eta = getattr(hf_config, "vtw_eta", None)
+    rec = choose_record(model, getattr(hf_config, "vtw_dataset", None), float(eta) if eta is not None else None,
+                        getattr(hf_config, "vtw_profile_dir", None))
+    if rec is None:
+        raise VTWError(f'vtw_k="auto": no calibration record for {model!r}; run vtwctl calibrate or give vtw_k')
+    return parse_k(int(rec["k"]), num_layers)
+
+
+def refusals(*, prefix_caching: bool, pipeline_parallel: int, tensor_parallel: int, speculative: bool,
+             kv_transfer: bool, backends: set[str], sliding_window: bool) -> list[str]:
+    """Why VTW cannot run with these engine settings (empty when it can)."""
+    out = []
+    if prefix_caching:
+        out.append("prefix caching is on (layers >= K store KV at text ranks, which a cached prefix of another "
+                   "request does not share): pass --no-enable-prefix-caching")
+    if pipeline_parallel > 1:
+        out.append(f"pipeline parallelism is on (size {pipeline_parallel}): "
+                   "VTW needs all decoder layers in one process")
+    if tensor_parallel > 1:
+        out.append(f"tensor parallelism is on (size {tensor_parallel}): not tested with VTW")
+    if speculative:
+        out.append("speculative decoding is on: draft tokens would be verified against text-rank KV it does not know")
+    if kv_transfer:
+        out.append("a KV transfer/offload connector is on: it would move text-rank KV as if it were stock KV")
+    unsupported = sorted(b for b in backends if b not in SUPPORTED_BACKENDS)
+    if unsupported:
+        out.append(f"attention backend {', '.join(unsupported)} is not supported (supported: "
+                   f"{', '.join(SUPPORTED_BACKENDS)}, vLLM's CPU backend)")
+    if sliding_window:
+        out.append("the model uses sliding-window attention, which text ranks would shift")
+    return out

@@ -1,0 +1,145 @@
+"""The vLLM plugin's parts that need no vLLM: text-rank plans (hand counts), K parsing, refusals,
+``vtwctl serve`` checks through the console script, and lazy registration."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from vtwctl.errors import VTWError
+from vtwctl.serving.config import parse_k, refusals
+from vtwctl.serving.plan import LedgerError, VisionLedger, plan_step
+
+BS = 4
+
+
+def _table():
+    # request 0 owns blocks 7, 2, 9; request 1 owns blocks 5, 1, 3, 8, 6, 4
+    return torch.tensor([[7, 2, 9, 0, 0, 0], [5, 1, 3, 8, 6, 4]], dtype=torch.int32)
+
+
+def test_prefill_and_decode_by_hand():
+    ledger = VisionLedger()
+    ledger.record(5, 20, 8)  # request 1: 20 tokens computed, 8 of them vision
+    vision = torch.zeros(11, dtype=torch.bool)
+    vision[2:6] = True  # request 0's tokens 2..5 are vision
+    qsl = torch.tensor([0, 10, 11], dtype=torch.int32)
+    lens = torch.tensor([10, 21], dtype=torch.int32)  # request 0: prefill 0..9; request 1: decode token 20
+    plan = plan_step(qsl, lens, _table(), vision, BS, ledger)
+    assert plan.rows.tolist() == [0, 1, 6, 7, 8, 9, 10]
+    assert plan.text_ranks.tolist() == [0, 1, 2, 3, 4, 5, 12]  # token t -> t - V(t); 20 - 8 = 12
+    assert plan.query_start_loc.tolist() == [0, 6, 7]
+    assert plan.seq_lens.tolist() == [6, 13]
+    assert plan.requests.tolist() == [0, 1]
+    # rank c lives in block table[r, c // 4] at offset c % 4
+    assert plan.slots.tolist() == [28, 29, 30, 31, 8, 9, 8 * 4 + 0]  # request 1: rank 12 -> block 8
+    assert (plan.max_query_len, plan.max_seq_len) == (6, 13)
+    assert ledger.entries == {7: (10, 4), 5: (21, 8)}
+
+
+def test_chunks_split_an_image_and_a_chunk_without_text():
+    ledger = VisionLedger()
+    table = _table()[:1]
+    # prompt: text 0..1, vision 2..9, text 10..12, cut into chunks [0, 4), [4, 8), [8, 13)
+    full = torch.zeros(13, dtype=torch.bool)
+    full[2:10] = True
+    first = plan_step(torch.tensor([0, 4]), torch.tensor([4]), table, full[0:4], BS, ledger)
+    assert first.text_ranks.tolist() == [0, 1] and first.seq_lens.tolist() == [2]
+    second = plan_step(torch.tensor([0, 4]), torch.tensor([8]), table, full[4:8], BS, ledger)
+    assert second.num_rows == 0 and second.requests.numel() == 0  # vision only: layers >= K skip it
+    third = plan_step(torch.tensor([0, 5]), torch.tensor([13]), table, full[8:13], BS, ledger)
+    assert third.rows.tolist() == [2, 3, 4]
+    assert third.text_ranks.tolist() == [2, 3, 4]
+    assert third.seq_lens.tolist() == [5]
+    assert third.slots.tolist() == [30, 31, 8]
+    decode = plan_step(torch.tensor([0, 1]), torch.tensor([14]), table, torch.zeros(1, dtype=torch.bool), BS, ledger)
+    assert decode.text_ranks.tolist() == [5] and decode.seq_lens.tolist() == [6]
+
+
+def test_padding_rows_are_not_text():
+    ledger = VisionLedger()
+    plan = plan_step(torch.tensor([0, 3]), torch.tensor([3]), _table()[:1], torch.zeros(8, dtype=torch.bool), BS,
+                     ledger)
+    assert plan.rows.tolist() == [0, 1, 2]
+
+
+def test_ledger_refuses_unknown_or_out_of_step_requests():
+    ledger = VisionLedger()
+    with pytest.raises(LedgerError, match="no vision count"):
+        plan_step(torch.tensor([0, 1]), torch.tensor([9]), _table()[:1], torch.zeros(1, dtype=torch.bool), BS, ledger)
+    ledger.record(7, 9, 2)
+    with pytest.raises(LedgerError, match="previous step ended at token 9"):
+        plan_step(torch.tensor([0, 1]), torch.tensor([12]), _table()[:1], torch.zeros(1, dtype=torch.bool), BS,
+                  ledger)
+    # a request starting at token 0 (new, or recomputed after preemption) resets its entry
+    plan_step(torch.tensor([0, 2]), torch.tensor([2]), _table()[:1], torch.tensor([True, False]), BS, ledger)
+    assert ledger.entries[7] == (2, 1)
+
+
+def test_parse_k():
+    assert parse_k(None, 8) is None
+    assert parse_k("auto", 8) == "auto"
+    assert parse_k(3, 8) == 3 and parse_k("5", 8) == 5 and parse_k(8.0, 8) == 8
+    for bad in (9, -1, "x", 2.5, True, [3]):
+        with pytest.raises(VTWError):
+            parse_k(bad, 8)
+
+
+def test_refusals_name_each_problem():
+    ok = dict(prefix_caching=False, pipeline_parallel=1, tensor_parallel=1, speculative=False, kv_transfer=False,
+              backends={"CPU_ATTN"}, sliding_window=False)
+    assert refusals(**ok) == []
+    got = refusals(**dict(ok, prefix_caching=True, pipeline_parallel=2, speculative=True, backends={"FLASH_ATTN"}))
+    text = " | ".join(got)
+    assert len(got) == 4
+    for word in ("prefix caching", "pipeline parallelism", "speculative decoding", "FLASH_ATTN"):
+        assert word in text
+
+
+def _cli(*args, env=None):
+    exe = shutil.which("vtwctl") or os.path.join(os.path.dirname(sys.executable), "vtwctl")
+    return subprocess.run([exe, *args], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **(env or {})})
+
+
+def test_serve_builds_the_vllm_command(tmp_path):
+    out = _cli("serve", "--model", "demo", "--k", "auto", "--port", "8011", "--print-command",
+               env={"VTWCTL_PROFILE_DIR": str(tmp_path)})
+    assert out.returncode == 0, out.stderr
+    cmd = json.loads(out.stdout)
+    assert cmd["k"] == 6 and cmd["record"]["dataset"] == "shapes"  # the demo model's shipped record
+    argv = cmd["argv"]
+    assert json.loads(argv[argv.index("--hf-overrides") + 1]) == {"vtw_k": 6}
+    assert "--no-enable-prefix-caching" in argv and argv[-2:] == ["--port", "8011"]
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--k", "3", "--enable-prefix-caching"], "prefix caching"),
+    (["--k", "3", "--pipeline-parallel-size", "2"], "pipeline parallelism"),
+    (["--k", "3", "--speculative-config", '{"method": "ngram"}'], "speculative decoding"),
+    (["--k", "99"], "out of range"),
+    (["--k", "3", "--hf-overrides", '{"vtw_k": 4}'], "give K with --k only"),
+])
+def test_serve_refuses_before_loading(args, words):
+    out = _cli("serve", "--model", "demo", *args, "--print-command")
+    assert out.returncode == 2
+    assert words in out.stderr and len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
+
+
+def test_importing_vtwctl_never_imports_vllm():
+    code = ("import sys, vtwctl, vtwctl.serving, vtwctl.serving.config, vtwctl.serving.plan, vtwctl.cli.serve; "
+            "assert not any(m == 'vllm' or m.startswith('vllm.') for m in sys.modules), 'vllm imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_plugin_entry_point_is_declared():
+    from importlib.metadata import entry_points
+
+    found = {e.name: e.value for e in entry_points(group="vllm.general_plugins")}
+    assert found.get("vtwctl") == "vtwctl.serving:register"
