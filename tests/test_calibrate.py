@@ -108,3 +108,25 @@ def test_kl_from_bf16_hidden_states_is_not_biased_by_bf16_logits():
     assert 2e-5 < float(want.mean()) < 2e-4  # the regime of the authors' eta = 1e-4
     assert float((robust - want).abs().max()) < 0.02 * float(want.mean())
     assert float((naive - want).abs().mean()) > 3 * float(want.mean())  # bf16 logits would swamp it
+
+
+@pytest.mark.parametrize("impl", ["eager", "sdpa"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_batched_sweep_equals_each_row_alone(family, impl):
+    """calibrate --batch-size: a padded batch (different lengths, vision counts, a text-only row) gives
+    every row the KL its unbatched sweep gives."""
+    from test_withdraw import _row
+    from vtwctl.calibrate import sweep_batch
+
+    model = tiny_model(family, attn_implementation=impl, num_layers=6)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(30.0)
+    big, small = ((8, 8), (4, 4)) if family.startswith("qwen") else ((32, 64), (32, 32))
+    rows = [{"pre": 4, "post": 9, "image": big}, {"pre": 2, "post": 3, "image": small}, {"pre": 3, "post": 6}]
+    batch = tiny_inputs(model, rows)
+    together = sweep_batch(model, batch, k_min=1, tokens=2)
+    assert together.shape == (3, 5)
+    for i in range(len(rows)):
+        alone = sweep_sample(model, _row(batch, i, model), k_min=1, tokens=2)  # the same tokens and pixels
+        assert torch.allclose(together[i], alone, atol=1e-5, rtol=1e-4), (i, together[i], alone)
+    assert float(together[0].min()) > 1e-3 and float(together[2].max()) < 1e-4  # text-only: nothing withdrawn

@@ -203,3 +203,14 @@ def test_pope_parquet_with_image_sizes(tmp_path):
     path = write_parquet(tmp_path / "test.parquet", rows, POPE_FEATURES)
     s = tasks.get("pope").open("test", str(path))[2]
     assert s.image.size == (7, 9) and s.images == [s.image]
+
+
+def test_batched_calibration_gives_every_sample_its_own_kl(loaded):
+    from vtwctl.calibrate import calibrate
+
+    task = tasks.get("shapes")
+    one = calibrate(loaded, task, [0.003], k_min=1, samples=5, seed=2, tokens=2)
+    four = calibrate(loaded, task, [0.003], k_min=1, samples=5, seed=2, tokens=2, batch_size=4)
+    assert one.sample_ids == four.sample_ids
+    for k, values in one.kl_per_sample.items():
+        assert four.kl_per_sample[k] == pytest.approx(values, rel=1e-4, abs=1e-6), k

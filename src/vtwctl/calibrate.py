@@ -54,25 +54,49 @@ def head_fp32(model, norm: torch.nn.Module, hidden: torch.Tensor, chunk: int = 8
     return logits
 
 
-def _text_index(model, inputs: dict) -> torch.Tensor:
+def _text_layout(model, inputs: dict) -> torch.Tensor:
+    """[B, T]: per row the positions of its text tokens (not vision, not padding), in order, right-aligned;
+    -1 fills the left of shorter rows. The last position of every row must be text."""
     ids = inputs["input_ids"]
-    if ids.shape[0] != 1:
-        raise ValueError("the KL sweep runs one sample at a time")
-    keep = torch.ones_like(ids[0], dtype=torch.bool)
+    keep = torch.ones_like(ids, dtype=torch.bool)
     if "attention_mask" in inputs:
-        keep &= inputs["attention_mask"][0].bool()
+        keep &= inputs["attention_mask"].bool()
     if carries_visual(inputs):
         vision_ids = torch.tensor(adapter_for(model).vision_token_ids(model.config), device=ids.device)
-        keep &= ~torch.isin(ids[0], vision_ids)
-    return keep.nonzero().squeeze(1)
+        keep &= ~torch.isin(ids, vision_ids)
+    if not bool(keep[:, -1].all()):
+        raise ValueError("the KL sweep needs prompts that end with a text token (left padding, no vision token last)")
+    counts = keep.sum(1)
+    width = int(counts.max())
+    b, s = ids.shape
+    pos = torch.arange(s, device=ids.device).expand(b, s)
+    rank = keep.long().cumsum(1) - 1 + (width - counts)[:, None]  # slot of each kept token, right-aligned
+    idx = torch.full((b, width), -1, dtype=torch.long, device=ids.device)
+    rows = torch.arange(b, device=ids.device)[:, None].expand(b, s)
+    idx[rows[keep], rank[keep]] = pos[keep]
+    return idx
+
+
+def _gather(x: torch.Tensor, idx: torch.Tensor, dim: int) -> torch.Tensor:
+    """``x`` [.., B, .., S, ..] gathered along ``dim`` with ``idx`` [B, T] per batch row (the dim before
+    ``dim`` ... or a leading batch of 1 broadcast); fill slots (-1) take position 0."""
+    safe = idx.clamp(min=0).to(x.device)
+    bdim = dim - 1
+    if x.shape[bdim] == 1 and safe.shape[0] > 1:
+        x = x.expand(*x.shape[:bdim], safe.shape[0], *x.shape[bdim + 1:])
+    shape = [1] * x.ndim
+    shape[bdim], shape[dim] = safe.shape
+    view = safe.view(shape).expand(*x.shape[:dim], safe.shape[1], *x.shape[dim + 1:])
+    return x.gather(dim, view)
 
 
 @torch.no_grad()
-def sweep_sample(model, inputs: dict, k_min: int, tokens: int = 1) -> torch.Tensor:
-    """KL(P_vtw(K) || P_base) for K = k_min..N-1 on one sample: a tensor [N - k_min].
+def sweep_batch(model, inputs: dict, k_min: int, tokens: int = 1) -> torch.Tensor:
+    """KL(P_vtw(K) || P_base) for K = k_min..N-1 on every row of a (left-padded) batch: [B, N - k_min].
 
-    ``inputs`` is one row (batch 1). The KL is averaged over the distributions of the last
-    ``tokens`` positions (1: the first output token).
+    One stock prefill of the batch keeps each layer's input at every row's text positions; the text-only
+    tails of all candidates and rows then run together, rows right-aligned with masked fill slots. The KL
+    is averaged over the distributions of the last ``tokens`` positions (1: the first output token).
     """
     adapter = adapter_for(model)
     text = adapter.text_model(model)
@@ -80,19 +104,21 @@ def sweep_sample(model, inputs: dict, k_min: int, tokens: int = 1) -> torch.Tens
     n = len(layers)
     if not 0 <= k_min < n:
         raise ValueError(f"k_min must be in 0..{n - 1}, got {k_min}")
-    idx = _text_index(model, inputs)
+    idx = _text_layout(model, inputs)  # [B, T]
+    b, t = idx.shape
+    valid = idx >= 0
     states: dict[int, torch.Tensor] = {}
     layer_kw: dict[str, Any] = {}
+    final: dict[str, torch.Tensor] = {}
 
     def grab(i):
         def hook(module, args, kwargs):
             hidden = args[0] if args else kwargs["hidden_states"]
-            states[i] = hidden[:, idx.to(hidden.device)]
+            got = _gather(hidden, idx, 1)
+            states[i] = got * valid.to(got.device)[..., None].to(got.dtype)
             if not layer_kw:
                 layer_kw.update(kwargs)
         return hook
-
-    final: dict[str, torch.Tensor] = {}
 
     def grab_final(module, args):
         final["h"] = args[0][:, -tokens:]
@@ -104,33 +130,49 @@ def sweep_sample(model, inputs: dict, k_min: int, tokens: int = 1) -> torch.Tens
     finally:
         for h in handles:
             h.remove()
-    base = head_fp32(model, text.norm, final["h"][0])  # [tokens, V]
+    base = head_fp32(model, text.norm, final["h"])  # [B, tokens, V]
 
-    t = idx.numel()
     cos, sin = layer_kw["position_embeddings"]
-    pe = (cos[:, idx.to(cos.device)], sin[:, idx.to(sin.device)])
+    pe = (_gather(cos, idx, cos.ndim - 2), _gather(sin, idx, sin.ndim - 2))
     pos = layer_kw.get("position_ids")
     if pos is not None:
-        pos = pos[..., idx.to(pos.device)]
+        pos = _gather(pos, idx, pos.ndim - 1)
     impl = getattr(model.config, "_attn_implementation", None) or "sdpa"
-    mask = None
-    if impl == "eager" or t == 1 and impl != "flash_attention_2":
-        dtype = states[k_min].dtype
-        allowed = torch.ones(t, t, dtype=torch.bool, device=states[k_min].device).tril()
-        mask = torch.where(allowed, 0.0, torch.finfo(dtype).min).to(dtype)[None, None]
+    device, dtype = states[k_min].device, states[k_min].dtype
+    v = valid.to(device)
+    causal = torch.ones(t, t, dtype=torch.bool, device=device).tril()
+    allowed = (causal[None] & v[:, None, :]) | torch.eye(t, dtype=torch.bool, device=device)[None]  # fill: itself
+    if "flash" in impl:
+        mask = None if bool(v.all()) else v.long()  # flash attention takes the 2D padding mask
+    elif impl != "eager" and bool(v.all()) and t > 1:
+        mask = None  # plain causal: sdpa's is_causal path
+    else:
+        mask = torch.where(allowed, 0.0, torch.finfo(dtype).min).to(dtype)[:, None]  # [B, 1, T, T]
+
+    def rep(x, c, bdim=0):  # candidate blocks of B rows: [c * B, ...] along the batch dim
+        return torch.cat([x] * c, bdim) if c > 1 else x
+
     h = None
     for layer_idx in range(k_min, n):
         new = states.pop(layer_idx)
         h = new if h is None else torch.cat([h.to(new.device), new], 0)  # candidate K = layer_idx joins
-        c = h.shape[0]
-        kw = dict(attention_mask=None if mask is None else mask.to(h.device),
-                  position_embeddings=tuple(x.to(h.device).expand(c, -1, -1) for x in pe),
-                  position_ids=None if pos is None else pos.to(h.device).expand(*pos.shape[:-2], c, -1),
+        c = h.shape[0] // b
+        kw = dict(attention_mask=None if mask is None else rep(mask.to(h.device), c),
+                  position_embeddings=tuple(rep(x.to(h.device), c, x.ndim - 3) for x in pe),
+                  position_ids=None if pos is None else rep(pos.to(h.device), c, pos.ndim - 2),
                   cache=None, use_cache=False)
         out = layers[layer_idx](h, **kw)
         h = out[0] if isinstance(out, tuple) else out
-    logits = head_fp32(model, text.norm, h[:, -tokens:])  # [C, tokens, V]
-    return kl_vtw_base(logits, base.to(logits.device)[None]).mean(-1).float().cpu()
+    logits = head_fp32(model, text.norm, h[:, -tokens:])  # [C * B, tokens, V]
+    kl = kl_vtw_base(logits.view(-1, b, *logits.shape[1:]), base.to(logits.device)[None]).mean(-1)  # [C, B]
+    return kl.transpose(0, 1).float().cpu()
+
+
+def sweep_sample(model, inputs: dict, k_min: int, tokens: int = 1) -> torch.Tensor:
+    """``sweep_batch`` of one row: a tensor [N - k_min]."""
+    if inputs["input_ids"].shape[0] != 1:
+        raise ValueError("sweep_sample takes one row; use sweep_batch for a batch")
+    return sweep_batch(model, inputs, k_min, tokens)[0]
 
 
 @torch.no_grad()
@@ -197,12 +239,14 @@ def choose_k(kl_mean: dict[int, float], eta: float, num_layers: int) -> int:
 
 def calibrate(loaded, task, etas: list[float], k_min: int = 5, samples: int = 20, seed: int = 0,
               split: str | None = None, tokens: int = 1, accuracy: int = 0, source: str | None = None,
-              progress: Callable[[str, int, int], None] | None = None, first: int | None = None) -> Calibration:
+              progress: Callable[[str, int, int], None] | None = None, first: int | None = None,
+              batch_size: int = 1) -> Calibration:
     """Sweep K over ``samples`` samples of ``task``'s calibration split and choose K per eta.
 
     The samples are a random subset drawn with ``seed`` (recorded by id). ``first=N`` takes the first N
     documents instead and may read the test split: the authors' protocol (``lmms_eval --limit 20
     --findk`` on the benchmark itself), for reproduction only; the record carries a warning.
+    ``batch_size``: samples per padded stock prefill and tail sweep (the KL of each sample is the same).
     """
     from .env import environment
 
@@ -229,14 +273,18 @@ def calibrate(loaded, task, etas: list[float], k_min: int = 5, samples: int = 20
     if not data:
         raise VTWError(f"no samples in {task.name}/{split}")
     start = time.perf_counter()
+    if batch_size < 1:
+        raise VTWError("--batch-size must be at least 1")
     rows = []
-    for i, s in enumerate(data):
-        inputs = loaded.sample_inputs(s)
+    for start in range(0, len(data), batch_size):
+        batch = data[start:start + batch_size]
+        inputs = loaded.build_inputs([s.prompt for s in batch], images=[s.images for s in batch],
+                                     videos=[s.video for s in batch])
         inputs = teacher_forced(loaded, inputs, tokens)
-        rows.append(sweep_sample(loaded.model, inputs, k_min, tokens))
+        rows.append(sweep_batch(loaded.model, inputs, k_min, tokens))
         if progress:
-            progress("kl", i + 1, len(data))
-    kl = torch.stack(rows)  # [samples, candidates]
+            progress("kl", start + len(batch), len(data))
+    kl = torch.cat(rows)  # [samples, candidates]
     ks = list(range(k_min, n))
     kl_mean = {k: float(kl[:, j].mean()) for j, k in enumerate(ks)}
     result = Calibration(
