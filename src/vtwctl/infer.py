@@ -57,8 +57,12 @@ class Generation:
 
 
 def generate(loaded, inputs: dict, k: int | None = None, positions: str = "keep", max_new_tokens: int = 32,
-             do_sample: bool = False, temperature: float = 1.0, seed: int | None = None) -> Generation:
-    """Generate for a batch of inputs; ``k=None`` (or N) is the stock model."""
+             do_sample: bool = False, temperature: float = 1.0, seed: int | None = None,
+             top_p: float | None = None, top_k: int | None = None) -> Generation:
+    """Generate for a batch of inputs; ``k=None`` (or N) is the stock model.
+
+    ``top_p``/``top_k`` only apply when sampling (None: the model's generation config).
+    """
     import torch
 
     model = loaded.model
@@ -73,6 +77,7 @@ def generate(loaded, inputs: dict, k: int | None = None, positions: str = "keep"
     kw: dict[str, Any] = dict(max_new_tokens=max_new_tokens, do_sample=do_sample)
     if do_sample:
         kw["temperature"] = temperature
+        kw.update({name: val for name, val in (("top_p", top_p), ("top_k", top_k)) if val is not None})
     else:
         kw.update(temperature=None, top_p=None, top_k=None)
     if seed is not None:

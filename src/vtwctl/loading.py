@@ -32,6 +32,7 @@ FALLBACK_TEMPLATES = {
     "llava-next-mistral": "[INST] {vision}\n{prompt} [/INST]",
     "video-llava": "USER: {vision}\n{prompt} ASSISTANT:",
 }
+_PLACEHOLDERS = {"image": "<image>", "video": "<video>"}
 
 
 def _offline_message(spec: str) -> str:
@@ -181,34 +182,57 @@ class Loaded:
         text = getattr(self.model.config, "text_config", self.model.config)
         return getattr(text, "max_position_embeddings", None)
 
-    def prompt_text(self, prompt: str, images: int = 0, videos: int = 0) -> str:
-        """``prompt`` wrapped in the model's own chat template, with one placeholder per visual."""
-        content = [{"type": "image"}] * images + [{"type": "video"}] * videos + [{"type": "text", "text": prompt}]
+    def prompt_text(self, prompt: str | list[dict], images: int = 0, videos: int = 0) -> str:
+        """``prompt`` wrapped in the model's own chat template, with one placeholder per visual.
+
+        ``prompt`` may also be a list of chat content parts (``{"type": "image"}``, ``{"type": "video"}``,
+        ``{"type": "text", "text": ...}``) that places the visuals between the text (interleaved);
+        ``images``/``videos`` are then ignored.
+        """
+        if isinstance(prompt, str):
+            content = [{"type": "image"}] * images + [{"type": "video"}] * videos + [{"type": "text", "text": prompt}]
+        else:
+            content = [dict(part) for part in prompt]
         conv = [{"role": "user", "content": content}]
         if getattr(self.processor, "chat_template", None):
             return self.processor.apply_chat_template(conv, add_generation_prompt=True, tokenize=False)
         label = (self.profile or {}).get("chat_template", "llava-1.5")
         tmpl = FALLBACK_TEMPLATES.get(label, FALLBACK_TEMPLATES["llava-1.5"])
-        vision = "<image>" * images + "<video>" * videos
-        return tmpl.format(vision=vision, prompt=prompt).replace("{vision}\n", "")
+        lead = next((i for i, part in enumerate(content) if part["type"] == "text"), len(content))
+        vision = "".join(_PLACEHOLDERS[part["type"]] for part in content[:lead])
+        text = "".join(part["text"] if part["type"] == "text" else _PLACEHOLDERS[part["type"]]
+                       for part in content[lead:])
+        return tmpl.format(vision=vision, prompt=text).replace("{vision}\n", "")
 
-    def build_inputs(self, prompts: str | list[str], images: list | None = None,
-                     videos: list | None = None) -> dict:
+    def build_inputs(self, prompts: str | list, images: list | None = None,
+                     videos: list | None = None, continuations: list[str] | None = None) -> dict:
         """Tokenised model inputs on the model's device for one prompt per row (left padded).
 
-        ``images``/``videos`` hold one entry per row (None for a row without one).
+        ``images``/``videos`` hold one entry per row: None for a row without one, an image (or a
+        video), or for images a list of them, passed in order. A prompt is a string (visuals go
+        first) or a list of content parts (see ``prompt_text``). ``continuations`` (one string per
+        row) are appended after the chat template's generation prompt, for scoring a given answer.
         """
         single = isinstance(prompts, str)
         prompts = [prompts] if single else list(prompts)
         images = list(images) if images is not None else [None] * len(prompts)
         videos = list(videos) if videos is not None else [None] * len(prompts)
-        texts = [self.prompt_text(p, int(i is not None), int(v is not None))
-                 for p, i, v in zip(prompts, images, videos, strict=True)]
+        per_row = [[] if i is None else list(i) if isinstance(i, (list, tuple)) else [i] for i in images]
+        texts = []
+        for prompt, imgs, vid in zip(prompts, per_row, videos, strict=True):
+            if not isinstance(prompt, str):
+                counts = [sum(part["type"] == t for part in prompt) for t in ("image", "video")]
+                if counts != [len(imgs), int(vid is not None)]:
+                    raise ValueError(f"the prompt's content parts hold {counts[0]} images and {counts[1]} videos, "
+                                     f"the row has {len(imgs)} and {int(vid is not None)}")
+            texts.append(self.prompt_text(prompt, len(imgs), int(vid is not None)))
+        if continuations is not None:
+            texts = [t + c for t, c in zip(texts, continuations, strict=True)]
         kwargs: dict[str, Any] = {"text": texts, "return_tensors": "pt", "padding": True}
-        imgs = [i for i in images if i is not None]
+        if any(per_row):
+            # one flat list when every row has at most one image (as before); a list per row otherwise
+            kwargs["images"] = [r[0] for r in per_row if r] if max(map(len, per_row)) == 1 else per_row
         vids = [v for v in videos if v is not None]
-        if imgs:
-            kwargs["images"] = imgs
         if vids:
             kwargs["videos"] = vids
         tok = getattr(self.processor, "tokenizer", None)
