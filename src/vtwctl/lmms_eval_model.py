@@ -170,8 +170,10 @@ class Runner:
 
     def loglikelihood(self, items: list[Item],
                       progress: Callable[[int], None] | None = None) -> list[tuple[float, bool]]:
-        """(sum of log-probabilities of each item's continuation after its prompt, whether greedy
-        decoding would produce it), with withdrawal from layer K on, as in generation."""
+        """(loss, is_greedy) per item, lmms-eval's convention: the mean negative log-likelihood of the
+        continuation's tokens after the prompt (what its models return, and why its multiple_choice
+        takes the argmin), and whether greedy decoding would produce them; withdrawal from layer K
+        on, as in generation."""
         import torch
 
         out: list[tuple[float, bool] | None] = [None] * len(items)
@@ -190,7 +192,8 @@ class Runner:
                     continue
                 target = full["input_ids"][j, length - n:]
                 logp = torch.log_softmax(logits[j, length - n - 1:length - 1].float(), -1)
-                out[i] = (float(logp.gather(-1, target[:, None]).sum()), bool((logp.argmax(-1) == target).all()))
+                nll = -float(logp.gather(-1, target[:, None]).sum()) / n
+                out[i] = (nll, bool((logp.argmax(-1) == target).all()))
             if progress:
                 progress(len(batch))
         return out  # type: ignore[return-value]
@@ -225,7 +228,7 @@ def _distributed(device: str) -> tuple[int, int, str]:
 
 
 def _build_class() -> type:
-    from lmms_eval.api.instance import GenerationResult, TokenCounts
+    from lmms_eval.api.instance import GenerationResult, TokenCounts, unwrap_generation_output
     from lmms_eval.api.model import lmms
     from loguru import logger
     from tqdm import tqdm
@@ -322,7 +325,12 @@ def _build_class() -> type:
                 items.append(Item(ctx, self._visuals(doc_to_visual, task, split, doc_id), task, {}, split,
                                   continuation=str(cont)))
             with self._bar(len(items)) as bar:
-                return self.runner.loglikelihood(items, progress=bar.update)
+                out = self.runner.loglikelihood(items, progress=bar.update)
+            if unwrap_generation_output((0.5, True))[0] != (0.5, True):
+                # lmms-eval 0.7.3's evaluator turns a bare (loss, is_greedy) tuple into its str();
+                # a GenerationResult carries it through unchanged
+                return [GenerationResult(r, None) for r in out]
+            return out
 
         def generate_until_multi_round(self, requests) -> list:
             out = []
