@@ -53,7 +53,7 @@ def data(tmp_path_factory):
 
 
 def _env() -> dict:
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    return {"OMP_NUM_THREADS": "1", **os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
 def vtwctl_run(data: Path, tmp: Path, *args: str) -> tuple[dict, list[dict]]:

@@ -90,6 +90,7 @@ class Runner:
         self.warn = warn or (lambda msg: None)
         self.stats = Stats()
         self._k: dict[str, int | None] = {}
+        self._clamped = False
 
     def k_for(self, task: str) -> int | None:
         if task not in self._k:
@@ -112,7 +113,8 @@ class Runner:
 
         return withdraw(self.loaded.model, k, self.opts.positions)
 
-    def _inputs(self, items: list[Item], continuations: list[str] | None = None) -> tuple[dict, list, list]:
+    def _prepare(self, items: list[Item]) -> tuple[list, list, list]:
+        """(prompts, images per row, video per row) for ``Loaded.build_inputs``; visuals read once."""
         prompts, images, videos = [], [], []
         for it in items:
             visuals = it.visuals() if callable(it.visuals) else it.visuals
@@ -122,8 +124,7 @@ class Runner:
             prompts.append(content_for(it.context, len(imgs), int(vid is not None)))
             images.append(imgs or None)
             videos.append(vid)
-        inputs = self.loaded.build_inputs(prompts, images=images, videos=videos, continuations=continuations)
-        return inputs, images, videos
+        return prompts, images, videos
 
     def generate(self, items: list[Item], progress: Callable[[int], None] | None = None) -> list[Answer]:
         from .infer import generate
@@ -134,7 +135,8 @@ class Runner:
         for batch in plan_batches(keys, self.opts.batch_size):
             rows = [items[i] for i in batch]
             settings = generation_settings(rows[0].gen_kwargs, self.opts.max_new_tokens, self.opts.use_until)
-            inputs, _, _ = self._inputs(rows)
+            prompts, images, videos = self._prepare(rows)
+            inputs = self.loaded.build_inputs(prompts, images=images, videos=videos)
             max_new = self._fit(int(inputs["input_ids"].shape[1]), settings.max_new_tokens)
             k = self.k_for(rows[0].task)
             ctx = self._engine(rows[0].task) if self.opts.method == "fastv" else contextlib.nullcontext()
@@ -164,8 +166,10 @@ class Runner:
             return max_new
         if length >= limit:
             raise VTWError(f"prompt too long: {length} tokens, the model has {limit} positions")
-        self.warn(f"vtw: {length}-token prompt + {max_new} new tokens exceeds the model's {limit} positions; "
-                  f"generating at most {limit - length}")
+        if not self._clamped:  # once per run, not once per batch
+            self._clamped = True
+            self.warn(f"vtw: {length}-token prompt + {max_new} new tokens exceeds the model's {limit} positions; "
+                      f"generating at most {limit - length} (and likewise for later requests)")
         return limit - length
 
     def loglikelihood(self, items: list[Item],
@@ -179,8 +183,10 @@ class Runner:
         out: list[tuple[float, bool] | None] = [None] * len(items)
         for batch in plan_batches([(it.task, it.split) for it in items], self.opts.batch_size):
             rows = [items[i] for i in batch]
-            ctx_inputs, _, _ = self._inputs(rows)
-            full, _, _ = self._inputs(rows, continuations=[it.continuation for it in rows])
+            prompts, images, videos = self._prepare(rows)
+            ctx_inputs = self.loaded.build_inputs(prompts, images=images, videos=videos)
+            full = self.loaded.build_inputs(prompts, images=images, videos=videos,
+                                            continuations=[it.continuation for it in rows])
             n_cont = (full["attention_mask"].sum(1) - ctx_inputs["attention_mask"].sum(1)).tolist()
             with self._engine(rows[0].task), torch.inference_mode():
                 logits = self.loaded.model(**full, use_cache=False).logits
