@@ -262,7 +262,7 @@ def test_runner_orders_groups_and_cuts(demo, rows):
 
 
 def test_runner_several_images_in_order(demo, rows):
-    """Two images in one request: twice the demo's 144 vision tokens, and the order matters."""
+    """Two images in one request: twice the demo's vision tokens, pixels in the request's order."""
     from vtwctl.lmms_eval_model import Item
 
     prof = json.loads((ROOT / "profiles" / "demo.json").read_text())
@@ -274,6 +274,11 @@ def test_runner_several_images_in_order(demo, rows):
     two = runner.generate([Item("Describe.", [a, b], "t", kw), Item("Describe.", [b, a], "t", kw)])
     assert two[0].input_tokens == one.input_tokens + per_image == two[1].input_tokens
     assert runner.stats.vision_tokens == 5 * per_image
+    prompts, images, videos = runner._prepare([Item("Describe.", [a, b], "t", kw), Item("One.", [b], "t", kw)])
+    pixels = demo.build_inputs(prompts, images=images, videos=videos)["pixel_values"]
+    alone = [demo.processor.image_processor(images=im, return_tensors="pt")["pixel_values"][0] for im in (a, b, b)]
+    assert pixels.shape[0] == 3 and all(bool((pixels[i] == alone[i]).all()) for i in range(3))
+    assert not bool((alone[0] == alone[1]).all())  # the two images differ, so the order is visible
 
 
 def test_runner_long_request_fits_the_positions(demo, rows):
