@@ -1,4 +1,4 @@
-"""nox sessions: tests, lint, bench. Each installs the pinned CPU torch wheel first."""
+"""nox sessions: tests, lint, bench, tests-lmms. Each installs the pinned CPU torch wheel first."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import nox
 
 nox.options.sessions = ["lint", "tests"]
 TORCH = "torch==2.13.0"
+LMMS_EVAL = "lmms-eval==0.7.3"  # the lmms-eval release the vtw model is tested with
 
 
 @nox.session
@@ -20,6 +21,18 @@ def tests_slow(session: nox.Session) -> None:
     session.install(TORCH)
     session.install("-e", ".[dev]")
     session.run("python", "-m", "pytest", "-q", "-m", "slow", *session.posargs)
+
+
+@nox.session(name="tests-lmms")
+def tests_lmms(session: nox.Session) -> None:
+    """The vtw model inside lmms-eval. lmms-eval goes in without its own dependency list (torchvision
+    builds that do not import beside the CPU torch, wandb, sentence-transformers...); the 'lmms' extra
+    holds what its evaluator and CLI import (docs/lmms-eval.md)."""
+    session.install(TORCH)
+    session.install("-e", ".[dev,lmms]")
+    session.install("--no-deps", LMMS_EVAL)
+    session.run("python", "-m", "pytest", "-q", "tests/test_lmms_eval.py", *session.posargs)
+    session.run("python", "-m", "pytest", "-q", "-m", "slow", "tests/test_lmms_eval_slow.py", *session.posargs)
 
 
 @nox.session

@@ -59,7 +59,8 @@ class Generation:
 def generate(loaded, inputs: dict, k: int | None = None, positions: str = "keep", max_new_tokens: int = 32,
              do_sample: bool = False, temperature: float = 1.0, seed: int | None = None,
              stop: list[str] | None = None, method: str = "vtw", seeds: list[int] | None = None,
-             fastv_k: int = 2, fastv_ratio: float = 0.5) -> Generation:
+             fastv_k: int = 2, fastv_ratio: float = 0.5, top_p: float | None = None,
+             top_k: int | None = None) -> Generation:
     """Generate for a batch of inputs; ``k=None`` (or N) is the stock model.
 
     ``method`` (``methods.METHODS``): ``vtw`` (and ``vtw-random`` with its drawn ``k``) withdraws the
@@ -68,7 +69,8 @@ def generate(loaded, inputs: dict, k: int | None = None, positions: str = "keep"
     ``stock`` is the stock model.
 
     ``stop``: strings that end an answer (lmms-eval's ``until``): generation of a row stops once one
-    appears and the answer is cut before it.
+    appears and the answer is cut before it. ``top_p``/``top_k`` only apply when sampling (None: the
+    model's generation config).
     """
     import torch
 
@@ -84,6 +86,7 @@ def generate(loaded, inputs: dict, k: int | None = None, positions: str = "keep"
     kw: dict[str, Any] = dict(max_new_tokens=max_new_tokens, do_sample=do_sample)
     if do_sample:
         kw["temperature"] = temperature
+        kw.update({name: val for name, val in (("top_p", top_p), ("top_k", top_k)) if val is not None})
     else:
         kw.update(temperature=None, top_p=None, top_k=None)
     tok = getattr(loaded.processor, "tokenizer", loaded.processor)

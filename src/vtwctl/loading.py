@@ -32,6 +32,7 @@ FALLBACK_TEMPLATES = {
     "llava-next-mistral": "[INST] {vision}\n{prompt} [/INST]",
     "video-llava": "USER: {vision}\n{prompt} ASSISTANT:",
 }
+_PLACEHOLDERS = {"image": "<image>", "video": "<video>"}
 
 
 # The original LLaVA conversation templates the paper's authors ran (llava/conversation.py of lzhxmu/VTW:
@@ -205,51 +206,76 @@ class Loaded:
         text = getattr(self.model.config, "text_config", self.model.config)
         return getattr(text, "max_position_embeddings", None)
 
-    def prompt_text(self, prompt: str, images: int = 0, videos: int = 0) -> str:
+    def prompt_text(self, prompt: str | list[dict], images: int = 0, videos: int = 0) -> str:
         """``prompt`` wrapped in the model's own chat template (``prompt_style`` "hf") or in the paper
-        authors' conversation template ("paper"), with one placeholder per visual."""
+        authors' conversation template ("paper"), with one placeholder per visual.
+
+        ``prompt`` may also be a list of chat content parts (``{"type": "image"}``, ``{"type": "video"}``,
+        ``{"type": "text", "text": ...}``) that places the visuals between the text (interleaved);
+        ``images``/``videos`` are then ignored.
+        """
+        if isinstance(prompt, str):
+            content = [{"type": "image"}] * images + [{"type": "video"}] * videos + [{"type": "text", "text": prompt}]
+        else:
+            content = [dict(part) for part in prompt]
         if self.prompt_style == "paper":
-            return self.paper_prompt(prompt, images, videos)
-        content = [{"type": "image"}] * images + [{"type": "video"}] * videos + [{"type": "text", "text": prompt}]
+            return self.paper_prompt(content)
         conv = [{"role": "user", "content": content}]
         if getattr(self.processor, "chat_template", None):
             return self.processor.apply_chat_template(conv, add_generation_prompt=True, tokenize=False)
         label = (self.profile or {}).get("chat_template", "llava-1.5")
         tmpl = FALLBACK_TEMPLATES.get(label, FALLBACK_TEMPLATES["llava-1.5"])
-        vision = "<image>" * images + "<video>" * videos
-        return tmpl.format(vision=vision, prompt=prompt).replace("{vision}\n", "")
+        lead = next((i for i, part in enumerate(content) if part["type"] == "text"), len(content))
+        vision = "".join(_PLACEHOLDERS[part["type"]] for part in content[:lead])
+        text = "".join(part["text"] if part["type"] == "text" else _PLACEHOLDERS[part["type"]]
+                       for part in content[lead:])
+        return tmpl.format(vision=vision, prompt=text).replace("{vision}\n", "")
 
-    def paper_prompt(self, prompt: str, images: int = 0, videos: int = 0) -> str:
-        """The authors' prompt: system, then ``USER: <image>\\n{prompt} ASSISTANT:`` (several images joined
-        by spaces, as their lmms-eval model does)."""
+    def paper_prompt(self, content: list[dict]) -> str:
+        """The authors' prompt: system, then ``USER: <image>\\n{prompt} ASSISTANT:`` (leading visuals joined
+        by spaces, as their lmms-eval model prepends them; inline ones stay where they are)."""
         text_type = getattr(getattr(self.model.config, "text_config", None), "model_type", None)
         name = paper_template(self.profile, self.family, text_type)
         if name is None:
             raise VTWError(f"--prompt-style paper is the authors' template for the models the paper ran "
                            f"(LLaVA-1.5, LLaVA-NeXT-vicuna, Video-LLaVA); {self.name} ({self.family}) has none: "
                            "use --prompt-style hf")
-        tok = getattr(self.processor, "image_token", "<image>"), getattr(self.processor, "video_token", "<video>")
-        vision = " ".join([tok[0]] * images + [tok[1]] * videos)
-        question = f"{vision}\n{prompt}" if vision else prompt
+        marks = {"image": getattr(self.processor, "image_token", "<image>"),
+                 "video": getattr(self.processor, "video_token", "<video>")}
+        lead = next((i for i, part in enumerate(content) if part["type"] == "text"), len(content))
+        vision = " ".join(marks[part["type"]] for part in content[:lead])
+        text = "".join(part["text"] if part["type"] == "text" else marks[part["type"]] for part in content[lead:])
+        question = f"{vision}\n{text}" if vision else text
         return f"{PAPER_SYSTEMS[name]} USER: {question} ASSISTANT:"
 
-    def build_inputs(self, prompts: str | list[str], images: list | None = None,
-                     videos: list | None = None) -> dict:
+    def build_inputs(self, prompts: str | list, images: list | None = None,
+                     videos: list | None = None, continuations: list[str] | None = None) -> dict:
         """Tokenised model inputs on the model's device for one prompt per row (left padded).
 
         ``images``/``videos`` hold one entry per row: None (none), one image (video), or a list of
-        them, given to the chat template in order.
+        them, given to the chat template in order. A prompt is a string (visuals go first) or a list of
+        content parts (see ``prompt_text``). ``continuations`` (one string per row) are appended after
+        the chat template's generation prompt, for scoring a given answer.
         """
         single = isinstance(prompts, str)
         prompts = [prompts] if single else list(prompts)
-        per_row_images = _per_row(images, len(prompts))
+        per_row = _per_row(images, len(prompts))
         per_row_videos = _per_row(videos, len(prompts))
-        texts = [self.prompt_text(p, len(i), len(v)) for p, i, v in zip(prompts, per_row_images, per_row_videos)]
+        texts = []
+        for prompt, imgs, vids in zip(prompts, per_row, per_row_videos):
+            if not isinstance(prompt, str):
+                counts = [sum(part["type"] == t for part in prompt) for t in ("image", "video")]
+                if counts != [len(imgs), len(vids)]:
+                    raise ValueError(f"the prompt's content parts hold {counts[0]} images and {counts[1]} videos, "
+                                     f"the row has {len(imgs)} and {len(vids)}")
+            texts.append(self.prompt_text(prompt, len(imgs), len(vids)))
+        if continuations is not None:
+            texts = [t + c for t, c in zip(texts, continuations, strict=True)]
         kwargs: dict[str, Any] = {"text": texts, "return_tensors": "pt", "padding": True}
-        imgs = [i for row in per_row_images for i in row]
+        if any(per_row):
+            # one flat list when every row has at most one image; a list per row otherwise
+            kwargs["images"] = [r[0] for r in per_row if r] if max(map(len, per_row)) == 1 else per_row
         vids = [v for row in per_row_videos for v in row]
-        if imgs:
-            kwargs["images"] = imgs
         if vids:
             kwargs["videos"] = vids
         tok = getattr(self.processor, "tokenizer", None)
@@ -347,5 +373,5 @@ def load(spec: str = "demo", device: str = "auto", dtype: str = "auto",
                     profile=res.profile, device=first.device, dtype=first.dtype, attn_implementation=impl,
                     prompt_style=prompt_style)
     if prompt_style == "paper":
-        loaded.paper_prompt("")  # refuse now, not after the data are read
+        loaded.paper_prompt([])  # refuse now, not after the data are read
     return loaded

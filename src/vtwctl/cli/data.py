@@ -21,6 +21,8 @@ def export(
     train: int | None = typer.Option(None, "--train", help="Train samples (default: the generator's)."),
     validation: int | None = typer.Option(None, "--validation"),
     test: int | None = typer.Option(None, "--test"),
+    lmms_eval: bool = typer.Option(False, "--lmms-eval",
+                                   help="Also write the lmms-eval task vtwctl_shapes.yaml (use --include_path DIR)."),
     json_out: bool = JSON,
 ) -> None:
     """Write the generated demo benchmark as parquet files (one per split)."""
@@ -32,6 +34,10 @@ def export(
     from ..demo import shapes
 
     paths = shapes.export(out_dir, seed=seed, n_train=train, n_validation=validation, n_test=test)
+    if lmms_eval:
+        from ..lmms_eval_shapes import write_task
+
+        paths.append(write_task(out_dir))
     if json_out:
         emit_json({"dataset": dataset, "files": [str(p) for p in paths]})
         return
