@@ -42,7 +42,7 @@ def main(layers: int = 16, hidden: int = 1024, repeats: int = 3, new_tokens: int
                       "decode_s_per_token": m.decode_s_per_token, "total_s": m.total.median,
                       "kv_cache_bytes_prefill": m.kv_cache_bytes_prefill, "kv_cache_bytes_end": m.kv_cache_bytes_end,
                       "prefill_flops": fl.prefill + fl.lm_head, "decode_flops_per_token": fl.decode_per_token,
-                      "peak_rss_growth_bytes": m.peak_memory_bytes}
+                      "peak_memory_bytes": m.peak_memory_bytes}  # CPU: torch allocations (measure.CPUPeak)
     b = rows["baseline"]
     out = {"benchmark": "profile_speed",
            "model": {"layers": layers, "hidden": hidden, "vision_tokens": n_vis, "text_tokens": text, "k": k,

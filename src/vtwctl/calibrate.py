@@ -14,6 +14,7 @@ KL direction and reduction follow the paper's reference code,
 from __future__ import annotations
 
 import datetime as _dt
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -144,6 +145,8 @@ class Calibration:
     seconds: float
     accuracy: dict[str, float] | None = None  # str(K) -> accuracy (with --accuracy)
     baseline_accuracy: float | None = None
+    accuracy_samples: int = 0  # how many samples the accuracy sweep scored
+    accuracy_ids: list[str] = field(default_factory=list)
     date: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     env: dict = field(default_factory=dict)
     schema: int = 1
@@ -173,12 +176,12 @@ def calibrate(loaded, task, etas: list[float], k_min: int = 5, samples: int = 20
     from .env import environment
 
     n = loaded.num_layers
-    if not etas or any(e <= 0 for e in etas):
-        raise VTWError(f"eta must be > 0, got {', '.join(map(str, etas)) or 'nothing'}")
+    if not etas or any(not e > 0 or not math.isfinite(e) for e in etas):
+        raise VTWError(f"eta must be a finite number > 0, got {', '.join(map(str, etas)) or 'nothing'}")
     if not 0 <= k_min < n:
         raise VTWError(f"k_min={k_min} is out of range: the model has {n} layers, so k_min must be in 0..{n - 1}")
-    if samples < 1 or tokens < 1:
-        raise VTWError("--samples and --tokens must be at least 1")
+    if samples < 1 or tokens < 1 or accuracy < 0:
+        raise VTWError("--samples and --tokens must be at least 1, --accuracy at least 0")
     split = split or task.calibration_split
     if split == task.test_split:
         raise VTWError(f"calibration must not use the test split ({split}) of {task.name}")
@@ -206,7 +209,12 @@ def calibrate(loaded, task, etas: list[float], k_min: int = 5, samples: int = 20
         seconds=0.0, env=environment(loaded),
     )
     if accuracy:
-        result.accuracy, result.baseline_accuracy = accuracy_sweep(loaded, task, data[:accuracy], ks, progress)
+        # the first ``accuracy`` samples of the same split (the KL subset when it is at least as large)
+        scored = data[:accuracy] if accuracy <= len(data) else task.load(split, accuracy, seed, source)
+        if len(scored) < accuracy:
+            raise VTWError(f"--accuracy {accuracy} is more than the {len(scored)} samples of {task.name}/{split}")
+        result.accuracy, result.baseline_accuracy = accuracy_sweep(loaded, task, scored, ks, progress)
+        result.accuracy_samples, result.accuracy_ids = len(scored), [s.id for s in scored]
     result.seconds = time.perf_counter() - start
     return result
 
