@@ -47,8 +47,22 @@ def start(*args, env: dict | None = None, stdout=None, stderr=None, cwd=None) ->
 
 
 _DRIVER = r"""
-import contextlib, io, json, os, sys
-from vtwctl.cli import execute
+import contextlib, io, json, os, sys, traceback
+try:
+    from vtwctl.cli import execute
+except ImportError:  # an older vtwctl (checking that a test fails without the fix): its entry point
+    from vtwctl.cli import main
+
+    def execute(argv):
+        sys.argv = ["vtwctl", *argv]
+        try:
+            main()
+            return 0
+        except SystemExit as exc:
+            return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        except Exception:
+            traceback.print_exc()
+            return 1
 out = []
 for case in json.load(sys.stdin):
     saved = dict(os.environ)

@@ -14,13 +14,10 @@ from vtwctl import plots
 @pytest.fixture
 def figures(monkeypatch):
     """The matplotlib figures the plot functions draw (captured instead of closed)."""
+    from matplotlib.figure import Figure
+
     got = []
-
-    def keep(fig, path):
-        got.append(fig)
-        return path
-
-    monkeypatch.setattr(plots, "_save", keep)
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: got.append(fig))
     yield got
     import matplotlib.pyplot as plt
 
