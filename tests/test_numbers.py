@@ -29,9 +29,12 @@ def test_cpu_peak_is_the_running_maximum_of_allocations():
     assert meter.bytes == 0
 
 
-def test_profile_json_keeps_the_fastv_drop_ratio():
-    (res,) = batch([["profile", "--model", "llava-1.5-7b", "--flops-only", "--method", "paper", "--k", "16",
-                     "--fastv-k", "3", "--fastv-ratio", "0.75", "--json"]])
+FASTV = ["profile", "--model", "llava-1.5-7b", "--flops-only", "--method", "paper", "--k", "16", "--fastv-k", "3",
+         "--fastv-ratio", "0.75", "--json"]
+
+
+def test_profile_json_keeps_the_fastv_drop_ratio(cli):
+    res = cli["fastv"]
     assert res.returncode == 0, res.stderr
     d = json.loads(res.stdout)
     assert d["fastv_settings"] == {"k": 3, "ratio": 0.75}
@@ -47,24 +50,23 @@ def test_profile_json_keeps_the_fastv_drop_ratio():
 
 
 def test_calibrate_accuracy_uses_n_samples(tmp_path):
-    """--accuracy 6 with --samples 2 scores 6 samples; each accuracy equals an independent count."""
-    res = script("calibrate", "--k-min", "5", "--samples", "2", "--accuracy", "6", "--no-save", "--json")
+    """--accuracy 4 with --samples 1 scores 4 samples; each accuracy equals an independent count."""
+    res = script("calibrate", "--k-min", "6", "--samples", "1", "--accuracy", "4", "--no-save", "--json")
     assert res.returncode == 0, res.stderr[-2000:]
     d = json.loads(res.stdout)
-    assert d["samples"] == 2 and d["accuracy_samples"] == 6
+    assert d["samples"] == 1 and d["accuracy_samples"] == 4
     from vtwctl import generate, load, tasks
 
     task = tasks.get("shapes")
     loaded = load("demo", device="cpu")
-    samples = task.load("validation", 6, 0, None)
-    right = {k: 0 for k in (5, 6, 7, None)}
-    for s in samples:
+    right = {k: 0 for k in (6, 7, None)}
+    for s in task.load("validation", 4, 0, None):
         inputs = loaded.sample_inputs(s)
         for k in right:
             answer = generate(loaded, inputs, k=k, max_new_tokens=task.max_new_tokens).answers[0]
             right[k] += bool(task.score(s, task.parse(s, answer)))
-    assert d["accuracy"] == {str(k): pytest.approx(right[k] / 6) for k in (5, 6, 7)}
-    assert d["baseline_accuracy"] == pytest.approx(right[None] / 6)
+    assert d["accuracy"] == {str(k): pytest.approx(right[k] / 4) for k in (6, 7)}
+    assert d["baseline_accuracy"] == pytest.approx(right[None] / 4)
 
 
 def _rec(i, shard, correct=True, **kw):
@@ -76,9 +78,13 @@ def _rec(i, shard, correct=True, **kw):
     return r
 
 
-def test_merge_reports_missing_shards_bad_files_and_counts_once(tmp_path):
+@pytest.fixture(scope="module")
+def cli(tmp_path_factory):
+    """Every command line of this module's CLI checks, run in one subprocess."""
+    tmp = tmp_path_factory.mktemp("merge")
+
     def write(name, recs, extra=""):
-        p = tmp_path / name
+        p = tmp / name
         p.write_text("".join(json.dumps(r) + "\n" for r in recs) + extra)
         return p
 
@@ -87,29 +93,37 @@ def test_merge_reports_missing_shards_bad_files_and_counts_once(tmp_path):
     s2 = write("s2.jsonl", [_rec(2, "2/3")])
     noid = write("noid.jsonl", [{k: v for k, v in _rec(5, "0/3").items() if k != "id"}])
     array = write("array.jsonl", [_rec(6, "0/3")], extra='["s7", true]\n')
-    binary = tmp_path / "bin.jsonl"
+    binary = tmp / "bin.jsonl"
     binary.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
     other = write("other.jsonl", [_rec(9, "1/4")])
-    out = tmp_path / "merged.jsonl"
-    cases = [
+    out = tmp / "merged.jsonl"
+    errors = [
         (["merge", s0, s1], "shard 2/3 missing"),
-        (["merge", s0, s1, tmp_path / "nope.jsonl"], "results file not found"),
+        (["merge", s0, s1, tmp / "nope.jsonl"], "results file not found"),
         (["merge", s0, noid], "line 1 is a record without an 'id'"),
         (["merge", s0, array], "line 2 is a JSON array"),
         (["merge", s0, binary], f"{binary} is not a text file"),
         (["merge", s0, other], "different shardings"),
     ]
-    results = batch([c for c, _ in cases] + [["merge", s0, s1, "--partial", "--json"],
-                                             ["merge", s2, s1, s0, "--output", out, "--json"]])
-    for (_argv, message), res in zip(cases, results):
+    named = {"partial": ["merge", s0, s1, "--partial", "--json"],
+             "full": ["merge", s2, s1, s0, "--output", out, "--json"], "fastv": FASTV}
+    results = batch([c for c, _ in errors] + list(named.values()))
+    got = dict(zip(named, results[len(errors):]))
+    got["errors"] = [(message, res) for (_, message), res in zip(errors, results)]
+    got["out"] = out
+    return got
+
+
+def test_merge_reports_missing_shards_bad_files_and_counts_once(cli):
+    for message, res in cli["errors"]:
         assert_one_line(res, message)
-    partial, full = results[-2:]
+    partial, full = cli["partial"], cli["full"]
     assert partial.returncode == 0 and "shard 2/3 missing" in partial.stderr
     assert json.loads(partial.stdout)["missing_shards"] == ["2/3"]
     d = json.loads(full.stdout)
     assert full.returncode == 0 and d["samples"] == 4 and d["missing_shards"] == []  # s3 once
     assert d["metrics"]["accuracy"] == pytest.approx(3 / 4)
-    assert sorted(json.loads(x)["id"] for x in out.read_text().splitlines()) == ["s0", "s1", "s2", "s3"]
+    assert sorted(json.loads(x)["id"] for x in cli["out"].read_text().splitlines()) == ["s0", "s1", "s2", "s3"]
 
 
 def test_resume_and_summary_count_every_id_once(tiny_dir, tmp_path):

@@ -125,12 +125,12 @@ def test_attention_cli_stops_at_each_answers_end(tmp_path):
     from console import script
     from vtwctl import generate, load, tasks
 
-    res = script("attention", "--samples", "3", "--max-new-tokens", "12", "--out", tmp_path / "att", "--json")
+    res = script("attention", "--samples", "2", "--max-new-tokens", "12", "--out", tmp_path / "att", "--json")
     assert res.returncode == 0, res.stderr[-2000:]
     d = json.loads(res.stdout)
     loaded = load("demo", device="cpu")
     task = tasks.get("shapes")
     want = [generate(loaded, loaded.sample_inputs(s), max_new_tokens=12).new_tokens[0]
-            for s in task.load("test", 3, 0, None)]
+            for s in task.load("test", 2, 0, None)]
     assert d["output_tokens"] == want and max(want) < 12
     assert max(r["output_index"] for r in d["by_token"]) == max(want) - 1

@@ -152,7 +152,7 @@ def auto_k(name: str, dataset: str | None, profile_dir, num_layers: int, console
 
 class Progress:
     """Progress on stderr: a Rich bar on a terminal; on a log file or pipe (clusters) a plain line
-    every ``every`` items (default: ``$VTWCTL_PROGRESS_EVERY``, else a twentieth of the total), at
+    every ``every`` items (default: ``$VTWCTL_PROGRESS_EVERY``, else a tenth of the total), at
     least once a minute, and at the end."""
 
     def __init__(self, label: str, console=None, every: int | None = None, enabled: bool = True,
@@ -198,7 +198,7 @@ class Progress:
             self.bar.update(job, completed=done, total=total, rate=rate)
             return
         prev_done, prev_t = self.last.get(label, (None, now))
-        step = self.every or max(1, math.ceil((total or 20) / 20))
+        step = self.every or max(1, math.ceil((total or 10) / 10))
         due = first or done == total or done - (prev_done or 0) >= step or now - prev_t >= 60
         if not due or done == prev_done:
             return
