@@ -8,13 +8,13 @@ decode-per-token ratio, KV-cache bytes ratio, and the same for FastV.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from types import SimpleNamespace
 
 import torch
 
 from vtwctl.env import environment
+from vtwctl.files import dumps  # strict JSON (NaN -> null)
 from vtwctl.flops import Dims, exact_flops
 from vtwctl.measure import measure_many
 
@@ -67,5 +67,5 @@ if __name__ == "__main__":
 
     sys.path.insert(0, str(Path(__file__).parent))
     res = main()
-    (Path(__file__).parent / "results" / "profile_speed.json").write_text(json.dumps(res, indent=2))
-    print(json.dumps({k: v for k, v in res.items() if k in ("vtw", "fastv")}, indent=2))
+    (Path(__file__).parent / "results" / "profile_speed.json").write_text(dumps(res, indent=2))
+    print(dumps({k: v for k, v in res.items() if k in ("vtw", "fastv")}, indent=2))

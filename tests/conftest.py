@@ -25,3 +25,11 @@ def tiny_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("tiny-llava-session")
     save_tiny_llava(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def demo_loaded():
+    """The shipped demo model, loaded once per session on the CPU."""
+    from vtwctl import load
+
+    return load("demo", device="cpu")

@@ -119,17 +119,16 @@ def test_attention_report_ignores_tokens_past_the_end():
     assert rep.title() == "m on shapes (2 samples)"
 
 
-def test_attention_cli_stops_at_each_answers_end(tmp_path):
+def test_attention_cli_stops_at_each_answers_end(tmp_path, demo_loaded):
     """The demo model answers in a few tokens: beta covers exactly the tokens each answer has (the EOS
     included), as counted by generate(), not --max-new-tokens of them."""
     from console import script
-    from vtwctl import generate, load, tasks
+    from vtwctl import generate, tasks
 
     res = script("attention", "--samples", "2", "--max-new-tokens", "12", "--out", tmp_path / "att", "--json")
     assert res.returncode == 0, res.stderr[-2000:]
     d = json.loads(res.stdout)
-    loaded = load("demo", device="cpu")
-    task = tasks.get("shapes")
+    loaded, task = demo_loaded, tasks.get("shapes")
     want = [generate(loaded, loaded.sample_inputs(s), max_new_tokens=12).new_tokens[0]
             for s in task.load("test", 2, 0, None)]
     assert d["output_tokens"] == want and max(want) < 12

@@ -29,6 +29,7 @@ def test_bad_values_are_refused_before_loading():
         (["run", *BIG, "--prompt", "   "], "--prompt is empty"),
         (["run", *BIG, "--prompt", "hi", "--output", "x.jsonl"], "--output only applies with --dataset"),
         (["run", *BIG, "--prompt", "hi", "--sample", "--temperature", "nan"], "--temperature must be > 0"),
+        (["run", *BIG, "--prompt", "hi", "--k", "3", "--no-withdraw"], "--k and --no-withdraw contradict"),
         (["profile", *BIG, "--index", "600"], "--index 600 is past the end of shapes/test"),
         (["profile", *BIG, "--prompt", ""], "--prompt is empty"),
         (["profile", *BIG, "--k", "4,x"], "--k must be an integer, a comma-separated list"),

@@ -65,6 +65,8 @@ def run(
 
     if positions not in ("keep", "rearrange"):
         raise VTWError(f"--positions must be keep or rearrange, got {positions!r}")
+    if no_withdraw and k not in (None, "auto"):
+        raise VTWError("--k and --no-withdraw contradict each other")
     if dataset is not None:
         if image is not None or video is not None or prompt is not None or example is not None:
             raise VTWError("--dataset brings its own inputs: drop --image/--video/--prompt/--example")
