@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from pathlib import Path
@@ -12,6 +11,7 @@ import torch
 
 from vtwctl.attention import record
 from vtwctl.env import environment
+from vtwctl.files import dumps  # strict JSON (NaN -> null)
 
 
 def main(layers: int = 16, hidden: int = 768, new_tokens: int = 16, repeats: int = 3) -> dict:
@@ -49,5 +49,5 @@ if __name__ == "__main__":
 
     sys.path.insert(0, str(Path(__file__).parent))
     res = main()
-    (Path(__file__).parent / "results" / "attention_overhead.json").write_text(json.dumps(res, indent=2))
-    print(json.dumps({k: v for k, v in res.items() if k != "env"}, indent=2))
+    (Path(__file__).parent / "results" / "attention_overhead.json").write_text(dumps(res, indent=2))
+    print(dumps({k: v for k, v in res.items() if k != "env"}, indent=2))

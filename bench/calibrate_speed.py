@@ -9,7 +9,6 @@ and the measured ratio is compared with the lower bound 1 + sum_K (N-K)*T / (N*S
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from pathlib import Path
@@ -18,6 +17,7 @@ import torch
 
 from vtwctl.calibrate import sweep_sample
 from vtwctl.env import environment
+from vtwctl.files import dumps  # strict JSON (NaN -> null)
 from vtwctl.withdraw import withdraw
 
 
@@ -93,5 +93,5 @@ def main(layers: int = 16, hidden: int = 768, text: int = 66, k_min: int = 5, re
 if __name__ == "__main__":
     res = main()
     out = Path(__file__).parent / "results" / "calibrate_speed.json"
-    out.write_text(json.dumps(res, indent=2))
-    print(json.dumps({k: v for k, v in res.items() if k != "env"}, indent=2))
+    out.write_text(dumps(res, indent=2))
+    print(dumps({k: v for k, v in res.items() if k != "env"}, indent=2))

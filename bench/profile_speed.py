@@ -8,13 +8,13 @@ decode-per-token ratio, KV-cache bytes ratio, and the same for FastV.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from types import SimpleNamespace
 
 import torch
 
 from vtwctl.env import environment
+from vtwctl.files import dumps  # strict JSON (NaN -> null)
 from vtwctl.flops import Dims, exact_flops
 from vtwctl.measure import measure_many
 
@@ -42,7 +42,7 @@ def main(layers: int = 16, hidden: int = 1024, repeats: int = 3, new_tokens: int
                       "decode_s_per_token": m.decode_s_per_token, "total_s": m.total.median,
                       "kv_cache_bytes_prefill": m.kv_cache_bytes_prefill, "kv_cache_bytes_end": m.kv_cache_bytes_end,
                       "prefill_flops": fl.prefill + fl.lm_head, "decode_flops_per_token": fl.decode_per_token,
-                      "peak_rss_growth_bytes": m.peak_memory_bytes}
+                      "peak_memory_bytes": m.peak_memory_bytes}  # CPU: torch allocations (measure.CPUPeak)
     b = rows["baseline"]
     out = {"benchmark": "profile_speed",
            "model": {"layers": layers, "hidden": hidden, "vision_tokens": n_vis, "text_tokens": text, "k": k,
@@ -67,5 +67,5 @@ if __name__ == "__main__":
 
     sys.path.insert(0, str(Path(__file__).parent))
     res = main()
-    (Path(__file__).parent / "results" / "profile_speed.json").write_text(json.dumps(res, indent=2))
-    print(json.dumps({k: v for k, v in res.items() if k in ("vtw", "fastv")}, indent=2))
+    (Path(__file__).parent / "results" / "profile_speed.json").write_text(dumps(res, indent=2))
+    print(dumps({k: v for k, v in res.items() if k in ("vtw", "fastv")}, indent=2))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -12,10 +11,12 @@ import attention_overhead  # noqa: E402
 import calibrate_speed  # noqa: E402
 import profile_speed  # noqa: E402
 
+from vtwctl.files import dumps  # noqa: E402  (strict JSON)
+
 if __name__ == "__main__":
     results = Path(__file__).parent / "results"
     results.mkdir(exist_ok=True)
     for mod in (calibrate_speed, profile_speed, attention_overhead):
         res = mod.main()
-        (results / f"{res['benchmark']}.json").write_text(json.dumps(res, indent=2))
-        print(json.dumps({k: v for k, v in res.items() if k != "env"}, indent=2))
+        (results / f"{res['benchmark']}.json").write_text(dumps(res, indent=2))
+        print(dumps({k: v for k, v in res.items() if k != "env"}, indent=2))

@@ -58,3 +58,14 @@ def test_bad_input(tiny_dir, tmp_path, args, message):  # noqa: F811
     assert out.returncode == 2, out.stderr
     lines = [ln for ln in out.stderr.strip().splitlines() if ln.strip()]
     assert len(lines) == 1 and message in lines[0], out.stderr
+
+
+def test_repeating_a_calibration_keeps_one_record_per_eta(calibrated, tiny_dir):  # noqa: F811
+    _, store, _ = calibrated
+    (path,) = store.glob("*.json")
+    before = json.loads(path.read_text())["calibrations"]
+    out = vtwctl("calibrate", "--model", tiny_dir, "--k-min", "1", "--samples", "4", "--eta", "1,1e-12",
+                 "--profile-dir", store, "--json")
+    assert out.returncode == 0, out.stderr
+    after = json.loads(path.read_text())["calibrations"]
+    assert len(before) == len(after) == 2 and [r["eta"] for r in after] == [1e-12, 1.0]

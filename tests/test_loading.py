@@ -87,7 +87,9 @@ def test_calibration_records_round_trip(tmp_path):
     got = profiles.k_for("llava-1.5-7b", "sqa", profile_dir=tmp_path)
     assert got["k"] == 14  # the user's record wins over the shipped paper record (K=15)
     assert profiles.k_for("llava-1.5-7b", "sqa", profile_dir=tmp_path / "empty")["k"] == 15
-    assert profiles.k_for("llava-1.5-7b", "pope", profile_dir=tmp_path / "empty") is None
+    # no pope record: the shipped record for every dataset ("*", the paper's hand-set K=16), as --k auto does
+    assert profiles.k_for("llava-1.5-7b", "pope", profile_dir=tmp_path / "empty")["dataset"] == "*"
+    assert profiles.k_for("qwen2-vl-7b", "pope", profile_dir=tmp_path / "empty") is None
 
 
 @pytest.mark.slow

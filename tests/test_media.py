@@ -52,3 +52,19 @@ def test_errors(tmp_path):
         read_video(tmp_path / "empty")
     with pytest.raises(VTWError, match="image not found"):
         read_image(tmp_path / "x.png")
+
+
+def test_16_bit_png_is_scaled_not_clipped(tmp_path):
+    # a 16-bit grey gradient 0..65535 across 256 columns: 8-bit value of column c should be about c
+    ramp = np.tile((np.arange(256) * 257).astype(np.uint16), (4, 1))
+    path = tmp_path / "ramp16.png"
+    Image.fromarray(ramp).save(path)
+    assert Image.open(path).mode.startswith("I")  # Pillow opens it as a 16/32-bit integer image
+    rgb = np.asarray(read_image(path))
+    assert rgb.shape == (4, 256, 3) and rgb.dtype == np.uint8
+    assert np.abs(rgb[0, :, 0].astype(int) - np.arange(256)).max() <= 1  # convert("RGB") alone gives 255s
+    assert (rgb[..., 0] == rgb[..., 2]).all()
+    # a 32-bit float image in 0..1 (TIFF style)
+    f = tmp_path / "ramp.tiff"
+    Image.fromarray(np.tile(np.linspace(0, 1, 256, dtype=np.float32), (4, 1))).save(f)
+    assert np.abs(np.asarray(read_image(f))[0, :, 1].astype(int) - np.arange(256)).max() <= 1

@@ -73,3 +73,8 @@ def test_measured_rows_on_tiny_model(tiny_dir):  # noqa: F811
     assert d["baseline"]["kv_cache_bytes_prefill"] == 6 * per_pos * s
     assert d["vtw"]["kv_cache_bytes_prefill"] == 2 * per_pos * s + 4 * per_pos * (s - v)
     assert d["env"]["device"] == "cpu" and "torch" in d["env"]["versions"]
+    # peak memory of a run holds at least the KV cache it ends with (an RSS difference could be < 0)
+    for row in ("baseline", "vtw", "fastv"):
+        assert d[row]["peak_memory_bytes"] >= d[row]["kv_cache_bytes"] > 0, row
+    assert d["fastv_settings"] == {"k": 2, "ratio": 0.5} and d["fastv"]["drop_ratio"] == 0.5
+    assert d["source"] == "shapes/test sample 0"

@@ -105,7 +105,7 @@ def test_local_data_with_wrong_columns_is_one_line(tmp_path):
     rows = [{k: v for k, v in r.items() if k != "question"} for r in pope_rows()]
     feats = {k: v for k, v in POPE_FEATURES.items() if k != "question"}
     path = write_parquet(tmp_path / "test.parquet", rows, feats)
-    with pytest.raises(VTWError, match=r"test.parquet has no column 'question'") as err:
+    with pytest.raises(VTWError, match=r"test.parquet lacks the column question that pope reads") as err:
         tasks.get("pope").open("test", str(path))
     assert "\n" not in str(err.value)
     (tmp_path / "bad").mkdir()
@@ -115,8 +115,8 @@ def test_local_data_with_wrong_columns_is_one_line(tmp_path):
 
 
 def test_cli_checks_data_before_loading_the_model(tmp_path):
-    # a model spec that would fail to load: the data error must come first
-    res = vtwctl("run", "--model", tmp_path / "no-model", "--dataset", "pope", "--data-dir", tmp_path / "nothing",
+    # a model that is not cached here (loading it would fail): the data error must come first
+    res = vtwctl("run", "--model", "llava-1.5-7b", "--dataset", "pope", "--data-dir", tmp_path / "nothing",
                  "--k", "2")
     assert res.returncode == 2 and "dataset path not found" in res.stderr
     res = vtwctl("run", "--dataset", "pope", "--k", "2", "--scoring", "strict")

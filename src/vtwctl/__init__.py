@@ -6,20 +6,33 @@ Public API (imports are lazy, so ``import vtwctl`` does not load torch):
   ``.model``, ``.processor``, ``.family``, ``.num_layers``, ``.build_inputs(...)``.
 - ``withdraw(model, k, positions="keep")`` -> context manager running VTW at layer ``k``.
 - ``generate(loaded, inputs, k=None, ...)`` -> timed generation with or without VTW.
+- ``calibrate(loaded, task, etas, ...)`` -> the KL sweep over K (Eq. 6) and the chosen K per eta.
+- ``evaluate(loaded, task, k, ...)`` -> a benchmark run (JSONL records, resumable) and its summary.
 - ``VTWError`` -> raised for bad user input.
+
+Several of these share their name with the module that defines them (``vtwctl.withdraw`` the
+function lives in the module ``vtwctl.withdraw``). Importing a submodule normally rebinds the
+package attribute to the module, so ``vtwctl.withdraw`` would turn into a module as soon as
+anything imported it. The package refuses that rebinding: ``vtwctl.withdraw`` is always the
+function; the module stays reachable as ``sys.modules["vtwctl.withdraw"]`` and through
+``from vtwctl.withdraw import ...``.
 """
 
 from __future__ import annotations
 
+import sys
+import types
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["load", "withdraw", "generate", "VTWError", "__version__"]
+__all__ = ["load", "withdraw", "generate", "calibrate", "evaluate", "VTWError", "__version__"]
 
 _LAZY = {
     "load": ("vtwctl.loading", "load"),
     "withdraw": ("vtwctl.withdraw", "withdraw"),
     "generate": ("vtwctl.infer", "generate"),
+    "calibrate": ("vtwctl.calibrate", "calibrate"),
+    "evaluate": ("vtwctl.evaluate", "evaluate"),
     "VTWError": ("vtwctl.errors", "VTWError"),
 }
 
@@ -29,5 +42,23 @@ def __getattr__(name: str) -> Any:
         import importlib
 
         module, attr = _LAZY[name]
-        return getattr(importlib.import_module(module), attr)
+        value = getattr(importlib.import_module(module), attr)
+        globals()[name] = value  # resolved once
+        return value
     raise AttributeError(f"module 'vtwctl' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
+
+class _Package(types.ModuleType):
+    """The ``vtwctl`` module: a public name is never replaced by the submodule of the same name."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _LAZY and isinstance(value, types.ModuleType) and value.__name__ == f"{__name__}.{name}":
+            return  # the import system binding the submodule vtwctl.<name>: keep the public function
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

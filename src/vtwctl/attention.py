@@ -119,7 +119,8 @@ class AttentionRecorder:
 
 @torch.no_grad()
 def record(loaded, inputs: dict, max_new_tokens: int = 16, k: int | None = None) -> torch.Tensor:
-    """beta [B, T, L, 4] for each generated token t (greedy), layer l and token type (TYPES)."""
+    """beta [B, T, L, 4] for each generated token t (greedy, up to and including the end-of-sequence
+    token: nothing past it), layer l and token type (TYPES)."""
     from .withdraw import Engine, active, carries_visual
 
     model = loaded.model
@@ -146,11 +147,21 @@ def record(loaded, inputs: dict, max_new_tokens: int = 16, k: int | None = None)
     try:
         ctx = active(model, engine) if engine is not None else contextlib.nullcontext()
         with ctx:
-            model.generate(**inputs, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens,
-                           do_sample=False, temperature=None, top_p=None, top_k=None)
+            out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, temperature=None,
+                                 top_p=None, top_k=None)
     finally:
         rec.remove()
-    return torch.stack(rec.rows, 1)  # [B, T, L, 4]
+    beta = torch.stack(rec.rows, 1)  # [B, T, L, 4]
+    # in a batch, rows that ended keep being computed (padding) until every row ends: not output tokens
+    new = out[:, inputs["input_ids"].shape[1]:].cpu()
+    eos = getattr(model.generation_config, "eos_token_id", None)
+    eos = [eos] if isinstance(eos, int) else list(eos or [])
+    if eos and new.shape[1]:
+        is_eos = torch.isin(new, torch.tensor(eos))
+        first = torch.where(is_eos.any(1), is_eos.int().argmax(1), new.shape[1])  # index of each row's EOS
+        past = torch.arange(beta.shape[1])[None] > first[:, None]  # [B, T]
+        beta = beta.masked_fill(past[..., None, None], float("nan"))
+    return beta
 
 
 @dataclass
@@ -159,20 +170,37 @@ class AttentionReport:
     datasets: list[str]
     k: int | None
     sample_ids: list[str]
-    beta: torch.Tensor  # [N, T, L, 4]
+    beta: torch.Tensor  # [N, T, L, 4]; NaN past each sample's last output token
     env: dict = field(default_factory=dict)
+    lengths: list[int] = field(default_factory=list)  # output tokens of each sample (its EOS included)
+
+    def _valid(self) -> torch.Tensor:
+        return ~torch.isnan(self.beta[..., 0, 0])  # [N, T]
 
     def by_layer(self) -> list[dict]:
-        per = self.beta.mean(1)  # [N, L, 4]: averaged over output tokens
+        valid = self._valid()[..., None, None]  # [N, T, 1, 1]
+        per = torch.where(valid, self.beta, 0).sum(1) / valid.sum(1).clamp(min=1)  # [N, L, 4]: mean over tokens
         mean, std = per.mean(0), per.std(0, unbiased=False)
-        return [{"layer": layer, "type": t, "mean": float(mean[layer, j]), "std": float(std[layer, j])}
+        n = per.shape[0]
+        return [{"layer": layer, "type": t, "mean": float(mean[layer, j]), "std": float(std[layer, j]), "samples": n}
                 for layer in range(per.shape[1]) for j, t in enumerate(TYPES)]
 
     def by_token(self) -> list[dict]:
-        per = self.beta.mean(2)  # [N, T, 4]: averaged over layers
-        mean, std = per.mean(0), per.std(0, unbiased=False)
-        return [{"output_index": i, "type": t, "mean": float(mean[i, j]), "std": float(std[i, j])}
-                for i in range(per.shape[1]) for j, t in enumerate(TYPES)]
+        per = self.beta.mean(2)  # [N, T, 4]: averaged over layers (NaN past a sample's end)
+        valid = self._valid()  # [N, T]
+        rows = []
+        for i in range(per.shape[1]):
+            vals = per[valid[:, i], i]  # the samples that produced an i-th output token
+            if not len(vals):
+                continue
+            mean, std = vals.mean(0), vals.std(0, unbiased=False)
+            rows += [{"output_index": i, "type": t, "mean": float(mean[j]), "std": float(std[j]),
+                      "samples": int(len(vals))} for j, t in enumerate(TYPES)]
+        return rows
+
+    def title(self) -> str:
+        vtw = f", VTW K={self.k}" if self.k is not None else ""
+        return f"{self.model}{vtw} on {'+'.join(self.datasets)} ({len(self.sample_ids)} samples)"
 
     def write(self, out_dir) -> list:
         import csv
@@ -192,12 +220,12 @@ class AttentionReport:
             paths.append(p)
         p = out / "attention_raw.npz"
         np.savez_compressed(p, beta=self.beta.numpy(), types=np.array(TYPES), sample_ids=np.array(self.sample_ids),
-                            datasets=np.array(self.datasets), k=-1 if self.k is None else self.k)
+                            datasets=np.array(self.datasets), k=-1 if self.k is None else self.k,
+                            lengths=np.array(self.lengths or [self.beta.shape[1]] * self.beta.shape[0]))
         paths.append(p)
         from .plots import plot_attention
 
-        paths += plot_attention(self.by_layer(), self.by_token(), out, title=f"{self.model}"
-                                + (f", VTW K={self.k}" if self.k is not None else ""))
+        paths += plot_attention(self.by_layer(), self.by_token(), out, title=self.title())
         return paths
 
 
@@ -214,5 +242,9 @@ def attention_stats(loaded, tasks_and_samples: list[tuple], max_new_tokens: int 
         names.append(task)
         if progress:
             progress(i + 1, len(tasks_and_samples))
+    betas = [b[~torch.isnan(b[:, 0, 0])] for b in betas]  # nothing past the end of the answer
+    lengths = [b.shape[0] for b in betas]
+    width = max(lengths)
+    padded = [torch.cat([b, b.new_full((width - b.shape[0], *b.shape[1:]), float("nan"))]) for b in betas]
     return AttentionReport(model=loaded.name, datasets=sorted(set(names)), k=k, sample_ids=ids,
-                           beta=torch.stack(betas), env=environment(loaded))
+                           beta=torch.stack(padded), env=environment(loaded), lengths=lengths)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import datetime as _dt
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -215,6 +216,8 @@ class Calibration:
     baseline_accuracy: float | None = None
     selection: str = "random"  # "random" (seeded subset) or "first" (the first N rows: the authors' protocol)
     warning: str | None = None  # set when the samples come from the test split
+    accuracy_samples: int = 0  # how many samples the accuracy sweep scored
+    accuracy_ids: list[str] = field(default_factory=list)
     date: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     env: dict = field(default_factory=dict)
     schema: int = 1
@@ -251,12 +254,12 @@ def calibrate(loaded, task, etas: list[float], k_min: int = 5, samples: int = 20
     from .env import environment
 
     n = loaded.num_layers
-    if not etas or any(e <= 0 for e in etas):
-        raise VTWError(f"eta must be > 0, got {', '.join(map(str, etas)) or 'nothing'}")
+    if not etas or any(not e > 0 or not math.isfinite(e) for e in etas):
+        raise VTWError(f"eta must be a finite number > 0, got {', '.join(map(str, etas)) or 'nothing'}")
     if not 0 <= k_min < n:
         raise VTWError(f"k_min={k_min} is out of range: the model has {n} layers, so k_min must be in 0..{n - 1}")
-    if samples < 1 or tokens < 1:
-        raise VTWError("--samples and --tokens must be at least 1")
+    if samples < 1 or tokens < 1 or accuracy < 0:
+        raise VTWError("--samples and --tokens must be at least 1, --accuracy at least 0")
     split = split or task.calibration_split
     warning = None
     if split == task.test_split:
@@ -298,7 +301,17 @@ def calibrate(loaded, task, etas: list[float], k_min: int = 5, samples: int = 20
         warning=warning,
     )
     if accuracy:
-        result.accuracy, result.baseline_accuracy = accuracy_sweep(loaded, task, data[:accuracy], ks, progress)
+        # the KL samples first, then (when more are asked for) more of the same split, drawn the same way
+        if accuracy <= len(data):
+            scored = data[:accuracy]
+        else:
+            rest = pool.exclude(chosen.ids)
+            more = rest.first(accuracy - len(data)) if first is not None else rest.sample(accuracy - len(data), seed)
+            scored = data + list(more)
+        if len(scored) < accuracy:
+            raise VTWError(f"--accuracy {accuracy} is more than the {len(scored)} samples of {task.name}/{split}")
+        result.accuracy, result.baseline_accuracy = accuracy_sweep(loaded, task, scored, ks, progress)
+        result.accuracy_samples, result.accuracy_ids = len(scored), [s.id for s in scored]
     result.seconds = time.perf_counter() - start
     return result
 

@@ -9,53 +9,23 @@ returns a summary computed from every record in the file. ``merge`` combines sha
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import VTWError
+from .results import append as _append
+from .results import dedupe, locked, read_records
+
+__all__ = ["evaluate", "merge", "summarize", "read_records", "parse_shard", "Summary", "IMAGE_MODES"]
 
 IMAGE_MODES = ("normal", "blank", "none")
 
 
 def prompt_hash(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def read_records(path: str | Path) -> list[dict]:
-    """Records of a JSONL file; a torn last line (crash mid-write) is ignored."""
-    p = Path(path)
-    if not p.exists():
-        return []
-    out = []
-    with p.open() as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return out
-
-
-def _append(path: Path, records: Iterable[dict]) -> None:
-    torn = False
-    if path.exists() and path.stat().st_size:
-        with path.open("rb") as f:
-            f.seek(-1, os.SEEK_END)
-            torn = f.read(1) != b"\n"
-    with path.open("a") as f:
-        if torn:  # a crash mid-write left a partial line: start on a fresh one
-            f.write("\n")
-        for r in records:
-            f.write(json.dumps(r, default=str) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def parse_shard(text: str | None) -> tuple[int, int]:
@@ -93,6 +63,7 @@ class Summary:
     mean_new_tokens: float
     output: str | None = None
     new_samples: int = 0
+    missing_shards: list = field(default_factory=list)  # merge(partial=True): shards without records
     env: dict = field(default_factory=dict)
     schema: int = 1
 
@@ -102,6 +73,7 @@ class Summary:
 
 def summarize(records: list[dict], task, output: str | None = None, env: dict | None = None,
               new: int = 0) -> Summary:
+    records = dedupe(records)  # every sample counts once, however often it was written
     if not records:
         raise VTWError("no records to summarise")
     first = records[0]
@@ -151,7 +123,11 @@ def select(task, split: str | None = None, source: str | None = None, limit: int
     """The samples a run answers: the first ``limit`` of ``split`` (lmms-eval's ``--limit``), then this
     shard's share (every N-th from I). Nothing is decoded; unreadable samples (e.g. missing videos)
     raise ``VTWError`` now, before any model loads."""
-    samples = task.open(split or task.test_split, source, seed).first(limit).shard(*shard)
+    split = split or task.test_split
+    every = task.open(split, source, seed)
+    if limit is not None and len(every) < limit:
+        raise VTWError(f"--limit {limit} is more than the {len(every)} samples of {task.name}/{split}")
+    samples = every.first(limit).shard(*shard)
     samples.check()
     return samples
 
@@ -171,10 +147,9 @@ def evaluate(loaded, task, k: int | None, positions: str = "keep", split: str | 
     ``method`` (Table 2's rows, ``methods.METHODS``): ``vtw`` at ``k``; ``vtw-random`` at a K drawn per
     sample around ``k`` (recorded as ``k_drawn``); ``rand`` (random tokens at ``k``) and
     ``vtw-random`` draw from ``seed`` and the sample id; ``fastv`` at ``fastv_k``; ``stock``.
+    One run holds ``output`` at a time: a second one is refused, never interleaved.
     """
-    from .env import environment
-    from .infer import generate
-    from .methods import canonical, random_k, sample_seed
+    from .methods import canonical
 
     method = canonical(method)
     if method == "stock" or (method == "vtw" and (k is None or k >= loaded.num_layers)):
@@ -188,6 +163,18 @@ def evaluate(loaded, task, k: int | None, positions: str = "keep", split: str | 
     split = split or task.test_split
     if samples is None:
         samples = select(task, split, source, limit, shard)
+    path = Path(output) if output else None
+    with locked(path):
+        return _evaluate(loaded, task, k, positions, split, batch_size, path, shard, image_mode, max_new_tokens,
+                         progress, scoring, judge, samples, method, seed, fastv_k, fastv_ratio)
+
+
+def _evaluate(loaded, task, k, positions, split, batch_size, path, shard, image_mode, max_new_tokens, progress,
+              scoring, judge, samples, method, seed, fastv_k, fastv_ratio) -> Summary:
+    from .env import environment
+    from .infer import generate
+    from .methods import random_k, sample_seed
+
     index, count = shard
     n = loaded.num_layers
     judge_model = getattr(judge, "name", None) if judge is not None and task.judge_parser is not None else None
@@ -198,11 +185,9 @@ def evaluate(loaded, task, k: int | None, positions: str = "keep", split: str | 
         config["seed"] = seed
     if method == "fastv":
         config.update(k=fastv_k, fastv_ratio=fastv_ratio)
-    path = Path(output) if output else None
     existing: list[dict] = []
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        existing = read_records(path)
+        existing = dedupe(read_records(path))
         _check_compatible(existing, config, path)
     wanted = set(samples.ids)
     records = [r for r in existing if r["id"] in wanted]
@@ -264,31 +249,62 @@ def _jsonable(meta: dict) -> dict:
     return {k: v for k, v in meta.items() if isinstance(v, (str, int, float, bool, list, dict, type(None)))}
 
 
-def merge(paths: list[str | Path], output: str | Path | None = None) -> Summary:
-    """Combine shard files into one summary (and one JSONL file if ``output`` is given)."""
-    from . import tasks
+def merge(paths: list[str | Path], output: str | Path | None = None, partial: bool = False) -> Summary:
+    """Combine shard files into one summary (and one JSONL file if ``output`` is given).
 
-    records: dict[str, dict] = {}
+    Every shard of the run must be there (records say ``shard: "I/N"``); ``partial=True`` summarises
+    the shards present and lists the missing ones in ``Summary.missing_shards``.
+    """
+    from . import tasks
+    from .files import atomic_write, check_file_target, dumps, lock
+
+    if not paths:
+        raise VTWError("give the results files to merge")
+    check_file_target(output, "merged results file")
+    records: list[dict] = []
     configs = set()
     for p in paths:
-        if not Path(p).exists():
-            raise VTWError(f"results file not found: {p}")
-        for r in read_records(p):
+        recs = read_records(p, missing_ok=False)
+        for r in recs:
             configs.add(tuple(str(r.get(k)) for k in _CONFIG_KEYS))
-            records.setdefault(r["id"], r)
-    if not records:
-        raise VTWError("the results files hold no records")
+        records.extend(recs)
     if len(configs) > 1:
         raise VTWError("the files hold results of different runs (model, dataset, split, k, positions or "
                        "image mode differ); merge files of one run only")
-    merged = list(records.values())
+    merged = dedupe(records)
+    if not merged:
+        raise VTWError("the results files hold no records")
+    missing = _missing_shards(merged)
+    if missing and not partial:
+        raise VTWError(f"shard{'s' if len(missing) > 1 else ''} {', '.join(missing)} missing from the files "
+                       "given; merge every shard's file, or pass --partial to summarise the shards present")
     task = tasks.get(merged[0]["dataset"])
     if output is not None:
-        out = Path(output)
-        if out.exists():
-            out.unlink()
-        _append(out, merged)
-    return summarize(merged, task, str(output) if output else None, {}, 0)
+        with lock(output, "merged results file"):
+            atomic_write(output, "".join(dumps(r) + "\n" for r in merged))
+    summary = summarize(merged, task, str(output) if output else None, {}, 0)
+    summary.missing_shards = missing
+    return summary
+
+
+def _missing_shards(records: list[dict]) -> list[str]:
+    """Shards ("I/N") of the run that no record comes from (records without a shard field: none)."""
+    seen: set[int] = set()
+    counts: set[int] = set()
+    for r in records:
+        try:
+            i, n = (int(x) for x in str(r["shard"]).split("/"))
+        except (KeyError, ValueError):
+            continue
+        seen.add(i)
+        counts.add(n)
+    if len(counts) > 1:
+        raise VTWError(f"the files come from different shardings ({', '.join(f'N={n}' for n in sorted(counts))}); "
+                       "merge the shards of one run")
+    if not counts:
+        return []
+    n = counts.pop()
+    return [f"{i}/{n}" for i in range(n) if i not in seen]
 
 
 def distributed_context() -> tuple[int, int, Any]:

@@ -149,6 +149,16 @@ def pick_device(device: str = "auto") -> str:
         return "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise VTWError(f"device {device} requested but CUDA is not available on this machine")
+    if device.startswith("cuda:"):
+        index = device.split(":", 1)[1]
+        if not index.isdigit():
+            raise VTWError(f"unknown device {device!r}; use cuda:N with a GPU number N")
+        if int(index) >= torch.cuda.device_count():
+            raise VTWError(f"device {device} requested but this machine has {torch.cuda.device_count()} GPU(s)")
+    if device == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise VTWError("device mps requested but MPS (Apple GPU) is not available on this machine")
     if device not in ("cpu", "map", "mps") and not device.startswith("cuda"):
         raise VTWError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N, mps or map (device_map='auto')")
     return device

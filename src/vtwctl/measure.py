@@ -5,7 +5,8 @@ Prefill (time to first token) is timed as ``generate(max_new_tokens=1)``; end-to
 On CUDA every timed region is bracketed by CUDA events after a synchronisation; on CPU it is wall
 time with the thread count recorded in the environment. Memory: on CUDA the peak allocated during
 one end-to-end run minus what was allocated before it (the model and inputs: Table 4's "per sample
-GM") and the device-level used memory from NVML; on CPU the peak RSS growth during the run (Linux).
+GM") and the device-level used memory from NVML; on CPU the same peak of tensor memory, read from the
+torch profiler's allocation events (``CPUPeak``; an RSS difference can be negative).
 KV-cache bytes are read from the cache object after prefill and at the end of decoding.
 """
 
@@ -15,7 +16,6 @@ import contextlib
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 METHODS = ("baseline", "vtw", "fastv")
@@ -113,22 +113,72 @@ class _Timer:
         return time.perf_counter() - t
 
 
-def _rss_bytes(field_name: str) -> int | None:
+@contextlib.contextmanager
+def _quiet_stderr_fd():
+    """Silence file descriptor 2 (the profiler's C++ start/stop log lines) for a moment."""
+    import os
+    import sys
+
+    sys.stderr.flush()
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field_name + ":"):
-                return int(line.split()[1]) * 1024
+        saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
     except OSError:
-        return None
-    return None
+        yield
+        return
+    os.dup2(null, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
 
 
-def _reset_peak_rss() -> bool:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
+class CPUPeak:
+    """Peak CPU tensor memory allocated inside the block above what was allocated when it began
+    (the CPU counterpart of ``torch.cuda.max_memory_allocated() - memory_allocated()``; never negative).
+
+    The torch profiler records every CPU allocation and free with its size, in order; the peak is the
+    largest running sum. Memory outside torch tensors (the Python heap, libraries) is not counted,
+    and neither is allocator caching, which is what makes an RSS difference wrong (often negative).
+    ``bytes`` is None when the profiler cannot run here.
+    """
+
+    def __init__(self):
+        self.bytes: int | None = None
+        self._prof = None
+
+    def __enter__(self) -> CPUPeak:
+        try:
+            from torch.profiler import ProfilerActivity, profile
+
+            self._prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+            with _quiet_stderr_fd():
+                self._prof.__enter__()
+        except Exception:  # no profiler support in this build
+            self._prof = None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._prof is None:
+            return
+        with _quiet_stderr_fd():
+            self._prof.__exit__(*exc)
+        if exc[0] is None:
+            self.bytes = _peak_of(self._prof)
+
+
+def _peak_of(prof) -> int | None:
+    try:  # the raw, time-ordered allocation events
+        events = [(e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                  if e.name() == "[memory]" and "CPU" in str(e.device_type())]
+    except AttributeError:  # older layout: the public function events (allocations folded into their ops)
+        events = [(e.time_range.start, e.self_cpu_memory_usage) for e in prof.events() if e.self_cpu_memory_usage]
+    running = peak = 0
+    for _, nbytes in sorted(events, key=lambda x: x[0]):
+        running += nbytes
+        peak = max(peak, running)
+    return int(peak)
 
 
 def nvml_used_bytes(device) -> int | None:
@@ -218,14 +268,13 @@ def _memory(loaded, model, inputs, t, gen_kw):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats(loaded.device)
         before = torch.cuda.memory_allocated(loaded.device)
-    else:
-        reset = _reset_peak_rss()
-        before = _rss_bytes("VmRSS")
-    out = model.generate(**inputs, max_new_tokens=t, min_new_tokens=t, return_dict_in_generate=True, **gen_kw)
     if cuda:
+        out = model.generate(**inputs, max_new_tokens=t, min_new_tokens=t, return_dict_in_generate=True, **gen_kw)
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated(loaded.device) - before
     else:
-        hwm = _rss_bytes("VmHWM")
-        peak = hwm - before if reset and hwm is not None and before is not None else None
+        with CPUPeak() as meter:
+            out = model.generate(**inputs, max_new_tokens=t, min_new_tokens=t, return_dict_in_generate=True,
+                                 **gen_kw)
+        peak = meter.bytes
     return kv_prefill, peak, cache_bytes(cache_of(out)), nvml_used_bytes(loaded.device) if cuda else None

@@ -20,9 +20,32 @@ def read_image(path: str | Path):
         raise VTWError(f"{path} is a directory, not an image file")
     try:
         with Image.open(p) as img:
-            return img.convert("RGB")
+            return to_rgb(img)
     except (UnidentifiedImageError, OSError) as exc:
         raise VTWError(f"cannot read image {path}: {exc.__class__.__name__}") from None
+
+
+def to_rgb(img):
+    """An 8-bit RGB copy of a PIL image. 16-bit and 32-bit integer images (``I;16``, ``I``: 16-bit PNG
+    and TIFF) and float images (``F``) are scaled into 0..255 first; ``convert("RGB")`` alone clips
+    them, which turns a 16-bit photograph all white."""
+    import numpy as np
+    from PIL import Image
+
+    if img.mode.startswith("I;16"):
+        a = np.asarray(img, dtype=np.float64) / 257.0  # 65535 -> 255
+    elif img.mode in ("I", "F"):
+        a = np.asarray(img, dtype=np.float64)
+        lo, hi = float(a.min()), float(a.max())
+        if img.mode == "F" and lo >= 0 and hi <= 1:
+            a = a * 255.0
+        elif hi > 65535 or lo < 0:  # no known bit depth: stretch the range
+            a = (a - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(a)
+        elif hi > 255:
+            a = a / 257.0  # 16-bit samples in a 32-bit container
+    else:
+        return img.convert("RGB")
+    return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L").convert("RGB")
 
 
 def read_video(path: str | Path, num_frames: int = 8):

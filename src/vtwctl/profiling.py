@@ -45,13 +45,18 @@ class ProfileReport:
     fastv: dict = field(default_factory=dict)
     calibrations: list = field(default_factory=list)
     env: dict = field(default_factory=dict)
-    schema: int = 1
+    source: str | None = None  # what was measured ("shapes/test sample 0", "your prompt"); None: FLOPs only
+    schema: int = 2
 
     def to_dict(self) -> dict:
+        """Rows under their method names ("baseline", "vtw", "fastv"); the FastV settings under
+        "fastv_settings" and in the fastv row ("drop_ratio"), so the row cannot hide them."""
         out: dict[str, Any] = {"model": self.model, "k": self.k, "tokens": self.tokens, "method": self.method,
-                               "count": self.count, "fastv": self.fastv}
+                               "count": self.count, "fastv_settings": dict(self.fastv), "source": self.source}
         for r in self.rows:
             out[r.method] = r.to_dict()
+        if "fastv" in out and self.fastv:
+            out["fastv"]["drop_ratio"] = self.fastv.get("ratio")
         if self.sweep:
             out["sweep"] = [r.to_dict() for r in self.sweep]
         out["calibrations"] = self.calibrations

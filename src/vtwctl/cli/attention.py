@@ -7,7 +7,20 @@ from pathlib import Path
 import typer
 
 from . import app
-from .common import ATTN, DEVICE, DTYPE, JSON, MODEL, TRUST, emit_json, load_model, stderr_console
+from .common import (
+    ATTN,
+    DEVICE,
+    DTYPE,
+    JSON,
+    MODEL,
+    TRUST,
+    Progress,
+    check_device,
+    emit_json,
+    load_model,
+    model_name,
+    stderr_console,
+)
 
 
 @app.command()
@@ -27,40 +40,59 @@ def attention(
     json_out: bool = JSON,
 ) -> None:
     """How much the output tokens attend to system, vision, instruction and output tokens."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    from .. import tasks
-    from ..attention import TYPES, attention_stats
+    from .. import preflight, tasks
+    from ..attention import attention_stats
     from ..errors import VTWError, check_k
+    from ..files import check_dir_target
 
     names = [d.strip() for d in dataset.split(",") if d.strip()]
+    if not names:
+        raise VTWError("--dataset names no task")
     units = [tasks.get(n) for n in names]
     if data_dir and len(units) > 1:
         raise VTWError("--data-dir holds the data of one task; run one task at a time")
+    if k is not None and k < 0:
+        raise VTWError(f"K={k} is out of range: K must be >= 0")
+    for t in units:  # splits, local files and sample counts, before the model loads
+        preflight.check_data(t, split or t.test_split, data_dir, need=samples, what="--samples")
+    check_dir_target(out, "output directory")
+    model_name(model)
+    check_device(device)
+    pairs = [(t.name, s) for t in units for s in t.load(split or t.test_split, samples, 0, data_dir)]
     loaded = load_model(model, device, dtype, attn_implementation, trust_remote_code)
     check_k(k, loaded.num_layers)
-    pairs = [(t.name, s) for t in units for s in t.load(split or t.test_split, samples, 0, data_dir)]
     console = stderr_console()
-    with Progress(TextColumn("attention"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=console, transient=True) as bar:
-        job = bar.add_task("attention", total=len(pairs))
-        report = attention_stats(loaded, pairs, max_new_tokens, k,
-                                 progress=lambda d, n: bar.update(job, completed=d))
-    paths = report.write(out)
+    with Progress("attention", console) as bar:
+        report = attention_stats(loaded, pairs, max_new_tokens, k, progress=lambda d, n: bar.update(d, n))
+    try:
+        paths = report.write(out)
+    except OSError as exc:  # keep the result: print it, then say what could not be written
+        paths, failed = [], f"cannot write into {out}: {exc.strerror or exc}"
+    else:
+        failed = None
     if json_out:
         emit_json({"model": report.model, "datasets": report.datasets, "k": k, "samples": len(pairs),
-                   "max_new_tokens": max_new_tokens, "by_layer": report.by_layer(), "by_token": report.by_token(),
-                   "files": [str(p) for p in paths], "env": report.env})
-        return
+                   "max_new_tokens": max_new_tokens, "output_tokens": report.lengths, "by_layer": report.by_layer(),
+                   "by_token": report.by_token(), "files": [str(p) for p in paths], "env": report.env})
+    else:
+        _render(console, report, loaded.num_layers, paths)
+    if failed:
+        raise VTWError(failed + " (the result is printed above)")
+
+
+def _render(console, report, num_layers, paths) -> None:
     from rich.table import Table
 
-    table = Table(title=f"attention of output tokens by type ({report.model}, {len(pairs)} samples)")
+    from ..attention import TYPES
+
+    table = Table(title=f"attention of output tokens by type: {report.title()}")
     table.add_column("layer", justify="right")
     for t in TYPES:
         table.add_column(t, justify="right")
     rows = report.by_layer()
-    for layer in range(loaded.num_layers):
+    for layer in range(num_layers):
         vals = {r["type"]: r["mean"] for r in rows if r["layer"] == layer}
         table.add_row(str(layer), *(f"{vals[t]:.3f}" for t in TYPES))
     console.print(table)
-    console.print(f"[dim]wrote {', '.join(str(p) for p in paths)}[/dim]")
+    if paths:
+        console.print(f"[dim]wrote {', '.join(str(p) for p in paths)}[/dim]", soft_wrap=True)

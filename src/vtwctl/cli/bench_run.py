@@ -8,36 +8,45 @@ from pathlib import Path
 import typer
 
 from . import app
-from .common import JSON, emit_json, load_model, parse_k, stderr_console
+from .common import (
+    JSON,
+    Progress,
+    auto_k,
+    check_device,
+    check_k_syntax,
+    emit_json,
+    load_model,
+    model_name,
+    parse_k,
+    stderr_console,
+)
 
 
 def _resolve_k(k, no_withdraw, loaded, task, profile_dir, console):
     from ..errors import VTWError
-    from ..profiles import k_for
 
     n = loaded.num_layers
     chosen = parse_k(k, no_withdraw, n)
     if k is None and not no_withdraw:
         raise VTWError("say which K: --k K, --k auto (from the calibration record) or --no-withdraw")
     if chosen == "auto":
-        rec = k_for(loaded.name, task.name, profile_dir=profile_dir)
-        if rec is None:
+        chosen, _ = auto_k(loaded.name, task.name, profile_dir, n, console)
+        if chosen is None:
             raise VTWError(f"no calibration record for {loaded.name} on {task.name}; run "
                            f"`vtwctl calibrate --model {loaded.spec} --dataset {task.name}` or pass --k")
-        chosen = int(rec["k"])
-        console.print(f"--k auto: K={chosen} from the calibration record of {loaded.name} on {task.name} "
-                      f"(eta={rec.get('eta')}, {rec.get('source', 'vtwctl calibrate')})")
     return None if chosen is None or chosen >= n else chosen
 
 
 def run_dataset(*, model, dataset, split, limit, batch_size, output, shard, image_mode, data_dir, k, no_withdraw,
                 positions, max_new_tokens, profile_dir, device, dtype, attn_implementation, json_out,
-                trust_remote_code=False, scoring="lmms-eval", judge_url=None, judge_model=None) -> None:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    from .. import tasks
+                trust_remote_code=False, scoring="lmms-eval", judge_url=None, judge_model=None, method="vtw",
+                seed=0, fastv_k=2, fastv_ratio=0.5) -> None:
+    from .. import preflight, tasks
     from ..errors import VTWError
     from ..evaluate import IMAGE_MODES, distributed_context, evaluate, merge, parse_shard, select
+    from ..methods import canonical
+    from ..profiles import check_store
+    from ..results import check_target, locked
 
     task = tasks.get(dataset)
     if image_mode not in IMAGE_MODES:
@@ -55,7 +64,19 @@ def run_dataset(*, model, dataset, split, limit, batch_size, output, shard, imag
         judge.check()
     elif judge_model is not None:
         raise VTWError("--judge-model needs --judge-url (the OpenAI-compatible endpoint)")
+    method = canonical(method)
+    if no_withdraw:
+        method = "stock"
+    if k is None and method in ("vtw", "vtw-random", "rand"):
+        raise VTWError("say which K: --k K, --k auto (from the calibration record) or --no-withdraw")
+    check_k_syntax(k)
     index, count = parse_shard(shard)
+    # everything that can be checked without the model is checked before it loads
+    name = model_name(model)  # an unknown model or missing directory is refused here
+    split = preflight.check_split(task, split)
+    if k == "auto" and not no_withdraw:
+        check_store(name, profile_dir)
+    check_device(device)
     rank, world, dist = distributed_context()
     if world > 1:
         if shard:
@@ -67,31 +88,30 @@ def run_dataset(*, model, dataset, split, limit, batch_size, output, shard, imag
             import torch
 
             device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}" if torch.cuda.is_available() else "cpu"
-    console = stderr_console()
-    samples = select(task, split, data_dir, limit, (index, count))  # data problems show before the model loads
-    loaded = load_model(model, device, dtype, attn_implementation, trust_remote_code)
-    chosen = _resolve_k(k, no_withdraw, loaded, task, profile_dir, console)
     out_path = Path(f"{output}.rank{rank}") if world > 1 else output
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("{task.fields[rate]}"), TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=True, disable=rank != 0) as bar:
-        job = bar.add_task(f"{task.name} K={chosen if chosen is not None else loaded.num_layers}", total=None,
-                           rate="")
-
-        def progress(done: int, total: int) -> None:
-            t = bar.tasks[0]
-            rate = f"{t.speed:.2f} samples/s" if t.speed else ""
-            bar.update(job, completed=done, total=total, rate=rate)
-
-        try:
-            summary = evaluate(loaded, task, chosen, positions=positions, split=split, limit=limit,
-                               batch_size=batch_size, output=out_path, shard=(index, count), image_mode=image_mode,
-                               max_new_tokens=max_new_tokens, source=data_dir, progress=progress,
-                               scoring=scoring, judge=judge, samples=samples)
-        except KeyboardInterrupt:
-            if out_path:
-                console.print(f"interrupted; finished samples are in {out_path} (run again to resume)")
-            raise
+    check_target(out_path)
+    if world > 1 and rank == 0:
+        check_target(output)
+    samples = select(task, split, data_dir, limit, (index, count))  # data problems show before the model loads
+    console = stderr_console()
+    with locked(out_path):  # held from before the model loads: a second run on this file is refused at once
+        loaded = load_model(model, device, dtype, attn_implementation, trust_remote_code)
+        chosen = _resolve_k(k, method == "stock", loaded, task, profile_dir, console) if method != "fastv" else None
+        shown = fastv_k if method == "fastv" else (chosen if chosen is not None else loaded.num_layers)
+        label = f"{task.name} K={shown}" + (f" ({method})" if method not in ("vtw", "stock") else "")
+        with Progress(label, console, enabled=rank == 0) as bar:
+            try:
+                summary = evaluate(loaded, task, chosen, positions=positions, split=split, limit=limit,
+                                   batch_size=batch_size, output=out_path, shard=(index, count),
+                                   image_mode=image_mode, max_new_tokens=max_new_tokens, source=data_dir,
+                                   progress=lambda d, n: bar.update(d, n), scoring=scoring, judge=judge,
+                                   samples=samples, method=method, seed=seed, fastv_k=fastv_k,
+                                   fastv_ratio=fastv_ratio)
+            except KeyboardInterrupt:
+                if out_path:
+                    console.print(f"interrupted; finished samples are in {out_path} (run again to resume)",
+                                  highlight=False, soft_wrap=True, markup=False)
+                raise
     if world > 1:
         dist.barrier()
         if rank != 0:
@@ -120,16 +140,21 @@ def render(summary, json_out: bool) -> None:
     console = stderr_console()
     console.print(t)
     if summary.output:
-        console.print(f"[dim]records: {summary.output}[/dim]")
+        console.print(f"[dim]records: {summary.output}[/dim]", soft_wrap=True)
 
 
 @app.command("merge")
 def merge_cmd(
     files: list[Path] = typer.Argument(..., help="Results files (JSONL) of the shards of one run."),
     output: Path | None = typer.Option(None, "--output", "-o", help="Also write the merged records here."),
+    partial: bool = typer.Option(False, "--partial", help="Summarise the shards present even if some are missing."),
     json_out: bool = JSON,
 ) -> None:
     """Combine the shard files of one `run --dataset` into one summary."""
     from ..evaluate import merge
 
-    render(merge([str(f) for f in files], output), json_out)
+    summary = merge([str(f) for f in files], output, partial=partial)
+    if summary.missing_shards:
+        stderr_console().print(f"[yellow]partial: shard{'s' if len(summary.missing_shards) > 1 else ''} "
+                               f"{', '.join(summary.missing_shards)} missing from this summary[/yellow]")
+    render(summary, json_out)

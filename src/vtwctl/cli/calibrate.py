@@ -7,10 +7,27 @@ from pathlib import Path
 import typer
 
 from . import app
-from .common import ATTN, DEVICE, DTYPE, JSON, MODEL, TRUST, emit_json, load_model, stderr_console
+from .common import (
+    ATTN,
+    DEVICE,
+    DTYPE,
+    JSON,
+    MODEL,
+    TRUST,
+    Progress,
+    check_device,
+    emit_json,
+    load_model,
+    model_name,
+    stderr_console,
+)
+
+ETA_MAX = 1.0  # a KL threshold above 1 nat accepts any K; the paper uses 0.001..0.006
 
 
 def parse_etas(text: str) -> list[float]:
+    import math
+
     from ..errors import VTWError
 
     try:
@@ -19,6 +36,10 @@ def parse_etas(text: str) -> list[float]:
         raise VTWError(f"--eta must be a number or a comma-separated list of numbers, got {text!r}") from None
     if not etas or any(e <= 0 for e in etas):
         raise VTWError(f"--eta must be > 0, got {text!r}")
+    if any(not math.isfinite(e) or e > ETA_MAX for e in etas):
+        raise VTWError(f"--eta must be a finite KL threshold in (0, {ETA_MAX:g}], got {text!r}")
+    if len(set(etas)) != len(etas):
+        raise VTWError(f"--eta lists a value twice: {text!r}")
     return etas
 
 
@@ -29,11 +50,11 @@ def calibrate(
     eta: str | None = typer.Option(None, "--eta", help="Threshold(s), e.g. 0.003 or 0.006,0.005,0.004 "
                                    "(default: the model profile's, else 0.003)."),
     k_min: int | None = typer.Option(None, "--k-min", help="First candidate K (default 5, as the paper)."),
-    samples: int = typer.Option(20, "--samples", "-n", help="Calibration samples."),
+    samples: int = typer.Option(20, "--samples", "-n", min=1, help="Calibration samples."),
     seed: int = typer.Option(0, "--seed"),
     split: str | None = typer.Option(None, "--split", help="Split to draw from (never the test split)."),
-    tokens: int = typer.Option(1, "--tokens", help="Average the KL over the first T output tokens."),
-    accuracy: int = typer.Option(0, "--accuracy", help="Also score N samples at each K (Fig. 8a)."),
+    tokens: int = typer.Option(1, "--tokens", min=1, help="Average the KL over the first T output tokens."),
+    accuracy: int = typer.Option(0, "--accuracy", min=0, help="Also score N samples at each K (Fig. 8a)."),
     plot: Path | None = typer.Option(None, "--plot", help="Write KL vs K (log scale) to this PNG."),
     data_dir: str | None = typer.Option(None, "--data-dir", help="Local directory or parquet file of the dataset."),
     profile_dir: Path | None = typer.Option(None, "--profile-dir", help="Profile store for the record."),
@@ -45,40 +66,52 @@ def calibrate(
     json_out: bool = JSON,
 ) -> None:
     """Choose K: the first layer whose mean KL(P_vtw || P_base) over a small subset is below eta."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    from .. import profiles, tasks
+    from .. import preflight, profiles, tasks
     from ..calibrate import calibrate as run_calibration
     from ..calibrate import to_records
+    from ..errors import VTWError
+    from ..files import check_file_target
 
     task = tasks.get(dataset)
     etas = parse_etas(eta) if eta is not None else None
+    if k_min is not None and k_min < 0:
+        raise VTWError(f"k_min={k_min} is out of range: it must be >= 0")
+    split = split or task.calibration_split
+    if split == task.test_split:
+        raise VTWError(f"calibration must not use the test split ({split}) of {task.name}")
+    preflight.check_data(task, split, data_dir, need=samples, what="--samples")
+    if accuracy:
+        preflight.check_data(task, split, data_dir, need=accuracy, what="--accuracy")
+    name = model_name(model)
+    store_file = profiles.check_store(name, profile_dir, write=save)
+    check_file_target(plot, "plot")
+    check_device(device)
     loaded = load_model(model, device, dtype, attn_implementation, trust_remote_code)
     prof = loaded.profile or {}
     etas = etas or [float(prof.get("default_eta", 0.003))]
     k_min = k_min if k_min is not None else int(prof.get("k_min", 5))
     console = stderr_console()
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=console, transient=True) as bar:
-        ids: dict[str, int] = {}
-
-        def progress(stage: str, done: int, total: int) -> None:
-            if stage not in ids:
-                ids[stage] = bar.add_task(f"{stage} sweep", total=total)
-            bar.update(ids[stage], completed=done)
-
+    with Progress("calibration", console) as bar:
         result = run_calibration(loaded, task, etas, k_min=k_min, samples=samples, seed=seed, split=split,
                                  tokens=tokens, accuracy=accuracy, source=data_dir,
-                                 progress=progress)
+                                 progress=lambda stage, done, total: bar.update(done, total, stage=stage))
     rec = result.to_dict()
-    saved = None
+    saved, failed = None, []
     if save:
-        for r in to_records(result, loaded.source):
-            saved = profiles.save_record(loaded.name, r, profile_dir)
+        try:
+            for r in to_records(result, loaded.source):
+                saved = profiles.save_record(loaded.name, r, profile_dir)
+        except (VTWError, OSError) as exc:  # the store changed under us: keep the result on screen
+            failed.append(f"the calibration record could not be saved to {store_file}: {_reason(exc)}")
+            saved = None
     if plot is not None:
         from ..plots import plot_calibration
 
-        plot_calibration(rec, plot)
+        try:
+            plot_calibration(rec, plot)
+        except OSError as exc:
+            failed.append(f"cannot write plot {plot}: {_reason(exc)}")
+            plot = None
     if json_out:
         chosen = {str(e): result.k_for(e) for e in etas}
         emit_json({"model": result.model, "dataset": result.dataset, "eta": etas[0] if len(etas) == 1 else etas,
@@ -86,8 +119,20 @@ def calibrate(
                    "num_layers": result.num_layers, "samples": result.samples, "split": result.split,
                    "seed": result.seed, "tokens": result.tokens, "kl": result.kl, "kl_max": result.kl_max,
                    "accuracy": result.accuracy, "baseline_accuracy": result.baseline_accuracy,
+                   "accuracy_samples": result.accuracy_samples, "accuracy_ids": result.accuracy_ids,
+                   "sample_ids": result.sample_ids, "selection": result.selection, "warning": result.warning,
                    "seconds": result.seconds, "record": str(saved) if saved else None, "env": result.env})
-    _render(console, result, saved, plot)
+    else:
+        _render(console, result, saved, plot)
+    if failed:
+        where = "on stdout" if json_out else "printed above"
+        raise VTWError("; ".join(failed) + f"; the result is {where}")
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror} ({exc.filename})" if exc.filename else exc.strerror
+    return str(exc)
 
 
 def _render(console, result, saved, plot) -> None:
@@ -99,7 +144,7 @@ def _render(console, result, saved, plot) -> None:
     table.add_column("mean KL", justify="right")
     table.add_column("max KL", justify="right")
     if result.accuracy:
-        table.add_column("accuracy", justify="right")
+        table.add_column(f"accuracy ({result.accuracy_samples} samples)", justify="right")
     table.add_column("chosen for η")
     for k in sorted(int(x) for x in result.kl):
         marks = [f"{e:g}" for e in result.etas if result.k_for(e) == k]
@@ -117,6 +162,6 @@ def _render(console, result, saved, plot) -> None:
             console.print(f"[yellow]η={e:g}: no K in {result.k_min}..{result.num_layers - 1} has mean KL below η; "
                           f"recommend no withdrawal (K={result.num_layers})[/yellow]")
     if result.baseline_accuracy is not None:
-        console.print(f"stock model accuracy on the same samples: {result.baseline_accuracy:.3f}")
+        console.print(f"stock model accuracy on {result.accuracy_samples} samples: {result.baseline_accuracy:.3f}")
     console.print(f"[dim]{result.seconds:.1f}s" + (f"; record saved to {saved}" if saved else "")
-                  + (f"; plot {plot}" if plot else "") + "[/dim]")
+                  + (f"; plot {plot}" if plot else "") + "[/dim]", soft_wrap=True)

@@ -1,9 +1,11 @@
-"""Options shared by every command that loads a model, and small rendering helpers."""
+"""Options shared by every command that loads a model, checks made before loading, and rendering helpers."""
 
 from __future__ import annotations
 
-import json
+import math
+import os
 import sys
+import time
 from typing import Any
 
 import typer
@@ -24,9 +26,33 @@ def stderr_console():
     return Console(stderr=True, width=None if sys.stderr.isatty() else 140)
 
 
+def stdout_console():
+    from rich.console import Console
+
+    return Console(width=None if sys.stdout.isatty() else 160)
+
+
 def emit_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, indent=None, default=str) + "\n")
+    """One strict JSON object on stdout (a non-finite number becomes null: JSON has no NaN)."""
+    from ..files import dumps
+
+    sys.stdout.write(dumps(obj) + "\n")
     sys.stdout.flush()
+
+
+def model_name(spec: str) -> str:
+    """The name records are kept under for ``spec`` (what ``Loaded.name`` will be), without loading."""
+    from ..loading import resolve
+
+    res = resolve(spec)
+    return res.profile["name"] if res.profile else spec
+
+
+def check_device(device: str) -> None:
+    """The device must exist here (before the model loads)."""
+    from ..loading import pick_device
+
+    pick_device(device)
 
 
 def load_model(model: str, device: str, dtype: str, attn: str | None, trust_remote_code: bool = False):
@@ -58,3 +84,132 @@ def parse_k(value: str | None, no_withdraw: bool, num_layers: int) -> int | str 
         raise VTWError(f"--k must be an integer in 0..{num_layers} or 'auto', got {value!r}") from None
     check_k(k, num_layers)
     return k
+
+
+def check_k_syntax(value: str | None, lists: bool = False) -> None:
+    """``--k`` is 'auto', an integer (or a comma-separated list of them): checked before loading."""
+    from ..errors import VTWError
+
+    if value is None or value == "auto":
+        return
+    parts = [p.strip() for p in value.split(",")] if lists else [value.strip()]
+    try:
+        ks = [int(p) for p in parts if p]
+    except ValueError:
+        ks = []
+    if not ks or len(ks) != len([p for p in parts if p]) or not lists and len(parts) != 1:
+        what = "an integer, a comma-separated list of integers" if lists else "an integer"
+        raise VTWError(f"--k must be {what} or 'auto', got {value!r}")
+    for k in ks:
+        if k < 0:
+            raise VTWError(f"K={k} is out of range: K must be >= 0 (0-based layer; N = no withdrawal)")
+
+
+def check_positive(name: str, value: float | None, allow_zero: bool = False) -> None:
+    from ..errors import VTWError
+
+    if value is None:
+        return
+    if not math.isfinite(value) or value < 0 or value == 0 and not allow_zero:
+        raise VTWError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+
+
+def describe_record(rec: dict) -> str:
+    bits = [f"dataset {rec.get('dataset')}"]
+    if rec.get("eta") is not None:
+        bits.append(f"η={rec['eta']:g}")
+    if rec.get("samples"):
+        bits.append(f"{rec['samples']} samples")
+    if rec.get("date"):
+        bits.append(str(rec["date"])[:10])
+    src = rec.get("origin") or rec.get("source") or ""
+    return f"{', '.join(bits)}; {src}".rstrip("; ")
+
+
+def record_summary(rec: dict | None) -> dict | None:
+    """The part of a calibration record a JSON result names as the source of ``--k auto``."""
+    if rec is None:
+        return None
+    return {key: rec.get(key) for key in ("dataset", "eta", "k", "samples", "date", "source", "origin")}
+
+
+def auto_k(name: str, dataset: str | None, profile_dir, num_layers: int, console) -> tuple[int | None, dict | None]:
+    """``--k auto``: K from the one resolver (profiles.auto_k), said on stderr; (None, None) if no record."""
+    from ..errors import VTWError
+    from ..profiles import auto_k as find_record
+
+    rec = find_record(name, dataset, profile_dir)
+    if rec is None:
+        return None, None
+    k = int(rec["k"])
+    if not 0 <= k <= num_layers:
+        raise VTWError(f"the calibration record for {name} ({describe_record(rec)}) has K={k}, but the model "
+                       f"has {num_layers} layers; recalibrate or pass --k")
+    console.print(f"--k auto: K={k} from the calibration record of {name} ({describe_record(rec)})",
+                  soft_wrap=True, highlight=False, markup=False)
+    return k, rec
+
+
+class Progress:
+    """Progress on stderr: a Rich bar on a terminal; on a log file or pipe (clusters) a plain line
+    every ``every`` items (default: ``$VTWCTL_PROGRESS_EVERY``, else a tenth of the total), at
+    least once a minute, and at the end."""
+
+    def __init__(self, label: str, console=None, every: int | None = None, enabled: bool = True,
+                 unit: str = "samples"):
+        if every is None and os.environ.get("VTWCTL_PROGRESS_EVERY", "").isdigit():
+            every = max(1, int(os.environ["VTWCTL_PROGRESS_EVERY"]))
+        self.label, self.every, self.enabled, self.unit = label, every, enabled, unit
+        self.console = console or stderr_console()
+        self.bar = None
+        self.jobs: dict[str, Any] = {}
+        self.last: dict[str, tuple[int, float]] = {}
+        self.start: dict[str, tuple[float, int]] = {}
+
+    def __enter__(self) -> Progress:
+        if self.enabled and self.console.is_terminal:
+            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+            from rich.progress import Progress as Bar
+
+            self.bar = Bar(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                           TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=self.console,
+                           transient=True)
+            self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+
+    def update(self, done: int, total: int | None, stage: str | None = None) -> None:
+        if not self.enabled:
+            return
+        label = f"{self.label} {stage}" if stage else self.label
+        now = time.monotonic()
+        first = label not in self.start
+        if first:
+            self.start[label] = (now, done)  # a resumed run starts with finished samples: rate from here
+        if self.bar is not None:
+            if first:
+                self.jobs[label] = self.bar.add_task(label, total=total, rate="")
+            job = self.jobs[label]
+            t = next((t for t in self.bar.tasks if t.id == job), None)
+            rate = f"{t.speed:.2f} {self.unit}/s" if t is not None and t.speed else ""
+            self.bar.update(job, completed=done, total=total, rate=rate)
+            return
+        prev_done, prev_t = self.last.get(label, (None, now))
+        step = self.every or max(1, math.ceil((total or 10) / 10))
+        due = first or done == total or done - (prev_done or 0) >= step or now - prev_t >= 60
+        if not due or done == prev_done:
+            return
+        self.last[label] = (done, now)
+        msg = f"{label}: {done}/{total if total is not None else '?'} {self.unit}"
+        if total:
+            msg += f" ({100 * done / total:.0f}%)"
+        t0, d0 = self.start[label]
+        if done > d0 and now > t0:
+            rate = (done - d0) / (now - t0)
+            msg += f", {rate:.2f} {self.unit}/s"
+            if total and done < total:
+                msg += f", ~{(total - done) / rate:.0f} s left"
+        self.console.print(msg, highlight=False, markup=False, soft_wrap=True)

@@ -18,9 +18,9 @@ def export(
     dataset: str = typer.Argument("shapes", help="Dataset to export (the generated demo benchmark: shapes)."),
     out_dir: Path = typer.Argument(..., help="Directory for {train,validation,test}.parquet."),
     seed: int = typer.Option(0, "--seed"),
-    train: int | None = typer.Option(None, "--train", help="Train samples (default: the generator's)."),
-    validation: int | None = typer.Option(None, "--validation"),
-    test: int | None = typer.Option(None, "--test"),
+    train: int | None = typer.Option(None, "--train", min=0, help="Train samples (default: the generator's)."),
+    validation: int | None = typer.Option(None, "--validation", min=0),
+    test: int | None = typer.Option(None, "--test", min=0),
     lmms_eval: bool = typer.Option(False, "--lmms-eval",
                                    help="Also write the lmms-eval task vtwctl_shapes.yaml (use --include_path DIR)."),
     json_out: bool = JSON,
@@ -32,7 +32,11 @@ def export(
         raise VTWError(f"only the generated demo benchmark 'shapes' can be exported, not {dataset!r}; "
                        "the other tasks load from the hub cache or --data-dir")
     from ..demo import shapes
+    from ..files import check_dir_target, check_file_target
 
+    check_dir_target(out_dir, "output directory")
+    for split in ("train", "validation", "test"):
+        check_file_target(Path(out_dir) / f"{split}.parquet", "parquet file")
     paths = shapes.export(out_dir, seed=seed, n_train=train, n_validation=validation, n_test=test)
     if lmms_eval:
         from ..lmms_eval_shapes import write_task

@@ -1,29 +1,56 @@
-"""``vtwctl models``: the known short names and their dimensions (no weights needed)."""
+"""``vtwctl models``: the known short names, their dimensions and calibration records (no weights needed)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import typer
+
 from . import app
-from .common import JSON, emit_json, stderr_console
+from .common import JSON, emit_json, stdout_console
+
+
+def _ks(recs: list[dict]) -> str:
+    seen = []
+    for r in recs:
+        if r.get("k") is None:
+            continue
+        item = f"{r['k']} ({r.get('dataset')}" + (f", η={r['eta']:g})" if r.get("eta") is not None else ")")
+        if item not in seen:
+            seen.append(item)
+    return ", ".join(seen) or "-"
 
 
 @app.command()
-def models(json_out: bool = JSON) -> None:
-    """List the models known by short name (profiles/), with their dimensions and K records."""
+def models(
+    profile_dir: Path | None = typer.Option(None, "--profile-dir", help="Where your calibration records live."),
+    json_out: bool = JSON,
+) -> None:
+    """List the models known by short name (profiles/) and every model of your calibration records,
+    with dimensions and K records (shipped and yours)."""
     from .. import profiles
 
-    rows = [profiles.get(n) for n in profiles.names()]
+    rows = []
+    for n in profiles.names():
+        prof = dict(profiles.get(n))
+        prof["user_calibrations"] = profiles.user_records(n, profile_dir)
+        rows.append(prof)
+    for n in profiles.user_models(profile_dir):  # your records of models that are not shipped profiles
+        if profiles.find(n) is None:
+            rows.append({"name": n, "hub_id": None, "family": None, "text": None, "vision": None, "calibrations": [],
+                         "user_calibrations": profiles.user_records(n, profile_dir)})
     if json_out:
         emit_json(rows)
         return
     from rich.table import Table
 
-    table = Table(title="known models")
-    for col in ("name", "hub id", "family", "layers", "hidden", "heads/kv", "vision tokens", "K records"):
+    table = Table(title=f"known models (your records: {profiles.user_dir(profile_dir)})")
+    for col in ("name", "hub id", "family", "layers", "hidden", "heads/kv", "vision tokens", "shipped K", "your K"):
         table.add_column(col)
     for p in rows:
-        t, v = p["text"], p["vision"]
-        ks = sorted({r["k"] for r in p.get("calibrations", []) if r.get("k") is not None})
-        table.add_row(p["name"], p.get("hub_id") or "(shipped)", p["family"], str(t["num_layers"]),
-                      str(t["hidden_size"]), f"{t['num_heads']}/{t['num_kv_heads']}",
-                      str(v.get("tokens_per_image")), ",".join(map(str, ks)) or "-")
-    stderr_console().print(table)
+        t, v = p.get("text") or {}, p.get("vision") or {}
+        table.add_row(p["name"], p.get("hub_id") or ("(shipped)" if p.get("family") else "-"), p.get("family") or "-",
+                      str(t.get("num_layers", "-")), str(t.get("hidden_size", "-")),
+                      f"{t['num_heads']}/{t['num_kv_heads']}" if t else "-", str(v.get("tokens_per_image", "-")),
+                      _ks(p.get("calibrations", [])), _ks(p["user_calibrations"]))
+    stdout_console().print(table)

@@ -7,26 +7,36 @@ from pathlib import Path
 import typer
 
 from . import app
-from .common import ATTN, DEVICE, DTYPE, JSON, MODEL, TRUST, emit_json, load_model, stderr_console
+from .common import (
+    ATTN,
+    DEVICE,
+    DTYPE,
+    JSON,
+    MODEL,
+    TRUST,
+    check_device,
+    check_k_syntax,
+    emit_json,
+    load_model,
+    model_name,
+    stderr_console,
+)
 
 
-def _parse_ks(text: str | None, n: int, model: str, profile_dir) -> list[int]:
+def _parse_ks(text: str | None, n: int, model: str, profile_dir, dataset: str | None, console) -> list[int]:
     from ..errors import VTWError, check_k
-    from ..profiles import records
+    from .common import auto_k
 
     if text is None or text == "auto":
-        recs = [r for r in records(model, profile_dir) if r.get("k") is not None]
-        if not recs:
+        k, _ = auto_k(model, dataset, profile_dir, n, console)
+        if k is None:
             if text == "auto":
                 raise VTWError(f"no calibration record for {model}; run vtwctl calibrate or pass --k")
+            console.print(f"no --k and no calibration record for {model}: profiling VTW at K={n // 2} (half the "
+                          "layers)", highlight=False)
             return [n // 2]
-        return [int(recs[-1]["k"])]
-    try:
-        ks = [int(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise VTWError(f"--k must be an integer, a comma-separated list or 'auto', got {text!r}") from None
-    if not ks:
-        raise VTWError(f"--k must be an integer, a comma-separated list or 'auto', got {text!r}")
+        return [k]
+    ks = [int(t) for t in text.split(",") if t.strip()]  # the syntax was checked before loading
     for k in ks:
         check_k(k, n)
     return ks
@@ -41,12 +51,12 @@ def profile(
     k: str | None = typer.Option(None, "--k", help="K, a list to sweep (8,12,16,20,24) or auto (calibration)."),
     fastv_k: int = typer.Option(2, "--fastv-k", help="FastV layer."),
     fastv_ratio: float = typer.Option(0.5, "--fastv-ratio", help="FastV: fraction of vision tokens dropped."),
-    vision_tokens: int | None = typer.Option(None, "--vision-tokens", help="Workload (--flops-only)."),
-    text_tokens: int | None = typer.Option(None, "--text-tokens", help="Workload (--flops-only)."),
+    vision_tokens: int | None = typer.Option(None, "--vision-tokens", min=0, help="Workload (--flops-only)."),
+    text_tokens: int | None = typer.Option(None, "--text-tokens", min=1, help="Workload (--flops-only)."),
     image: Path | None = typer.Option(None, "--image", help="Real input: image (with --prompt)."),
     prompt: str | None = typer.Option(None, "--prompt"),
     dataset: str | None = typer.Option(None, "--dataset", help="Real input: a task sample (default: shapes)."),
-    index: int = typer.Option(0, "--index", help="Which sample of --dataset."),
+    index: int = typer.Option(0, "--index", min=0, help="Which sample of --dataset (0-based)."),
     max_new_tokens: int = typer.Option(16, "--max-new-tokens", min=2),
     repeats: int = typer.Option(5, "--repeats", min=1),
     warmup: int = typer.Option(1, "--warmup", min=0),
@@ -62,7 +72,8 @@ def profile(
     """TFLOPs (Eq. 1, exact, counted), prefill/decode latency, peak memory and KV bytes: baseline, VTW, FastV."""
     from ..env import environment
     from ..errors import VTWError
-    from ..profiles import find, records
+    from ..files import check_file_target
+    from ..profiles import check_store, find, records
     from ..profiling import FLOP_METHODS, ProfileReport, flops_rows, measured_rows
 
     if method not in FLOP_METHODS:
@@ -71,11 +82,19 @@ def profile(
         raise VTWError(f"--count must be all or vision, got {count!r}")
     if not 0.0 <= fastv_ratio <= 1.0:
         raise VTWError(f"--fastv-ratio must be in [0, 1], got {fastv_ratio}")
+    check_k_syntax(k, lists=True)
+    check_file_target(csv, "CSV file")
+    check_file_target(plot, "plot")
     console = stderr_console()
+    name = model_name(model)
+    if k in (None, "auto"):
+        check_store(name, profile_dir)
     if flops_only:
         from ..flops import dims_for
         from ..loading import resolve
 
+        if image is not None or prompt is not None:
+            raise VTWError("--flops-only counts a workload of --vision-tokens and --text-tokens; drop --image/--prompt")
         res = resolve(model)
         try:
             dims = dims_for(res.profile["name"] if res.profile else res.source)
@@ -86,8 +105,10 @@ def profile(
         txt = text_tokens if text_tokens is not None else prof.get("typical_text_tokens")
         if vis is None or txt is None:
             raise VTWError("give --vision-tokens and --text-tokens for this model")
+        if count == "vision" and int(vis) == 0:
+            raise VTWError("--count vision measures the vision tokens' share: give --vision-tokens > 0")
         name = prof.get("name", model)
-        ks = _parse_ks(k, dims.num_layers, name, profile_dir)
+        ks = _parse_ks(k, dims.num_layers, name, profile_dir, dataset, console)
         if not 1 <= fastv_k <= dims.num_layers:
             raise VTWError(f"--fastv-k must be in 1..{dims.num_layers}")
         rows, sweep = flops_rows(dims, int(vis), int(txt), ks, fastv_k, fastv_ratio, method, count)
@@ -96,51 +117,73 @@ def profile(
                                fastv={"k": fastv_k, "ratio": fastv_ratio},
                                calibrations=records(name, profile_dir), env=environment())
     else:
+        source = _source(image, prompt, dataset, index)
+        check_device(device)
         loaded = load_model(model, device, dtype, attn_implementation, trust_remote_code)
-        ks = _parse_ks(k, loaded.num_layers, loaded.name, profile_dir)
+        auto_dataset = None if prompt is not None else (dataset or "shapes")
+        ks = _parse_ks(k, loaded.num_layers, loaded.name, profile_dir, auto_dataset, console)
         if not 1 <= fastv_k <= loaded.num_layers:
             raise VTWError(f"--fastv-k must be in 1..{loaded.num_layers}")
-        inputs = _inputs(loaded, image, prompt, dataset, index)
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+        inputs = _inputs(loaded, source)
+        from .common import Progress
 
-        with Progress(TextColumn("measuring"), BarColumn(), MofNCompleteColumn(), console=console,
-                      transient=True) as bar:
-            job = bar.add_task("m", total=(len(ks) + 2) * (repeats + 1))
+        with Progress("measuring", console, unit="runs") as bar:
             rows, sweep, tokens = measured_rows(loaded, inputs, ks, fastv_k, fastv_ratio, method, count,
                                                 max_new_tokens, warmup, repeats,
-                                                progress=lambda d, n: bar.update(job, completed=d, total=n))
+                                                progress=lambda d, n: bar.update(d, n))
         report = ProfileReport(model=loaded.name, k=ks[0], tokens=tokens, method=method, count=count, rows=rows,
                                sweep=sweep if len(ks) > 1 else [], fastv={"k": fastv_k, "ratio": fastv_ratio},
-                               calibrations=records(loaded.name, profile_dir), env=environment(loaded))
+                               calibrations=records(loaded.name, profile_dir), env=environment(loaded),
+                               source=source[2])
     data = report.to_dict()
+    failed = []  # a file that cannot be written after the measurement must not lose the result
     if csv is not None:
-        _write_csv(report, csv)
+        try:
+            _write_csv(report, csv)
+        except OSError as exc:
+            failed.append(f"cannot write CSV file {csv}: {exc.strerror or exc}")
     if plot is not None:
         from ..plots import plot_profile
 
-        plot_profile(data, plot)
+        try:
+            plot_profile(data, plot)
+        except OSError as exc:
+            failed.append(f"cannot write plot {plot}: {exc.strerror or exc}")
     if json_out:
         emit_json(data)
-        return
-    _render(console, report)
+    else:
+        _render(console, report)
+    if failed:
+        raise VTWError("; ".join(failed) + " (the result is printed above)")
 
 
-def _inputs(loaded, image, prompt, dataset, index):
+def _source(image, prompt, dataset, index):
+    """What to measure on, read and checked before the model loads: (image, prompt, description)."""
+    from .. import preflight, tasks
     from ..errors import VTWError
     from ..media import read_image
 
     if image is not None or prompt is not None:
+        if dataset is not None:
+            raise VTWError("--dataset brings its own inputs: drop --image/--prompt")
         if prompt is None:
             raise VTWError("--image needs --prompt")
-        return loaded.build_inputs(prompt, images=[read_image(image)] if image is not None else None)
-    from .. import tasks
-
+        if not prompt.strip():
+            raise VTWError("--prompt is empty")
+        return (read_image(image) if image is not None else None), prompt, "your prompt"
     task = tasks.get(dataset or "shapes")
+    preflight.check_data(task, task.test_split, None, index=index, what="--index")
     samples = task.load(task.test_split, index + 1, 0, None)
     if len(samples) <= index:
-        raise VTWError(f"--index {index} is beyond the {len(samples)} samples of {task.name}")
-    s = samples[index]
-    return loaded.sample_inputs(s)
+        raise VTWError(f"--index {index} is past the end of {task.name}/{task.test_split} ({len(samples)} samples)")
+    return samples[index], None, f"{task.name}/{task.test_split} sample {index}"
+
+
+def _inputs(loaded, source):
+    sample, prompt, _ = source
+    if prompt is not None:
+        return loaded.build_inputs(prompt, images=[sample] if sample is not None else None)
+    return loaded.sample_inputs(sample)
 
 
 def _fmt_bytes(n):
@@ -159,12 +202,17 @@ def _fmt_s(x):
 def _render(console, report) -> None:
     from rich.table import Table
 
-    t = Table(title=f"{report.model}: {report.tokens['vision']} vision + {report.tokens['text']} text tokens, "
-                    f"FLOPs by {report.method}" + (" (vision share)" if report.count == "vision" else ""))
-    for col in ("row", "K", "TFLOPs", "ratio", "prefill", "decode/token", "end-to-end", "peak memory", "KV bytes"):
+    t = Table(title=f"{report.model}: {report.tokens['vision']} vision + {report.tokens['text']} text tokens"
+                    + (f" ({report.source})" if report.source else "") + f", FLOPs by {report.method}"
+                    + (" (vision share)" if report.count == "vision" else ""))
+    from ..plots import flops_unit
+
+    unit, factor = flops_unit(report.rows[0].tflops)
+    for col in ("row", "K", unit, "ratio", "prefill", "decode/token", "end-to-end", "peak memory", "KV bytes"):
         t.add_column(col, justify="right" if col != "row" else "left")
     for r in [*report.rows[:1], *(report.sweep or report.rows[1:2]), report.rows[-1]]:
-        t.add_row(r.method, "-" if r.k is None else str(r.k), f"{r.tflops:.4g}", f"{r.ratio * 100:.2f} %",
+        label = r.method if r.method != "fastv" else f"fastv (drops {report.fastv['ratio']:.0%})"
+        t.add_row(label, "-" if r.k is None else str(r.k), f"{r.tflops * factor:.4g}", f"{r.ratio * 100:.2f} %",
                   _fmt_s(r.prefill_s), _fmt_s(r.decode_s_per_token), _fmt_s(r.total_s),
                   _fmt_bytes(r.peak_memory_bytes), _fmt_bytes(r.kv_cache_bytes))
     console.print(t)

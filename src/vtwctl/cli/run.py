@@ -7,7 +7,24 @@ from pathlib import Path
 import typer
 
 from . import app
-from .common import ATTN, DEVICE, DTYPE, JSON, MODEL, TRUST, emit_json, load_model, parse_k, stderr_console
+from .common import (
+    ATTN,
+    DEVICE,
+    DTYPE,
+    JSON,
+    MODEL,
+    TRUST,
+    auto_k,
+    check_device,
+    check_k_syntax,
+    check_positive,
+    emit_json,
+    load_model,
+    model_name,
+    parse_k,
+    record_summary,
+    stderr_console,
+)
 
 
 @app.command()
@@ -51,11 +68,12 @@ def run(
 ) -> None:
     """Answer one prompt about an image (or video), with VTW at layer K or without it."""
     from ..errors import VTWError
-    from ..infer import generate
     from ..media import read_image, read_video
 
     if positions not in ("keep", "rearrange"):
         raise VTWError(f"--positions must be keep or rearrange, got {positions!r}")
+    if no_withdraw and k not in (None, "auto"):
+        raise VTWError("--k and --no-withdraw contradict each other")
     if dataset is not None:
         if image is not None or video is not None or prompt is not None or example is not None:
             raise VTWError("--dataset brings its own inputs: drop --image/--video/--prompt/--example")
@@ -68,39 +86,53 @@ def run(
                     trust_remote_code=trust_remote_code, scoring=scoring, judge_url=judge_url,
                     judge_model=judge_model)
         return
+    dataset_only = {"--split": split, "--limit": limit, "--output": output, "--shard": shard, "--data-dir": data_dir,
+                    "--batch-size": batch_size if batch_size != 1 else None,
+                    "--image-mode": image_mode if image_mode != "normal" else None}
+    given = [flag for flag, value in dataset_only.items() if value is not None]
+    if given:
+        raise VTWError(f"{', '.join(given)} only appl{'y' if len(given) > 1 else 'ies'} with --dataset")
     max_new_tokens = max_new_tokens or 32
     expected = None
+    if sample:
+        check_positive("--temperature", temperature)
+    check_k_syntax(k)
     if example is not None:
         if image is not None or video is not None or prompt is not None:
             raise VTWError("--example brings its own image and question: drop --image/--video/--prompt")
+        from .. import preflight, tasks
         from ..demo import shapes
 
-        sample = shapes.make_sample("test", example)
-        img, prompt, expected = sample["image"], sample["question"], sample["answer"]
+        preflight.check_data(tasks.get("shapes"), "test", index=example, what="--example")
+        sample_ = shapes.make_sample("test", example)
+        img, prompt, expected = sample_["image"], sample_["question"], sample_["answer"]
     elif prompt is None:
         raise VTWError("give --prompt (with --image or --video), or --example N for a demo question")
+    elif not prompt.strip():
+        raise VTWError("--prompt is empty")
     else:
         img = read_image(image) if image is not None else None
     vid = read_video(video, frames) if video is not None else None
+    name = model_name(model)
+    if k in (None, "auto") and not no_withdraw:
+        from ..profiles import check_store
+
+        check_store(name, profile_dir)
+    check_device(device)
     loaded = load_model(model, device, dtype, attn_implementation, trust_remote_code)
     if vid is not None and not loaded.adapter.takes_video:
         raise VTWError(f"{loaded.name} ({loaded.family}) does not take videos")
     n = loaded.num_layers
     chosen = parse_k(k, no_withdraw, n)
     console = stderr_console()
+    rec = None
     if chosen == "auto":
-        from ..profiles import records
-
-        recs = [r for r in records(loaded.name, profile_dir) if r.get("k") is not None]
-        if recs:
-            rec = next((r for r in reversed(recs) if r.get("dataset") == "*"), recs[-1])
-            chosen = int(rec["k"])
-            console.print(f"K={chosen} from the calibration record ({rec.get('dataset')}, "
-                          f"eta={rec.get('eta')}, {rec.get('source', 'vtwctl calibrate')})")
-        else:
+        chosen, rec = auto_k(loaded.name, "shapes" if example is not None else None, profile_dir, n, console)
+        if rec is None:
             console.print(f"no calibration record for {loaded.name}: running without withdrawal "
                           "(pass --k or run vtwctl calibrate)")
-            chosen = None
+    from ..infer import generate
+
     inputs = loaded.build_inputs(prompt, images=[img] if img is not None else None,
                                  videos=[vid] if vid is not None else None)
     gen = generate(loaded, inputs, k=chosen, positions=positions, max_new_tokens=max_new_tokens,
@@ -109,7 +141,7 @@ def run(
         "model": loaded.name, "k": gen.k, "answer": gen.answers[0],
         "num_vision_tokens": gen.num_vision_tokens[0], "num_text_tokens": gen.num_text_tokens[0],
         "new_tokens": gen.new_tokens[0], "prefill_s": gen.prefill_s, "decode_s": gen.decode_s,
-        "total_s": gen.total_s, "positions": positions, "num_layers": n,
+        "total_s": gen.total_s, "positions": positions, "num_layers": n, "k_record": record_summary(rec),
     }
     if expected is not None:
         result.update(example=example, question=prompt, expected=expected)

@@ -138,6 +138,7 @@ def open_dataset(ids: Sequence[str], config: Any, split: str, source: str | None
     """
     import datasets
 
+    datasets.disable_progress_bars()  # the library never prints: no "Generating train split" bars on stderr
     root_env = env_dir("VTWCTL_DATA_DIR")
     if source is None and name and root_env is not None and (root_env / name).exists():
         source = str(root_env / name)
@@ -156,8 +157,9 @@ def open_dataset(ids: Sequence[str], config: Any, split: str, source: str | None
         where = str(source or ids[0])
     missing = [c for c in columns if c not in ds.column_names]
     if missing:
-        raise VTWError(f"{where} has no column {', '.join(map(repr, missing))} (found: {', '.join(ds.column_names)}); "
-                       "the files must have the schema of the hub dataset (docs/tasks.md)")
+        raise VTWError(f"{where} lacks the column{'s' if len(missing) > 1 else ''} {', '.join(missing)} that "
+                       f"{name or 'the task'} reads (it has: {', '.join(ds.column_names) or 'none'}); the files "
+                       "must have the hub dataset's schema (docs/tasks.md)")
     return ds
 
 

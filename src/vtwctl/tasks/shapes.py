@@ -20,8 +20,8 @@ def _open(split: str, source: str | None = None, seed: int = 0) -> SampleSet:
     if source is not None:
         from .common import open_dataset
 
-        ds = open_dataset((), None, split, source, columns=("id", "image", "format", "kind", "question", "answer",
-                                                            "chance"))
+        ds = open_dataset((), None, split, source, name="shapes",
+                          columns=("id", "image", "question", "answer", "format", "kind", "chance"))
         return SampleSet(list(ds["id"]), lambda i: _sample(ds[i]))
     if split not in shapes.SPLIT_SIZES:
         from ..errors import VTWError
