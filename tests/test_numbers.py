@@ -37,7 +37,7 @@ def test_profile_json_keeps_the_fastv_drop_ratio(cli):
     res = cli["fastv"]
     assert res.returncode == 0, res.stderr
     d = json.loads(res.stdout)
-    assert d["fastv_settings"] == {"k": 3, "ratio": 0.75}
+    assert d["fastv_settings"] == {"k": 3, "ratio": 0.75, "preset": "paper"}
     assert d["fastv"]["drop_ratio"] == 0.75 and d["fastv"]["k"] == 3
     # Eq. 1 by hand for FastV: 3 layers on all tokens, 29 on the text and a quarter of the vision tokens
     h, v, t = 4096, 576, d["tokens"]["text"]

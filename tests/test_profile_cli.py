@@ -51,7 +51,11 @@ def test_sweep_csv_plot(tmp_path):
 @pytest.mark.parametrize("args,message", [
     (["--model", "llava-1.5-7b", "--flops-only", "--k", "40"], "out of range"),
     (["--model", "llava-1.5-7b", "--flops-only", "--method", "counted"], "counted needs the weights"),
-    (["--model", "llava-1.5-7b", "--flops-only", "--method", "magic"], "--method must be one of"),
+    (["--model", "llava-1.5-7b", "--flops-only", "--method", "magic"], "unknown method 'magic'"),
+    (["--model", "llava-1.5-7b", "--flops-only", "--flops", "magic"], "--flops must be one of"),
+    (["--model", "llava-1.5-7b", "--flops-only", "--flops", "counted"], "counted needs the weights"),
+    (["--model", "llava-1.5-7b", "--flops-only", "--method", "vtw,vtw"], "comma list of different rows"),
+    (["--model", "llava-1.5-7b", "--flops-only", "--fastv-preset", "x"], "--fastv-preset must be one of"),
     (["--model", "nope-model", "--flops-only"], "unknown model"),
 ])
 def test_bad_input(args, message):
@@ -76,5 +80,27 @@ def test_measured_rows_on_tiny_model(tiny_dir):  # noqa: F811
     # peak memory of a run holds at least the KV cache it ends with (an RSS difference could be < 0)
     for row in ("baseline", "vtw", "fastv"):
         assert d[row]["peak_memory_bytes"] >= d[row]["kv_cache_bytes"] > 0, row
-    assert d["fastv_settings"] == {"k": 2, "ratio": 0.5} and d["fastv"]["drop_ratio"] == 0.5
+    assert d["fastv_settings"] == {"k": 2, "ratio": 0.5, "preset": "paper"} and d["fastv"]["drop_ratio"] == 0.5
     assert d["source"] == "shapes/test sample 0"
+
+
+def test_table_2_rows_and_the_authors_flops():
+    """Table 2's five rows by calflops' rules at K=16: the printed 8.48 / 4.91 (FastV K=2) reproduce; Rand
+    counts as VTW at the same K; VTW† averages VTW over K-8..K+8."""
+    from vtwctl.flops import calflops_flops, dims_for
+
+    out = vtwctl("profile", "--model", "llava-1.5-7b", "--flops-only", "--flops", "calflops", "--k", "16",
+                 "--method", "stock,fastv,rand,vtw-random,vtw", "--text-tokens", "66", "--json")
+    assert out.returncode == 0, out.stderr
+    d = json.loads(out.stdout)
+    assert d["rows"] == ["baseline", "fastv", "rand", "vtw-random", "vtw"] and d["flops"] == "calflops"
+    assert round(d["baseline"]["tflops"], 2) == 8.48 and round(d["fastv"]["tflops"], 2) == 4.91
+    assert d["rand"]["tflops"] == d["vtw"]["tflops"]
+    dims = dims_for("llava-1.5-7b")
+    mean = sum(calflops_flops(dims, 576, 66, k=k) for k in range(8, 25)) / 17 / 1e12
+    assert d["vtw-random"]["tflops"] == pytest.approx(mean)
+    authors = vtwctl("profile", "--model", "llava-1.5-7b", "--flops-only", "--flops", "calflops", "--k", "16",
+                     "--fastv-preset", "authors", "--text-tokens", "66", "--json")
+    assert json.loads(authors.stdout)["fastv"]["k"] == 3
+    old = vtwctl("profile", "--model", "llava-1.5-7b", "--flops-only", "--method", "paper", "--json")
+    assert old.returncode == 0 and "deprecated" in old.stderr and json.loads(old.stdout)["flops"] == "paper"

@@ -18,8 +18,6 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-METHODS = ("baseline", "vtw", "fastv")
-
 
 @dataclass
 class Stat:
@@ -59,19 +57,11 @@ class Measurement:
 
 
 def context(model, method: str, k: int | None = None, fastv_k: int = 2, fastv_ratio: float = 0.5,
-            positions: str = "keep"):
-    """The context manager that makes ``model`` run ``method``."""
-    if method == "baseline":
-        return contextlib.nullcontext(model)
-    if method == "vtw":
-        from .withdraw import withdraw
+            positions: str = "keep", seeds: list[int] | None = None):
+    """The context manager that makes ``model`` run ``method`` (``methods.context``; "baseline" = stock)."""
+    from .methods import context as method_context
 
-        return withdraw(model, k, positions)
-    if method == "fastv":
-        from .fastv import fastv
-
-        return fastv(model, fastv_k, fastv_ratio)
-    raise ValueError(f"unknown method {method!r}; one of {', '.join(METHODS)}")
+    return method_context(model, method, k, positions, fastv_k=fastv_k, fastv_ratio=fastv_ratio, seeds=seeds)
 
 
 def cache_of(output):
@@ -204,7 +194,7 @@ def measure(loaded, inputs: dict, method: str = "baseline", k: int | None = None
 
 def measure_many(loaded, inputs: dict, plans: list[tuple[str, int | None]], fastv_k: int = 2,
                  fastv_ratio: float = 0.5, max_new_tokens: int = 16, warmup: int = 1, repeats: int = 5,
-                 positions: str = "keep", progress=None) -> list[Measurement]:
+                 positions: str = "keep", progress=None, seed: int = 0) -> list[Measurement]:
     """Measure several (method, k) plans side by side: repeats are interleaved round-robin, so load
     changes on the machine hit every plan alike; memory and KV bytes are read once per plan."""
     import torch
@@ -214,9 +204,11 @@ def measure_many(loaded, inputs: dict, plans: list[tuple[str, int | None]], fast
     gen_kw: dict[str, Any] = dict(do_sample=False, temperature=None, top_p=None, top_k=None)
     t = max(2, max_new_tokens)
 
+    seeds = [seed] * int(inputs["input_ids"].shape[0])  # Rand's draw: the same every repeat
+
     def ctx(plan):
         method, k = plan
-        return context(model, method, k, fastv_k, fastv_ratio, positions)
+        return context(model, method, k, fastv_k, fastv_ratio, positions, seeds=seeds)
 
     def prefill():
         model.generate(**inputs, max_new_tokens=1, **gen_kw)

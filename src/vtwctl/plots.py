@@ -144,15 +144,16 @@ def plot_profile(data: dict, path: str | Path) -> Path:
     """Bars of FLOPs and (when measured) prefill and end-to-end latency, with p10/p90 error bars, for
     baseline / VTW / FastV; for a K sweep, FLOPs and prefill vs K."""
     plt = _plt()
-    rows = [data["baseline"], data["vtw"], data["fastv"]]
-    measured = "prefill_s" in data["baseline"]
-    unit, factor = flops_unit(data["baseline"]["tflops"])
+    present = data.get("rows") or [m for m in ("baseline", "vtw", "fastv") if m in data]
+    rows = [data[m] for m in present]
+    measured = "prefill_s" in rows[0]
+    unit, factor = flops_unit(rows[0]["tflops"])
     fastv = data.get("fastv_settings") or {}
     what = f"{data['tokens']['vision']} vision + {data['tokens']['text']} text tokens"
     if data.get("source"):
         what += f", {data['source']}"
     if measured:
-        first = data["baseline"].get("spread", {})
+        first = rows[0].get("spread", {})
         what += f", median of {first.get('repeats', '?')} runs"
     with plt.rc_context(STYLE):
         if data.get("sweep"):
@@ -161,10 +162,13 @@ def plot_profile(data: dict, path: str | Path) -> Path:
             ks = [r["k"] for r in sweep]
             handles = ax.plot(ks, [r["tflops"] * factor for r in sweep], "o-", color="tab:blue",
                               label=f"VTW {unit}")
-            handles.append(ax.axhline(data["baseline"]["tflops"] * factor, color="k", ls="--", lw=1,
-                                      label=f"baseline {unit}"))
-            handles.append(ax.axhline(data["fastv"]["tflops"] * factor, color="tab:orange", ls=":", lw=1.5,
-                                      label=f"FastV {unit} (K={fastv.get('k')}, drops {fastv.get('ratio', 0):.0%})"))
+            if "baseline" in data:
+                handles.append(ax.axhline(data["baseline"]["tflops"] * factor, color="k", ls="--", lw=1,
+                                          label=f"baseline {unit}"))
+            if "fastv" in data:
+                handles.append(ax.axhline(data["fastv"]["tflops"] * factor, color="tab:orange", ls=":", lw=1.5,
+                                          label=f"FastV {unit} (K={fastv.get('k')}, drops "
+                                                f"{fastv.get('ratio', 0):.0%})"))
             ax.set_xlabel("withdrawal layer K")
             ax.set_ylabel(unit)
             _integer_ticks(ax)
@@ -183,9 +187,13 @@ def plot_profile(data: dict, path: str | Path) -> Path:
         else:
             cols = 3 if measured else 1
             fig, axes = plt.subplots(1, cols, figsize=(4.6 * cols, 4.4), squeeze=False)
-            names = ["baseline", f"VTW K={data['vtw'].get('k')}",
-                     f"FastV K={data['fastv'].get('k')}\ndrops {fastv.get('ratio', 0):.0%}"]
-            colours = ["grey", "tab:blue", "tab:orange"]
+            label_of = {"baseline": lambda r: "baseline", "vtw": lambda r: f"VTW K={r.get('k')}",
+                        "vtw-random": lambda r: f"VTW† K≈{r.get('k')}", "rand": lambda r: f"Rand K={r.get('k')}",
+                        "fastv": lambda r: f"FastV K={r.get('k')}\ndrops {fastv.get('ratio', 0):.0%}"}
+            colour_of = {"baseline": "grey", "vtw": "tab:blue", "vtw-random": "tab:cyan", "rand": "tab:purple",
+                         "fastv": "tab:orange"}
+            names = [label_of[m](r) for m, r in zip(present, rows)]
+            colours = [colour_of[m] for m in present]
             axes[0][0].bar(names, [r["tflops"] * factor for r in rows], color=colours)
             axes[0][0].set_ylabel(unit)
             axes[0][0].set_title(f"{unit} (by {data.get('method')})")

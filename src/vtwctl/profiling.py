@@ -11,12 +11,19 @@ from typing import Any
 
 from .errors import VTWError
 
-FLOP_METHODS = ("paper", "exact", "counted")
+FLOP_METHODS = ("paper", "exact", "counted", "calflops")
+ROWS = ("stock", "vtw", "fastv")  # the default rows; any of methods.METHODS
+FASTV_PRESETS = {"paper": (2, 0.5), "authors": (3, 0.5)}  # the paper's text; the authors' fastv_kvcache.py
+
+
+def row_key(method: str) -> str:
+    """A row's name in reports: the stock model's row is "baseline" (the JSON key since schema 1)."""
+    return "baseline" if method == "stock" else method
 
 
 @dataclass
 class Row:
-    method: str  # baseline | vtw | fastv
+    method: str  # baseline | vtw | vtw-random | rand | fastv
     k: int | None
     tflops: float
     ratio: float = 1.0
@@ -51,8 +58,10 @@ class ProfileReport:
     def to_dict(self) -> dict:
         """Rows under their method names ("baseline", "vtw", "fastv"); the FastV settings under
         "fastv_settings" and in the fastv row ("drop_ratio"), so the row cannot hide them."""
-        out: dict[str, Any] = {"model": self.model, "k": self.k, "tokens": self.tokens, "method": self.method,
-                               "count": self.count, "fastv_settings": dict(self.fastv), "source": self.source}
+        out: dict[str, Any] = {"model": self.model, "k": self.k, "tokens": self.tokens, "flops": self.method,
+                               "method": self.method,  # deprecated: the counting method, now "flops"
+                               "rows": [r.method for r in self.rows], "count": self.count,
+                               "fastv_settings": dict(self.fastv), "source": self.source}
         for r in self.rows:
             out[r.method] = r.to_dict()
         if "fastv" in out and self.fastv:
@@ -67,10 +76,14 @@ class ProfileReport:
 
 def _flops(dims, method: str, vision: int, text: int, k=None, fastv=None, count: str = "all",
            decode_tokens: int = 0) -> float:
-    from .flops import exact_flops, paper_flops
+    from .flops import calflops_flops, exact_flops, paper_flops
 
     if method == "paper":
         return paper_flops(dims, vision, text, k=k, fastv=fastv, count=count)
+    if method == "calflops":
+        if count == "vision":
+            raise VTWError("--count vision is the paper's Table 3 counting: use it with --flops paper or exact")
+        return calflops_flops(dims, vision, text, k=k, fastv=fastv)
     if count == "vision":
         # the vision tokens' share: difference to a run without them, in the layers where they are present
         full = exact_flops(dims, vision, text, k=k, fastv=fastv, decode_tokens=decode_tokens)
@@ -80,58 +93,105 @@ def _flops(dims, method: str, vision: int, text: int, k=None, fastv=None, count:
     return rep.prefill + rep.lm_head + rep.decode_total
 
 
+def _row_flops(dims, method: str, row: str, vision: int, text: int, k: int | None, fastv, count: str,
+               decode_tokens: int) -> float:
+    """FLOPs of one row: Rand drops as many tokens as VTW at the same K (same count); VTW† averages VTW
+    over its K range (Table 2's "≈")."""
+    from .methods import RANDOM_K_SPAN
+
+    if row == "stock":
+        return _flops(dims, method, vision, text, count=count, decode_tokens=decode_tokens)
+    if row == "fastv":
+        return _flops(dims, method, vision, text, fastv=fastv, count=count, decode_tokens=decode_tokens)
+    if row == "vtw-random":
+        n = dims.num_layers
+        ks = range(max(0, k - RANDOM_K_SPAN), min(n, k + RANDOM_K_SPAN) + 1)
+        return sum(_flops(dims, method, vision, text, k=kk, count=count, decode_tokens=decode_tokens)
+                   for kk in ks) / len(ks)
+    return _flops(dims, method, vision, text, k=k, count=count, decode_tokens=decode_tokens)
+
+
 def flops_rows(dims, vision: int, text: int, ks: list[int], fastv_k: int = 2, fastv_ratio: float = 0.5,
-               method: str = "paper", count: str = "all", decode_tokens: int = 0) -> tuple[list[Row], list[Row]]:
-    """Rows baseline / vtw (first K) / fastv, and the VTW sweep over every K, in TFLOPs."""
-    if method not in ("paper", "exact"):
-        raise VTWError("--flops-only works with --method paper or exact (counted needs the weights)")
+               method: str = "paper", count: str = "all", decode_tokens: int = 0,
+               rows: tuple[str, ...] = ROWS) -> tuple[list[Row], list[Row]]:
+    """The ``rows`` (methods, in order; VTW at the first K) and the VTW sweep over every K, in TFLOPs."""
+    if method not in ("paper", "exact", "calflops"):
+        raise VTWError("--flops-only works with --flops paper, exact or calflops (counted needs the weights)")
     base = _flops(dims, method, vision, text, count=count, decode_tokens=decode_tokens)
-    fv = _flops(dims, method, vision, text, fastv=(fastv_k, fastv_ratio), count=count, decode_tokens=decode_tokens)
     sweep = []
     for k in ks:
         f = _flops(dims, method, vision, text, k=k, count=count, decode_tokens=decode_tokens)
         sweep.append(Row("vtw", k, f / 1e12, f / base))
-    rows = [Row("baseline", None, base / 1e12, 1.0), sweep[0], Row("fastv", fastv_k, fv / 1e12, fv / base)]
-    return rows, sweep
+    out = []
+    for row in rows:
+        if row == "vtw":
+            out.append(sweep[0])
+            continue
+        f = _row_flops(dims, method, row, vision, text, ks[0], (fastv_k, fastv_ratio), count, decode_tokens)
+        out.append(Row(row_key(row), fastv_k if row == "fastv" else (None if row == "stock" else ks[0]),
+                       f / 1e12, f / base))
+    return out, sweep
 
 
 def measured_rows(loaded, inputs: dict, ks: list[int], fastv_k: int = 2, fastv_ratio: float = 0.5,
                   method: str = "exact", count: str = "all", max_new_tokens: int = 16, warmup: int = 1,
-                  repeats: int = 5, positions: str = "keep", progress=None) -> tuple[list[Row], list[Row], dict]:
-    """Measure baseline, VTW at each K and FastV on ``inputs``; FLOPs of each row by ``method``."""
+                  repeats: int = 5, positions: str = "keep", progress=None, rows: tuple[str, ...] = ROWS,
+                  seed: int = 0) -> tuple[list[Row], list[Row], dict]:
+    """Measure the ``rows`` (VTW at each K) on ``inputs``, side by side; FLOPs of each row by ``method``.
+
+    Rand draws its tokens from ``seed``; VTW† is measured at the K it draws for this input (and its
+    FLOPs are the average over its K range)."""
     from .flops import Dims, counted_flops, vision_text_counts
     from .measure import measure_many
+    from .methods import random_k
 
     model = loaded.model
     vision, text = vision_text_counts(model, inputs["input_ids"])
     dims = Dims.from_config(model.config)
     decode = max(2, max_new_tokens) - 1
+    drawn = random_k(seed, "profile", ks[0], loaded.num_layers)
 
-    def tflops(k=None, fastv=None) -> float:
+    def tflops(row: str, k=None) -> float:
         if method == "counted":
-            if fastv is not None:
-                from .fastv import fastv as fastv_ctx
+            from .methods import context
 
-                with fastv_ctx(model, *fastv):
-                    return counted_flops(model, inputs, None, logits_to_keep=1, use_cache=False) / 1e12
-            return counted_flops(model, inputs, k, logits_to_keep=1, use_cache=False) / 1e12
-        return _flops(dims, method, vision, text, k=k, fastv=fastv, count=count, decode_tokens=decode) / 1e12
+            seeds = [seed] * int(inputs["input_ids"].shape[0])
+            kk = drawn if row == "vtw-random" else k
+            with context(model, row, kk, positions, fastv_k=fastv_k, fastv_ratio=fastv_ratio, seeds=seeds):
+                return counted_flops(model, inputs, None, logits_to_keep=1, use_cache=False) / 1e12
+        return _row_flops(dims, method, row, vision, text, k, (fastv_k, fastv_ratio), count, decode) / 1e12
 
-    plan = [("baseline", None)] + [("vtw", k) for k in ks] + [("fastv", None)]
+    plan = []
+    for row in rows:
+        if row == "vtw":
+            plan += [("vtw", k) for k in ks]
+        else:
+            plan.append((row, drawn if row == "vtw-random" else (None if row in ("stock", "fastv") else ks[0])))
     ms = measure_many(loaded, inputs, plan, fastv_k, fastv_ratio, max_new_tokens, warmup, repeats, positions,
-                      progress=progress)
-    rows: list[Row] = []
-    for (name, k), m in zip(plan, ms):
-        f = tflops(k=k, fastv=(fastv_k, fastv_ratio) if name == "fastv" else None)
-        rows.append(Row(name, k if name == "vtw" else (fastv_k if name == "fastv" else None), f,
-                        prefill_s=m.prefill.median, decode_s_per_token=m.decode_s_per_token, total_s=m.total.median,
-                        peak_memory_bytes=m.peak_memory_bytes, kv_cache_bytes=m.kv_cache_bytes_end,
-                        kv_cache_bytes_prefill=m.kv_cache_bytes_prefill,
-                        device_memory_used_bytes=m.device_memory_used_bytes,
-                        spread={"prefill": asdict(m.prefill), "total": asdict(m.total), "repeats": repeats,
-                                "warmup": warmup}))
-    base = rows[0].tflops
-    for r in rows:
+                      progress=progress, seed=seed)
+    measured: list[Row] = []
+    for (row, k), m in zip(plan, ms):
+        f = tflops(row, ks[0] if row == "vtw-random" else k)
+        measured.append(Row(row_key(row), fastv_k if row == "fastv" else k, f,
+                            prefill_s=m.prefill.median, decode_s_per_token=m.decode_s_per_token,
+                            total_s=m.total.median, peak_memory_bytes=m.peak_memory_bytes,
+                            kv_cache_bytes=m.kv_cache_bytes_end, kv_cache_bytes_prefill=m.kv_cache_bytes_prefill,
+                            device_memory_used_bytes=m.device_memory_used_bytes,
+                            spread={"prefill": asdict(m.prefill), "total": asdict(m.total), "repeats": repeats,
+                                    "warmup": warmup}))
+    base = _flops(dims, "exact" if method == "counted" else method, vision, text, count=count,
+                  decode_tokens=decode) / 1e12
+    if "stock" in rows:
+        base = next(r.tflops for r in measured if r.method == "baseline")
+    for r in measured:
         r.ratio = r.tflops / base if base else float("nan")
-    sweep = rows[1:-1]
-    return [rows[0], sweep[0], rows[-1]], sweep, {"vision": vision, "text": text}
+    sweep = [r for r in measured if r.method == "vtw"]
+    out, seen_vtw = [], False
+    for r in measured:
+        if r.method == "vtw":
+            if not seen_vtw:
+                out.append(r)
+                seen_vtw = True
+            continue
+        out.append(r)
+    return out, sweep, {"vision": vision, "text": text}

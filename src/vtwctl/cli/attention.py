@@ -33,6 +33,9 @@ def attention(
     split: str | None = typer.Option(None, "--split", help="Split (default: each task's test split)."),
     data_dir: str | None = typer.Option(None, "--data-dir", help="Local data of a single task."),
     out: Path = typer.Option(Path("attention"), "--out", "-o", help="Output directory."),
+    prompt_style: str = typer.Option("hf", "--prompt-style",
+                                     help="hf (chat template) or paper (the authors' template: its ~35 system "
+                                          "tokens are Figs. 4-5's system tokens)."),
     device: str = DEVICE,
     dtype: str = DTYPE,
     attn_implementation: str | None = ATTN,
@@ -59,7 +62,7 @@ def attention(
     model_name(model)
     check_device(device)
     pairs = [(t.name, s) for t in units for s in t.load(split or t.test_split, samples, 0, data_dir)]
-    loaded = load_model(model, device, dtype, attn_implementation, trust_remote_code)
+    loaded = load_model(model, device, dtype, attn_implementation, trust_remote_code, prompt_style)
     check_k(k, loaded.num_layers)
     console = stderr_console()
     with Progress("attention", console) as bar:
@@ -72,6 +75,7 @@ def attention(
         failed = None
     if json_out:
         emit_json({"model": report.model, "datasets": report.datasets, "k": k, "samples": len(pairs),
+                   "prompt_style": prompt_style,
                    "max_new_tokens": max_new_tokens, "output_tokens": report.lengths, "by_layer": report.by_layer(),
                    "by_token": report.by_token(), "files": [str(p) for p in paths], "env": report.env})
     else:

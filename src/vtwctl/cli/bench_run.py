@@ -40,7 +40,7 @@ def _resolve_k(k, no_withdraw, loaded, task, profile_dir, console):
 def run_dataset(*, model, dataset, split, limit, batch_size, output, shard, image_mode, data_dir, k, no_withdraw,
                 positions, max_new_tokens, profile_dir, device, dtype, attn_implementation, json_out,
                 trust_remote_code=False, scoring="lmms-eval", judge_url=None, judge_model=None, method="vtw",
-                seed=0, fastv_k=2, fastv_ratio=0.5) -> None:
+                seed=0, fastv_k=2, fastv_ratio=0.5, prompt_style="hf") -> None:
     from .. import preflight, tasks
     from ..errors import VTWError
     from ..evaluate import IMAGE_MODES, distributed_context, evaluate, merge, parse_shard, select
@@ -95,7 +95,7 @@ def run_dataset(*, model, dataset, split, limit, batch_size, output, shard, imag
     samples = select(task, split, data_dir, limit, (index, count))  # data problems show before the model loads
     console = stderr_console()
     with locked(out_path):  # held from before the model loads: a second run on this file is refused at once
-        loaded = load_model(model, device, dtype, attn_implementation, trust_remote_code)
+        loaded = load_model(model, device, dtype, attn_implementation, trust_remote_code, prompt_style)
         chosen = _resolve_k(k, method == "stock", loaded, task, profile_dir, console) if method != "fastv" else None
         shown = fastv_k if method == "fastv" else (chosen if chosen is not None else loaded.num_layers)
         label = f"{task.name} K={shown}" + (f" ({method})" if method not in ("vtw", "stock") else "")

@@ -59,6 +59,12 @@ def calibrate(
     data_dir: str | None = typer.Option(None, "--data-dir", help="Local directory or parquet file of the dataset."),
     profile_dir: Path | None = typer.Option(None, "--profile-dir", help="Profile store for the record."),
     save: bool = typer.Option(True, "--save/--no-save", help="Save the record for `run --k auto`."),
+    first: int | None = typer.Option(None, "--first", min=1,
+                                     help="Take the first N documents instead of a random subset; with --split test "
+                                          "this is the authors' protocol (for reproduction: the record warns)."),
+    batch_size: int = typer.Option(1, "--batch-size", "-b", min=1, help="Samples per padded sweep."),
+    prompt_style: str = typer.Option("hf", "--prompt-style",
+                                     help="hf (the checkpoint's chat template) or paper (the authors' template)."),
     device: str = DEVICE,
     dtype: str = DTYPE,
     attn_implementation: str | None = ATTN,
@@ -77,24 +83,32 @@ def calibrate(
     if k_min is not None and k_min < 0:
         raise VTWError(f"k_min={k_min} is out of range: it must be >= 0")
     split = split or task.calibration_split
-    if split == task.test_split:
-        raise VTWError(f"calibration must not use the test split ({split}) of {task.name}")
-    preflight.check_data(task, split, data_dir, need=samples, what="--samples")
+    if split == task.test_split and first is None:
+        raise VTWError(f"calibration must not use the test split ({split}) of {task.name} "
+                       "(--split test --first N reproduces the authors' protocol)")
+    if prompt_style not in ("hf", "paper"):
+        raise VTWError(f"--prompt-style must be hf or paper, got {prompt_style!r}")
+    if first is not None:
+        samples = first
+    preflight.check_data(task, split, data_dir, need=samples, what="--first" if first is not None else "--samples")
     if accuracy:
         preflight.check_data(task, split, data_dir, need=accuracy, what="--accuracy")
     name = model_name(model)
     store_file = profiles.check_store(name, profile_dir, write=save)
     check_file_target(plot, "plot")
     check_device(device)
-    loaded = load_model(model, device, dtype, attn_implementation, trust_remote_code)
+    loaded = load_model(model, device, dtype, attn_implementation, trust_remote_code, prompt_style)
     prof = loaded.profile or {}
     etas = etas or [float(prof.get("default_eta", 0.003))]
     k_min = k_min if k_min is not None else int(prof.get("k_min", 5))
     console = stderr_console()
     with Progress("calibration", console) as bar:
         result = run_calibration(loaded, task, etas, k_min=k_min, samples=samples, seed=seed, split=split,
-                                 tokens=tokens, accuracy=accuracy, source=data_dir,
+                                 tokens=tokens, accuracy=accuracy, source=data_dir, first=first,
+                                 batch_size=batch_size,
                                  progress=lambda stage, done, total: bar.update(done, total, stage=stage))
+    if result.warning:
+        console.print(f"[yellow]warning: {result.warning}[/yellow]", highlight=False)
     rec = result.to_dict()
     saved, failed = None, []
     if save:

@@ -55,7 +55,8 @@ def check_device(device: str) -> None:
     pick_device(device)
 
 
-def load_model(model: str, device: str, dtype: str, attn: str | None, trust_remote_code: bool = False):
+def load_model(model: str, device: str, dtype: str, attn: str | None, trust_remote_code: bool = False,
+               prompt_style: str = "hf"):
     """Load through the core with a status spinner on stderr."""
     import transformers
 
@@ -65,7 +66,8 @@ def load_model(model: str, device: str, dtype: str, attn: str | None, trust_remo
     transformers.utils.logging.disable_progress_bar()
     console = stderr_console()
     with console.status(f"loading {model}", spinner="dots"):
-        return load(model, device=device, dtype=dtype, attn_implementation=attn, trust_remote_code=trust_remote_code)
+        return load(model, device=device, dtype=dtype, attn_implementation=attn, trust_remote_code=trust_remote_code,
+                    prompt_style=prompt_style)
 
 
 def parse_k(value: str | None, no_withdraw: bool, num_layers: int) -> int | str | None:

@@ -46,11 +46,23 @@ def _parse_ks(text: str | None, n: int, model: str, profile_dir, dataset: str | 
 def profile(
     model: str = MODEL,
     flops_only: bool = typer.Option(False, "--flops-only", help="FLOPs from dimensions only (no weights)."),
-    method: str = typer.Option("exact", "--method", help="paper (Eq. 1), exact (analytic) or counted (operators)."),
+    method: str = typer.Option("stock,vtw,fastv", "--method",
+                               help="Rows, a comma list of stock, vtw, vtw-random (VTW at a random K, Table 2's "
+                                    "VTW†), rand (random tokens dropped) and fastv. (The old counting values "
+                                    "paper/exact/counted still work here, deprecated: use --flops.)"),
+    flops: str | None = typer.Option(None, "--flops",
+                                     help="How FLOPs are counted: paper (Eq. 1), exact (analytic, default), counted "
+                                          "(operator counters) or calflops (the authors' calflops rules)."),
     count: str = typer.Option("all", "--count", help="all, or vision: only the vision tokens' share (Table 3)."),
     k: str | None = typer.Option(None, "--k", help="K, a list to sweep (8,12,16,20,24) or auto (calibration)."),
-    fastv_k: int = typer.Option(2, "--fastv-k", help="FastV layer."),
-    fastv_ratio: float = typer.Option(0.5, "--fastv-ratio", help="FastV: fraction of vision tokens dropped."),
+    fastv_k: int | None = typer.Option(None, "--fastv-k", help="FastV layer K (default: the preset's)."),
+    fastv_ratio: float | None = typer.Option(None, "--fastv-ratio",
+                                             help="FastV: the fraction of vision tokens DROPPED (the authors' "
+                                                  "fastv_kvcache.py gives the fraction kept); default 0.5."),
+    fastv_preset: str = typer.Option("paper", "--fastv-preset",
+                                     help="paper (K=2, as the paper's text) or authors (K=3, their FastV file)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the rand and vtw-random rows."),
+    prompt_style: str = typer.Option("hf", "--prompt-style", help="hf (chat template) or paper (the authors')."),
     vision_tokens: int | None = typer.Option(None, "--vision-tokens", min=0, help="Workload (--flops-only)."),
     text_tokens: int | None = typer.Option(None, "--text-tokens", min=1, help="Workload (--flops-only)."),
     image: Path | None = typer.Option(None, "--image", help="Real input: image (with --prompt)."),
@@ -73,11 +85,30 @@ def profile(
     from ..env import environment
     from ..errors import VTWError
     from ..files import check_file_target
+    from ..methods import canonical
     from ..profiles import check_store, find, records
-    from ..profiling import FLOP_METHODS, ProfileReport, flops_rows, measured_rows
+    from ..profiling import FASTV_PRESETS, FLOP_METHODS, ROWS, ProfileReport, flops_rows, measured_rows
 
-    if method not in FLOP_METHODS:
-        raise VTWError(f"--method must be one of {', '.join(FLOP_METHODS)}, got {method!r}")
+    console = stderr_console()
+    if method in FLOP_METHODS:  # the old meaning of --method
+        if flops is not None and flops != method:
+            raise VTWError(f"--method {method} (the old spelling of --flops) contradicts --flops {flops}")
+        console.print(f"note: --method {method} is deprecated for the counting; use --flops {method} "
+                      "(--method now names the rows)", highlight=False)
+        flops, rows = method, ROWS
+    else:
+        rows = tuple(canonical(m) for m in method.split(",") if m.strip())
+        if not rows or len(set(rows)) != len(rows):
+            raise VTWError(f"--method takes a comma list of different rows, got {method!r}")
+    flops = flops or "exact"
+    if flops not in FLOP_METHODS:
+        raise VTWError(f"--flops must be one of {', '.join(FLOP_METHODS)}, got {flops!r}")
+    if fastv_preset not in FASTV_PRESETS:
+        raise VTWError(f"--fastv-preset must be one of {', '.join(FASTV_PRESETS)}, got {fastv_preset!r}")
+    fastv_k = fastv_k if fastv_k is not None else FASTV_PRESETS[fastv_preset][0]
+    fastv_ratio = fastv_ratio if fastv_ratio is not None else FASTV_PRESETS[fastv_preset][1]
+    if prompt_style not in ("hf", "paper"):
+        raise VTWError(f"--prompt-style must be hf or paper, got {prompt_style!r}")
     if count not in ("all", "vision"):
         raise VTWError(f"--count must be all or vision, got {count!r}")
     if not 0.0 <= fastv_ratio <= 1.0:
@@ -85,7 +116,6 @@ def profile(
     check_k_syntax(k, lists=True)
     check_file_target(csv, "CSV file")
     check_file_target(plot, "plot")
-    console = stderr_console()
     name = model_name(model)
     if k in (None, "auto"):
         check_store(name, profile_dir)
@@ -111,15 +141,15 @@ def profile(
         ks = _parse_ks(k, dims.num_layers, name, profile_dir, dataset, console)
         if not 1 <= fastv_k <= dims.num_layers:
             raise VTWError(f"--fastv-k must be in 1..{dims.num_layers}")
-        rows, sweep = flops_rows(dims, int(vis), int(txt), ks, fastv_k, fastv_ratio, method, count)
-        report = ProfileReport(model=name, k=ks[0], tokens={"vision": int(vis), "text": int(txt)}, method=method,
-                               count=count, rows=rows, sweep=sweep if len(ks) > 1 else [],
-                               fastv={"k": fastv_k, "ratio": fastv_ratio},
+        table, sweep = flops_rows(dims, int(vis), int(txt), ks, fastv_k, fastv_ratio, flops, count, rows=rows)
+        report = ProfileReport(model=name, k=ks[0], tokens={"vision": int(vis), "text": int(txt)}, method=flops,
+                               count=count, rows=table, sweep=sweep if len(ks) > 1 and "vtw" in rows else [],
+                               fastv={"k": fastv_k, "ratio": fastv_ratio, "preset": fastv_preset},
                                calibrations=records(name, profile_dir), env=environment())
     else:
         source = _source(image, prompt, dataset, index)
         check_device(device)
-        loaded = load_model(model, device, dtype, attn_implementation, trust_remote_code)
+        loaded = load_model(model, device, dtype, attn_implementation, trust_remote_code, prompt_style)
         auto_dataset = None if prompt is not None else (dataset or "shapes")
         ks = _parse_ks(k, loaded.num_layers, loaded.name, profile_dir, auto_dataset, console)
         if not 1 <= fastv_k <= loaded.num_layers:
@@ -128,11 +158,12 @@ def profile(
         from .common import Progress
 
         with Progress("measuring", console, unit="runs") as bar:
-            rows, sweep, tokens = measured_rows(loaded, inputs, ks, fastv_k, fastv_ratio, method, count,
-                                                max_new_tokens, warmup, repeats,
-                                                progress=lambda d, n: bar.update(d, n))
-        report = ProfileReport(model=loaded.name, k=ks[0], tokens=tokens, method=method, count=count, rows=rows,
-                               sweep=sweep if len(ks) > 1 else [], fastv={"k": fastv_k, "ratio": fastv_ratio},
+            table, sweep, tokens = measured_rows(loaded, inputs, ks, fastv_k, fastv_ratio, flops, count,
+                                                 max_new_tokens, warmup, repeats,
+                                                 progress=lambda d, n: bar.update(d, n), rows=rows, seed=seed)
+        report = ProfileReport(model=loaded.name, k=ks[0], tokens=tokens, method=flops, count=count, rows=table,
+                               sweep=sweep if len(ks) > 1 else [],
+                               fastv={"k": fastv_k, "ratio": fastv_ratio, "preset": fastv_preset},
                                calibrations=records(loaded.name, profile_dir), env=environment(loaded),
                                source=source[2])
     data = report.to_dict()
@@ -210,7 +241,7 @@ def _render(console, report) -> None:
     unit, factor = flops_unit(report.rows[0].tflops)
     for col in ("row", "K", unit, "ratio", "prefill", "decode/token", "end-to-end", "peak memory", "KV bytes"):
         t.add_column(col, justify="right" if col != "row" else "left")
-    for r in [*report.rows[:1], *(report.sweep or report.rows[1:2]), report.rows[-1]]:
+    for r in _table_rows(report):
         label = r.method if r.method != "fastv" else f"fastv (drops {report.fastv['ratio']:.0%})"
         t.add_row(label, "-" if r.k is None else str(r.k), f"{r.tflops * factor:.4g}", f"{r.ratio * 100:.2f} %",
                   _fmt_s(r.prefill_s), _fmt_s(r.decode_s_per_token), _fmt_s(r.total_s),
@@ -221,10 +252,18 @@ def _render(console, report) -> None:
         console.print(f"[dim]calibration records: {recs}[/dim]")
 
 
+def _table_rows(report) -> list:
+    """The rows in order, the VTW row replaced by its K sweep when there is one."""
+    out = []
+    for r in report.rows:
+        out.extend(report.sweep if r.method == "vtw" and report.sweep else [r])
+    return out
+
+
 def _write_csv(report, path: Path) -> None:
     import csv as _csv
 
-    rows = [r.to_dict() for r in [*report.rows[:1], *(report.sweep or report.rows[1:2]), report.rows[-1]]]
+    rows = [r.to_dict() for r in _table_rows(report)]
     keys = ["method", "k", "tflops", "ratio", "prefill_s", "decode_s_per_token", "total_s", "peak_memory_bytes",
             "kv_cache_bytes", "kv_cache_bytes_prefill"]
     path.parent.mkdir(parents=True, exist_ok=True)

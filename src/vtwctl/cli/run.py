@@ -36,7 +36,20 @@ def run(
     example: int | None = typer.Option(None, "--example", min=0,
                                        help="Use test sample N of the demo 'shapes' benchmark (image + question)."),
     k: str | None = typer.Option(None, "--k", help="Withdrawal layer K (0-based; N = no withdrawal) or 'auto'."),
-    no_withdraw: bool = typer.Option(False, "--no-withdraw", help="Run the stock model."),
+    no_withdraw: bool = typer.Option(False, "--no-withdraw", help="Run the stock model (= --method stock)."),
+    method: str = typer.Option("vtw", "--method",
+                               help="stock | vtw | vtw-random (VTW at a random K in K-8..K+8 per sample, Table 2's "
+                                    "VTW†) | rand (as many random input tokens as vision tokens dropped at K) | "
+                                    "fastv."),
+    fastv_k: int | None = typer.Option(None, "--fastv-k", help="FastV layer K (default: the preset's)."),
+    fastv_ratio: float | None = typer.Option(None, "--fastv-ratio",
+                                             help="FastV: the fraction of vision tokens DROPPED (default 0.5)."),
+    fastv_preset: str = typer.Option("paper", "--fastv-preset", help="paper (K=2) or authors (K=3)."),
+    compare: bool = typer.Option(False, "--compare",
+                                 help="Answer with the stock model and with VTW at K, side by side (Fig. 6)."),
+    prompt_style: str = typer.Option("hf", "--prompt-style",
+                                     help="hf (the checkpoint's chat template) or paper (the authors' LLaVA "
+                                          "conversation template, with its system prompt)."),
     positions: str = typer.Option("keep", "--positions", help="keep | rearrange (Table 6)."),
     max_new_tokens: int | None = typer.Option(None, "--max-new-tokens", min=1,
                                               help="Default: 32 for one prompt; with --dataset the task's "
@@ -69,7 +82,20 @@ def run(
     """Answer one prompt about an image (or video), with VTW at layer K or without it."""
     from ..errors import VTWError
     from ..media import read_image, read_video
+    from ..methods import canonical
+    from ..profiling import FASTV_PRESETS
 
+    method = "stock" if no_withdraw else canonical(method)
+    if fastv_preset not in FASTV_PRESETS:
+        raise VTWError(f"--fastv-preset must be one of {', '.join(FASTV_PRESETS)}, got {fastv_preset!r}")
+    fastv_k = fastv_k if fastv_k is not None else FASTV_PRESETS[fastv_preset][0]
+    fastv_ratio = fastv_ratio if fastv_ratio is not None else FASTV_PRESETS[fastv_preset][1]
+    if not 0.0 <= fastv_ratio <= 1.0:
+        raise VTWError(f"--fastv-ratio must be in [0, 1], got {fastv_ratio}")
+    if prompt_style not in ("hf", "paper"):
+        raise VTWError(f"--prompt-style must be hf or paper, got {prompt_style!r}")
+    if compare and (method != "vtw" or dataset is not None):
+        raise VTWError("--compare answers one prompt with the stock model and with VTW: drop --method/--dataset")
     if positions not in ("keep", "rearrange"):
         raise VTWError(f"--positions must be keep or rearrange, got {positions!r}")
     if no_withdraw and k not in (None, "auto"):
@@ -84,7 +110,8 @@ def run(
                     positions=positions, max_new_tokens=max_new_tokens, profile_dir=profile_dir, device=device,
                     dtype=dtype, attn_implementation=attn_implementation, json_out=json_out,
                     trust_remote_code=trust_remote_code, scoring=scoring, judge_url=judge_url,
-                    judge_model=judge_model)
+                    judge_model=judge_model, method=method, seed=seed or 0, fastv_k=fastv_k,
+                    fastv_ratio=fastv_ratio, prompt_style=prompt_style)
         return
     dataset_only = {"--split": split, "--limit": limit, "--output": output, "--shard": shard, "--data-dir": data_dir,
                     "--batch-size": batch_size if batch_size != 1 else None,
@@ -119,11 +146,11 @@ def run(
 
         check_store(name, profile_dir)
     check_device(device)
-    loaded = load_model(model, device, dtype, attn_implementation, trust_remote_code)
+    loaded = load_model(model, device, dtype, attn_implementation, trust_remote_code, prompt_style)
     if vid is not None and not loaded.adapter.takes_video:
         raise VTWError(f"{loaded.name} ({loaded.family}) does not take videos")
     n = loaded.num_layers
-    chosen = parse_k(k, no_withdraw, n)
+    chosen = parse_k(k, method == "stock", n) if method != "fastv" else None
     console = stderr_console()
     rec = None
     if chosen == "auto":
@@ -131,18 +158,32 @@ def run(
         if rec is None:
             console.print(f"no calibration record for {loaded.name}: running without withdrawal "
                           "(pass --k or run vtwctl calibrate)")
+    from ..infer import compare as run_compare
     from ..infer import generate
+    from ..methods import random_k, sample_seed
 
     inputs = loaded.build_inputs(prompt, images=[img] if img is not None else None,
                                  videos=[vid] if vid is not None else None)
-    gen = generate(loaded, inputs, k=chosen, positions=positions, max_new_tokens=max_new_tokens,
-                   do_sample=sample, temperature=temperature, seed=seed)
-    result = {
-        "model": loaded.name, "k": gen.k, "answer": gen.answers[0],
-        "num_vision_tokens": gen.num_vision_tokens[0], "num_text_tokens": gen.num_text_tokens[0],
-        "new_tokens": gen.new_tokens[0], "prefill_s": gen.prefill_s, "decode_s": gen.decode_s,
-        "total_s": gen.total_s, "positions": positions, "num_layers": n, "k_record": record_summary(rec),
-    }
+    if compare:
+        if chosen is None:
+            raise VTWError("--compare needs a K to withdraw at: --k K or a calibration record for --k auto")
+        both = run_compare(loaded, inputs, chosen, positions, max_new_tokens)
+        halves = {name: _result(loaded, g, positions, n) for name, g in both.items()}
+        if json_out:
+            emit_json({**halves, "k_record": record_summary(rec), "prompt_style": prompt_style})
+            return
+        _render_compare(console, halves)
+        return
+    run_k = chosen
+    if method == "vtw-random":
+        run_k = random_k(seed or 0, prompt, chosen if chosen is not None else n // 2, n)
+    gen = generate(loaded, inputs, k=run_k, positions=positions, max_new_tokens=max_new_tokens,
+                   do_sample=sample, temperature=temperature, seed=seed, method=method,
+                   seeds=[sample_seed(seed or 0, prompt)], fastv_k=fastv_k, fastv_ratio=fastv_ratio)
+    result = {**_result(loaded, gen, positions, n), "k_record": record_summary(rec), "method": method,
+              "prompt_style": prompt_style}
+    if method == "fastv":
+        result.update(k=fastv_k, fastv_ratio=fastv_ratio)
     if expected is not None:
         result.update(example=example, question=prompt, expected=expected)
     if json_out:
@@ -154,3 +195,28 @@ def run(
     console.print(f"[dim]K={gen.k}/{n}  vision={result['num_vision_tokens']} text={result['num_text_tokens']}  "
                   f"new={result['new_tokens']}  prefill {gen.prefill_s:.3f}s  decode {gen.decode_s:.3f}s  "
                   f"total {gen.total_s:.3f}s[/dim]")
+
+
+def _result(loaded, gen, positions: str, n: int) -> dict:
+    return {"model": loaded.name, "k": gen.k, "method": gen.method, "answer": gen.answers[0],
+            "num_vision_tokens": gen.num_vision_tokens[0], "num_text_tokens": gen.num_text_tokens[0],
+            "new_tokens": gen.new_tokens[0], "prefill_s": gen.prefill_s, "decode_s": gen.decode_s,
+            "total_s": gen.total_s, "kv_bytes": gen.kv_bytes, "positions": positions, "num_layers": n}
+
+
+def _render_compare(console, halves: dict) -> None:
+    """Fig. 6: the two answers and their costs side by side."""
+    from rich.table import Table
+
+    stock, vtw = halves["stock"], halves["vtw"]
+    t = Table(title=f"{stock['model']}: stock vs VTW at K={vtw['k']} (of {vtw['num_layers']} layers)")
+    t.add_column("")
+    t.add_column("stock")
+    t.add_column(f"VTW K={vtw['k']}")
+    t.add_row("answer", stock["answer"], vtw["answer"])
+    t.add_row("new tokens", str(stock["new_tokens"]), str(vtw["new_tokens"]))
+    for key, label in (("prefill_s", "prefill"), ("decode_s", "decode"), ("total_s", "total")):
+        t.add_row(label, f"{stock[key] * 1000:.1f} ms", f"{vtw[key] * 1000:.1f} ms")
+    kib = [f"{h['kv_bytes'] / 1024:.1f} KiB" if h["kv_bytes"] is not None else "-" for h in (stock, vtw)]
+    t.add_row("KV cache", *kib)
+    console.print(t)
