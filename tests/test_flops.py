@@ -214,6 +214,8 @@ def test_vision_tower_and_projector(family, passes, rel):
 def test_decode_step_matches_counter(k):
     import torch
 
+    from reference import cache_kwargs
+    from vtwctl.measure import cache_of
     from vtwctl.withdraw import withdraw
 
     model, inputs = _tiny("llava")
@@ -222,8 +224,9 @@ def test_decode_step_matches_counter(k):
     with withdraw(model, k if k is not None else 4), torch.no_grad():
         out = model(**inputs, use_cache=True, logits_to_keep=1)
         nxt = out.logits[:, -1:].argmax(-1)
+        # the cache under the installed transformers' argument name: an unknown name is silently ignored
         step = dict(input_ids=nxt, attention_mask=torch.cat([inputs["attention_mask"], torch.ones_like(nxt)], 1),
-                    cache=out.past_key_values, use_cache=True)
+                    use_cache=True, **cache_kwargs(model, cache_of(out)))
         counted = _counted(model, step, None, "torch")
     assert counted == F.exact_flops(d, vision, text, k=k).decode_per_token
 

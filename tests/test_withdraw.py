@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from reference import extend, reference_greedy, reference_logits
+from reference import cache_kwargs, extend, reference_greedy, reference_logits
+from vtwctl.measure import cache_of
 from vtwctl.testing import FAMILIES, IMAGE_ID, tiny_inputs, tiny_model
 from vtwctl.withdraw import withdraw
 
@@ -224,7 +225,7 @@ def test_cache_filled_outside_block_is_refused():
         out = model(**x, use_cache=True)
         nxt = out.logits[:, -1].argmax(-1, keepdim=True)
         with withdraw(model, 2), pytest.raises(RuntimeError, match="outside"):
-            model(input_ids=nxt, cache=out.past_key_values, attention_mask=extend(x, nxt)["attention_mask"])
+            model(input_ids=nxt, attention_mask=extend(x, nxt)["attention_mask"], **cache_kwargs(model, cache_of(out)))
 
 
 @pytest.mark.parametrize("family,batch", [("llava", True), ("llava_next", True), ("qwen2_vl", False),

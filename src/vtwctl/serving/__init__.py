@@ -1,12 +1,14 @@
 """Serving with VTW: a vLLM out-of-tree plugin (``pip install "vtwctl[vllm]"``; docs/serving.md).
 
 vLLM loads ``register`` in each of its processes through the ``vllm.general_plugins`` entry point.
-It registers vtwctl's subclass of vLLM's LLaVA-1.5 class (the family verified so far) under the
-stock architecture name, lazily (as ``module:Class`` strings: nothing of vLLM's model code is
-imported until vLLM builds a model). A model whose config has no ``vtw_k`` runs exactly as vLLM's
-own class; ``--hf-overrides '{"vtw_k": 16}'`` turns VTW on (see ``config``). Importing vtwctl, or
-this package, never imports vLLM. ``VTWCTL_VLLM_PLUGIN=0`` (or vLLM's ``VLLM_PLUGINS`` without
-``vtwctl``) leaves vLLM's registry alone.
+It registers vtwctl's subclasses of vLLM's classes for the verified families (LLaVA-1.5,
+LLaVA-NeXT, Qwen2-VL, Qwen2.5-VL) under the stock architecture names, lazily (as ``module:Class``
+strings: nothing of vLLM's model code is imported until vLLM builds a model). A model whose config
+has no ``vtw_k`` runs exactly as vLLM's own class; ``--hf-overrides '{"vtw_k": 16}'`` turns VTW on
+(see ``config``). The vision-language architectures in ``UNVERIFIED`` get a guard subclass
+instead, which refuses to start when the config asks for VTW and is vLLM's class otherwise.
+Importing vtwctl, or this package, never imports vLLM. ``VTWCTL_VLLM_PLUGIN=0`` (or vLLM's
+``VLLM_PLUGINS`` without ``vtwctl``) leaves vLLM's registry alone.
 """
 
 from __future__ import annotations
@@ -16,8 +18,26 @@ import os
 # stock vLLM architecture name -> vtwctl class in vtwctl.serving.vllm_model
 ARCHITECTURES = {
     "LlavaForConditionalGeneration": "VTWLlavaForConditionalGeneration",
+    "LlavaNextForConditionalGeneration": "VTWLlavaNextForConditionalGeneration",
+    "LlavaOnevisionForConditionalGeneration": "VTWLlavaOnevisionForConditionalGeneration",
+    "Qwen2VLForConditionalGeneration": "VTWQwen2VLForConditionalGeneration",
+    "Qwen2_5_VLForConditionalGeneration": "VTWQwen2_5_VLForConditionalGeneration",
 }
 MODULE = "vtwctl.serving.vllm_model"
+# vision-language architectures vLLM serves on which VTW is not verified: with vtw_k they refuse to start
+# (without vtw_k they are vLLM's classes); vtwctl serve refuses them before anything loads
+UNVERIFIED = (
+    "LlavaNextVideoForConditionalGeneration",
+    "Qwen3VLForConditionalGeneration", "Qwen3VLMoeForConditionalGeneration", "Gemma3ForConditionalGeneration",
+    "InternVLChatModel", "InternVLForConditionalGeneration", "Idefics3ForConditionalGeneration",
+    "SmolVLMForConditionalGeneration",
+)
+GUARD_PREFIX = "VTWUnverified_"
+
+
+def targets() -> dict[str, str]:
+    """Architecture -> vtwctl class name in ``MODULE``, for every architecture the plugin registers."""
+    return {**ARCHITECTURES, **{arch: GUARD_PREFIX + arch for arch in UNVERIFIED}}
 
 
 def register() -> list[str]:
@@ -27,9 +47,11 @@ def register() -> list[str]:
     from vllm import ModelRegistry
 
     done = []
-    for arch, cls in ARCHITECTURES.items():
+    for arch, cls in targets().items():
         target = f"{MODULE}:{cls}"
         current = ModelRegistry.models.get(arch)
+        if current is None and arch in UNVERIFIED:
+            continue  # not in this vLLM
         if current is not None and (getattr(current, "module_name", None), getattr(current, "class_name", None)) == (
                 MODULE, cls):
             continue

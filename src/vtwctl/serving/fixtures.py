@@ -1,12 +1,25 @@
-"""A tiny random LLaVA-1.5 on disk that vLLM's CPU backend can serve (tests and bench; no downloads).
+"""Tiny random VLMs on disk that vLLM's CPU backend can serve (tests and bench; no downloads).
 
-``save_tiny_llava(path)`` builds the model from ``vtwctl.testing``'s config with head_dim 32 (vLLM's
-CPU attention supports head sizes 32, 64, 80, ...), saves it with ``save_pretrained`` together
-with a word-level tokenizer built offline and a LLaVA processor (32x32 images, 16 vision tokens),
-and stores the weights under the hub checkpoints' names (``language_model.model.*``,
-``vision_tower.vision_model.*``), which both transformers and stock vLLM load.
+``save_tiny(family, path)`` builds the model from ``vtwctl.testing``'s config with head_dim 32
+(vLLM's CPU attention supports head sizes 32, 64, 80, ...), saves it with ``save_pretrained``
+together with a word-level tokenizer built offline and the family's own transformers processor,
+small enough for a quick test:
 
-Prompts are words ``w3 .. w249`` (ids 3..249); ``<image>`` is id 250.
+- ``llava``: LLaVA-1.5, 32x32 images, 16 vision tokens per image;
+- ``llava_next``: LLaVA-NeXT, AnyRes over 32x32 tiles (grid pinpoints 32/64), a 16-token base
+  image plus the unpadded tiles with an ``image_newline`` token per row (36 to 88 tokens);
+- ``llava_onevision``: LLaVA-OneVision (SigLIP tower, Qwen2 text model), the same AnyRes layout;
+- ``qwen2_vl`` / ``qwen2_5_vl``: 14-pixel patches merged 2x2, images resized to 56..112 pixels a
+  side (4 to 16 tokens), M-RoPE with sections (8, 4, 4).
+
+The text layers' attention is sharpened (q/k x4, output x6) and Qwen's vision merger output
+scaled x20, so that greedy tokens depend on the vision tokens and on the text positions.
+LLaVA-family weights are stored under the hub checkpoints' names (``language_model.model.*``,
+``vision_tower.vision_model.*``), which both transformers and stock vLLM load; Qwen weights keep
+transformers' names, which vLLM maps itself.
+
+Prompts are words ``w3 .. w249`` (ids 3..249); the image placeholder is id 250 (``<image>``, or
+``<|image_pad|>`` between ``<|vision_start|>`` (252) and ``<|vision_end|>`` (253) for Qwen).
 """
 
 from __future__ import annotations
@@ -14,66 +27,138 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+FAMILIES = ("llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl")
 WORDS = {f"w{i}": i for i in range(3, 250)}
 IMAGE_TOKEN = "<image>"
+QWEN_IMAGE = "<|vision_start|><|image_pad|><|vision_end|>"
 
 
-def tokenizer():
+def _qwen(family: str) -> bool:
+    return family in ("qwen2_vl", "qwen2_5_vl")
+
+
+def tokenizer(family: str = "llava"):
     """A word-level fast tokenizer over the tiny vocabulary (``<s>`` prepended)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    from ..testing import BOS_ID, EOS_ID, IMAGE_ID, PAD_ID, VIDEO_ID, VOCAB
+    from ..testing import BOS_ID, EOS_ID, IMAGE_ID, PAD_ID, VEND_ID, VIDEO_ID, VOCAB, VSTART_ID
 
-    vocab = {"<pad>": PAD_ID, "<s>": BOS_ID, "</s>": EOS_ID, **WORDS, IMAGE_TOKEN: IMAGE_ID, "<video>": VIDEO_ID}
-    vocab.update({f"<extra{i}>": i for i in range(VIDEO_ID + 1, VOCAB)})
+    if _qwen(family):
+        specials = {"<|image_pad|>": IMAGE_ID, "<|video_pad|>": VIDEO_ID, "<|vision_start|>": VSTART_ID,
+                    "<|vision_end|>": VEND_ID}
+        named = {"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"}
+    else:
+        specials = {IMAGE_TOKEN: IMAGE_ID, "<video>": VIDEO_ID}
+        named = {"image_token": IMAGE_TOKEN, "video_token": "<video>"} if family == "llava_onevision" else {
+            "image_token": IMAGE_TOKEN}
+    vocab = {"<pad>": PAD_ID, "<s>": BOS_ID, "</s>": EOS_ID, **WORDS, **specials}
+    vocab.update({f"<extra{i}>": i for i in range(VIDEO_ID + 1, VOCAB) if i not in vocab.values()})
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", BOS_ID)])
     tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-                                   unk_token="<pad>", extra_special_tokens={"image_token": IMAGE_TOKEN},
+                                   unk_token="<pad>", extra_special_tokens=named,
                                    padding_side="left", model_max_length=4096)
-    fast.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN, "<video>"]})
+    fast.add_special_tokens({"additional_special_tokens": list(specials)})
     return fast
 
 
-def save_tiny_llava(path: str | Path, num_layers: int = 6, seed: int = 0) -> Path:
-    """Write the tiny LLaVA (model, tokenizer, processor) to ``path``; returns it."""
-    import torch
+def _processor(family: str, tok):
     import transformers as tf
+
+    if family == "llava":
+        image_processor = tf.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+        return tf.LlavaProcessor(image_processor=image_processor, tokenizer=tok, patch_size=8,
+                                 vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                                 image_token=IMAGE_TOKEN, chat_template=None)
+    if family == "llava_next":
+        image_processor = tf.LlavaNextImageProcessor(
+            size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32},
+            image_grid_pinpoints=[[32, 32], [32, 64], [64, 32], [64, 64]])
+        return tf.LlavaNextProcessor(image_processor=image_processor, tokenizer=tok, patch_size=8,
+                                     vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                                     image_token=IMAGE_TOKEN, chat_template=None)
+    if family == "llava_onevision":
+        pinpoints = [[32, 32], [32, 64], [64, 32], [64, 64]]
+        image_processor = tf.LlavaOnevisionImageProcessor(size={"height": 32, "width": 32},
+                                                          image_grid_pinpoints=pinpoints)
+        video_processor = tf.LlavaOnevisionVideoProcessor(size={"height": 32, "width": 32})
+        return tf.LlavaOnevisionProcessor(image_processor=image_processor, tokenizer=tok,
+                                          video_processor=video_processor, num_image_tokens=16,
+                                          vision_feature_select_strategy="full", chat_template=None)
+    size = {"shortest_edge": 56 * 56, "longest_edge": 112 * 112}
+    common = dict(size=size, patch_size=14, merge_size=2, temporal_patch_size=2)
+    image_processor = tf.Qwen2VLImageProcessor(**common)
+    video_processor = tf.Qwen2VLVideoProcessor(**common)
+    cls = tf.Qwen2VLProcessor if family == "qwen2_vl" else tf.Qwen2_5_VLProcessor
+    return cls(image_processor=image_processor, tokenizer=tok, video_processor=video_processor, chat_template=None)
+
+
+def save_tiny(family: str, path: str | Path, num_layers: int = 6, seed: int = 0) -> Path:
+    """Write the tiny ``family`` model (model, tokenizer, processor) to ``path``; returns it."""
+    import torch
     from safetensors.torch import load_file, save_file
 
     from ..testing import tiny_model
 
+    if family not in FAMILIES:
+        raise ValueError(f"unknown family {family!r}; expected one of {', '.join(FAMILIES)}")
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    model = tiny_model("llava", seed=seed, num_layers=num_layers, num_attention_heads=2, num_key_value_heads=1)
-    model.config.text_config.head_dim = 32
+    if _qwen(family):  # 4 heads of 32
+        model = tiny_model(family, seed=seed, num_layers=num_layers, hidden=128)
+        with torch.no_grad():  # vision embeddings as large as the (sharpened) text ones, so that VTW matters
+            model.model.visual.merger.mlp[-1].weight.mul_(20.0)
+            model.model.visual.merger.mlp[-1].bias.mul_(20.0)
+    else:  # 2 heads of 32 (one KV head)
+        model = tiny_model(family, seed=seed, num_layers=num_layers, num_attention_heads=2, num_key_value_heads=1)
+        model.config.text_config.head_dim = 32
+    _sharpen(model)
     model.save_pretrained(path)
-    image_processor = tf.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    processor = tf.LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer(), patch_size=8,
-                                  vision_feature_select_strategy="default", num_additional_image_tokens=1,
-                                  image_token=IMAGE_TOKEN, chat_template=None)
-    processor.save_pretrained(path)
-    for file in path.glob("*.safetensors"):
-        weights = load_file(file)
-        renamed = {hub_name(k): v.contiguous() for k, v in weights.items()}
-        save_file(renamed, file, metadata={"format": "pt"})
+    _processor(family, tokenizer(family)).save_pretrained(path)
+    if not _qwen(family):
+        for file in path.glob("*.safetensors"):
+            weights = load_file(file)
+            renamed = {hub_name(k): v.contiguous() for k, v in weights.items()}
+            save_file(renamed, file, metadata={"format": "pt"})
     torch.manual_seed(seed)
     return path
 
 
+def _sharpen(model, qk: float = 4.0, out: float = 6.0) -> None:
+    """Sharper, larger attention in the text layers: a random model's near-uniform attention barely
+    depends on positions, so keeping (VTW) or renumbering the text positions after withdrawal would
+    give the same greedy tokens; scaled like this they do not (the tests check it)."""
+    import torch
+
+    with torch.no_grad():
+        for layer in model.model.language_model.layers:
+            attn = layer.self_attn
+            for proj, factor in ((attn.q_proj, qk), (attn.k_proj, qk), (attn.o_proj, out)):
+                proj.weight.mul_(factor)
+                if proj.bias is not None and proj is not attn.o_proj:
+                    proj.bias.mul_(factor)
+
+
+def save_tiny_llava(path: str | Path, num_layers: int = 6, seed: int = 0) -> Path:
+    """The tiny LLaVA-1.5 (``save_tiny("llava", ...)``)."""
+    return save_tiny("llava", path, num_layers=num_layers, seed=seed)
+
+
 def hub_name(key: str) -> str:
-    """A transformers-5 LLaVA weight name under the hub checkpoints' layout."""
+    """A transformers-5 LLaVA / LLaVA-NeXT weight name under the hub checkpoints' layout."""
     key = re.sub(r"^model\.language_model\.", "language_model.model.", key)
     key = re.sub(r"^lm_head\.", "language_model.lm_head.", key)
     key = re.sub(r"^model\.multi_modal_projector\.", "multi_modal_projector.", key)
+    key = re.sub(r"^model\.image_newline$", "image_newline", key)
     key = re.sub(r"^(model\.)?vision_tower\.(?!vision_model\.)", "vision_tower.vision_model.", key)
     return key
 
 
-def prompt(words: list[int], image: bool = True, pre: list[int] | None = None) -> str:
-    """``USER:``-style prompt text: ``pre`` words, the image placeholder, then ``words``."""
-    parts = [f"w{i}" for i in (pre or [])] + ([IMAGE_TOKEN] if image else []) + [f"w{i}" for i in words]
+def prompt(words: list[int], image: bool = True, pre: list[int] | None = None, family: str = "llava") -> str:
+    """Prompt text: ``pre`` words, the family's image placeholder, then ``words``."""
+    placeholder = QWEN_IMAGE if _qwen(family) else IMAGE_TOKEN
+    parts = [f"w{i}" for i in (pre or [])] + ([placeholder] if image else []) + [f"w{i}" for i in words]
     return " ".join(parts)

@@ -1,7 +1,8 @@
 """Greedy tokens from vLLM for a list of K values in one engine (the tests' and bench's vLLM side).
 
 ``python -m vtwctl.serving.probe SPEC.json`` reads ``{"model", "prompts": [{"prompt", "image"}],
-"k": [..] or null, "max_tokens", "engine": {LLM kwargs}}`` (``image`` is a PNG path or null),
+"k": [..] or null, "max_tokens", "engine": {LLM kwargs}}`` (``image`` is a PNG path or null; an
+optional ``video`` is a ``.npy`` of frames [T, H, W, 3] uint8),
 builds one ``vllm.LLM`` in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) with ``vtw_k`` set
 to the first K through ``hf_overrides``, generates all prompts as one batch, then switches K with
 ``set_vtw_k`` for the others. ``"k": null`` runs the model as configured (stock vLLM when the
@@ -41,9 +42,13 @@ def run(spec: dict) -> dict:
         req = {"prompt": p["prompt"]}
         if p.get("image"):
             req["multi_modal_data"] = {"image": Image.open(p["image"]).convert("RGB")}
+        if p.get("video"):
+            import numpy as np
+
+            req["multi_modal_data"] = {**req.get("multi_modal_data", {}), "video": np.load(p["video"])}
         requests.append(req)
     params = SamplingParams(temperature=0.0, max_tokens=int(spec.get("max_tokens", 8)), ignore_eos=True)
-    classes = llm.apply_model(lambda model: type(model).__name__)
+    classes = llm.apply_model(lambda model: type(model).__qualname__)
     runs = []
     for k in ks or [None]:
         if ks:

@@ -11,8 +11,15 @@ encoder outputs) to ``embed_input_ids`` right before ``forward``; the model keep
 forward. (``requires_raw_input_tokens`` makes vLLM pass the token ids too: they are the fallback in
 steps that embed nothing, vLLM's dummy runs.)
 
-Layers >= K run eagerly from this forward (vLLM's compiled graph of the text model covers all
-layers, and the row set changes between layer K-1 and K), in both eager and compile mode.
+With K set, this forward calls every decoder layer itself, so all layers run eagerly also in
+vLLM's compile mode (vLLM compiles the text model's ``__call__``, one graph over all layers at one
+row count, while the row set changes between layer K-1 and K); the compiled graph runs in vLLM's
+warm-up and whenever K is off. Greedy tokens are the same in both modes (tests/test_vllm_serving.py).
+
+The classes (module attributes ``VTW`` + vLLM's architecture name; ``VTWUnverified_`` + the name for
+the guards of ``vtwctl.serving.UNVERIFIED``) are built on first access (module ``__getattr__``), so
+that serving one family imports only its own vLLM module. Their ``__name__`` is vLLM's class name
+(vLLM dispatches on it), their ``__qualname__`` the attribute name.
 """
 
 from __future__ import annotations
@@ -24,7 +31,6 @@ import torch
 from vllm.forward_context import get_forward_context
 from vllm.logger import init_logger
 from vllm.model_executor.layers.attention import Attention
-from vllm.model_executor.models.llava import LlavaForConditionalGeneration
 from vllm.model_executor.models.utils import WeightsMapper
 
 from ..errors import VTWError
@@ -227,7 +233,65 @@ class _swapped:
         return False
 
 
-class VTWLlavaForConditionalGeneration(_VTW, LlavaForConditionalGeneration):
-    hf_to_vllm_mapper = _FLAT_TOWER | LlavaForConditionalGeneration.hf_to_vllm_mapper
+# vtwctl class name -> (vLLM module, vLLM class); the families verified by tests/test_vllm_serving.py
+STOCK = {
+    "VTWLlavaForConditionalGeneration": ("vllm.model_executor.models.llava", "LlavaForConditionalGeneration"),
+    "VTWLlavaNextForConditionalGeneration": ("vllm.model_executor.models.llava_next",
+                                             "LlavaNextForConditionalGeneration"),
+    "VTWLlavaOnevisionForConditionalGeneration": ("vllm.model_executor.models.llava_onevision",
+                                                  "LlavaOnevisionForConditionalGeneration"),
+    "VTWQwen2VLForConditionalGeneration": ("vllm.model_executor.models.qwen2_vl", "Qwen2VLForConditionalGeneration"),
+    "VTWQwen2_5_VLForConditionalGeneration": ("vllm.model_executor.models.qwen2_5_vl",
+                                              "Qwen2_5_VLForConditionalGeneration"),
+}
+_LLAVA_TOWER = ("VTWLlavaForConditionalGeneration", "VTWLlavaNextForConditionalGeneration",
+                "VTWLlavaOnevisionForConditionalGeneration")
 
 
+class _Unverified:
+    """A guard for an architecture VTW is not verified on: refuses ``vtw_k``, else vLLM's class as is."""
+
+    def __init__(self, *, vllm_config, prefix: str = "") -> None:
+        if getattr(vllm_config.model_config.hf_config, "vtw_k", None) is not None:
+            from . import ARCHITECTURES
+
+            raise VTWError(f"vtwctl VTW cannot run: {self._vtw_arch} is not verified with VTW in vLLM "
+                           f"(verified: {', '.join(ARCHITECTURES)}); remove vtw_k to serve it without VTW")
+        super().__init__(vllm_config=vllm_config, prefix=prefix)
+
+
+def _vllm_class(arch: str):
+    """vLLM's own class for ``arch`` (its registry's built-in entry, not the plugin's)."""
+    import importlib
+
+    from vllm.model_executor.models.registry import _MULTIMODAL_MODELS
+
+    module, cls_name = _MULTIMODAL_MODELS[arch]
+    return getattr(importlib.import_module(f"vllm.model_executor.models.{module}"), cls_name)
+
+
+def __getattr__(name: str):
+    import importlib
+
+    from . import GUARD_PREFIX, UNVERIFIED
+
+    if name in STOCK:
+        module, cls_name = STOCK[name]
+        stock = getattr(importlib.import_module(module), cls_name)
+        body = {"__doc__": f"vLLM's {cls_name} with Visual Tokens Withdrawal (vtwctl)."}
+        if name in _LLAVA_TOWER:
+            body["hf_to_vllm_mapper"] = _FLAT_TOWER | stock.hf_to_vllm_mapper
+        mixin = _VTW
+    elif name.startswith(GUARD_PREFIX) and name[len(GUARD_PREFIX):] in UNVERIFIED:
+        arch = name[len(GUARD_PREFIX):]
+        stock = _vllm_class(arch)
+        body = {"_vtw_arch": arch, "__doc__": f"vLLM's {stock.__name__} for {arch}; refuses vtw_k (not verified)."}
+        mixin = _Unverified
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    # __name__ stays vLLM's: vLLM dispatches on model.__class__.__name__ in places (e.g. which config field
+    # holds the image token for EAGLE drafts of Qwen2.5/3-VL); __qualname__ is how pickle and vLLM's lazy
+    # registry find the class here
+    cls = type(stock.__name__, (mixin, stock), {"__module__": __name__, "__qualname__": name, **body})
+    globals()[name] = cls
+    return cls
