@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .families import adapter_for
+from .families import adapter_for, vision_mask
 
 TYPES = ("system", "vision", "instruction", "output")
 
@@ -28,7 +28,7 @@ def segment(input_ids: torch.Tensor, vision_ids: list[int], attention_mask: torc
             visual: bool = True) -> torch.Tensor:
     """Token type (index into TYPES) of every prompt position [B, S]; padding gets -1."""
     ids = input_ids
-    vision = torch.isin(ids, torch.tensor(vision_ids, device=ids.device)) if visual else torch.zeros_like(ids).bool()
+    vision = vision_mask(ids, vision_ids, visual=visual)
     pos = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
     big = ids.shape[1]
     first = torch.where(vision, pos, big).min(1).values[:, None]
@@ -120,20 +120,24 @@ class AttentionRecorder:
 @torch.no_grad()
 def record(loaded, inputs: dict, max_new_tokens: int = 16, k: int | None = None) -> torch.Tensor:
     """beta [B, T, L, 4] for each generated token t (greedy), layer l and token type (TYPES)."""
-    from .withdraw import Engine, active, carries_visual
+    from .withdraw import Engine, active, carries_visual, check_supported
 
     model = loaded.model
     visual = carries_visual(inputs)
     prompt_types = segment(inputs["input_ids"], loaded.vision_token_ids, inputs.get("attention_mask"), visual)
     n = loaded.num_layers
-    engine = Engine(model, k, "keep") if k is not None and k < n else None
+    engine = None
+    if k is not None and k < n:
+        check_supported(model, k)
+        engine = Engine(model, k, "keep")
 
     def key_types(layer: int, num_keys: int) -> torch.Tensor:
         b, s = prompt_types.shape
         full = torch.full((b, num_keys), 3, dtype=torch.long)  # keys past the prompt are outputs
         full[:, : min(s, num_keys)] = prompt_types[:, : min(s, num_keys)].cpu()
-        if engine is not None and layer >= k and engine.call is not None and engine.call.kv_map is not None:
-            kv_map = engine.call.kv_map.cpu()[:, :num_keys]  # compressed key slot -> original position
+        key_map = engine.key_map(layer) if engine is not None else None
+        if key_map is not None:
+            kv_map = key_map.cpu()[:, :num_keys]  # key slot -> original position (-1: withdrawn)
             orig = torch.full((b, max(int(kv_map.max()) + 1, s)), 3, dtype=torch.long)
             orig[:, :s] = prompt_types.cpu()
             out = torch.full((b, num_keys), -1, dtype=torch.long)

@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from .attention import last_query_attention, rotate
-from .withdraw import Engine, active, num_layers
+from .errors import VTWError, check_k
+from .withdraw import Engine, active, check_supported, num_layers
 
 
 def last_token_attention(attn: nn.Module, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
@@ -41,7 +42,7 @@ class FastVEngine(Engine):
 
     def install(self) -> None:
         super().install()
-        attn = self.adapter.text_model(self.model).layers[self.k - 1].self_attn
+        attn = self.layers[self.k - 1].self_attn
         self.handles.append(attn.register_forward_pre_hook(self._on_attention, with_kwargs=True))
 
     def _on_attention(self, module, args, kwargs):
@@ -69,9 +70,10 @@ class FastVEngine(Engine):
 def fastv(model: nn.Module, k: int = 2, ratio: float = 0.5) -> Iterator[nn.Module]:
     """FastV inside the block: after layer ``k - 1``, drop the ``ratio`` least-attended vision tokens."""
     n = num_layers(model)
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
-        raise ValueError(f"FastV k must be an integer in 1..{n}, got {k!r}")
+    check_k(k, n, lo=1, what="FastV K")
     if not 0.0 <= ratio <= 1.0:
-        raise ValueError(f"FastV ratio must be in [0, 1], got {ratio!r}")
+        raise VTWError(f"FastV ratio must be in [0, 1], got {ratio!r}")
+    if k < n and ratio > 0:
+        check_supported(model, k)
     with active(model, FastVEngine(model, k, ratio), install=k < n and ratio > 0):
         yield model

@@ -173,6 +173,10 @@ class Loaded:
         return self.adapter.vision_token_ids(self.model.config)
 
     @property
+    def takes_video(self) -> bool:
+        return self.adapter.takes_video(self.model.config)
+
+    @property
     def marker_token_ids(self) -> list[int]:
         return self.adapter.marker_token_ids(self.model.config)
 
@@ -241,9 +245,11 @@ class Loaded:
         """Per row: vision tokens and text tokens (padding excluded)."""
         import torch
 
+        from .families import vision_mask
+
         ids = input_ids
         valid = attention_mask.bool() if attention_mask is not None else torch.ones_like(ids, dtype=torch.bool)
-        vision = torch.isin(ids, torch.tensor(self.vision_token_ids, device=ids.device)) & valid
+        vision = vision_mask(ids, self.vision_token_ids, valid)
         return {"num_vision_tokens": vision.sum(1).tolist(),
                 "num_text_tokens": (valid & ~vision).sum(1).tolist()}
 

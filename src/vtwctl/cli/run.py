@@ -75,7 +75,7 @@ def run(
         img = read_image(image) if image is not None else None
     vid = read_video(video, frames) if video is not None else None
     loaded = load_model(model, device, dtype, attn_implementation, trust_remote_code)
-    if vid is not None and not loaded.adapter.takes_video:
+    if vid is not None and not loaded.takes_video:
         raise VTWError(f"{loaded.name} ({loaded.family}) does not take videos")
     n = loaded.num_layers
     chosen = parse_k(k, no_withdraw, n)
