@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .errors import VTWError
 from .families import adapter_for, vision_mask
 
 TYPES = ("system", "vision", "instruction", "output")
@@ -45,6 +46,24 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
     return x * cos.unsqueeze(1) + torch.cat((-b, a), dim=-1) * sin.unsqueeze(1)
 
 
+def project(attn, name: str, hidden: torch.Tensor) -> torch.Tensor:
+    """Queries (``name`` "q") or keys ("k") of ``hidden`` [B, S, H] as [B, heads, S, D], before rotary.
+
+    As the stock attention modules compute them, including the per-head RMS norm of the families
+    that have one (Qwen3, Gemma 3: ``q_norm``/``k_norm``).
+    """
+    proj = getattr(attn, f"{name}_proj", None)
+    if proj is None:
+        raise VTWError(f"{type(attn).__name__} has no {name}_proj (e.g. multi-head latent attention): "
+                       "its attention scores cannot be computed here")
+    b, s, _ = hidden.shape
+    x = proj(hidden).view(b, s, -1, attn.head_dim)
+    norm = getattr(attn, f"{name}_norm", None)
+    if norm is not None:
+        x = norm(x)
+    return x.transpose(1, 2)
+
+
 def last_query_attention(attn, hidden_last: torch.Tensor, cos_last: torch.Tensor, sin_last: torch.Tensor,
                          keys: torch.Tensor, mask_row: torch.Tensor | None) -> torch.Tensor:
     """Head-averaged softmax attention of one query row over rotated ``keys``: [B, S].
@@ -53,8 +72,7 @@ def last_query_attention(attn, hidden_last: torch.Tensor, cos_last: torch.Tensor
     [B, Hkv, S, D] the layer's rotated keys, ``mask_row`` the mask row of the query (4D bool or
     additive float, broadcastable to [B, 1, 1, S]) or None.
     """
-    b, d = hidden_last.shape[0], attn.head_dim
-    q = rotate(attn.q_proj(hidden_last).view(b, 1, -1, d).transpose(1, 2), cos_last, sin_last)
+    q = rotate(project(attn, "q", hidden_last), cos_last, sin_last)
     k = keys.repeat_interleave(q.shape[1] // keys.shape[1], dim=1)
     s = (q.float() @ k.float().transpose(-1, -2)) * attn.scaling  # [B, H, 1, S]
     if mask_row is not None:

@@ -17,13 +17,13 @@ import datetime as _dt
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
 
 import torch
 
-from .errors import VTWError
-from .families import adapter_for
-from .withdraw import carries_visual
+from . import compat, plan
+from .errors import VTWError, check_k
+from .families import adapter_for, vision_mask
+from .withdraw import carries_visual, check_prompt_end
 
 
 def kl_vtw_base(vtw_logits: torch.Tensor, base_logits: torch.Tensor) -> torch.Tensor:
@@ -33,17 +33,43 @@ def kl_vtw_base(vtw_logits: torch.Tensor, base_logits: torch.Tensor) -> torch.Te
     return (lv.exp() * (lv - lb)).sum(-1)
 
 
-def _text_index(model, inputs: dict) -> torch.Tensor:
+def _text_index(model, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(indices of the kept tokens, validity [S]) of a one-row input; a VTWError if it ends with a vision token."""
     ids = inputs["input_ids"]
     if ids.shape[0] != 1:
         raise ValueError("the KL sweep runs one sample at a time")
-    keep = torch.ones_like(ids[0], dtype=torch.bool)
+    valid = torch.ones_like(ids, dtype=torch.bool)
     if "attention_mask" in inputs:
-        keep &= inputs["attention_mask"][0].bool()
-    if carries_visual(inputs):
-        vision_ids = torch.tensor(adapter_for(model).vision_token_ids(model.config), device=ids.device)
-        keep &= ~torch.isin(ids[0], vision_ids)
-    return keep.nonzero().squeeze(1)
+        valid &= inputs["attention_mask"].bool()
+    vision = vision_mask(ids, adapter_for(model).vision_token_ids(model.config), visual=carries_visual(inputs))
+    check_prompt_end(vision, valid)
+    return (valid & ~vision)[0].nonzero().squeeze(1), valid[0]
+
+
+def _text_masks(model, inputs: dict, idx: torch.Tensor, valid: torch.Tensor, layers: range, dtype) -> dict:
+    """Per layer: the attention mask of the text-only tail over the kept tokens ``idx`` (causal by
+    original index, the layer's sliding window, the family's bidirectional blocks), as the layer's
+    attention implementation takes it; layers with the same mask share one object."""
+    adapter = adapter_for(model)
+    n = len(adapter.text_model(model).layers)
+    window = compat.sliding_window(model.config)
+    types = compat.layer_types(model.config, n)
+    impl = compat.attn_implementation(model)
+    pos = idx[None].to(valid.device)
+    t = idx.numel()
+    blocks = {}
+    block = adapter.attention_blocks(inputs.get("token_type_ids"), valid[None])
+    if block is not None:
+        blocks = dict(key_block=block[:, idx], query_block=block[:, idx])
+    out, made = {}, {}
+    for i in layers:
+        w = window if types[i] == "sliding_attention" else None
+        if w not in made:
+            allowed = plan.allowed_keys(pos, pos, torch.arange(t, device=pos.device), w, **blocks)
+            trivial = w is None and not blocks and impl == "sdpa"
+            made[w] = compat.format_mask(allowed, impl, dtype, trivial)
+        out[i] = made[w]
+    return out
 
 
 @torch.no_grad()
@@ -57,18 +83,16 @@ def sweep_sample(model, inputs: dict, k_min: int, tokens: int = 1) -> torch.Tens
     text = adapter.text_model(model)
     layers = text.layers
     n = len(layers)
-    if not 0 <= k_min < n:
-        raise ValueError(f"k_min must be in 0..{n - 1}, got {k_min}")
-    idx = _text_index(model, inputs)
+    check_k(k_min, n, hi=n - 1, what="k_min")
+    idx, valid = _text_index(model, inputs)
     states: dict[int, torch.Tensor] = {}
-    layer_kw: dict[str, Any] = {}
+    layer_kw: dict[int, dict] = {}
 
     def grab(i):
         def hook(module, args, kwargs):
             hidden = args[0] if args else kwargs["hidden_states"]
             states[i] = hidden[:, idx.to(hidden.device)]
-            if not layer_kw:
-                layer_kw.update(kwargs)
+            layer_kw[i] = kwargs
         return hook
 
     handles = [layers[i].register_forward_pre_hook(grab(i), with_kwargs=True) for i in range(k_min, n)]
@@ -78,29 +102,25 @@ def sweep_sample(model, inputs: dict, k_min: int, tokens: int = 1) -> torch.Tens
         for h in handles:
             h.remove()
 
-    t = idx.numel()
-    cos, sin = layer_kw["position_embeddings"]
-    pe = (cos[:, idx.to(cos.device)], sin[:, idx.to(sin.device)])
-    pos = layer_kw.get("position_ids")
-    if pos is not None:
-        pos = pos[..., idx.to(pos.device)]
-    impl = getattr(model.config, "_attn_implementation", None) or "sdpa"
-    mask = None
-    if impl == "eager" or t == 1 and impl != "flash_attention_2":
-        dtype = states[k_min].dtype
-        allowed = torch.ones(t, t, dtype=torch.bool, device=states[k_min].device).tril()
-        mask = torch.where(allowed, 0.0, torch.finfo(dtype).min).to(dtype)[None, None]
+    masks = _text_masks(model, inputs, idx, valid, range(k_min, n), states[k_min].dtype)
     h = None
     for layer_idx in range(k_min, n):
         new = states.pop(layer_idx)
         h = new if h is None else torch.cat([h.to(new.device), new], 0)  # candidate K = layer_idx joins
         c = h.shape[0]
-        kw = dict(attention_mask=None if mask is None else mask.to(h.device),
-                  position_embeddings=tuple(x.to(h.device).expand(c, -1, -1) for x in pe),
-                  position_ids=None if pos is None else pos.to(h.device).expand(*pos.shape[:-2], c, -1),
-                  cache=None, use_cache=False)
-        out = layers[layer_idx](h, **kw)
-        h = out[0] if isinstance(out, tuple) else out
+        kw = layer_kw[layer_idx]
+        at = idx.to(h.device)
+        pe = plan.map_tensors(kw["position_embeddings"],
+                              lambda x, at=at, c=c: x[..., at.to(x.device), :].to(at.device).expand(c, -1, -1))
+        pos = kw.get("position_ids")
+        if isinstance(pos, torch.Tensor):
+            pos = pos[..., at].to(h.device).expand(*pos.shape[:-2], c, -1)
+        mask = masks[layer_idx]
+        if isinstance(mask, torch.Tensor):
+            mask = mask.to(h.device).expand(c, *mask.shape[1:])
+        out = layers[layer_idx](h, attention_mask=mask, position_embeddings=pe, position_ids=pos,
+                                use_cache=False)
+        h = compat.output_hidden(out)
     last = text.norm(h[:, -tokens:])
     logits = model.lm_head(last)  # [C, tokens, V]
     return kl_vtw_base(logits, base.to(logits.device)[None]).mean(-1).float().cpu()
@@ -175,8 +195,7 @@ def calibrate(loaded, task, etas: list[float], k_min: int = 5, samples: int = 20
     n = loaded.num_layers
     if not etas or any(e <= 0 for e in etas):
         raise VTWError(f"eta must be > 0, got {', '.join(map(str, etas)) or 'nothing'}")
-    if not 0 <= k_min < n:
-        raise VTWError(f"k_min={k_min} is out of range: the model has {n} layers, so k_min must be in 0..{n - 1}")
+    check_k(k_min, n, hi=n - 1, what="k_min")
     if samples < 1 or tokens < 1:
         raise VTWError("--samples and --tokens must be at least 1")
     split = split or task.calibration_split

@@ -144,19 +144,27 @@ def output_hidden(output: Any) -> torch.Tensor:
 
 
 # -- attention masks ---------------------------------------------------------------------------------------
-def valid_tokens(mask: Any, query_length: int, past: int) -> torch.Tensor | None:
-    """[B, q] True where a token of the call is not padding, read from any mask form; None: all are."""
+def valid_tokens(mask: Any, query_length: int, cache: Any, past: int,
+                 layer_type: str = "full_attention") -> torch.Tensor | None:
+    """[B, q] True where a token of the call is not padding, read from any mask form; None: all are.
+
+    A 4D mask (prepared by generate for static caches) is read on its diagonal: a token is padding
+    iff it may not see itself. A dict of masks per layer type (hybrid models) is read at
+    ``layer_type``, the type of layer 0: transformers sizes each mask on the first layer of its
+    type, and layer 0 is never compressed.
+    """
     if isinstance(mask, dict):
-        mask = mask.get("full_attention", next(iter(mask.values()), None))
+        mask = mask.get(layer_type, next(iter(mask.values()), None))
     if mask is None:
         return None
     if isinstance(mask, torch.Tensor) and mask.ndim == 2:
         return mask[:, -query_length:].bool()
     if isinstance(mask, torch.Tensor) and mask.ndim == 4:
-        # a 4D mask (static caches, prepared by generate): a token is padding iff it may not see itself
+        first = 0
+        if cache is not None and mask.shape[-1] != query_length:
+            first = past - mask_sizes(cache, query_length, 0, past)[1]  # column of the call's first token
         i = torch.arange(query_length, device=mask.device)
-        col = i + (past if mask.shape[-1] > query_length else 0)
-        diag = mask[:, 0, i, col.clamp(max=mask.shape[-1] - 1)]
+        diag = mask[:, 0, i, first + i]
         return diag if diag.dtype == torch.bool else diag > torch.finfo(diag.dtype).min / 2
     raise NotImplementedError(f"withdraw: attention masks of type {type(mask).__name__} are not supported")
 

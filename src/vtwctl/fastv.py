@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from .attention import last_query_attention, rotate
+from .attention import last_query_attention, project, rotate
 from .errors import VTWError, check_k
 from .withdraw import Engine, active, check_supported, num_layers
 
@@ -28,8 +28,7 @@ def last_token_attention(attn: nn.Module, hidden: torch.Tensor, cos: torch.Tenso
     ``hidden`` is the attention input (after the input layer norm), ``cos``/``sin`` [B, S, D] the
     rotary tables the layer receives, ``mask`` the layer's 4D mask or None (plain causal).
     """
-    b, s, _ = hidden.shape
-    keys = rotate(attn.k_proj(hidden).view(b, s, -1, attn.head_dim).transpose(1, 2), cos, sin)
+    keys = rotate(project(attn, "k", hidden), cos, sin)
     row = mask[:, :, -1:, :] if isinstance(mask, torch.Tensor) and mask.ndim == 4 else None
     return last_query_attention(attn, hidden[:, -1:], cos[:, -1:], sin[:, -1:], keys, row)
 

@@ -69,19 +69,19 @@ def allowed_keys(key_pos: torch.Tensor, query_pos: torch.Tensor, self_slot: torc
                  query_block: torch.Tensor | None = None) -> torch.Tensor:
     """[B, 1, Qc, W] True where query slot i may attend key slot j.
 
-    Causal by original index (``key_pos <= query_pos``), never to fill keys (-1), within
-    ``window`` (``query_pos - key_pos < window``) where the layer has one, and bidirectional inside
-    a prefix block (``key_block == query_block >= 0``, PaliGemma). A fill query (-1) attends to its
-    own slot ``self_slot[i]`` only, so that no softmax row is empty.
+    Causal by original index (``key_pos <= query_pos``) or inside one bidirectional block
+    (``key_block == query_block >= 0``: PaliGemma's prefix, Gemma 3's images), never to fill keys
+    (-1), and within ``window`` (``query_pos - key_pos < window``) where the layer has one. A fill
+    query (-1) attends to its own slot ``self_slot[i]`` only, so that no softmax row is empty.
     """
     k, qp = key_pos[:, None, :], query_pos[:, :, None]
-    valid = k >= 0
-    allowed = valid & (k <= qp)
-    if window is not None:
-        allowed &= (qp - k) < window
+    allowed = k <= qp
     if key_block is not None and query_block is not None:
         qb, kb = query_block[:, :, None], key_block[:, None, :]
-        allowed |= valid & (qb >= 0) & (qb == kb)
+        allowed |= (qb >= 0) & (qb == kb)
+    allowed &= k >= 0
+    if window is not None:
+        allowed &= (qp - k) < window
     fill = query_pos < 0
     allowed &= ~fill[:, :, None]
     own = torch.zeros_like(allowed)
@@ -118,3 +118,12 @@ def rearrange_shift(pos: torch.Tensor, withdrawn: torch.Tensor, offset: torch.Te
     carried = pending if pending is not None else torch.full_like(base, -1)
     new_pending = torch.where(withdrawn.all(1), carried, last_run)
     return total, total[:, -1], new_pending
+
+
+def map_tensors(value, fn):
+    """``fn`` applied to every tensor of a tensor, tuple or list (rotary tables: (cos, sin))."""
+    if isinstance(value, torch.Tensor):
+        return fn(value)
+    if isinstance(value, (tuple, list)):
+        return type(value)(map_tensors(v, fn) for v in value)
+    return value

@@ -55,7 +55,7 @@ class _Stream:
     kv_map: torch.Tensor  # [B, Lc] original index of each compressed key slot, -1 for fill
     full_map: torch.Tensor  # [B, L] original index of each stock key slot, -1 if withdrawn (K = 0's layer 0)
     full_len: int = 0  # stock sequence length seen so far
-    kv_block: torch.Tensor | None = None  # [B, Lc] prefix-LM block of each compressed slot (-1: none)
+    kv_block: torch.Tensor | None = None  # [B, Lc] bidirectional block of each compressed slot (-1: none)
     full_block: torch.Tensor | None = None  # [B, L] the same per stock slot
     offset: torch.Tensor | None = None  # [B] rearrange: position shift of the latest text token
     pending: torch.Tensor | None = None  # [B] rearrange: start position of a withdrawn run at the end
@@ -71,7 +71,7 @@ class _Call:
     stream: _Stream
     cache: Any = None
     visual: bool = False
-    block: torch.Tensor | None = None  # [B, q] prefix-LM block ids (PaliGemma), -1 outside
+    block: torch.Tensor | None = None  # [B, q] bidirectional block ids (PaliGemma, Gemma 3), -1 outside
     q_idx: torch.Tensor | None = None  # [B, Qc] index into the call's tokens, -1 for fill
     selected: torch.Tensor | None = None  # [B, q] tokens the policy withdrew (vision for VTW)
     kv_map: torch.Tensor | None = None  # [B, Lc] compressed key slots after this call
@@ -104,6 +104,8 @@ class Engine:
         window = compat.sliding_window(model.config)
         self.windows = [window if t == "sliding_attention" else None for t in self.types]
         self.impl = compat.attn_implementation(model)
+        # sdpa runs its causal kernel for a None mask only where the module says it is causal (not PaliGemma)
+        self.causal_kernel = all(getattr(layer.self_attn, "is_causal", True) for layer in self.layers)
         self.vision_ids = self.adapter.vision_token_ids(model.config)
         self.streams: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self.call: _Call | None = None
@@ -154,14 +156,14 @@ class Engine:
         b, q = vision.shape
         cache = compat.cache_from(kwargs)
         stream = self._stream(cache, b, vision.device)
-        valid = compat.valid_tokens(kwargs.get("attention_mask"), q, stream.full_len)
+        valid = compat.valid_tokens(kwargs.get("attention_mask"), q, cache, stream.full_len, self.types[0])
         valid = torch.ones_like(vision) if valid is None else valid.to(vision.device)
         if visual:
             check_prompt_end(vision, valid)
         block = None
         tt = kwargs.get("token_type_ids")
-        if self.adapter.prefix_lm and tt is not None and (visual or stream.full_len == 0):
-            block = torch.where((tt[:, -q:] == 0).to(vision.device) & valid, 0, -1)
+        if tt is not None and (visual or stream.full_len == 0):  # as the stock models: prefill only
+            block = self.adapter.attention_blocks(tt[:, -q:], valid)
         self.call = _Call(vision=vision, valid=valid, past=stream.full_len, stream=stream, cache=cache,
                           visual=visual, block=block)
 
@@ -345,7 +347,7 @@ class Engine:
                 blocks = dict(key_block=plan.key_window(block_map, kv_offset, kv_length),
                               query_block=block_map[:, past_slots:])
             allowed = plan.allowed_keys(key_pos, query_pos, self_slot, window, **blocks)
-            trivial = (self.impl == "sdpa" and window is None and not self.adapter.prefix_lm
+            trivial = (self.impl == "sdpa" and window is None and not blocks and self.causal_kernel
                        and (qlen == 1 or kv_length == qlen)
                        and bool((key_pos >= 0).all() & (query_pos >= 0).all()))
             return compat.format_mask(allowed, self.impl, hidden.dtype, trivial)
@@ -361,7 +363,7 @@ class Engine:
     def _rotary(self, call: _Call, value, hidden, layer_type: str):
         """cos/sin [B, q, D] -> [B, Qc, D]; recomputed from shifted positions for "rearrange"."""
         if self.positions == "keep":
-            return _map_tensors(value, lambda t: plan.gather_seq(t, call.q_idx, -2, -3))
+            return plan.map_tensors(value, lambda t: plan.gather_seq(t, call.q_idx, -2, -3))
         if call.positions is None:
             raise RuntimeError("withdraw(positions='rearrange'): rotary position ids were not observed")
         pos = plan.gather_seq(call.positions, call.q_idx, -1, -2)  # [B, Qc] or [3, B, Qc]
@@ -383,7 +385,7 @@ class Engine:
 
 
 def _blocks(block, q_idx, old, old_map) -> torch.Tensor | None:
-    """Prefix-LM block id of each key slot after this call (None when the family has none)."""
+    """Bidirectional-block id of each key slot after this call (None when the family has none)."""
     if block is None and old is None:
         return None
     if block is None:
@@ -391,14 +393,6 @@ def _blocks(block, q_idx, old, old_map) -> torch.Tensor | None:
     chunk = torch.where(q_idx >= 0, plan.gather_seq(block.to(q_idx.device), q_idx, 1), -1)
     old = old if old is not None else torch.full_like(old_map, -1)
     return torch.cat([old.to(q_idx.device), chunk], 1)
-
-
-def _map_tensors(value, fn):
-    if isinstance(value, torch.Tensor):
-        return fn(value)
-    if isinstance(value, (tuple, list)):
-        return type(value)(_map_tensors(v, fn) for v in value)
-    return value
 
 
 def num_layers(model: nn.Module) -> int:
@@ -421,7 +415,7 @@ def check_supported(model: nn.Module, k: int) -> None:
     if compiled:
         raise VTWError(f"withdraw(): {', '.join(compiled)} is compiled with torch.compile; its graph would not see "
                        "the engine's hooks. Pass the model before compiling it (see docs/engine.md, 'torch.compile')")
-    if not adapter.prefix_lm and not compat.is_causal_lm(model.config):
+    if adapter.blocks != "prefix" and not compat.is_causal_lm(model.config):
         raise VTWError(f"withdraw(): the {adapter.family} language model attends bidirectionally; "
                        "VTW needs a causal LM")
     layers = adapter.text_model(model).layers

@@ -33,7 +33,9 @@ class Adapter:
     vocab_key: str | None = None  # vision id read from config.vocabulary_map[vocab_key] (VQ families)
     mrope: bool = False  # multimodal rotary positions (Qwen2-VL family, GLM-4V)
     deepstack: bool = False  # visual features added into the first text layers (Qwen3-VL)
-    prefix_lm: bool = False  # token_type_ids == 0 attend bidirectionally (PaliGemma)
+    # token_type_ids mark blocks that attend bidirectionally: "prefix" (PaliGemma: the prompt, type 0)
+    # or "image" (Gemma 3: each run of image tokens, type 1)
+    blocks: str | None = None
     tested: bool = True  # covered by the test suite's tiny models
     refused: str | None = None  # why withdraw() refuses this family
 
@@ -55,6 +57,19 @@ class Adapter:
     def marker_token_ids(self, config: Any) -> list[int]:
         ids = [getattr(config, a, None) for a in self.marker_attrs]
         return sorted({int(i) for i in ids if isinstance(i, int)} - set(self.vision_token_ids(config)))
+
+    def attention_blocks(self, token_type_ids: Any, valid: Any) -> Any:
+        """[B, q] block id of each token (-1: none) for the family's bidirectional blocks, or None."""
+        import torch
+
+        if self.blocks is None or token_type_ids is None:
+            return None
+        tt = token_type_ids.to(valid.device)
+        if self.blocks == "prefix":
+            return torch.where((tt == 0) & valid, 0, -1)
+        image = tt == 1
+        start = image & ~torch.nn.functional.pad(image, (1, 0))[:, :-1]
+        return torch.where(image & valid, start.long().cumsum(1) - 1, -1)
 
     def takes_video(self, config: Any) -> bool:
         return any(getattr(config, a, None) is not None for a in ("video_token_id", "video_token_index"))
@@ -110,8 +125,8 @@ ADAPTERS: dict[str, Adapter] = {
         Adapter("qwen3_vl_moe", "Qwen3VLMoeForConditionalGeneration", deepstack=True, **_QWEN),
         Adapter("glm4v", "Glm4vForConditionalGeneration", **_QWEN),
         Adapter("glm4v_moe", "Glm4vMoeForConditionalGeneration", **_QWEN),
-        Adapter("gemma3", "Gemma3ForConditionalGeneration"),
-        Adapter("paligemma", "PaliGemmaForConditionalGeneration", prefix_lm=True),
+        Adapter("gemma3", "Gemma3ForConditionalGeneration", blocks="image"),
+        Adapter("paligemma", "PaliGemmaForConditionalGeneration", blocks="prefix"),
         Adapter("aya_vision", "AyaVisionForConditionalGeneration"),
         Adapter("cohere2_vision", "Cohere2VisionForConditionalGeneration"),
         Adapter("mistral3", "Mistral3ForConditionalGeneration"),
