@@ -41,7 +41,13 @@ def _allowed(mask, b: int, s: int) -> torch.Tensor:
 
 def reference_logits(model, inputs: dict, k: int, rearrange: bool = False,
                      drop: torch.Tensor | None = None) -> torch.Tensor:
-    """Logits [B, S, V] of VTW-at-``k`` computed by masking; only text positions are meaningful.
+    """Logits [B, S, V] of VTW-at-``k`` computed by masking; only text positions are meaningful."""
+    return reference_forward(model, inputs, k, rearrange, drop).logits
+
+
+def reference_forward(model, inputs: dict, k: int, rearrange: bool = False, drop: torch.Tensor | None = None,
+                      **model_kwargs):
+    """The stock model output of VTW-at-``k`` computed by masking (``model_kwargs``: output_hidden_states...).
 
     ``rearrange``: layers >= k see text tokens renumbered 0, 1, 2, ... in each row (their rank
     among the row's non-vision tokens), the "Rearrange" variant of Table 6.
@@ -81,7 +87,7 @@ def reference_logits(model, inputs: dict, k: int, rearrange: bool = False,
                 for i in range(k, len(text.layers))]
     try:
         with torch.no_grad():
-            return model(**inputs, use_cache=False).logits
+            return model(**inputs, use_cache=False, **model_kwargs)
     finally:
         for h in handles:
             h.remove()

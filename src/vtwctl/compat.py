@@ -21,7 +21,9 @@ from .errors import VTWError
 TRANSFORMERS_MIN = (5, 2, 0)
 TRANSFORMERS_BELOW = (6, 0, 0)
 CACHE_KWARGS = ("cache", "past_key_values")
-ATTENTION_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
+# flex_attention is refused: the engine's per-call masks would need a BlockMask (or score_mod) per call,
+# and inductor's CPU flex kernels fail on both (a C++ compile error, a crash with torch 2.13), so it is untested
+ATTENTION_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3")
 
 
 def transformers_version() -> tuple[int, int, int]:
@@ -173,8 +175,7 @@ def format_mask(allowed: torch.Tensor, impl: str, dtype: torch.dtype, trivially_
     """``allowed`` [B, 1, q, kv] as the attention implementation ``impl`` takes it.
 
     eager: additive float; sdpa: bool (None when the mask is plain causal, so sdpa's causal kernel
-    runs); flash attention: a [B, kv] key mask (its kernel applies causality itself); flex attention:
-    a BlockMask.
+    runs); flash attention: a [B, kv] key mask (its kernel applies causality itself).
     """
     if impl == "eager":
         return torch.where(allowed, torch.zeros((), dtype=dtype, device=allowed.device), torch.finfo(dtype).min)
@@ -182,16 +183,6 @@ def format_mask(allowed: torch.Tensor, impl: str, dtype: torch.dtype, trivially_
         return None if trivially_causal else allowed
     if impl.startswith("flash_attention"):
         return allowed[:, 0].any(1)
-    if impl == "flex_attention":
-        from torch.nn.attention.flex_attention import create_block_mask
-
-        table = allowed[:, 0]
-
-        def mask_mod(b, h, q, kv):
-            return table[b, q, kv]
-
-        b, _, q, kv = allowed.shape
-        return create_block_mask(mask_mod, b, None, q, kv, device=str(allowed.device), _compile=False)
     raise NotImplementedError(f"withdraw: attention implementation {impl!r} is not supported; "
                               f"use one of {', '.join(ATTENTION_IMPLEMENTATIONS)}")
 

@@ -20,7 +20,6 @@ from .families import Adapter, adapter_for
 
 DTYPE_NAMES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
                "half": "float16", "bfloat16": "bfloat16", "bf16": "bfloat16"}
-ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2")
 
 # Prompt formats for processors that ship without a chat template (keyed by the profile's label).
 FALLBACK_TEMPLATES = {
@@ -263,9 +262,13 @@ def load(spec: str = "demo", device: str = "auto", dtype: str = "auto",
     GPU, fp32 on CPU), float32, float16, bfloat16. ``attn_implementation``: eager, sdpa,
     flash_attention_2, or None for the transformers default.
     """
-    if attn_implementation is not None and attn_implementation not in ATTN_IMPLEMENTATIONS:
+    from .compat import ATTENTION_IMPLEMENTATIONS, check_transformers
+    from .compat import attn_implementation as impl_of
+
+    check_transformers()
+    if attn_implementation is not None and attn_implementation not in ATTENTION_IMPLEMENTATIONS:
         raise VTWError(f"unknown attention implementation {attn_implementation!r}; "
-                       f"use one of {', '.join(ATTN_IMPLEMENTATIONS)}")
+                       f"use one of {', '.join(ATTENTION_IMPLEMENTATIONS)}")
     res = resolve(spec)
     dev = pick_device(device)
     torch_dtype = pick_dtype(dtype, dev)
@@ -276,7 +279,9 @@ def load(spec: str = "demo", device: str = "auto", dtype: str = "auto",
         adapter = adapter_for(config)
     except ValueError as exc:
         raise VTWError(f"{spec}: {exc}") from None
-    cls = getattr(transformers, adapter.model_class)
+    if adapter.refused:
+        raise VTWError(f"{spec}: {adapter.refused}")
+    cls = getattr(transformers, adapter.model_class or "", None) or transformers.AutoModelForImageTextToText
     kw: dict[str, Any] = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code}
     if attn_implementation:
         kw["attn_implementation"] = attn_implementation
@@ -294,6 +299,6 @@ def load(spec: str = "demo", device: str = "auto", dtype: str = "auto",
     processor = _from_pretrained(transformers.AutoProcessor.from_pretrained, res,
                                  trust_remote_code=trust_remote_code)
     first = next(model.parameters())
-    impl = getattr(model.config, "_attn_implementation", None) or "sdpa"
+    impl = impl_of(model)
     return Loaded(model=model, processor=processor, family=adapter.family, spec=spec, source=res.source,
                   profile=res.profile, device=first.device, dtype=first.dtype, attn_implementation=impl)

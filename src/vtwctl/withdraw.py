@@ -421,6 +421,10 @@ def check_supported(model: nn.Module, k: int) -> None:
     layers = adapter.text_model(model).layers
     types = compat.layer_types(model.config, len(layers))
     impl = compat.attn_implementation(model)
+    if impl not in compat.ATTENTION_IMPLEMENTATIONS:
+        raise VTWError(f"withdraw(): attention implementation {impl!r} is not supported (flex attention's block "
+                       f"masks are not built by the engine); load the model with one of "
+                       f"{', '.join(compat.ATTENTION_IMPLEMENTATIONS)}")
     for i in range(k, len(layers)):
         if getattr(layers[i], "self_attn", None) is None or types[i] not in ("full_attention", "sliding_attention"):
             raise VTWError(f"withdraw(): decoder layer {i} of {adapter.family} is a {types[i]!r} layer; "
@@ -428,9 +432,6 @@ def check_supported(model: nn.Module, k: int) -> None:
         if types[i] == "sliding_attention" and impl.startswith("flash_attention") and i >= max(k, 1):
             raise VTWError("withdraw(): flash attention counts its sliding window in cached slots, not in the "
                            "original positions that withdrawal keeps; use attn_implementation='sdpa' for this model")
-    if impl not in compat.ATTENTION_IMPLEMENTATIONS:
-        raise VTWError(f"withdraw(): attention implementation {impl!r} is not supported; "
-                       f"use one of {', '.join(compat.ATTENTION_IMPLEMENTATIONS)}")
 
 
 @contextlib.contextmanager

@@ -158,6 +158,15 @@ def adapter_for(model_or_config: Any) -> Adapter:
                      f"tested families: {known}")
 
 
+def known_families() -> list[dict]:
+    """Every family with an explicit entry: its stock class, whether the test suite covers it, and
+    why withdraw() refuses it (None if it does not). Other families whose config names vision-token
+    ids get the generic adapter, untested."""
+    return [{"family": a.family, "model_class": a.model_class, "tested": a.tested, "refused": a.refused,
+             "mrope": a.mrope, "deepstack": a.deepstack, "blocks": a.blocks}
+            for a in sorted(ADAPTERS.values(), key=lambda a: a.family)]
+
+
 def vision_mask(input_ids: Any, vision_ids: list[int], attention_mask: Any = None, visual: bool = True) -> Any:
     """[B, S] True at vision tokens (the config's image/video ids) of a call that carries pixels.
 
