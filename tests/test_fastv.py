@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from reference import reference_logits
+from vtwctl.errors import VTWError
 from vtwctl.fastv import fastv
 from vtwctl.testing import IMAGE_ID, tiny_inputs, tiny_model
 
@@ -26,11 +27,13 @@ def reference_drop(model, x, k, ratio):
 
 
 @pytest.mark.parametrize("impl", ["sdpa", "eager"])
-@pytest.mark.parametrize("family", ["llava", "llava_next", "qwen2_vl"])
+@pytest.mark.parametrize("family", ["llava", "llava_next", "qwen2_vl", "qwen3_vl", "gemma3"])
 def test_fastv_matches_attention_map_reference(family, impl):
+    """Also on QK-norm attention (Qwen3, Gemma 3), Gemma 3's bidirectional image blocks and Qwen3-VL's
+    deepstack features, which kept vision tokens receive after layer k (3 levels, k = 2)."""
     model = tiny_model(family, attn_implementation=impl)
     eager = tiny_model(family, attn_implementation="eager")
-    image = (8, 8) if family == "qwen2_vl" else (32, 64)
+    image = (8, 8) if family.startswith("qwen") else (32, 64)
     rows = [{"pre": 3, "post": 5, "image": image}, {"pre": 4, "post": 3}]
     x = tiny_inputs(model, rows)
     drop = reference_drop(eager, x, 2, 0.5)
@@ -46,7 +49,7 @@ def test_fastv_matches_attention_map_reference(family, impl):
     cache = gen.past_key_values
     s = x["input_ids"].shape[1]
     assert cache.layers[0].keys.shape[-2] == s + 3
-    kept = ((x["input_ids"] != IMAGE_ID) | ~drop).sum(1).max()
+    kept = (x["attention_mask"].bool() & ((x["input_ids"] != IMAGE_ID) | ~drop)).sum(1).max()  # padding leaves too
     assert cache.layers[3].keys.shape[-2] == int(kept) + 3
 
 
@@ -58,6 +61,6 @@ def test_fastv_ratio_zero_is_stock():
         with fastv(model, k=2, ratio=0.0):
             same = model(**x).logits
     assert torch.equal(stock, same)
-    with pytest.raises(ValueError):
+    with pytest.raises(VTWError, match="1..6"):
         with fastv(model, k=0):
             pass

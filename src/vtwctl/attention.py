@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .families import adapter_for
+from .errors import VTWError
+from .families import adapter_for, vision_mask
 
 TYPES = ("system", "vision", "instruction", "output")
 
@@ -28,7 +29,7 @@ def segment(input_ids: torch.Tensor, vision_ids: list[int], attention_mask: torc
             visual: bool = True) -> torch.Tensor:
     """Token type (index into TYPES) of every prompt position [B, S]; padding gets -1."""
     ids = input_ids
-    vision = torch.isin(ids, torch.tensor(vision_ids, device=ids.device)) if visual else torch.zeros_like(ids).bool()
+    vision = vision_mask(ids, vision_ids, visual=visual)
     pos = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
     big = ids.shape[1]
     first = torch.where(vision, pos, big).min(1).values[:, None]
@@ -45,6 +46,24 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
     return x * cos.unsqueeze(1) + torch.cat((-b, a), dim=-1) * sin.unsqueeze(1)
 
 
+def project(attn, name: str, hidden: torch.Tensor) -> torch.Tensor:
+    """Queries (``name`` "q") or keys ("k") of ``hidden`` [B, S, H] as [B, heads, S, D], before rotary.
+
+    As the stock attention modules compute them, including the per-head RMS norm of the families
+    that have one (Qwen3, Gemma 3: ``q_norm``/``k_norm``).
+    """
+    proj = getattr(attn, f"{name}_proj", None)
+    if proj is None:
+        raise VTWError(f"{type(attn).__name__} has no {name}_proj (e.g. multi-head latent attention): "
+                       "its attention scores cannot be computed here")
+    b, s, _ = hidden.shape
+    x = proj(hidden).view(b, s, -1, attn.head_dim)
+    norm = getattr(attn, f"{name}_norm", None)
+    if norm is not None:
+        x = norm(x)
+    return x.transpose(1, 2)
+
+
 def last_query_attention(attn, hidden_last: torch.Tensor, cos_last: torch.Tensor, sin_last: torch.Tensor,
                          keys: torch.Tensor, mask_row: torch.Tensor | None) -> torch.Tensor:
     """Head-averaged softmax attention of one query row over rotated ``keys``: [B, S].
@@ -53,8 +72,7 @@ def last_query_attention(attn, hidden_last: torch.Tensor, cos_last: torch.Tensor
     [B, Hkv, S, D] the layer's rotated keys, ``mask_row`` the mask row of the query (4D bool or
     additive float, broadcastable to [B, 1, 1, S]) or None.
     """
-    b, d = hidden_last.shape[0], attn.head_dim
-    q = rotate(attn.q_proj(hidden_last).view(b, 1, -1, d).transpose(1, 2), cos_last, sin_last)
+    q = rotate(project(attn, "q", hidden_last), cos_last, sin_last)
     k = keys.repeat_interleave(q.shape[1] // keys.shape[1], dim=1)
     s = (q.float() @ k.float().transpose(-1, -2)) * attn.scaling  # [B, H, 1, S]
     if mask_row is not None:
@@ -121,20 +139,24 @@ class AttentionRecorder:
 def record(loaded, inputs: dict, max_new_tokens: int = 16, k: int | None = None) -> torch.Tensor:
     """beta [B, T, L, 4] for each generated token t (greedy, up to and including the end-of-sequence
     token: nothing past it), layer l and token type (TYPES)."""
-    from .withdraw import Engine, active, carries_visual
+    from .withdraw import Engine, active, carries_visual, check_supported
 
     model = loaded.model
     visual = carries_visual(inputs)
     prompt_types = segment(inputs["input_ids"], loaded.vision_token_ids, inputs.get("attention_mask"), visual)
     n = loaded.num_layers
-    engine = Engine(model, k, "keep") if k is not None and k < n else None
+    engine = None
+    if k is not None and k < n:
+        check_supported(model, k)
+        engine = Engine(model, k, "keep")
 
     def key_types(layer: int, num_keys: int) -> torch.Tensor:
         b, s = prompt_types.shape
         full = torch.full((b, num_keys), 3, dtype=torch.long)  # keys past the prompt are outputs
         full[:, : min(s, num_keys)] = prompt_types[:, : min(s, num_keys)].cpu()
-        if engine is not None and layer >= k and engine.call is not None and engine.call.kv_map is not None:
-            kv_map = engine.call.kv_map.cpu()[:, :num_keys]  # compressed key slot -> original position
+        key_map = engine.key_map(layer) if engine is not None else None
+        if key_map is not None:
+            kv_map = key_map.cpu()[:, :num_keys]  # key slot -> original position (-1: withdrawn)
             orig = torch.full((b, max(int(kv_map.max()) + 1, s)), 3, dtype=torch.long)
             orig[:, :s] = prompt_types.cpu()
             out = torch.full((b, num_keys), -1, dtype=torch.long)

@@ -22,13 +22,13 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
 
 import torch
 
-from .errors import VTWError
-from .families import adapter_for
-from .withdraw import carries_visual
+from . import compat, plan
+from .errors import VTWError, check_k
+from .families import adapter_for, vision_mask
+from .withdraw import carries_visual, check_prompt_end
 
 
 def kl_vtw_base(vtw_logits: torch.Tensor, base_logits: torch.Tensor) -> torch.Tensor:
@@ -49,46 +49,51 @@ def head_fp32(model, norm: torch.nn.Module, hidden: torch.Tensor, chunk: int = 8
     parts = [torch.nn.functional.linear(x, w[i:i + chunk].float(), None if b is None else b[i:i + chunk].float())
              for i in range(0, w.shape[0], chunk)]
     logits = torch.cat(parts, -1)
-    scale = getattr(getattr(model.config, "text_config", model.config), "final_logit_softcapping", None)
+    scale = getattr(compat.text_config(model.config), "final_logit_softcapping", None)
     if scale:  # Gemma-style soft capping, applied where the model applies it
         logits = torch.tanh(logits / scale) * scale
     return logits
 
 
-def _text_layout(model, inputs: dict) -> torch.Tensor:
-    """[B, T]: per row the positions of its text tokens (not vision, not padding), in order, right-aligned;
-    -1 fills the left of shorter rows. The last position of every row must be text."""
+def _text_layout(model, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(idx [B, T], valid [B, S]): per row the original indices of its text tokens (not vision, not
+    padding), in order, right-aligned, -1 filling the left of shorter rows; and the non-padding mask.
+    A VTWError if a row's prompt ends with a vision token."""
     ids = inputs["input_ids"]
-    keep = torch.ones_like(ids, dtype=torch.bool)
+    valid = torch.ones_like(ids, dtype=torch.bool)
     if "attention_mask" in inputs:
-        keep &= inputs["attention_mask"].bool()
-    if carries_visual(inputs):
-        vision_ids = torch.tensor(adapter_for(model).vision_token_ids(model.config), device=ids.device)
-        keep &= ~torch.isin(ids, vision_ids)
-    if not bool(keep[:, -1].all()):
-        raise ValueError("the KL sweep needs prompts that end with a text token (left padding, no vision token last)")
-    counts = keep.sum(1)
-    width = int(counts.max())
-    b, s = ids.shape
-    pos = torch.arange(s, device=ids.device).expand(b, s)
-    rank = keep.long().cumsum(1) - 1 + (width - counts)[:, None]  # slot of each kept token, right-aligned
-    idx = torch.full((b, width), -1, dtype=torch.long, device=ids.device)
-    rows = torch.arange(b, device=ids.device)[:, None].expand(b, s)
-    idx[rows[keep], rank[keep]] = pos[keep]
-    return idx
+        valid &= inputs["attention_mask"].bool()
+    vision = vision_mask(ids, adapter_for(model).vision_token_ids(model.config), visual=carries_visual(inputs))
+    check_prompt_end(vision, valid)
+    return plan.pack(valid & ~vision), valid
 
 
-def _gather(x: torch.Tensor, idx: torch.Tensor, dim: int) -> torch.Tensor:
-    """``x`` [.., B, .., S, ..] gathered along ``dim`` with ``idx`` [B, T] per batch row (the dim before
-    ``dim`` ... or a leading batch of 1 broadcast); fill slots (-1) take position 0."""
-    safe = idx.clamp(min=0).to(x.device)
-    bdim = dim - 1
-    if x.shape[bdim] == 1 and safe.shape[0] > 1:
-        x = x.expand(*x.shape[:bdim], safe.shape[0], *x.shape[bdim + 1:])
-    shape = [1] * x.ndim
-    shape[bdim], shape[dim] = safe.shape
-    view = safe.view(shape).expand(*x.shape[:dim], safe.shape[1], *x.shape[dim + 1:])
-    return x.gather(dim, view)
+def _text_masks(model, inputs: dict, idx: torch.Tensor, valid: torch.Tensor, layers: range, dtype) -> dict:
+    """Per layer: the attention mask [B, 1, T, T] of the text-only tail over the kept tokens ``idx``
+    (causal by original index, the layer's sliding window, the family's bidirectional blocks, fill
+    slots attending only themselves), as the layer's attention implementation takes it; layers with
+    the same mask share one object."""
+    adapter = adapter_for(model)
+    n = len(adapter.text_model(model).layers)
+    window = compat.sliding_window(model.config)
+    types = compat.layer_types(model.config, n)
+    impl = compat.attn_implementation(model)
+    t = idx.shape[1]
+    blocks = {}
+    block = adapter.attention_blocks(inputs.get("token_type_ids"), valid)
+    if block is not None:
+        kept = torch.where(idx >= 0, plan.gather_seq(block.to(idx.device), idx, 1), torch.full_like(idx, -1))
+        blocks = dict(key_block=kept, query_block=kept)
+    no_fill = bool((idx >= 0).all())
+    out, made = {}, {}
+    for i in layers:
+        w = window if types[i] == "sliding_attention" else None
+        if w not in made:
+            allowed = plan.allowed_keys(idx, idx, torch.arange(t, device=idx.device), w, **blocks)
+            trivial = w is None and not blocks and impl == "sdpa" and no_fill and t > 1
+            made[w] = compat.format_mask(allowed, impl, dtype, trivial, key_valid=idx >= 0)
+        out[i] = made[w]
+    return out
 
 
 @torch.no_grad()
@@ -103,22 +108,20 @@ def sweep_batch(model, inputs: dict, k_min: int, tokens: int = 1) -> torch.Tenso
     text = adapter.text_model(model)
     layers = text.layers
     n = len(layers)
-    if not 0 <= k_min < n:
-        raise ValueError(f"k_min must be in 0..{n - 1}, got {k_min}")
-    idx = _text_layout(model, inputs)  # [B, T]
+    check_k(k_min, n, hi=n - 1, what="k_min")
+    idx, valid_full = _text_layout(model, inputs)  # [B, T]
     b, t = idx.shape
     valid = idx >= 0
     states: dict[int, torch.Tensor] = {}
-    layer_kw: dict[str, Any] = {}
+    layer_kw: dict[int, dict] = {}
     final: dict[str, torch.Tensor] = {}
 
     def grab(i):
         def hook(module, args, kwargs):
             hidden = args[0] if args else kwargs["hidden_states"]
-            got = _gather(hidden, idx, 1)
+            got = plan.gather_seq(hidden, idx, 1)
             states[i] = got * valid.to(got.device)[..., None].to(got.dtype)
-            if not layer_kw:
-                layer_kw.update(kwargs)
+            layer_kw[i] = kwargs
         return hook
 
     def grab_final(module, args):
@@ -133,37 +136,28 @@ def sweep_batch(model, inputs: dict, k_min: int, tokens: int = 1) -> torch.Tenso
             h.remove()
     base = head_fp32(model, text.norm, final["h"])  # [B, tokens, V]
 
-    cos, sin = layer_kw["position_embeddings"]
-    pe = (_gather(cos, idx, cos.ndim - 2), _gather(sin, idx, sin.ndim - 2))
-    pos = layer_kw.get("position_ids")
-    if pos is not None:
-        pos = _gather(pos, idx, pos.ndim - 1)
-    impl = getattr(model.config, "_attn_implementation", None) or "sdpa"
-    device, dtype = states[k_min].device, states[k_min].dtype
-    v = valid.to(device)
-    causal = torch.ones(t, t, dtype=torch.bool, device=device).tril()
-    allowed = (causal[None] & v[:, None, :]) | torch.eye(t, dtype=torch.bool, device=device)[None]  # fill: itself
-    if "flash" in impl:
-        mask = None if bool(v.all()) else v.long()  # flash attention takes the 2D padding mask
-    elif impl != "eager" and bool(v.all()) and t > 1:
-        mask = None  # plain causal: sdpa's is_causal path
-    else:
-        mask = torch.where(allowed, 0.0, torch.finfo(dtype).min).to(dtype)[:, None]  # [B, 1, T, T]
+    masks = _text_masks(model, inputs, idx, valid_full, range(k_min, n), states[k_min].dtype)
 
     def rep(x, c, bdim=0):  # candidate blocks of B rows: [c * B, ...] along the batch dim
-        return torch.cat([x] * c, bdim) if c > 1 else x
+        return torch.cat([x] * c, bdim % x.ndim) if c > 1 else x
 
     h = None
     for layer_idx in range(k_min, n):
         new = states.pop(layer_idx)
         h = new if h is None else torch.cat([h.to(new.device), new], 0)  # candidate K = layer_idx joins
         c = h.shape[0] // b
-        kw = dict(attention_mask=None if mask is None else rep(mask.to(h.device), c),
-                  position_embeddings=tuple(rep(x.to(h.device), c, x.ndim - 3) for x in pe),
-                  position_ids=None if pos is None else rep(pos.to(h.device), c, pos.ndim - 2),
-                  cache=None, use_cache=False)
-        out = layers[layer_idx](h, **kw)
-        h = out[0] if isinstance(out, tuple) else out
+        kw = layer_kw[layer_idx]
+        pe = plan.map_tensors(kw["position_embeddings"],
+                              lambda x, c=c, d=h.device: rep(plan.gather_seq(x, idx, -2, bdim=-3).to(d), c, -3))
+        pos = kw.get("position_ids")
+        if isinstance(pos, torch.Tensor):
+            pos = rep(plan.gather_seq(pos, idx, -1, bdim=-2).to(h.device), c, -2)
+        mask = masks[layer_idx]
+        if isinstance(mask, torch.Tensor):
+            mask = rep(mask.to(h.device), c)
+        out = layers[layer_idx](h, attention_mask=mask, position_embeddings=pe, position_ids=pos,
+                                use_cache=False)
+        h = compat.output_hidden(out)
     logits = head_fp32(model, text.norm, h[:, -tokens:])  # [C * B, tokens, V]
     kl = kl_vtw_base(logits.view(-1, b, *logits.shape[1:]), base.to(logits.device)[None]).mean(-1)  # [C, B]
     return kl.transpose(0, 1).float().cpu()
@@ -256,8 +250,7 @@ def calibrate(loaded, task, etas: list[float], k_min: int = 5, samples: int = 20
     n = loaded.num_layers
     if not etas or any(not e > 0 or not math.isfinite(e) for e in etas):
         raise VTWError(f"eta must be a finite number > 0, got {', '.join(map(str, etas)) or 'nothing'}")
-    if not 0 <= k_min < n:
-        raise VTWError(f"k_min={k_min} is out of range: the model has {n} layers, so k_min must be in 0..{n - 1}")
+    check_k(k_min, n, hi=n - 1, what="k_min")
     if samples < 1 or tokens < 1 or accuracy < 0:
         raise VTWError("--samples and --tokens must be at least 1, --accuracy at least 0")
     split = split or task.calibration_split

@@ -7,8 +7,15 @@ class VTWError(Exception):
     """A problem with the user's input or environment (bad option, missing file, unknown model)."""
 
 
-def check_k(k: int | None, num_layers: int) -> None:
-    """K must be in 0..N (N = no withdrawal); anything else is a VTWError naming the range."""
-    if k is not None and not 0 <= k <= num_layers:
-        raise VTWError(f"K={k} is out of range: the model has {num_layers} decoder layers, "
-                       f"so K must be in 0..{num_layers}")
+def check_k(k: int | None, num_layers: int, lo: int = 0, hi: int | None = None, what: str = "K") -> None:
+    """K must be an integer in lo..hi (default 0..N, N = no withdrawal); anything else is a VTWError naming the range.
+
+    The one range check for every K-like value: run/profile/attention/generate and withdraw() (0..N),
+    FastV (1..N), calibration's k_min (0..N-1). ``None`` (no withdrawal) passes.
+    """
+    hi = num_layers if hi is None else hi
+    if k is None:
+        return
+    if isinstance(k, bool) or not isinstance(k, int) or not lo <= k <= hi:
+        raise VTWError(f"{what}={k!r} is out of range: the model has {num_layers} decoder layers, "
+                       f"so {what} must be an integer in {lo}..{hi}")

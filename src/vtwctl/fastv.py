@@ -16,8 +16,9 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from .attention import last_query_attention, rotate
-from .withdraw import Engine, active, num_layers
+from .attention import last_query_attention, project, rotate
+from .errors import VTWError, check_k
+from .withdraw import Engine, active, check_supported, num_layers
 
 
 def last_token_attention(attn: nn.Module, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
@@ -27,8 +28,7 @@ def last_token_attention(attn: nn.Module, hidden: torch.Tensor, cos: torch.Tenso
     ``hidden`` is the attention input (after the input layer norm), ``cos``/``sin`` [B, S, D] the
     rotary tables the layer receives, ``mask`` the layer's 4D mask or None (plain causal).
     """
-    b, s, _ = hidden.shape
-    keys = rotate(attn.k_proj(hidden).view(b, s, -1, attn.head_dim).transpose(1, 2), cos, sin)
+    keys = rotate(project(attn, "k", hidden), cos, sin)
     row = mask[:, :, -1:, :] if isinstance(mask, torch.Tensor) and mask.ndim == 4 else None
     return last_query_attention(attn, hidden[:, -1:], cos[:, -1:], sin[:, -1:], keys, row)
 
@@ -41,7 +41,7 @@ class FastVEngine(Engine):
 
     def install(self) -> None:
         super().install()
-        attn = self.adapter.text_model(self.model).layers[self.k - 1].self_attn
+        attn = self.layers[self.k - 1].self_attn
         self.handles.append(attn.register_forward_pre_hook(self._on_attention, with_kwargs=True))
 
     def _on_attention(self, module, args, kwargs):
@@ -69,9 +69,10 @@ class FastVEngine(Engine):
 def fastv(model: nn.Module, k: int = 2, ratio: float = 0.5) -> Iterator[nn.Module]:
     """FastV inside the block: after layer ``k - 1``, drop the ``ratio`` least-attended vision tokens."""
     n = num_layers(model)
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
-        raise ValueError(f"FastV k must be an integer in 1..{n}, got {k!r}")
+    check_k(k, n, lo=1, what="FastV K")
     if not 0.0 <= ratio <= 1.0:
-        raise ValueError(f"FastV ratio must be in [0, 1], got {ratio!r}")
+        raise VTWError(f"FastV ratio must be in [0, 1], got {ratio!r}")
+    if k < n and ratio > 0:
+        check_supported(model, k)
     with active(model, FastVEngine(model, k, ratio), install=k < n and ratio > 0):
         yield model

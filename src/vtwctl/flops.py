@@ -354,13 +354,10 @@ def calflops_flops(dims: Dims, vision: int, text: int, k: int | None = None, fas
 # -- 3. operator counters ------------------------------------------------------------------------------------
 def vision_text_counts(model: Any, input_ids: Any) -> tuple[int, int]:
     """(vision, text) token counts of the first row of ``input_ids``: vision = the config's image/video ids."""
-    import torch
+    from .families import adapter_for, vision_mask
 
-    from .families import adapter_for
-
-    ids = torch.tensor(adapter_for(model).vision_token_ids(model.config))
     row = input_ids[0] if input_ids.ndim == 2 else input_ids
-    vision = int(torch.isin(row, ids.to(row.device)).sum())
+    vision = int(vision_mask(row, adapter_for(model).vision_token_ids(model.config)).sum())
     return vision, int(row.shape[0]) - vision
 
 

@@ -20,7 +20,6 @@ from .families import Adapter, adapter_for
 
 DTYPE_NAMES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
                "half": "float16", "bfloat16": "bfloat16", "bf16": "bfloat16"}
-ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2")
 
 # Prompt formats for processors that ship without a chat template (keyed by the profile's label).
 FALLBACK_TEMPLATES = {
@@ -208,6 +207,10 @@ class Loaded:
         return self.adapter.vision_token_ids(self.model.config)
 
     @property
+    def takes_video(self) -> bool:
+        return self.adapter.takes_video(self.model.config)
+
+    @property
     def marker_token_ids(self) -> list[int]:
         return self.adapter.marker_token_ids(self.model.config)
 
@@ -317,9 +320,11 @@ class Loaded:
         """Per row: vision tokens and text tokens (padding excluded)."""
         import torch
 
+        from .families import vision_mask
+
         ids = input_ids
         valid = attention_mask.bool() if attention_mask is not None else torch.ones_like(ids, dtype=torch.bool)
-        vision = torch.isin(ids, torch.tensor(self.vision_token_ids, device=ids.device)) & valid
+        vision = vision_mask(ids, self.vision_token_ids, valid)
         return {"num_vision_tokens": vision.sum(1).tolist(),
                 "num_text_tokens": (valid & ~vision).sum(1).tolist()}
 
@@ -345,11 +350,15 @@ def load(spec: str = "demo", device: str = "auto", dtype: str = "auto",
     flash_attention_2, or None for the transformers default. ``prompt_style``: "hf" (the model's chat
     template) or "paper" (the authors' LLaVA conversation template, with its system prompt).
     """
+    from .compat import ATTENTION_IMPLEMENTATIONS, check_transformers
+    from .compat import attn_implementation as impl_of
+
     if prompt_style not in PROMPT_STYLES:
         raise VTWError(f"--prompt-style must be hf or paper, got {prompt_style!r}")
-    if attn_implementation is not None and attn_implementation not in ATTN_IMPLEMENTATIONS:
+    check_transformers()
+    if attn_implementation is not None and attn_implementation not in ATTENTION_IMPLEMENTATIONS:
         raise VTWError(f"unknown attention implementation {attn_implementation!r}; "
-                       f"use one of {', '.join(ATTN_IMPLEMENTATIONS)}")
+                       f"use one of {', '.join(ATTENTION_IMPLEMENTATIONS)}")
     res = resolve(spec)
     dev = pick_device(device)
     torch_dtype = pick_dtype(dtype, dev)
@@ -360,7 +369,9 @@ def load(spec: str = "demo", device: str = "auto", dtype: str = "auto",
         adapter = adapter_for(config)
     except ValueError as exc:
         raise VTWError(f"{spec}: {exc}") from None
-    cls = getattr(transformers, adapter.model_class)
+    if adapter.refused:
+        raise VTWError(f"{spec}: {adapter.refused}")
+    cls = getattr(transformers, adapter.model_class or "", None) or transformers.AutoModelForImageTextToText
     kw: dict[str, Any] = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code}
     if attn_implementation:
         kw["attn_implementation"] = attn_implementation
@@ -378,7 +389,7 @@ def load(spec: str = "demo", device: str = "auto", dtype: str = "auto",
     processor = _from_pretrained(transformers.AutoProcessor.from_pretrained, res,
                                  trust_remote_code=trust_remote_code)
     first = next(model.parameters())
-    impl = getattr(model.config, "_attn_implementation", None) or "sdpa"
+    impl = impl_of(model)
     loaded = Loaded(model=model, processor=processor, family=adapter.family, spec=spec, source=res.source,
                     profile=res.profile, device=first.device, dtype=first.dtype, attn_implementation=impl,
                     prompt_style=prompt_style)

@@ -60,13 +60,6 @@ class RandEngine(Engine):
         self.seeds = list(seeds)
         self.dropped: list[torch.Tensor] = []  # per prefill call: the drop mask [B, q] (for tests, records)
 
-    def _on_call(self, module, args, kwargs):
-        super()._on_call(module, args, kwargs)
-        mask = kwargs.get("attention_mask")
-        if self.call is not None:  # padding is never drawn
-            q = self.call.vision.shape[1]
-            self.call.valid = mask[:, -q:].bool() if isinstance(mask, torch.Tensor) and mask.ndim == 2 else None
-
     def select(self, call, hidden):
         vision = call.vision
         if not bool(vision.any()):
@@ -74,7 +67,7 @@ class RandEngine(Engine):
         b, q = vision.shape
         if len(self.seeds) != b:
             raise ValueError(f"rand: {len(self.seeds)} seeds for a batch of {b} rows")
-        valid = call.valid.to(vision.device) if getattr(call, "valid", None) is not None else torch.ones_like(vision)
+        valid = call.valid.to(vision.device)  # padding is never drawn
         drop = torch.zeros_like(vision)
         for row in range(b):
             n = int(vision[row].sum())
@@ -90,7 +83,7 @@ class RandEngine(Engine):
         if call is None or call.q_idx is None or not bool(call.vision.any()):
             return output
         hidden = output[0] if isinstance(output, tuple) else output.last_hidden_state
-        kept = ~call.vision.to(hidden.device)
+        kept = ~call.selected.to(hidden.device) & call.valid.to(hidden.device)
         b, q = kept.shape
         idx = torch.arange(q, device=hidden.device).expand(b, q)
         last_kept = torch.where(kept, idx, torch.full_like(idx, -1)).cummax(1).values.clamp(min=0)

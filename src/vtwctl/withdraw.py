@@ -3,21 +3,13 @@
 ``with withdraw(model, k):`` registers forward hooks on a stock transformers vision-language model
 and removes them on exit. Inside the block every ``model(...)`` and ``model.generate(...)`` runs
 layers 0..K-1 on the full sequence; at the entry of layer K the hidden states, rotary position
-embeddings, position ids and attention mask are gathered down to the text tokens, so layers K..N-1
-compute, attend and cache text tokens only. Decoding steps then never touch vision keys again:
-the KV cache of layers >= K holds text positions only.
+embeddings, position ids and attention mask are gathered down to the kept tokens (text, not
+padding), so layers K..N-1 compute, attend and cache kept tokens only. Decoding steps then never
+touch vision keys again: the KV cache of layers >= K holds text positions only.
 
-Layout after withdrawal ("compressed"): for each row the kept (non-vision) tokens of a forward call
-are packed to the right in their original order; rows with fewer kept tokens get fill slots on the
-left, which are masked out as keys (and attend only to themselves, so no row is all-masked). The
-text model's output is scattered back to the stock length, so ``logits`` keep their usual shape;
-positions of withdrawn tokens get a zero hidden state.
-
-Positions: ``"keep"`` (default, the paper's choice) keeps every text token's original rotary
-position; ``"rearrange"`` renumbers the text tokens so they are contiguous (Table 6).
-
-Vision tokens are the positions holding the config's image/video token ids in calls that carry
-visual input (``pixel_values*``); tokens generated later are always text.
+The hook class only wires the pure functions of ``vtwctl.plan`` (packing, key maps, masks,
+position shifts) to the model; every transformers internal it relies on is in ``vtwctl.compat``,
+every family difference in ``vtwctl.families``. See docs/engine.md.
 """
 
 from __future__ import annotations
@@ -31,10 +23,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from .families import adapter_for
+from . import compat, plan
+from .errors import VTWError, check_k
+from .families import adapter_for, vision_mask
 
 _ACTIVE_ATTR = "_vtw_active"
 VISUAL_KWARGS = ("pixel_values", "pixel_values_images", "pixel_values_videos", "mm_encoder_outputs")
+_TOKEN_KWARGS = ("token_type_ids", "mm_token_type_ids", "moe_mm_token_type_ids")
 
 
 def carries_visual(kwargs: dict) -> bool:
@@ -42,72 +37,95 @@ def carries_visual(kwargs: dict) -> bool:
     return any(kwargs.get(name) is not None for name in VISUAL_KWARGS)
 
 
+def check_prompt_end(vision: torch.Tensor, valid: torch.Tensor | None = None) -> None:
+    """A VTWError if a row's last (non-padding) token is a vision token: VTW has nothing to predict from."""
+    valid = torch.ones_like(vision) if valid is None else valid
+    last = (valid.long() * torch.arange(1, valid.shape[1] + 1, device=valid.device)).argmax(1)
+    rows = vision.gather(1, last[:, None])[:, 0] & valid.any(1)
+    if bool(rows.any()):
+        bad = ", ".join(str(i) for i in rows.nonzero()[:, 0].tolist())
+        raise VTWError(f"the prompt of row {bad} ends with a vision token: after withdrawal no text token is left "
+                       "to predict the next one from; put the instruction (or the chat template's prompt) after it")
+
+
 @dataclass
 class _Stream:
     """Withdrawal bookkeeping for one sequence batch (one KV cache, or one cache-less call)."""
 
-    kv_map: torch.Tensor  # [B, Lc] original position of each compressed key slot, -1 for fill
-    full_len: int = 0  # stock (layer 0) sequence length seen so far
+    kv_map: torch.Tensor  # [B, Lc] original index of each compressed key slot, -1 for fill
+    full_map: torch.Tensor  # [B, L] original index of each stock key slot, -1 if withdrawn (K = 0's layer 0)
+    full_len: int = 0  # stock sequence length seen so far
+    kv_block: torch.Tensor | None = None  # [B, Lc] bidirectional block of each compressed slot (-1: none)
+    full_block: torch.Tensor | None = None  # [B, L] the same per stock slot
     offset: torch.Tensor | None = None  # [B] rearrange: position shift of the latest text token
     pending: torch.Tensor | None = None  # [B] rearrange: start position of a withdrawn run at the end
 
 
 @dataclass
 class _Call:
-    """One forward call's compression plan, built at the multimodal model's entry."""
+    """One forward call's plan, built at the multimodal model's entry and at layer K."""
 
-    vision: torch.Tensor  # [B, q] True where the token is withdrawn (vision tokens of a visual call)
-    past_len: int  # stock cache length before this call
+    vision: torch.Tensor  # [B, q] vision tokens of a visual call (VTW's candidates)
+    valid: torch.Tensor  # [B, q] not padding
+    past: int  # stock tokens before this call
+    stream: _Stream
+    cache: Any = None
+    visual: bool = False
+    block: torch.Tensor | None = None  # [B, q] bidirectional block ids (PaliGemma, Gemma 3), -1 outside
     q_idx: torch.Tensor | None = None  # [B, Qc] index into the call's tokens, -1 for fill
-    stream: _Stream | None = None
-    kv_map: torch.Tensor | None = None  # [B, Lc] key slots of the compressed layers after this call
-    cache_ref: Any = None
+    selected: torch.Tensor | None = None  # [B, q] tokens the policy withdrew (vision for VTW)
+    kv_map: torch.Tensor | None = None  # [B, Lc] compressed key slots after this call
+    full_map: torch.Tensor | None = None  # [B, L] stock key slots after this call (masked layer)
+    kv_block: torch.Tensor | None = None
+    full_block: torch.Tensor | None = None
+    positions: torch.Tensor | None = None  # stock rotary position ids (from the rotary hook)
+    deep: tuple | None = None  # deepstack: (visual_pos_masks, embeds of layers >= start)
+    compressed: set = field(default_factory=set)  # ids of compressed layer outputs
     memo: dict = field(default_factory=dict)
-    positions: torch.Tensor | None = None  # stock rotary position ids of this call (from the rotary hook)
-
-
-def _gather_seq(x: torch.Tensor, idx: torch.Tensor, dim: int, bdim: int = 0) -> torch.Tensor:
-    """Gather ``x`` along ``dim`` per batch row (batch dim ``bdim``) with ``idx`` [B, n]; -1 -> 0.
-
-    Dims other than ``bdim`` and ``dim`` broadcast; a batch dim of size 1 is expanded to B.
-    """
-    dim, bdim = dim % x.ndim, bdim % x.ndim
-    idx = idx.to(x.device)  # layers may sit on different GPUs (device_map="auto")
-    b = idx.shape[0]
-    if x.shape[bdim] == 1 and b > 1:
-        x = x.expand(*x.shape[:bdim], b, *x.shape[bdim + 1 :])
-    shape = [1] * x.ndim
-    shape[bdim], shape[dim] = b, idx.shape[1]
-    index = idx.clamp(min=0).reshape(shape)
-    expand = list(x.shape)
-    expand[dim] = idx.shape[1]
-    return x.gather(dim, index.expand(expand))
 
 
 class Engine:
-    """Hooks that drop the tokens chosen by ``select`` before layer ``k`` (VTW: all vision tokens)."""
+    """Hooks that drop the tokens chosen by ``select`` before layer ``k`` (VTW: all vision tokens).
+
+    Layers ``start..N-1`` (``start = max(k, 1)``) run on the packed kept tokens. At ``k = 0`` layer
+    0 still runs on the full sequence, with withdrawn keys masked out, so that the cache keeps its
+    stock length at layer 0, from which transformers derives positions and mask sizes.
+    """
 
     def __init__(self, model: nn.Module, k: int, positions: str):
         self.adapter = adapter_for(model)
         self.model = model
         self.k = k
+        self.start = max(k, 1)
         self.positions = positions
-        self.vision_ids = torch.tensor(self.adapter.vision_token_ids(model.config))
+        self.mm, self.text = self.adapter.multimodal_model(model), self.adapter.text_model(model)
+        self.layers = list(self.text.layers)
+        self.types = compat.layer_types(model.config, len(self.layers))
+        window = compat.sliding_window(model.config)
+        self.windows = [window if t == "sliding_attention" else None for t in self.types]
+        self.impl = compat.attn_implementation(model)
+        # sdpa runs its causal kernel for a None mask only where the module says it is causal (not PaliGemma)
+        self.causal_kernel = all(getattr(layer.self_attn, "is_causal", True) for layer in self.layers)
+        self.vision_ids = self.adapter.vision_token_ids(model.config)
         self.streams: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self.call: _Call | None = None
         self.handles: list = []
 
     # -- hooks ---------------------------------------------------------------------------------
     def install(self) -> None:
-        mm, text = self.adapter.multimodal_model(self.model), self.adapter.text_model(self.model)
-        layers = text.layers
-        self.handles.append(mm.register_forward_pre_hook(self._on_call, with_kwargs=True))
-        self.handles.append(mm.register_forward_hook(self._on_call_end, with_kwargs=True, always_call=True))
-        self.handles.append(text.register_forward_hook(self._on_text_out, with_kwargs=True))
+        # pre-hooks run in registration order, forward hooks too: the multimodal model's come first and
+        # last, so that a family whose multimodal model is its language model (Chameleon) works as well
+        self.handles.append(self.mm.register_forward_pre_hook(self._on_call, with_kwargs=True))
+        if self.adapter.deepstack:
+            self.handles.append(self.text.register_forward_pre_hook(self._on_text_in, with_kwargs=True))
+        self.handles.append(self.text.register_forward_hook(self._on_text_out, with_kwargs=True))
+        self.handles.append(self.mm.register_forward_hook(self._on_call_end, with_kwargs=True, always_call=True))
         if self.positions == "rearrange":
-            self.handles.append(text.rotary_emb.register_forward_pre_hook(self._on_rotary, with_kwargs=True))
-        for i in range(self.k, len(layers)):
-            self.handles.append(layers[i].register_forward_pre_hook(self._on_layer, with_kwargs=True))
+            self.handles.append(self.text.rotary_emb.register_forward_pre_hook(self._on_rotary, with_kwargs=True))
+        for i in range(self.k, len(self.layers)):
+            self.handles.append(self.layers[i].register_forward_pre_hook(self._hook_layer(i), with_kwargs=True))
+            if i >= self.start:
+                self.handles.append(self.layers[i].register_forward_hook(self._hook_layer_out(i)))
 
     def remove(self) -> None:
         for h in self.handles:
@@ -115,240 +133,305 @@ class Engine:
         self.handles.clear()
         self.call = None
 
+    def key_map(self, layer: int) -> torch.Tensor | None:
+        """Original index of each key slot layer ``layer`` attends to in the current call (None: stock)."""
+        call = self.call
+        if call is None or layer < self.k:
+            return None
+        return call.full_map if layer < self.start else call.kv_map
+
     def _on_call(self, module, args, kwargs):
         input_ids = kwargs.get("input_ids", args[0] if args else None)
         embeds = kwargs.get("inputs_embeds")
-        cache = kwargs.get("cache", kwargs.get("past_key_values"))
-        past = int(cache.get_seq_length()) if cache is not None else 0
         visual = carries_visual(kwargs)
         if input_ids is not None:
-            vision = torch.isin(input_ids, self.vision_ids.to(input_ids.device))
+            vision = vision_mask(input_ids, self.vision_ids, visual=visual)
         elif embeds is not None:
-            emb = module.get_input_embeddings()
-            ids = self.vision_ids.to(embeds.device)
-            vision = (embeds[..., None, :] == emb(ids).to(embeds.dtype)).all(-1).any(-1)
+            vision = torch.zeros(embeds.shape[:2], dtype=torch.bool, device=embeds.device)
+            if visual:
+                table = module.get_input_embeddings()(torch.tensor(self.vision_ids, device=embeds.device))
+                vision = (embeds[..., None, :] == table.to(embeds.dtype)).all(-1).any(-1)
         else:
             raise ValueError("withdraw: the model was called without input_ids or inputs_embeds")
-        if not visual:
-            vision = torch.zeros_like(vision)
-        self.call = _Call(vision=vision, past_len=past)
+        b, q = vision.shape
+        cache = compat.cache_from(kwargs)
+        stream = self._stream(cache, b, vision.device)
+        valid = compat.valid_tokens(kwargs.get("attention_mask"), q, cache, stream.full_len, self.types[0])
+        valid = torch.ones_like(vision) if valid is None else valid.to(vision.device)
+        if visual:
+            check_prompt_end(vision, valid)
+        block = None
+        tt = kwargs.get("token_type_ids")
+        if tt is not None and (visual or stream.full_len == 0):  # as the stock models: prefill only
+            block = self.adapter.attention_blocks(tt[:, -q:], valid)
+        self.call = _Call(vision=vision, valid=valid, past=stream.full_len, stream=stream, cache=cache,
+                          visual=visual, block=block)
+
+    def _stream(self, cache, b: int, device) -> _Stream:
+        empty = torch.empty(b, 0, dtype=torch.long, device=device)
+        if cache is None:
+            return _Stream(kv_map=empty, full_map=empty)
+        stream = self.streams.get(cache)
+        seen = compat.cached_tokens(cache, 0)  # layer 0 is never compressed: the stock length
+        if stream is None and seen == 0:
+            stream = self.streams[cache] = _Stream(kv_map=empty, full_map=empty)
+        if stream is None or stream.full_len != seen:
+            raise RuntimeError("withdraw: this KV cache was filled outside the withdraw() block (or edited); "
+                               "start generation inside the block")
+        if stream.kv_map.shape[0] != b:  # beam search / batch expansion after prefill
+            rep = b // stream.kv_map.shape[0]
+            for name in ("kv_map", "full_map", "kv_block", "full_block", "offset", "pending"):
+                val = getattr(stream, name)
+                if val is not None:
+                    setattr(stream, name, val.repeat_interleave(rep, 0))
+        return stream
 
     def _on_call_end(self, module, args, kwargs, output):
         call, self.call = self.call, None
-        if call is not None and call.stream is not None and call.cache_ref is not None:
-            call.stream.kv_map = call.kv_map
-            call.stream.full_len = call.past_len + call.vision.shape[1]
+        if call is None or call.cache is None:
+            return
+        stream = call.stream
+        if call.kv_map is not None:
+            stream.kv_map, stream.kv_block = call.kv_map, call.kv_block
+        if call.full_map is not None:
+            stream.full_map, stream.full_block = call.full_map, call.full_block
+        stream.full_len = call.past + call.vision.shape[1]
 
     def _on_rotary(self, module, args, kwargs):
         pos = args[1] if len(args) > 1 else kwargs.get("position_ids")
         if self.call is not None and self.call.positions is None:
             self.call.positions = pos
 
+    def _on_text_in(self, module, args, kwargs):
+        """Deepstack: the text model adds visual features after its first layers. Features for layers
+        >= start would land on withdrawn tokens, so the engine takes them over (kept vision tokens only)."""
+        embeds = kwargs.get("deepstack_visual_embeds")
+        if self.call is None or not embeds or len(embeds) <= self.start:
+            return None
+        self.call.deep = (kwargs.get("visual_pos_masks"), list(embeds[self.start :]))
+        return args, {**kwargs, "deepstack_visual_embeds": list(embeds[: self.start])}
+
     def _on_text_out(self, module, args, kwargs, output):
         call = self.call
         if call is None or call.q_idx is None:
             return output
-        hidden = output[0] if isinstance(output, tuple) else output.last_hidden_state
+        last = compat.output_hidden(output)
+        full = self._scatter(call, last)
+        hidden_states = getattr(output, "hidden_states", None)
+        if hidden_states:
+            output.hidden_states = tuple(self._scatter(call, h) if id(h) in call.compressed or h is last else h
+                                         for h in hidden_states)
+        if isinstance(output, tuple):
+            return (full, *output[1:])
+        output.last_hidden_state = full
+        return output
+
+    def _scatter(self, call: _Call, hidden: torch.Tensor) -> torch.Tensor:
+        """Compressed [B, Qc, H] back to the stock layout [B, q, H]; withdrawn positions are zero."""
         b, q = call.vision.shape
         q_idx = call.q_idx.to(hidden.device)
         full = hidden.new_zeros(b, q, hidden.shape[-1])
         valid = q_idx >= 0
         rows = torch.arange(b, device=hidden.device)[:, None].expand_as(q_idx)
         full[rows[valid], q_idx[valid]] = hidden[valid]
-        if isinstance(output, tuple):
-            return (full, *output[1:])
-        output.last_hidden_state = full
-        return output
+        return full
 
-    def _on_layer(self, module, args, kwargs):
+    def _hook_layer(self, idx: int):
+        def hook(module, args, kwargs):
+            return self._on_layer(idx, args, kwargs)
+        return hook
+
+    def _hook_layer_out(self, idx: int):
+        def hook(module, args, output):
+            return self._on_layer_out(idx, output)
+        return hook
+
+    def _on_layer(self, idx: int, args, kwargs):
         call = self.call
         if call is None:
             raise RuntimeError("withdraw: a decoder layer ran outside the multimodal model's forward")
-        hidden = args[0] if args else kwargs["hidden_states"]
-        cache = kwargs.get("cache", kwargs.get("past_key_values"))
-        layer_idx = self._layer_index(module)
-        if call.q_idx is None:  # layer K: withdraw
-            call.vision = self.select(call, hidden)
-            self._plan(call, cache, hidden.device)
-            hidden = _gather_seq(hidden, call.q_idx, 1)
-            hidden = hidden * (call.q_idx >= 0)[..., None].to(hidden.dtype)
-        new_kwargs = dict(kwargs)
-        for name in ("position_embeddings", "position_ids", "attention_mask"):
-            if name in kwargs:
-                new_kwargs[name] = self._compress(call, name, kwargs[name], cache, layer_idx, hidden)
-        if args:
-            return (hidden, *args[1:]), new_kwargs
-        new_kwargs["hidden_states"] = hidden
-        return args, new_kwargs
+        hidden = compat.layer_hidden(args, kwargs)
+        cache = compat.cache_from(kwargs)
+        if idx < self.start:  # K = 0: layer 0 on the full sequence, withdrawn keys masked
+            if call.full_map is None:
+                q_all = self._full_q(call)
+                call.full_map = torch.cat([call.stream.full_map, plan.chunk_map(q_all, call.past)], 1)
+                call.full_block = _blocks(call.block, q_all, call.stream.full_block, call.stream.full_map)
+            return args, {**kwargs, "attention_mask": self._mask(call, cache, idx, hidden, masked=True)}
+        if call.q_idx is None:  # layer `start`: withdraw
+            self._plan(call, hidden)
+            hidden = plan.gather_seq(hidden, call.q_idx, 1)
+            hidden = hidden * (call.q_idx >= 0)[..., None].to(hidden.device, hidden.dtype)
+        new = dict(kwargs)
+        new["attention_mask"] = self._mask(call, cache, idx, hidden, masked=False)
+        if "position_embeddings" in kwargs:
+            new["position_embeddings"] = self._memo(call, ("pe", self.types[idx]),
+                                                    lambda: self._rotary(call, kwargs["position_embeddings"],
+                                                                         hidden, self.types[idx]))
+        if isinstance(kwargs.get("position_ids"), torch.Tensor):
+            new["position_ids"] = self._memo(call, "pos", lambda: self._position_ids(call, kwargs["position_ids"]))
+        if kwargs.get("cache_position") is not None:  # transformers < 5.x: where static caches write
+            past = call.kv_map.shape[1] - call.q_idx.shape[1]
+            new["cache_position"] = torch.arange(past, past + call.q_idx.shape[1], device=hidden.device)
+        for name in _TOKEN_KWARGS:
+            if isinstance(kwargs.get(name), torch.Tensor):
+                new[name] = self._memo(call, name, lambda n=name: plan.gather_seq(kwargs[n], call.q_idx, -1, -2))
+        return compat.with_layer_hidden(args, new, hidden)
 
-    def _layer_index(self, module) -> int:
-        attn = getattr(module, "self_attn", None)
-        idx = getattr(attn, "layer_idx", None)
-        if idx is None:
-            layers = list(self.adapter.text_model(self.model).layers)
-            idx = layers.index(module)
-        return int(idx)
+    def _on_layer_out(self, idx: int, output):
+        call = self.call
+        if call is None:
+            return output
+        hidden = compat.output_hidden(output)
+        call.compressed.add(id(hidden))
+        if call.deep is not None and idx - self.start < len(call.deep[1]):
+            hidden = self._deepstack(call, hidden, call.deep[1][idx - self.start])
+            output = hidden if isinstance(output, torch.Tensor) else (hidden, *output[1:])
+        call.compressed.add(id(hidden))
+        return output
+
+    def _deepstack(self, call: _Call, hidden: torch.Tensor, embeds: torch.Tensor) -> torch.Tensor:
+        """Add a deepstack level's features to the kept vision tokens (none under VTW)."""
+        masks = call.deep[0].to(hidden.device)  # [B, q] the stock vision positions, in feature order
+        rank = masks.flatten().long().cumsum(0).view_as(masks) - 1
+        at = plan.gather_seq(masks, call.q_idx, 1) & (call.q_idx >= 0).to(hidden.device)
+        if not bool(at.any()):
+            return hidden
+        rows = plan.gather_seq(rank, call.q_idx, 1)[at]
+        hidden = hidden.clone()
+        hidden[at] = hidden[at] + embeds.to(hidden.device, hidden.dtype)[rows]
+        return hidden
+
+    @staticmethod
+    def _memo(call: _Call, key, fn):
+        if key not in call.memo:
+            call.memo[key] = fn()
+        return call.memo[key]
 
     # -- planning ------------------------------------------------------------------------------
     def select(self, call: _Call, hidden: torch.Tensor) -> torch.Tensor:
         """Which tokens of this call to withdraw at layer K: every vision token (VTW)."""
         return call.vision
 
-    def _plan(self, call: _Call, cache, device) -> None:
-        keep = ~call.vision.to(device)
-        b, q = keep.shape
-        n_keep = keep.sum(1)
-        qc = max(int(n_keep.max()), 1)
-        # right-aligned compressed slots: slot j of row r holds the (j - (qc - n_r))-th kept token
-        order = torch.arange(q, device=device).expand(b, q)
-        kept_pos = torch.where(keep, order, q + order)  # kept tokens first, in order
-        kept_pos = kept_pos.sort(1).values[:, :qc]
-        slot = torch.arange(qc, device=device).expand(b, qc)
-        shift = (qc - n_keep)[:, None]
-        src = slot - shift
-        q_idx = torch.where(src >= 0, kept_pos.gather(1, src.clamp(min=0)), torch.full_like(src, -1))
-        call.q_idx = q_idx
+    def _full_q(self, call: _Call) -> torch.Tensor:
+        """Masked layer (K = 0): every token of the call, withdrawn ones as -1 (they attend to themselves)."""
+        q = call.vision.shape[1]
+        idx = torch.arange(q, device=call.vision.device).expand_as(call.vision)
+        return torch.where(call.valid & ~call.vision, idx, torch.full_like(idx, -1))
 
-        stream = None
-        if cache is not None and call.past_len > 0:
-            stream = self.streams.get(cache)
-            if stream is None or stream.full_len != call.past_len:
-                raise RuntimeError(
-                    "withdraw: this KV cache was filled outside the withdraw() block (or edited); "
-                    "start generation inside the block"
-                )
-        if stream is None:
-            stream = _Stream(kv_map=torch.empty(b, 0, dtype=torch.long, device=device))
-            if cache is not None:
-                self.streams[cache] = stream
-                call.cache_ref = cache
-        elif cache is not None:
-            call.cache_ref = cache
-        if stream.kv_map.shape[0] != b:  # beam search / batch expansion after prefill
-            rep = b // stream.kv_map.shape[0]
-            stream.kv_map = stream.kv_map.repeat_interleave(rep, 0)
-            for name in ("offset", "pending"):
-                val = getattr(stream, name)
-                if val is not None:
-                    setattr(stream, name, val.repeat_interleave(rep, 0))
-        call.stream = stream
-        chunk = torch.where(q_idx >= 0, q_idx + call.past_len, torch.full_like(q_idx, -1))
-        call.kv_map = torch.cat([stream.kv_map.to(device), chunk], 1)
+    def _plan(self, call: _Call, hidden: torch.Tensor) -> None:
+        call.selected = self.select(call, hidden).to(hidden.device)
+        keep = ~call.selected & call.valid.to(hidden.device)
+        decode = not call.visual and call.past > 0  # no vision tokens: every slot is a kept token or padding
+        call.q_idx = plan.pack(keep, width=keep.shape[1] if decode else None)
+        stream = call.stream
+        call.kv_map = torch.cat([stream.kv_map.to(hidden.device), plan.chunk_map(call.q_idx, call.past)], 1)
+        call.kv_block = _blocks(call.block, call.q_idx, stream.kv_block, stream.kv_map)
 
     # -- per-argument compression --------------------------------------------------------------
-    def _compress(self, call: _Call, name: str, value, cache, layer_idx: int, hidden):
-        if value is None and name != "attention_mask":
-            return None
-        key = (name, id(value), layer_idx if name == "attention_mask" and cache is not None else None)
-        if key not in call.memo:
-            if name == "position_embeddings":
-                call.memo[key] = self._positions(call, value, hidden)
-            elif name == "position_ids":
-                out = _gather_seq(value, call.q_idx, -1, -2)
-                if self.positions == "rearrange":
-                    out = out - self._shift(call).to(out.dtype)
-                call.memo[key] = out
-            else:
-                call.memo[key] = self._mask(call, value, cache, layer_idx, hidden)
-        return call.memo[key]
+    def _mask(self, call: _Call, cache, idx: int, hidden: torch.Tensor, masked: bool):
+        window = self.windows[idx]
+        keys = call.full_map if masked else call.kv_map
+        q_idx = self._full_q(call) if masked else call.q_idx
+        qlen = q_idx.shape[1]
+        past_slots = keys.shape[1] - qlen
+        kv_length, kv_offset = compat.mask_sizes(cache, qlen, idx, past_slots) if cache is not None else (qlen, 0)
 
-    def _positions(self, call: _Call, value, hidden):
+        def build():
+            key_pos = plan.key_window(keys.to(hidden.device), kv_offset, kv_length)
+            query_pos = plan.chunk_map(q_idx.to(hidden.device), call.past)
+            self_slot = past_slots - kv_offset + torch.arange(qlen, device=hidden.device)
+            blocks = {}
+            block_map = call.full_block if masked else call.kv_block
+            if block_map is not None:
+                blocks = dict(key_block=plan.key_window(block_map, kv_offset, kv_length),
+                              query_block=block_map[:, past_slots:])
+            allowed = plan.allowed_keys(key_pos, query_pos, self_slot, window, **blocks)
+            trivial = (self.impl == "sdpa" and window is None and not blocks and self.causal_kernel
+                       and (qlen == 1 or kv_length == qlen)
+                       and bool((key_pos >= 0).all() & (query_pos >= 0).all()))
+            return compat.format_mask(allowed, self.impl, hidden.dtype, trivial, key_valid=key_pos >= 0)
+
+        return self._memo(call, ("mask", masked, window, kv_length, kv_offset), build)
+
+    def _position_ids(self, call: _Call, value: torch.Tensor) -> torch.Tensor:
+        out = plan.gather_seq(value, call.q_idx, -1, -2)
+        if self.positions == "rearrange":
+            out = out - self._shift(call).to(out.device, out.dtype)
+        return out
+
+    def _rotary(self, call: _Call, value, hidden, layer_type: str):
         """cos/sin [B, q, D] -> [B, Qc, D]; recomputed from shifted positions for "rearrange"."""
         if self.positions == "keep":
-            return tuple(_gather_seq(t, call.q_idx, -2, -3) for t in value)
-        pos = _gather_seq(self._stock_positions(call), call.q_idx, -1, -2)  # [B, Qc] or [3, B, Qc]
-        pos = pos - self._shift(call).to(pos.dtype)
-        return self.adapter.text_model(self.model).rotary_emb(hidden, pos)
-
-    def _stock_positions(self, call: _Call) -> torch.Tensor:
+            return plan.map_tensors(value, lambda t: plan.gather_seq(t, call.q_idx, -2, -3))
         if call.positions is None:
             raise RuntimeError("withdraw(positions='rearrange'): rotary position ids were not observed")
-        return call.positions
+        pos = plan.gather_seq(call.positions, call.q_idx, -1, -2)  # [B, Qc] or [3, B, Qc]
+        pos = pos - self._shift(call).to(pos.device, pos.dtype)
+        return compat.call_rotary(self.text.rotary_emb, hidden, pos, layer_type)
 
     def _shift(self, call: _Call) -> torch.Tensor:
-        """Rearrange: how far each compressed slot's position moves down, [B, Qc].
-
-        A text token right after a run of withdrawn tokens takes the position of the run's first
-        token; every later token moves down by the same amount (accumulated over calls).
-        """
-        if "shift" in call.memo:
-            return call.memo["shift"]
-        pos = self._stock_positions(call)
-        pos = pos[0] if pos.ndim == 3 else pos  # M-RoPE: a text token has the same id in all components
-        b, q = call.vision.shape
-        pos = pos.expand(b, q) if pos.shape[0] == 1 else pos
-        stream, wd = call.stream, call.vision.to(pos.device)
-        idx = torch.arange(q, device=pos.device).expand(b, q)
-        prev_wd = torch.cat([wd.new_zeros(b, 1), wd[:, :-1]], 1)
-        run_start = wd & ~prev_wd  # first token of each withdrawn run
-        start_idx = torch.where(run_start, idx, torch.full_like(idx, -1)).cummax(1).values
-        start_pos = pos.gather(1, start_idx.clamp(min=0))
-        ends_run = ~wd & prev_wd & (start_idx >= 0)
-        gap = torch.where(ends_run, pos - start_pos, torch.zeros_like(pos))
-        if stream.pending is not None:  # a withdrawn run that ended the previous call
-            first = ~wd[:, 0] & (stream.pending >= 0)
-            gap[:, 0] += torch.where(first, pos[:, 0] - stream.pending, torch.zeros_like(stream.pending))
-        base = stream.offset if stream.offset is not None else torch.zeros(b, dtype=pos.dtype, device=pos.device)
-        total = base[:, None] + gap.cumsum(1)
-        call.memo["shift"] = _gather_seq(total, call.q_idx, 1)
-        stream.offset = total[:, -1]
-        last_run = torch.where(wd[:, -1], start_pos[:, -1], torch.full_like(base, -1))
-        carried = stream.pending if stream.pending is not None else torch.full_like(base, -1)
-        stream.pending = torch.where(wd.all(1), carried, last_run)
+        """Rearrange: how far each compressed slot's position moves down, [B, Qc] (see plan.rearrange_shift)."""
+        if "shift" not in call.memo:
+            pos = call.positions
+            pos = pos[0] if pos.ndim == 3 else pos  # M-RoPE: a text token has the same id in all components
+            b, q = call.vision.shape
+            pos = pos.expand(b, q) if pos.shape[0] == 1 else pos
+            stream = call.stream
+            total, stream.offset, stream.pending = plan.rearrange_shift(pos, call.selected.to(pos.device),
+                                                                        stream.offset, stream.pending)
+            call.memo["shift"] = plan.gather_seq(total, call.q_idx, 1)
         return call.memo["shift"]
 
-    def _mask(self, call: _Call, mask, cache, layer_idx: int, hidden):
-        device = mask.device if isinstance(mask, torch.Tensor) else hidden.device
-        kv_map = call.kv_map.to(device)
-        b, qc = call.q_idx.shape
-        past_c = kv_map.shape[1] - qc
-        width = kv_map.shape[1]
-        if cache is not None:
-            width = int(cache.get_mask_sizes(qc, layer_idx)[0])
-            if width < kv_map.shape[1]:
-                raise NotImplementedError("withdraw: sliding-window caches are not supported")
-        if width > kv_map.shape[1]:  # static cache: slots not yet written are masked out
-            kv_map = torch.cat([kv_map, kv_map.new_full((b, width - kv_map.shape[1]), -1)], 1)
-        kv_ok = kv_map >= 0
-        q_fill = call.q_idx.to(device) < 0
-        impl = getattr(self.model.config, "_attn_implementation", None) or "sdpa"
 
-        if mask is None:  # no padding in the stock call: causal over kept keys
-            if bool(kv_ok.all()):
-                return None  # text-only and causal: sdpa's is_causal / flash's default path
-            if "flash" in impl:
-                return kv_ok
-            allowed = self._causal(kv_ok, past_c, qc)
-        elif isinstance(mask, torch.Tensor) and mask.ndim == 2:  # flash attention: key padding mask
-            return _gather_seq(mask, kv_map, 1).bool() & kv_ok
-        elif isinstance(mask, torch.Tensor) and mask.ndim == 4:  # [B, 1, q, kv] bool or additive float
-            src = _gather_seq(_gather_seq(mask, call.q_idx, 2), kv_map, 3)
-            allowed = src if src.dtype == torch.bool else src > torch.finfo(src.dtype).min / 2
-            allowed = allowed & kv_ok[:, None, None, :] & ~q_fill[:, None, :, None]
-        else:
-            raise NotImplementedError(f"withdraw: attention masks of type {type(mask).__name__} are not supported")
-        # fill query slots attend to themselves only, so that no softmax row is empty
-        slots = torch.arange(qc, device=allowed.device)
-        diag = torch.zeros_like(allowed)
-        diag[:, :, slots, past_c + slots] = True
-        allowed = allowed | (diag & q_fill[:, None, :, None])
-        if impl == "eager" or (mask is not None and mask.dtype != torch.bool):
-            dtype = mask.dtype if mask is not None and mask.dtype.is_floating_point else hidden.dtype
-            return torch.where(allowed, torch.zeros((), dtype=dtype, device=allowed.device), torch.finfo(dtype).min)
-        return allowed
-
-    @staticmethod
-    def _causal(kv_ok: torch.Tensor, past_c: int, qc: int) -> torch.Tensor:
-        width = kv_ok.shape[1]
-        qpos = past_c + torch.arange(qc, device=kv_ok.device)
-        kpos = torch.arange(width, device=kv_ok.device)
-        causal = kpos[None, :] <= qpos[:, None]
-        return causal[None, None] & kv_ok[:, None, None, :]
+def _blocks(block, q_idx, old, old_map) -> torch.Tensor | None:
+    """Bidirectional-block id of each key slot after this call (None when the family has none)."""
+    if block is None and old is None:
+        return None
+    if block is None:
+        block = torch.full(q_idx.shape, -1, dtype=torch.long, device=q_idx.device)
+    chunk = torch.where(q_idx >= 0, plan.gather_seq(block.to(q_idx.device), q_idx, 1), -1)
+    old = old if old is not None else torch.full_like(old_map, -1)
+    return torch.cat([old.to(q_idx.device), chunk], 1)
 
 
 def num_layers(model: nn.Module) -> int:
     """Number of decoder layers of the language model inside ``model``."""
     return len(adapter_for(model).text_model(model).layers)
+
+
+def check_supported(model: nn.Module, k: int) -> None:
+    """Refuse, with the reason, what withdrawal would compute wrongly; called at withdraw()'s entry."""
+    from torch._dynamo.eval_frame import OptimizedModule
+
+    compat.check_transformers()
+    adapter = adapter_for(model)
+    if adapter.refused:
+        raise VTWError(adapter.refused)
+    if isinstance(model, OptimizedModule):
+        raise VTWError("withdraw() got a torch.compile'd model (OptimizedModule): compiled graphs do not see the "
+                       "engine's hooks; pass the uncompiled model (see docs/engine.md, 'torch.compile')")
+    compiled = compat.compiled_parts(model)
+    if compiled:
+        raise VTWError(f"withdraw(): {', '.join(compiled)} is compiled with torch.compile; its graph would not see "
+                       "the engine's hooks. Pass the model before compiling it (see docs/engine.md, 'torch.compile')")
+    if adapter.blocks != "prefix" and not compat.is_causal_lm(model.config):
+        raise VTWError(f"withdraw(): the {adapter.family} language model attends bidirectionally; "
+                       "VTW needs a causal LM")
+    layers = adapter.text_model(model).layers
+    types = compat.layer_types(model.config, len(layers))
+    impl = compat.attn_implementation(model)
+    if impl not in compat.ATTENTION_IMPLEMENTATIONS:
+        raise VTWError(f"withdraw(): attention implementation {impl!r} is not supported (flex attention's block "
+                       f"masks are not built by the engine); load the model with one of "
+                       f"{', '.join(compat.ATTENTION_IMPLEMENTATIONS)}")
+    for i in range(k, len(layers)):
+        if getattr(layers[i], "self_attn", None) is None or types[i] not in ("full_attention", "sliding_attention"):
+            raise VTWError(f"withdraw(): decoder layer {i} of {adapter.family} is a {types[i]!r} layer; "
+                           "withdrawal supports full and sliding-window attention layers only")
+        if types[i] == "sliding_attention" and impl.startswith("flash_attention") and i >= max(k, 1):
+            raise VTWError("withdraw(): flash attention counts its sliding window in cached slots, not in the "
+                           "original positions that withdrawal keeps; use attn_implementation='sdpa' for this model")
 
 
 @contextlib.contextmanager
@@ -362,10 +445,11 @@ def withdraw(model: nn.Module, k: int, positions: str = "keep") -> Iterator[nn.M
     also when the block raises.
     """
     n = num_layers(model)
-    if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= n:
-        raise ValueError(f"k must be an integer in 0..{n} (the model has {n} decoder layers), got {k!r}")
+    check_k(k, n)
     if positions not in ("keep", "rearrange"):
-        raise ValueError(f"positions must be 'keep' or 'rearrange', got {positions!r}")
+        raise VTWError(f"positions must be 'keep' or 'rearrange', got {positions!r}")
+    if k < n:
+        check_supported(model, k)
     with active(model, Engine(model, k, positions), install=k < n):
         yield model
 

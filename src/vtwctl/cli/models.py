@@ -24,11 +24,16 @@ def _ks(recs: list[dict]) -> str:
 @app.command()
 def models(
     profile_dir: Path | None = typer.Option(None, "--profile-dir", help="Where your calibration records live."),
+    families: bool = typer.Option(False, "--families", help="List the model families the engine knows instead."),
     json_out: bool = JSON,
 ) -> None:
     """List the models known by short name (profiles/) and every model of your calibration records,
     with dimensions and K records (shipped and yours)."""
     from .. import profiles
+
+    if families:
+        _families(json_out)
+        return
 
     rows = []
     for n in profiles.names():
@@ -53,4 +58,24 @@ def models(
                       str(t.get("num_layers", "-")), str(t.get("hidden_size", "-")),
                       f"{t['num_heads']}/{t['num_kv_heads']}" if t else "-", str(v.get("tokens_per_image", "-")),
                       _ks(p.get("calibrations", [])), _ks(p["user_calibrations"]))
+    stdout_console().print(table)
+
+
+def _families(json_out: bool) -> None:
+    from ..families import known_families
+
+    rows = known_families()
+    if json_out:
+        emit_json(rows)
+        return
+    from rich.table import Table
+
+    table = Table(title="model families (others whose config names image/video token ids: generic, untested)")
+    for col in ("family", "stock class", "status", "notes"):
+        table.add_column(col)
+    for r in rows:
+        status = "refused" if r["refused"] else ("tested" if r["tested"] else "generic")
+        notes = r["refused"] or ", ".join(n for n, on in (("M-RoPE", r["mrope"]), ("deepstack", r["deepstack"]),
+                                                          (f"{r['blocks']} blocks", r["blocks"])) if on)
+        table.add_row(r["family"], r["model_class"] or "AutoModelForImageTextToText", status, notes)
     stdout_console().print(table)

@@ -147,7 +147,7 @@ def run(
         check_store(name, profile_dir)
     check_device(device)
     loaded = load_model(model, device, dtype, attn_implementation, trust_remote_code, prompt_style)
-    if vid is not None and not loaded.adapter.takes_video:
+    if vid is not None and not loaded.takes_video:
         raise VTWError(f"{loaded.name} ({loaded.family}) does not take videos")
     n = loaded.num_layers
     chosen = parse_k(k, method == "stock", n) if method != "fastv" else None

@@ -1,0 +1,207 @@
+"""Every transformers internal the engine relies on, behind one named helper each.
+
+The engine hooks stock modules, so it depends on a few things transformers does not promise to
+keep stable: the name of the cache keyword (``past_key_values`` became ``cache``), the cache's
+mask-size API (``get_mask_sizes(cache_position)`` became ``get_mask_sizes(query_length)``), the
+layer-type and sliding-window config fields, the rotary embedding's call signature, the forms an
+attention mask takes per attention implementation, where ``_attn_implementation`` lives, and how
+the model was compiled. Only this module touches them; a new transformers release is checked here.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+
+from .errors import VTWError
+
+# The releases the test suite runs on (nox -s "tests-transformers-range"): keep both ends tested.
+TRANSFORMERS_MIN = (5, 2, 0)
+TRANSFORMERS_BELOW = (6, 0, 0)
+CACHE_KWARGS = ("cache", "past_key_values")
+# flex_attention is refused: the engine's per-call masks would need a BlockMask (or score_mod) per call,
+# and inductor's CPU flex kernels fail on both (a C++ compile error, a crash with torch 2.13), so it is untested
+ATTENTION_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3")
+
+
+def transformers_version() -> tuple[int, int, int]:
+    import transformers
+
+    parts = []
+    for piece in transformers.__version__.split(".")[:3]:
+        digits = "".join(c for c in piece if c.isdigit())
+        parts.append(int(digits or 0))
+    while len(parts) < 3:
+        parts.append(0)
+    return tuple(parts)  # type: ignore[return-value]
+
+
+def check_transformers() -> None:
+    """A VTWError unless the installed transformers is in the tested range."""
+    import transformers
+
+    v = transformers_version()
+    if not TRANSFORMERS_MIN <= v < TRANSFORMERS_BELOW:
+        lo, hi = ".".join(map(str, TRANSFORMERS_MIN)), ".".join(map(str, TRANSFORMERS_BELOW))
+        raise VTWError(f"transformers {transformers.__version__} is not supported by vtwctl's engine: "
+                       f"it is tested on transformers >= {lo}, < {hi}; install a release in that range")
+
+
+# -- configs ---------------------------------------------------------------------------------------------
+def text_config(config: Any) -> Any:
+    """The language model's config (the config itself for text-only configs)."""
+    getter = getattr(config, "get_text_config", None)
+    return getter() if callable(getter) else getattr(config, "text_config", config)
+
+
+def attn_implementation(model_or_config: Any) -> str:
+    """The attention implementation the language model runs ('sdpa' when unset)."""
+    config = getattr(model_or_config, "config", model_or_config)
+    impl = getattr(text_config(config), "_attn_implementation", None) or getattr(config, "_attn_implementation", None)
+    return impl or "sdpa"
+
+
+def layer_types(config: Any, num_layers: int) -> list[str]:
+    """Per decoder layer: 'full_attention', 'sliding_attention', 'chunked_attention', ... (config order)."""
+    tc = text_config(config)
+    types = getattr(tc, "layer_types", None)
+    if types:
+        return list(types)[:num_layers]
+    window = getattr(tc, "sliding_window", None)
+    use = getattr(tc, "use_sliding_window", True)
+    kind = "sliding_attention" if window and use is not False else "full_attention"
+    return [kind] * num_layers
+
+
+def sliding_window(config: Any) -> int | None:
+    return getattr(text_config(config), "sliding_window", None)
+
+
+def is_causal_lm(config: Any) -> bool:
+    tc = text_config(config)
+    return getattr(tc, "is_causal", True) and not getattr(tc, "use_bidirectional_attention", False)
+
+
+# -- layer call arguments ----------------------------------------------------------------------------------
+def cache_from(kwargs: dict) -> Any:
+    for name in CACHE_KWARGS:
+        if kwargs.get(name) is not None:
+            return kwargs[name]
+    return None
+
+
+def cached_tokens(cache: Any, layer_idx: int = 0) -> int:
+    """How many tokens ``cache`` has seen at ``layer_idx`` (a Python int; may sync a static cache)."""
+    if cache is None:
+        return 0
+    layers = getattr(cache, "layers", None)
+    if layers is not None and layer_idx < len(layers) and not getattr(layers[layer_idx], "is_initialized", True):
+        return 0
+    return int(cache.get_seq_length(layer_idx))
+
+
+def mask_sizes(cache: Any, query_length: int, layer_idx: int, past: int) -> tuple[int, int]:
+    """(kv_length, kv_offset) of ``layer_idx``'s keys for a call of ``query_length`` tokens.
+
+    ``past`` is how many tokens the layer cached before the call (used by the releases whose API
+    takes the call's cache positions instead of its length).
+    """
+    fn = cache.get_mask_sizes
+    first = next(iter(inspect.signature(fn).parameters))
+    if first == "cache_position":
+        arg: Any = torch.arange(past, past + query_length)
+    else:
+        arg = query_length
+    kv_length, kv_offset = fn(arg, layer_idx)
+    return int(kv_length), int(kv_offset)
+
+
+def call_rotary(rotary: Any, hidden: torch.Tensor, position_ids: torch.Tensor, layer_type: str | None):
+    """The rotary embedding module's (cos, sin) for ``position_ids`` (per layer type where it has one)."""
+    params = inspect.signature(rotary.forward).parameters
+    if layer_type is not None and "layer_type" in params:
+        return rotary(hidden, position_ids, layer_type)
+    return rotary(hidden, position_ids)
+
+
+def layer_hidden(args: tuple, kwargs: dict) -> torch.Tensor:
+    return args[0] if args else kwargs["hidden_states"]
+
+
+def with_layer_hidden(args: tuple, kwargs: dict, hidden: torch.Tensor) -> tuple[tuple, dict]:
+    if args:
+        return (hidden, *args[1:]), kwargs
+    return args, {**kwargs, "hidden_states": hidden}
+
+
+def output_hidden(output: Any) -> torch.Tensor:
+    """The hidden states a decoder layer or model returned (tensor, tuple or ModelOutput)."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, tuple):
+        return output[0]
+    return output.last_hidden_state
+
+
+# -- attention masks ---------------------------------------------------------------------------------------
+def valid_tokens(mask: Any, query_length: int, cache: Any, past: int,
+                 layer_type: str = "full_attention") -> torch.Tensor | None:
+    """[B, q] True where a token of the call is not padding, read from any mask form; None: all are.
+
+    A 4D mask (prepared by generate for static caches) is read on its diagonal: a token is padding
+    iff it may not see itself. A dict of masks per layer type (hybrid models) is read at
+    ``layer_type``, the type of layer 0: transformers sizes each mask on the first layer of its
+    type, and layer 0 is never compressed.
+    """
+    if isinstance(mask, dict):
+        mask = mask.get(layer_type, next(iter(mask.values()), None))
+    if mask is None:
+        return None
+    if isinstance(mask, torch.Tensor) and mask.ndim == 2:
+        return mask[:, -query_length:].bool()
+    if isinstance(mask, torch.Tensor) and mask.ndim == 4:
+        first = 0
+        if cache is not None and mask.shape[-1] != query_length:
+            first = past - mask_sizes(cache, query_length, 0, past)[1]  # column of the call's first token
+        i = torch.arange(query_length, device=mask.device)
+        diag = mask[:, 0, i, first + i]
+        return diag if diag.dtype == torch.bool else diag > torch.finfo(diag.dtype).min / 2
+    raise NotImplementedError(f"withdraw: attention masks of type {type(mask).__name__} are not supported")
+
+
+def format_mask(allowed: torch.Tensor, impl: str, dtype: torch.dtype, trivially_causal: bool,
+                key_valid: torch.Tensor | None = None) -> Any:
+    """``allowed`` [B, 1, q, kv] as the attention implementation ``impl`` takes it.
+
+    eager: additive float; sdpa: bool (None when the mask is plain causal, so sdpa's causal kernel
+    runs); flash attention: a [B, kv] key mask (its kernel applies causality itself): ``key_valid``
+    where given (fill keys excluded, though a fill query attends its own slot), else the keys any
+    query may attend.
+    """
+    if impl == "eager":
+        return torch.where(allowed, torch.zeros((), dtype=dtype, device=allowed.device), torch.finfo(dtype).min)
+    if impl == "sdpa":
+        return None if trivially_causal else allowed
+    if impl.startswith("flash_attention"):
+        keys = key_valid if key_valid is not None else allowed[:, 0].any(1)
+        return keys
+    raise NotImplementedError(f"withdraw: attention implementation {impl!r} is not supported; "
+                              f"use one of {', '.join(ATTENTION_IMPLEMENTATIONS)}")
+
+
+# -- compilation -------------------------------------------------------------------------------------------
+def compiled_parts(model: torch.nn.Module) -> list[str]:
+    """Names of the parts of ``model`` compiled with torch.compile (whose graphs ignore new hooks)."""
+    found = []
+    if getattr(model, "_compiled_call", None) is not None:
+        found.append("generate's compiled forward (model._compiled_call)")
+    for name, module in model.named_modules():
+        label = name or type(model).__name__
+        if getattr(module, "_compiled_call_impl", None) is not None:
+            found.append(f"{label} (Module.compile)")
+        forward = module.__dict__.get("forward")
+        if forward is not None and hasattr(forward, "_torchdynamo_orig_callable"):
+            found.append(f"{label}.forward (torch.compile)")
+    return found

@@ -1,0 +1,139 @@
+"""Layouts the family matrix does not reach: sliding windows shorter than the prompt, static caches,
+rows without padding but with different vision counts, returned hidden states, and what is refused."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from reference import reference_forward, reference_greedy, reference_logits
+from tiny import SUPPRESS, model_for, rows_for, sizes, text_positions
+from vtwctl.errors import VTWError
+from vtwctl.testing import IMAGE_ID, VIDEO_ID, tiny_inputs, tiny_model
+from vtwctl.withdraw import withdraw
+
+WINDOWED = ["gemma3", "mistral3", "cohere2_vision", "idefics2"]
+
+
+@pytest.mark.parametrize("impl", ["eager", "sdpa"])
+@pytest.mark.parametrize("family", WINDOWED)
+def test_sliding_window_shorter_than_the_prompt(family, impl):
+    """Window 6 on prompts of ~30 tokens: layers >= K keep a text-only window measured in original positions."""
+    model = model_for(family, impl, sliding_window=6)
+    x = tiny_inputs(model, rows_for(family))
+    text = text_positions(x)
+    wide = model_for(family, impl)  # the same weights with a window longer than the prompt
+    with torch.no_grad():
+        assert (model(**x).logits[text] - wide(**x).logits[text]).abs().max() > 1e-3  # the window matters
+    for k in (0, 3):
+        ref = reference_logits(model, x, k)
+        with torch.no_grad(), withdraw(model, k):
+            out = model(**x).logits
+        torch.testing.assert_close(out[text], ref[text], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("cache", ["dynamic", "static"])
+@pytest.mark.parametrize("family", ["gemma3", "mistral3"])
+def test_sliding_window_generation(family, cache):
+    """Decoding past the window with DynamicSlidingWindowLayer / StaticSlidingWindowLayer caches (it used to
+    raise NotImplementedError)."""
+    model = model_for(family, "sdpa", sliding_window=6)
+    x = tiny_inputs(model, rows_for(family))
+    ref = reference_greedy(model, x, 2, 6, suppress=SUPPRESS)
+    kw = {"cache_implementation": "static"} if cache == "static" else {}
+    with torch.no_grad(), withdraw(model, 2):
+        out = model.generate(**x, max_new_tokens=6, do_sample=False, suppress_tokens=SUPPRESS, **kw)[:, -6:]
+    assert torch.equal(out, ref)
+
+
+@pytest.mark.parametrize("k", [0, 2])
+@pytest.mark.parametrize("family", ["llava_next", "qwen2_vl", "gemma3", "paligemma"])
+def test_static_cache_generation(family, k):
+    """generate(cache_implementation="static") prepares 4D masks (a dict for Gemma 3); the engine reads the
+    padding from them and writes layers >= K at their own, shorter, positions."""
+    model = model_for(family)
+    x = tiny_inputs(model, rows_for(family))
+    ref = reference_greedy(model, x, k, 5, suppress=SUPPRESS)
+    with torch.no_grad(), withdraw(model, k):
+        out = model.generate(**x, max_new_tokens=5, do_sample=False, suppress_tokens=SUPPRESS,
+                             cache_implementation="static", return_dict_in_generate=True)
+    assert torch.equal(out.sequences[:, -5:], ref)
+    layers = out.past_key_values.layers
+    assert layers[k + 1].keys.shape[-2] == layers[0].keys.shape[-2]  # a static cache keeps its width
+
+
+@pytest.mark.parametrize("impl", ["eager", "sdpa"])
+def test_rows_without_padding_with_different_vision_counts(impl):
+    """No padding at all (sdpa gets no stock mask), but rows lose different numbers of vision tokens."""
+    model = model_for("llava_next", impl)
+    big, small = sizes("llava_next")
+    probe = tiny_inputs(model, [{"pre": 3, "post": 2, "image": big}, {"pre": 3, "post": 2, "image": small}])
+    n_big, n_small = ((probe["input_ids"] == IMAGE_ID).sum(1)).tolist()
+    x = tiny_inputs(model, [{"pre": 3, "post": 2, "image": big}, {"pre": 3, "post": 2 + n_big - n_small,
+                                                                  "image": small}])
+    assert bool(x["attention_mask"].all()) and n_big != n_small
+    text = text_positions(x)
+    ref = reference_logits(model, x, 2)
+    with torch.no_grad(), withdraw(model, 2):
+        out = model(**x).logits
+        gen = model.generate(**x, max_new_tokens=4, do_sample=False, suppress_tokens=SUPPRESS)[:, -4:]
+    torch.testing.assert_close(out[text], ref[text], atol=1e-4, rtol=1e-4)
+    assert torch.equal(gen, reference_greedy(model, x, 2, 4, suppress=SUPPRESS))
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen3_vl", "gemma3"])
+def test_hidden_states_come_back_in_the_stock_layout(family):
+    """output_hidden_states: every entry has the stock shape; text positions hold what the masked reference
+    computes, withdrawn positions of layers >= K are zero."""
+    model = model_for(family)
+    x = tiny_inputs(model, rows_for(family))
+    k = 2
+    text = text_positions(x)
+    withdrawn = ((x["input_ids"] == IMAGE_ID) | (x["input_ids"] == VIDEO_ID) | ~x["attention_mask"].bool())
+    ref = reference_forward(model, x, k, output_hidden_states=True).hidden_states
+    with torch.no_grad(), withdraw(model, k):
+        out = model(**x, output_hidden_states=True).hidden_states
+    assert len(out) == len(ref)
+    for i, (got, want) in enumerate(zip(out, ref)):
+        assert got.shape == want.shape
+        torch.testing.assert_close(got[text], want[text], atol=1e-4, rtol=1e-4, msg=f"hidden state {i}")
+        if i > k:  # outputs of layers >= K
+            assert float(got[withdrawn].abs().max()) == 0.0
+
+
+def test_refusals_are_one_clear_error():
+    llama4 = tiny_model("llama4")
+    with pytest.raises(VTWError, match="Llama 4 is not supported"):
+        with withdraw(llama4, 2):
+            pass
+    flex = tiny_model("llava", attn_implementation="flex_attention")
+    with pytest.raises(VTWError, match="flex_attention"):
+        with withdraw(flex, 2):
+            pass
+    flash = tiny_model("mistral3", sliding_window=6)
+    flash.config.get_text_config()._attn_implementation = "flash_attention_2"
+    with pytest.raises(VTWError, match="sliding window"):
+        with withdraw(flash, 2):
+            pass
+
+
+def test_a_family_without_an_entry_gets_the_generic_adapter():
+    """A family the adapters do not list, but whose config names its image token, works unchanged."""
+    from vtwctl.families import ADAPTERS, adapter_for
+
+    model = model_for("internvl")
+    saved = ADAPTERS.pop("internvl")
+    try:
+        adapter = adapter_for(model)
+        assert adapter.family == "internvl" and not adapter.tested and adapter.model_class is None
+        x = tiny_inputs(model, rows_for("internvl"))
+        text = text_positions(x)
+        ref = reference_logits(model, x, 2)
+        with torch.no_grad(), withdraw(model, 2):
+            out = model(**x).logits
+        torch.testing.assert_close(out[text], ref[text], atol=1e-4, rtol=1e-4)
+    finally:
+        ADAPTERS["internvl"] = saved
+    text_only = tiny_model("llava").model.language_model.config  # a text config: no vision token ids
+    with pytest.raises(ValueError, match="names no image/video token id"):
+        adapter_for(text_only)
