@@ -232,3 +232,17 @@ def test_rearrange_positions_match_renumbered_reference(family, batch):
     with torch.no_grad(), withdraw(model, 2, positions="rearrange"):
         g = model.generate(**x, max_new_tokens=4, do_sample=False, suppress_tokens=SUPPRESS)[:, -4:]
     assert torch.equal(g, g_ref)
+
+
+@pytest.mark.parametrize("family", ["llava", "llava_next"])  # (stock Qwen2-VL needs cache positions for this)
+def test_forward_without_a_cache_argument_then_a_decode_step(family):
+    """model(**x, use_cache=True) lets the language model create its cache inside the call; the next step
+    on that cache must continue the withdrawal (it once raised 'filled outside the block')."""
+    model, x = inputs_for(family)
+    with torch.no_grad(), withdraw(model, 2):
+        out = model(**x, use_cache=True)
+        nxt = out.logits[:, -1:].index_fill(-1, torch.tensor(SUPPRESS), float("-inf")).argmax(-1)  # no vision ids
+        step = model(input_ids=nxt, attention_mask=extend(x, nxt)["attention_mask"], use_cache=True,
+                     **cache_kwargs(model, cache_of(out))).logits[:, -1]
+    want = reference_logits(model, extend(x, nxt), 2)[:, -1]
+    torch.testing.assert_close(step, want, atol=1e-4, rtol=1e-4)

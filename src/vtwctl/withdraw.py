@@ -252,6 +252,9 @@ class Engine:
             raise RuntimeError("withdraw: a decoder layer ran outside the multimodal model's forward")
         hidden = compat.layer_hidden(args, kwargs)
         cache = compat.cache_from(kwargs)
+        if cache is not None and call.cache is None:  # a cache the language model created for this call
+            call.cache = cache
+            self.streams[cache] = call.stream
         if idx < self.start:  # K = 0: layer 0 on the full sequence, withdrawn keys masked
             if call.full_map is None:
                 q_all = self._full_q(call)
