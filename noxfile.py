@@ -1,4 +1,6 @@
-"""nox sessions: tests, lint, bench, tests-lmms. Each installs the pinned CPU torch wheel first."""
+"""nox sessions: tests, lint, bench, tests-lmms, tests-transformers-range, vllm.
+
+Each installs the pinned CPU torch wheel first."""
 
 from __future__ import annotations
 
@@ -21,6 +23,21 @@ def tests_slow(session: nox.Session) -> None:
     session.install(TORCH)
     session.install("-e", ".[dev]")
     session.run("python", "-m", "pytest", "-q", "-m", "slow", *session.posargs)
+
+
+TRANSFORMERS_RANGE = ("5.19.0", "5.24.0")  # oldest and newest supported (src/vtwctl/compat.py, pyproject.toml)
+ENGINE_TESTS = ("tests/test_withdraw.py", "tests/test_withdraw_layouts.py", "tests/test_plan.py",
+                "tests/test_calibrate.py", "tests/test_fastv.py", "tests/test_attention.py", "tests/test_methods.py",
+                "tests/test_flops.py")
+
+
+@nox.session(name="tests-transformers-range")
+@nox.parametrize("transformers", TRANSFORMERS_RANGE)
+def tests_transformers_range(session: nox.Session, transformers: str) -> None:
+    """The engine's tests on the oldest and the newest transformers release vtwctl supports."""
+    session.install(TORCH)
+    session.install("-e", ".[dev]", f"transformers=={transformers}")
+    session.run("python", "-m", "pytest", "-q", *ENGINE_TESTS, *session.posargs)
 
 
 @nox.session(name="tests-lmms")

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .compat import rotary_tables
 from .errors import VTWError
 from .families import adapter_for, vision_mask
 
@@ -108,7 +109,7 @@ class AttentionRecorder:
     def _pre(self, i):
         def hook(module, args, kwargs):
             hidden = args[0] if args else kwargs["hidden_states"]
-            cos, sin = kwargs["position_embeddings"]
+            cos, sin = rotary_tables(kwargs["position_embeddings"], self.model.config)
             mask = kwargs.get("attention_mask")
             row = None
             if isinstance(mask, torch.Tensor) and mask.ndim == 4:

@@ -18,7 +18,7 @@ import torch
 from .errors import VTWError
 
 # The releases the test suite runs on (nox -s "tests-transformers-range"): keep both ends tested.
-TRANSFORMERS_MIN = (5, 2, 0)
+TRANSFORMERS_MIN = (5, 19, 0)
 TRANSFORMERS_BELOW = (6, 0, 0)
 CACHE_KWARGS = ("cache", "past_key_values")
 # flex_attention is refused: the engine's per-call masks would need a BlockMask (or score_mod) per call,
@@ -124,6 +124,25 @@ def call_rotary(rotary: Any, hidden: torch.Tensor, position_ids: torch.Tensor, l
     if layer_type is not None and "layer_type" in params:
         return rotary(hidden, position_ids, layer_type)
     return rotary(hidden, position_ids)
+
+
+def rotary_tables(position_embeddings: Any, config: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (cos, sin) [B, S, D] a layer's attention applies, from the ``position_embeddings`` it receives.
+
+    Some releases hand Qwen2-VL's layers one table per M-RoPE component, [3, B, S, D], which the
+    attention interleaves by ``mrope_section``; later ones hand over the interleaved [B, S, D].
+    """
+    cos, sin = position_embeddings
+    if cos.ndim == 4:
+        cfg = text_config(config)
+        rope = getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {}
+        section = list(rope["mrope_section"]) * 2
+
+        def mix(t):
+            return torch.cat([m[i % 3] for i, m in enumerate(t.split(section, dim=-1))], dim=-1)
+
+        cos, sin = mix(cos), mix(sin)
+    return cos, sin
 
 
 def layer_hidden(args: tuple, kwargs: dict) -> torch.Tensor:

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from . import compat
 from .attention import last_query_attention, project, rotate
 from .errors import VTWError, check_k
 from .withdraw import Engine, active, check_supported, num_layers
@@ -48,7 +49,7 @@ class FastVEngine(Engine):
         if self.call is None or not bool(self.call.vision.any()):
             return
         hidden = args[0] if args else kwargs["hidden_states"]
-        cos, sin = kwargs["position_embeddings"]
+        cos, sin = compat.rotary_tables(kwargs["position_embeddings"], self.model.config)
         self.scores = last_token_attention(module, hidden, cos, sin, kwargs.get("attention_mask"))
 
     def select(self, call, hidden):

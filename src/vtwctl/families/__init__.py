@@ -97,11 +97,11 @@ def _locate(model: Any) -> tuple[Any, Any]:
     mm = None
     for depth in range(len(parts), -1, -1):  # the deepest module on the path that takes pixels
         cand = modules[".".join(parts[:depth])]
-        if "pixel_values" in inspect.signature(cand.forward).parameters:
+        if any(p.startswith("pixel_values") for p in inspect.signature(cand.forward).parameters):
             mm = cand
             break
     if mm is None:
-        raise TypeError(f"{type(model).__name__}: no module above its language model takes pixel_values")
+        raise TypeError(f"{type(model).__name__}: no module above its language model takes pixel inputs")
     _FOUND[model] = (mm, text)
     return mm, text
 

@@ -65,14 +65,21 @@ def tiny_model(family: str, attn_implementation: str = "sdpa", seed: int = 0, **
 
 def count_vision_tokens(model, pixels: dict, video: bool = False) -> int:
     """How many sequence positions the vision tower's output for ``pixels`` occupies."""
+    import inspect
+
     import torch
 
     from ..families import adapter_for
 
     mm = adapter_for(model).multimodal_model(model)
-    kw = {k: v for k, v in pixels.items() if ("video" in k) == video}
+    fn = mm.get_video_features if video else mm.get_image_features
+    params = list(inspect.signature(fn).parameters)
+    kw = {}
+    for key, val in pixels.items():
+        if ("video" in key) == video:  # the pixel argument's name differs across releases
+            kw[params[0] if key.startswith("pixel_values") and key not in params else key] = val
     with torch.no_grad():
-        out = mm.get_video_features(**kw) if video else mm.get_image_features(**kw)
+        out = fn(**kw)
     if not isinstance(out, (torch.Tensor, list, tuple)):
         pooled = getattr(out, "pooler_output", None)
         out = pooled if pooled is not None else out.last_hidden_state
@@ -90,6 +97,8 @@ def tiny_inputs(model, rows: list[dict] | None = None, padding: str = "left", se
     ``attention_mask`` marking padding and the family's token types. Vision tokens are exactly as
     many as the tower produces.
     """
+    import inspect
+
     import torch
 
     family = model.config.model_type
@@ -131,7 +140,7 @@ def tiny_inputs(model, rows: list[dict] | None = None, padding: str = "left", se
                 parts = [torch.nn.functional.pad(p, (0, w - p.shape[-1], 0, h - p.shape[-2])) for p in parts]
             out[key] = torch.cat(parts, 0)
     types = token_types(family, ids)
-    if types is not None:
+    if types is not None and types[0] in inspect.signature(model.forward).parameters:  # older releases lack some
         out[types[0]] = types[1]
     return out
 
