@@ -144,3 +144,29 @@ def test_resume_and_summary_count_every_id_once(tiny_dir, tmp_path):
     summary = evaluate(loaded, task, 2, limit=4, output=out)
     assert summary.samples == 4 and summary.new_samples == 1
     assert len(read_records(out)) == 3 + 2 + 1
+
+
+def test_decode_is_timed_step_by_step(demo_loaded):
+    """Decode per token is the median of stamped step durations (one stamp per generated token), not a
+    difference of medians: positive whatever the load, one value per repeat, the repeats recorded."""
+    from vtwctl import tasks
+    from vtwctl.measure import Stat, _step_clock, measure_many, spread
+
+    s = tasks.get("shapes").load("test", 1)[0]
+    x = demo_loaded.build_inputs(s.prompt, images=s.images)
+    clock = _step_clock(cuda=False)
+    from transformers import StoppingCriteriaList
+
+    with torch.inference_mode():
+        demo_loaded.model.generate(**x, max_new_tokens=6, min_new_tokens=6, do_sample=False,
+                                   stopping_criteria=StoppingCriteriaList([clock]))
+    assert len(clock.marks) == 6 and len(clock.steps()) == 5 and all(d > 0 for d in clock.steps())
+    ms = measure_many(demo_loaded, x, [("baseline", None), ("vtw", 4)], max_new_tokens=6, warmup=0, repeats=2,
+                      max_repeats=2, target_spread=0.0)
+    for m in ms:
+        assert m.repeats == 2 and len(m.decode.samples) == 2 and m.decode_s_per_token > 0
+        assert m.decode_s_per_token == m.decode.median and isinstance(m.stable, bool)
+    # with target 0 the spread can only be met by identical repeats: said, not hidden
+    every = all(spread(m.prefill) <= 0 and spread(m.decode) <= 0 for m in ms)
+    assert all(m.stable == every for m in ms)
+    assert spread(Stat.of([1.0, 2.0, 3.0])) == pytest.approx(1.0)  # (p90 - p10) / median by hand: (3 - 1) / 2

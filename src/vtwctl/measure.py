@@ -1,7 +1,12 @@
 """Latency and memory as a protocol: warm-up, repeats, median and spread, prefill and decode apart.
 
 Prefill (time to first token) is timed as ``generate(max_new_tokens=1)``; end-to-end as
-``generate(max_new_tokens=T, min_new_tokens=T)``; decode per token is their difference over T-1.
+``generate(max_new_tokens=T, min_new_tokens=T)``. Decode is timed directly, step by step: a stopping
+criterion stamps the end of every generated token (a CUDA event on GPU, no synchronisation), and a
+repeat's decode time per token is the median of its T-1 step durations, so it is never a difference
+of medians and never non-positive. Repeats continue (up to ``max_repeats``) until the relative spread
+(p90 - p10) / median of prefill and decode is at most ``target_spread``; ``stable`` says whether it got
+there.
 On CUDA every timed region is bracketed by CUDA events after a synchronisation; on CPU it is wall
 time with the thread count recorded in the environment. Memory: on CUDA the peak allocated during
 one end-to-end run minus what was allocated before it (the model and inputs: Table 4's "per sample
@@ -45,6 +50,8 @@ class Measurement:
     prefill: Stat
     total: Stat
     decode_s_per_token: float
+    decode: Stat  # per repeat: the median duration of its decode steps
+    stable: bool  # the spread of prefill and decode reached target_spread
     kv_cache_bytes_prefill: int
     kv_cache_bytes_end: int
     peak_memory_bytes: int | None
@@ -101,6 +108,39 @@ class _Timer:
         t = time.perf_counter()
         fn()
         return time.perf_counter() - t
+
+
+def _step_clock(cuda: bool):
+    """A stopping criterion that stamps the end of every generation step and never stops generation."""
+    import torch
+    from transformers import StoppingCriteria
+
+    class StepClock(StoppingCriteria):
+        def __init__(self):
+            self.marks: list = []
+
+        def __call__(self, input_ids, scores, **kwargs):
+            if cuda:
+                ev = torch.cuda.Event(enable_timing=True)
+                ev.record()
+                self.marks.append(ev)
+            else:
+                self.marks.append(time.perf_counter())
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+        def steps(self) -> list[float]:
+            """Durations of the decode steps (between consecutive token stamps), in seconds."""
+            if cuda:
+                torch.cuda.synchronize()
+                return [a.elapsed_time(b) / 1000.0 for a, b in zip(self.marks, self.marks[1:])]
+            return [b - a for a, b in zip(self.marks, self.marks[1:])]
+
+    return StepClock()
+
+
+def spread(stat: Stat) -> float:
+    """(p90 - p10) / median, the relative spread of a measured duration (inf for a zero median)."""
+    return (stat.p90 - stat.p10) / stat.median if stat.median > 0 else float("inf")
 
 
 @contextlib.contextmanager
@@ -186,17 +226,21 @@ def nvml_used_bytes(device) -> int | None:
 
 def measure(loaded, inputs: dict, method: str = "baseline", k: int | None = None, fastv_k: int = 2,
             fastv_ratio: float = 0.5, max_new_tokens: int = 16, warmup: int = 1, repeats: int = 5,
-            positions: str = "keep") -> Measurement:
+            positions: str = "keep", max_repeats: int | None = None, target_spread: float = 0.1) -> Measurement:
     """Time and size one method on ``inputs`` (see the module docstring for the protocol)."""
     return measure_many(loaded, inputs, [(method, k)], fastv_k, fastv_ratio, max_new_tokens, warmup, repeats,
-                        positions)[0]
+                        positions, max_repeats=max_repeats, target_spread=target_spread)[0]
 
 
 def measure_many(loaded, inputs: dict, plans: list[tuple[str, int | None]], fastv_k: int = 2,
                  fastv_ratio: float = 0.5, max_new_tokens: int = 16, warmup: int = 1, repeats: int = 5,
-                 positions: str = "keep", progress=None, seed: int = 0) -> list[Measurement]:
+                 positions: str = "keep", progress=None, seed: int = 0, max_repeats: int | None = None,
+                 target_spread: float = 0.1) -> list[Measurement]:
     """Measure several (method, k) plans side by side: repeats are interleaved round-robin, so load
-    changes on the machine hit every plan alike; memory and KV bytes are read once per plan."""
+    changes on the machine hit every plan alike; memory and KV bytes are read once per plan.
+
+    After ``repeats`` rounds, more rounds run (up to ``max_repeats``, default 3x ``repeats``) while any
+    plan's prefill or decode spread is above ``target_spread``."""
     import torch
 
     model = loaded.model
@@ -213,26 +257,46 @@ def measure_many(loaded, inputs: dict, plans: list[tuple[str, int | None]], fast
     def prefill():
         model.generate(**inputs, max_new_tokens=1, **gen_kw)
 
-    def full():
-        model.generate(**inputs, max_new_tokens=t, min_new_tokens=t, **gen_kw)
+    cuda = getattr(loaded.device, "type", str(loaded.device)) == "cuda"
+    clock = [None]
 
+    def full():
+        from transformers import StoppingCriteriaList
+
+        clock[0] = _step_clock(cuda)
+        model.generate(**inputs, max_new_tokens=t, min_new_tokens=t, stopping_criteria=StoppingCriteriaList([clock[0]]),
+                       **gen_kw)
+
+    limit = max(repeats, max_repeats if max_repeats is not None else 3 * repeats)
     pre: list[list[float]] = [[] for _ in plans]
     tot: list[list[float]] = [[] for _ in plans]
+    dec: list[list[float]] = [[] for _ in plans]
     steps, done = len(plans) * (repeats + 1), 0
+
+    def settled() -> bool:
+        return all(spread(Stat.of(p)) <= target_spread and spread(Stat.of(d)) <= target_spread
+                   for p, d in zip(pre, dec))
     with torch.inference_mode():
         for plan in plans:
             with ctx(plan):
                 for _ in range(warmup):
                     prefill()
                     full()
-        for _ in range(repeats):
+        rounds = 0
+        while rounds < repeats or (rounds < limit and not settled()):
+            if rounds >= repeats:
+                steps += len(plans)
             for i, plan in enumerate(plans):
                 with ctx(plan):
                     pre[i].append(timer(prefill))
                     tot[i].append(timer(full))
+                    durations = clock[0].steps()
+                    dec[i].append(statistics.median(durations) if durations else float("nan"))
                 done += 1
                 if progress:
                     progress(done, steps)
+            rounds += 1
+        stable = settled()
         out = []
         for i, plan in enumerate(plans):
             with ctx(plan):
@@ -241,12 +305,12 @@ def measure_many(loaded, inputs: dict, plans: list[tuple[str, int | None]], fast
             if progress:
                 progress(done, steps)
             method, k = plan
-            pre_s, tot_s = Stat.of(pre[i]), Stat.of(tot[i])
+            pre_s, tot_s, dec_s = Stat.of(pre[i]), Stat.of(tot[i]), Stat.of(dec[i])
             out.append(Measurement(
                 method=method, k=k if method != "fastv" else fastv_k, new_tokens=t, prefill=pre_s, total=tot_s,
-                decode_s_per_token=max(0.0, (tot_s.median - pre_s.median) / (t - 1)),
+                decode_s_per_token=dec_s.median, decode=dec_s, stable=stable,
                 kv_cache_bytes_prefill=kv_prefill, kv_cache_bytes_end=kv_end, peak_memory_bytes=peak,
-                device_memory_used_bytes=used, warmup=warmup, repeats=repeats))
+                device_memory_used_bytes=used, warmup=warmup, repeats=rounds))
     return out
 
 

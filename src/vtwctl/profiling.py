@@ -177,8 +177,9 @@ def measured_rows(loaded, inputs: dict, ks: list[int], fastv_k: int = 2, fastv_r
                             total_s=m.total.median, peak_memory_bytes=m.peak_memory_bytes,
                             kv_cache_bytes=m.kv_cache_bytes_end, kv_cache_bytes_prefill=m.kv_cache_bytes_prefill,
                             device_memory_used_bytes=m.device_memory_used_bytes,
-                            spread={"prefill": asdict(m.prefill), "total": asdict(m.total), "repeats": repeats,
-                                    "warmup": warmup}))
+                            spread={"prefill": asdict(m.prefill), "total": asdict(m.total),
+                                    "decode_per_token": asdict(m.decode), "repeats": m.repeats, "warmup": warmup,
+                                    "stable": m.stable}))
     base = _flops(dims, "exact" if method == "counted" else method, vision, text, count=count,
                   decode_tokens=decode) / 1e12
     if "stock" in rows:

@@ -247,6 +247,12 @@ def _render(console, report) -> None:
                   _fmt_s(r.prefill_s), _fmt_s(r.decode_s_per_token), _fmt_s(r.total_s),
                   _fmt_bytes(r.peak_memory_bytes), _fmt_bytes(r.kv_cache_bytes))
     console.print(t)
+    shaky = [r for r in _table_rows(report) if r.spread and r.spread.get("stable") is False]
+    if shaky:
+        n = shaky[0].spread.get("repeats")
+        console.print(f"[yellow]timings unsteady: after {n} repeats the spread (p90 - p10) / median of prefill or "
+                      "decode is still above 10 % (a busy machine?); the medians are shown, the spread is in "
+                      "--json[/yellow]")
     if report.calibrations:
         recs = ", ".join(f"{c.get('dataset')}: K={c.get('k')} (η={c.get('eta')})" for c in report.calibrations[-6:])
         console.print(f"[dim]calibration records: {recs}[/dim]")
