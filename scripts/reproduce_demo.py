@@ -66,7 +66,7 @@ def main(out: str = "docs/reproduce_demo.json") -> None:
     for name, loaded in (("hf", m), ("paper", paper)):
         rep = attention_stats(loaded, pairs, 4, None)
         res[f"attention_{name}"] = {"by_layer": rep.by_layer(), "by_token": rep.by_token()}
-    from vtwctl.profiling import measured_rows
+    from vtwctl.costs import measured_rows
 
     sample = task.load("test", 1)[0]
     inputs = m.build_inputs(sample.prompt, images=sample.images)

@@ -6,29 +6,29 @@ from __future__ import annotations
 import json
 
 from console import batch, script
-from vtwctl import profiles
+from vtwctl import records
 
 
 def _store(tmp_path, model, recs):
     for r in recs:
-        profiles.save_record(model, r, tmp_path)
+        records.save_record(model, r, tmp_path)
     return tmp_path / f"{model}.json"
 
 
 def test_one_resolver(tmp_path):
     # shipped llava-1.5-7b: sqa records (paper Table 5, K=15 at its default eta 0.003) and "*" (K=16)
-    assert profiles.auto_k("llava-1.5-7b", None, tmp_path)["k"] == 16
-    assert profiles.auto_k("llava-1.5-7b", "sqa", tmp_path)["k"] == 15
-    assert profiles.auto_k("llava-1.5-7b", "pope", tmp_path)["k"] == 16
+    assert records.auto_k("llava-1.5-7b", None, tmp_path)["k"] == 16
+    assert records.auto_k("llava-1.5-7b", "sqa", tmp_path)["k"] == 15
+    assert records.auto_k("llava-1.5-7b", "pope", tmp_path)["k"] == 16
     path = _store(tmp_path, "llava-1.5-7b", [{"dataset": "pope", "eta": 0.003, "k": 9, "date": "1"},
                                             {"dataset": "sqa", "eta": 0.003, "k": 11, "date": "2"}])
     # the user's fresh calibration wins over the shipped "*" record for a single prompt (it did not)
-    rec = profiles.auto_k("llava-1.5-7b", None, tmp_path)
+    rec = records.auto_k("llava-1.5-7b", None, tmp_path)
     assert rec["k"] == 11 and rec["origin"] == str(path)
-    assert profiles.auto_k("llava-1.5-7b", "pope", tmp_path)["k"] == 9
-    assert profiles.auto_k("llava-1.5-7b", "mme", tmp_path)["k"] == 16  # no user record for mme: shipped "*"
-    assert profiles.auto_k("llava-1.5-7b", "mme", tmp_path)["origin"] == "shipped profile llava-1.5-7b"
-    assert profiles.auto_k("some/model", None, tmp_path) is None
+    assert records.auto_k("llava-1.5-7b", "pope", tmp_path)["k"] == 9
+    assert records.auto_k("llava-1.5-7b", "mme", tmp_path)["k"] == 16  # no user record for mme: shipped "*"
+    assert records.auto_k("llava-1.5-7b", "mme", tmp_path)["origin"] == "shipped profile llava-1.5-7b"
+    assert records.auto_k("some/model", None, tmp_path) is None
 
 
 def test_commands_share_the_rule_and_say_which_record(tmp_path):

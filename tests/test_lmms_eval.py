@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vtwctl import profiles
+from vtwctl import records
 from vtwctl.errors import VTWError
 from vtwctl.lmms_eval_args import (
     apply_until,
@@ -97,7 +97,7 @@ def test_k_auto_from_the_shipped_demo_record():
 def test_k_auto_per_task_with_fallback_and_eta(tmp_path):
     for rec in ({"dataset": "mme", "k": 5, "eta": 0.003}, {"dataset": "mme", "k": 9, "eta": 0.001},
                 {"dataset": "*", "k": 7}, {"dataset": "pope", "k": None}):
-        profiles.save_record("my-vlm", rec, tmp_path)
+        records.save_record("my-vlm", rec, tmp_path)
     opts = parse_model_args({"k": "auto", "profile_dir": str(tmp_path)})
     assert resolve_k(opts, "my-vlm", 12, "mme")[0] == 9  # the newest record for the task
     assert resolve_k(parse_model_args({"k": "auto", "profile_dir": str(tmp_path), "eta": 0.003}),

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from console import assert_one_line, batch, script
-from vtwctl import profiles
+from vtwctl import records
 
 BIG = ["--model", "llava-1.5-7b"]
 
@@ -83,9 +83,9 @@ def test_everything_is_checked_before_the_model_loads(bad_places):
 
 _SAVER = r"""
 import sys
-from vtwctl import profiles
+from vtwctl import records
 for i in range(int(sys.argv[2])):
-    profiles.save_record("m", {"dataset": "d", "k": i, "eta": 0.003, "writer": sys.argv[3]}, sys.argv[1])
+    records.save_record("m", {"dataset": "d", "k": i, "eta": 0.003, "writer": sys.argv[3]}, sys.argv[1])
 """
 
 
@@ -100,15 +100,15 @@ def test_concurrent_saves_lose_nothing_and_keep_valid_json(tmp_path):
 
 def test_identical_calibrations_are_one_record(tmp_path):
     rec = {"dataset": "shapes", "eta": 0.003, "k": 4, "kl": {"4": 0.001}, "samples": 20, "date": "2026-01-01"}
-    profiles.save_record("m", rec, tmp_path)
-    profiles.save_record("m", dict(rec, date="2026-02-02", versions={"torch": "x"}), tmp_path)
-    profiles.save_record("m", dict(rec, eta=0.004), tmp_path)  # another threshold: another record
-    recs = profiles.user_records("m", tmp_path)
+    records.save_record("m", rec, tmp_path)
+    records.save_record("m", dict(rec, date="2026-02-02", versions={"torch": "x"}), tmp_path)
+    records.save_record("m", dict(rec, eta=0.004), tmp_path)  # another threshold: another record
+    recs = records.user_records("m", tmp_path)
     assert [(r["eta"], r["date"]) for r in recs] == [(0.003, "2026-02-02"), (0.004, "2026-01-01")]
 
 
 def test_store_files_are_strict_json(tmp_path):
-    profiles.save_record("m", {"dataset": "d", "k": 1, "eta": 0.003, "kl": {"1": float("nan")}}, tmp_path)
+    records.save_record("m", {"dataset": "d", "k": 1, "eta": 0.003, "kl": {"1": float("nan")}}, tmp_path)
     text = (tmp_path / "m.json").read_text()
 
     def refuse(name):
@@ -122,7 +122,7 @@ def test_a_failed_save_after_calibrating_still_prints_the_result(tiny_dir, tmp_p
     site = tmp_path / "site"
     site.mkdir()
     (site / "sitecustomize.py").write_text(
-        "import vtwctl.profiles as p\n"
+        "import vtwctl.records as p\n"
         "def save_record(*a, **k):\n    raise OSError(28, 'No space left on device')\n"
         "p.save_record = save_record\n")
     res = script("calibrate", "--model", tiny_dir, "--k-min", "3", "--samples", "1", "--profile-dir", tmp_path,

@@ -150,7 +150,7 @@ def dataset_for_task(task: str) -> str | None:
 
 def resolve_k(opts: Options, model_name: str, num_layers: int, task: str) -> tuple[int | None, str]:
     """(K for ``task``, or None for the stock model; where it came from). FastV: its own layer."""
-    from .profiles import k_for
+    from .records import k_for
 
     if opts.method == "baseline" or opts.k == "none":
         return None, "stock model"

@@ -72,7 +72,7 @@ def calibrate(
     json_out: bool = JSON,
 ) -> None:
     """Choose K: the first layer whose mean KL(P_vtw || P_base) over a small subset is below eta."""
-    from .. import preflight, profiles, tasks
+    from .. import preflight, records, tasks
     from ..calibrate import calibrate as run_calibration
     from ..calibrate import to_records
     from ..errors import VTWError
@@ -94,7 +94,7 @@ def calibrate(
     if accuracy:
         preflight.check_data(task, split, data_dir, need=accuracy, what="--accuracy")
     name = model_name(model)
-    store_file = profiles.check_store(name, profile_dir, write=save)
+    store_file = records.check_store(name, profile_dir, write=save)
     check_file_target(plot, "plot")
     check_device(device)
     loaded = load_model(model, device, dtype, attn_implementation, trust_remote_code, prompt_style)
@@ -114,7 +114,7 @@ def calibrate(
     if save:
         try:
             for r in to_records(result, loaded.source):
-                saved = profiles.save_record(loaded.name, r, profile_dir)
+                saved = records.save_record(loaded.name, r, profile_dir)
         except (VTWError, OSError) as exc:  # the store changed under us: keep the result on screen
             failed.append(f"the calibration record could not be saved to {store_file}: {_reason(exc)}")
             saved = None

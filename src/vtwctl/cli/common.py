@@ -136,9 +136,9 @@ def record_summary(rec: dict | None) -> dict | None:
 
 
 def auto_k(name: str, dataset: str | None, profile_dir, num_layers: int, console) -> tuple[int | None, dict | None]:
-    """``--k auto``: K from the one resolver (profiles.auto_k), said on stderr; (None, None) if no record."""
+    """``--k auto``: K from the one resolver (records.auto_k), said on stderr; (None, None) if no record."""
     from ..errors import VTWError
-    from ..profiles import auto_k as find_record
+    from ..records import auto_k as find_record
 
     rec = find_record(name, dataset, profile_dir)
     if rec is None:

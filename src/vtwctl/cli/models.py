@@ -29,7 +29,7 @@ def models(
 ) -> None:
     """List the models known by short name (profiles/) and every model of your calibration records,
     with dimensions and K records (shipped and yours)."""
-    from .. import profiles
+    from .. import profiles, records
 
     if families:
         _families(json_out)
@@ -38,18 +38,18 @@ def models(
     rows = []
     for n in profiles.names():
         prof = dict(profiles.get(n))
-        prof["user_calibrations"] = profiles.user_records(n, profile_dir)
+        prof["user_calibrations"] = records.user_records(n, profile_dir)
         rows.append(prof)
-    for n in profiles.user_models(profile_dir):  # your records of models that are not shipped profiles
+    for n in records.user_models(profile_dir):  # your records of models that are not shipped profiles
         if profiles.find(n) is None:
             rows.append({"name": n, "hub_id": None, "family": None, "text": None, "vision": None, "calibrations": [],
-                         "user_calibrations": profiles.user_records(n, profile_dir)})
+                         "user_calibrations": records.user_records(n, profile_dir)})
     if json_out:
         emit_json(rows)
         return
     from rich.table import Table
 
-    table = Table(title=f"known models (your records: {profiles.user_dir(profile_dir)})")
+    table = Table(title=f"known models (your records: {records.user_dir(profile_dir)})")
     for col in ("name", "hub id", "family", "layers", "hidden", "heads/kv", "vision tokens", "shipped K", "your K"):
         table.add_column(col)
     for p in rows:

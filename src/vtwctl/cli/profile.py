@@ -82,12 +82,13 @@ def profile(
     json_out: bool = JSON,
 ) -> None:
     """TFLOPs (Eq. 1, exact, counted), prefill/decode latency, peak memory and KV bytes: baseline, VTW, FastV."""
+    from ..costs import FASTV_PRESETS, FLOP_METHODS, ROWS, ProfileReport, flops_rows, measured_rows
     from ..env import environment
     from ..errors import VTWError
     from ..files import check_file_target
     from ..methods import canonical
-    from ..profiles import check_store, find, records
-    from ..profiling import FASTV_PRESETS, FLOP_METHODS, ROWS, ProfileReport, flops_rows, measured_rows
+    from ..profiles import find
+    from ..records import check_store, records
 
     console = stderr_console()
     if method in FLOP_METHODS:  # the old meaning of --method

@@ -80,10 +80,10 @@ def run(
     json_out: bool = JSON,
 ) -> None:
     """Answer one prompt about an image (or video), with VTW at layer K or without it."""
+    from ..costs import FASTV_PRESETS
     from ..errors import VTWError
     from ..media import read_image, read_video
     from ..methods import canonical
-    from ..profiling import FASTV_PRESETS
 
     method = "stock" if no_withdraw else canonical(method)
     if fastv_preset not in FASTV_PRESETS:
@@ -103,7 +103,7 @@ def run(
     if dataset is not None:
         if image is not None or video is not None or prompt is not None or example is not None:
             raise VTWError("--dataset brings its own inputs: drop --image/--video/--prompt/--example")
-        from .bench_run import run_dataset
+        from .evaluate import run_dataset
 
         run_dataset(model=model, dataset=dataset, split=split, limit=limit, batch_size=batch_size, output=output,
                     shard=shard, image_mode=image_mode, data_dir=data_dir, k=k, no_withdraw=no_withdraw,
@@ -142,7 +142,7 @@ def run(
     vid = read_video(video, frames) if video is not None else None
     name = model_name(model)
     if k in (None, "auto") and not no_withdraw:
-        from ..profiles import check_store
+        from ..records import check_store
 
         check_store(name, profile_dir)
     check_device(device)

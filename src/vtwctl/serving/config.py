@@ -23,11 +23,11 @@ def choose_record(model: str, dataset: str | None = None, eta: float | None = No
     With ``dataset``: the newest record for it (and ``eta`` if given). Without: the newest
     record calibrated on every task (``dataset == "*"``), else the newest record.
     """
-    from .. import profiles
+    from .. import records
 
     if dataset is not None:
-        return profiles.k_for(model, dataset, eta, profile_dir)
-    recs = [r for r in profiles.records(model, profile_dir) if r.get("k") is not None]
+        return records.k_for(model, dataset, eta, profile_dir)
+    recs = [r for r in records.records(model, profile_dir) if r.get("k") is not None]
     if eta is not None:
         recs = [r for r in recs if r.get("eta") is None or abs(float(r["eta"]) - eta) <= 1e-12]
     if not recs:

@@ -45,7 +45,7 @@ def run_dataset(*, model, dataset, split, limit, batch_size, output, shard, imag
     from ..errors import VTWError
     from ..evaluate import IMAGE_MODES, distributed_context, evaluate, merge, parse_shard, select
     from ..methods import canonical
-    from ..profiles import check_store
+    from ..records import check_store
     from ..results import check_target, locked
 
     task = tasks.get(dataset)

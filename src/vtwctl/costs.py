@@ -1,4 +1,4 @@
-"""``vtwctl profile`` as a library: TFLOPs and measured cost of baseline vs VTW vs FastV rows.
+"""The cost of VTW as ``vtwctl profile`` shows it: TFLOPs and measured rows of baseline vs VTW vs FastV.
 
 ``flops_rows`` needs no weights (dimensions from a profile or a config); ``measured_rows`` runs the
 real model through the measurement protocol of ``measure.py`` and adds the FLOPs of each row.
