@@ -155,9 +155,7 @@ def resolve_k(opts: Options, model_name: str, num_layers: int, task: str) -> tup
     if opts.method == "baseline" or opts.k == "none":
         return None, "stock model"
     if opts.method == "fastv":
-        if not 1 <= int(opts.k) <= num_layers:
-            raise VTWError(f"FastV k={opts.k} is out of range: the model has {num_layers} decoder layers, "
-                           f"so k must be in 1..{num_layers}")
+        check_k(int(opts.k), num_layers, lo=1, what="FastV k")
         return int(opts.k), f"FastV at layer {opts.k}, ratio {opts.ratio}"
     if opts.k != "auto":
         check_k(int(opts.k), num_layers)

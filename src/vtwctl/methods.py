@@ -25,6 +25,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import nn
 
+from .errors import check_k
 from .withdraw import Engine, active, num_layers
 
 METHODS = ("stock", "vtw", "vtw-random", "rand", "fastv")
@@ -98,8 +99,7 @@ class RandEngine(Engine):
 def rand_drop(model: nn.Module, k: int, seeds: Sequence[int], positions: str = "keep") -> Iterator[RandEngine]:
     """Rand inside the block: one seed per batch row."""
     n = num_layers(model)
-    if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= n:
-        raise ValueError(f"K={k!r} is out of range: the model has {n} decoder layers, so K must be in 0..{n}")
+    check_k(k, n)
     engine = RandEngine(model, k, seeds, positions)
     with active(model, engine, install=k < n):
         yield engine

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import VTWError
+from ..errors import VTWError, check_k
 
 CONFIG_KEYS = ("vtw_k", "vtw_dataset", "vtw_eta", "vtw_model", "vtw_profile_dir")
 SUPPORTED_BACKENDS = ("CPU_ATTN",)
@@ -50,9 +50,7 @@ def parse_k(value: Any, num_layers: int) -> int | str | None:
         k = int(value)
     else:
         raise bad
-    if not 0 <= k <= num_layers:
-        raise VTWError(f"vtw_k={k} is out of range: the model has {num_layers} decoder layers, "
-                       f"so K must be in 0..{num_layers}")
+    check_k(k, num_layers, what="vtw_k")
     return k
 
 
