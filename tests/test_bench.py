@@ -1,0 +1,42 @@
+"""bench/gpu.sh: the CPU dry run of the Table 4 script (demo model), and its refusal without a GPU."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _env(tmp_path, path: str) -> dict:
+    return {**os.environ, "OUT": str(tmp_path / "t4.json"), "PATH": path}
+
+
+def test_gpu_script_dry_run_writes_table4(tmp_path):
+    bindir = str(Path(sys.executable).parent)
+    res = subprocess.run(["bash", "bench/gpu.sh", "--dry-run"], cwd=ROOT, capture_output=True, text=True,
+                         env=_env(tmp_path, f"{bindir}:{os.environ['PATH']}"), timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    d = json.loads((tmp_path / "t4.json").read_text())
+    assert d["benchmark"] == "table4" and d["samples"] == 2 and d["model"] == "demo"
+    assert set(d["table"]) == {"baseline", "fastv", "vtw"} and d["env"]["versions"]["torch"]
+    base, vtw = d["table"]["baseline"], d["table"]["vtw"]
+    assert vtw["k"] == 4 and len(d["per_sample"]["vtw"]) == 2
+    # VTW at K=4 of 8 layers: fewer FLOPs and a smaller cache than the stock model, on every sample
+    for b, v in zip(d["per_sample"]["baseline"], d["per_sample"]["vtw"]):
+        assert v["tflops"] < b["tflops"] and v["kv_cache_bytes"] < b["kv_cache_bytes"]
+        assert b["decode_s_per_token"] > 0 and v["decode_s_per_token"] > 0
+    assert vtw["ratio"]["kv_cache_bytes"] == vtw["kv_cache_bytes"] / base["kv_cache_bytes"]
+
+
+def test_gpu_script_without_a_gpu_says_so(tmp_path):
+    if shutil.which("nvidia-smi"):
+        return  # a GPU machine: the real run is not a test
+    res = subprocess.run(["bash", "bench/gpu.sh"], cwd=ROOT, capture_output=True, text=True,
+                         env=_env(tmp_path, os.environ["PATH"]), timeout=60)
+    assert res.returncode == 2 and res.stderr.strip().count("\n") == 0, res.stderr
+    assert "no NVIDIA GPU" in res.stderr and "--dry-run" in res.stderr
