@@ -246,3 +246,45 @@ def test_forward_without_a_cache_argument_then_a_decode_step(family):
                      **cache_kwargs(model, cache_of(out))).logits[:, -1]
     want = reference_logits(model, extend(x, nxt), 2)[:, -1]
     torch.testing.assert_close(step, want, atol=1e-4, rtol=1e-4)
+
+
+def _host_reads(fn) -> int:
+    """How many times ``fn`` reads a tensor's value on the host (bool/int/float/item/tolist: a device sync)."""
+    counts = [0]
+    names = ("__bool__", "__int__", "__float__", "__index__", "item", "tolist")
+    saved = {n: getattr(torch.Tensor, n) for n in names}
+
+    def wrap(orig):
+        def f(self, *a, **k):
+            counts[0] += 1
+            return orig(self, *a, **k)
+        return f
+
+    try:
+        for n, orig in saved.items():
+            setattr(torch.Tensor, n, wrap(orig))
+        fn()
+    finally:
+        for n, orig in saved.items():
+            setattr(torch.Tensor, n, orig)
+    return counts[0]
+
+
+@pytest.mark.parametrize("impl,extra", [("eager", 0), ("sdpa", 1)])
+def test_a_decode_step_adds_at_most_the_sdpa_mask_check(impl, extra):
+    """Issue 19: no host-device synchronisation per decode step from the engine, except sdpa's one check
+    whether the step's mask is plain causal (which the stock mask code makes too). Counted against the
+    stock model's own decode step on the same cache length."""
+    model, x = inputs_for("llava", impl)
+
+    def step(k):
+        with torch.no_grad(), withdraw(model, k):
+            out = model(**x, use_cache=True)
+            nxt = out.logits[:, -1:].index_fill(-1, torch.tensor(SUPPRESS), float("-inf")).argmax(-1)
+            kw = dict(input_ids=nxt, attention_mask=extend(x, nxt)["attention_mask"], use_cache=True,
+                      **cache_kwargs(model, cache_of(out)))
+            return _host_reads(lambda: model(**kw))
+
+    n = len(model.model.language_model.layers)
+    stock, vtw = step(n), step(2)
+    assert vtw - stock <= extra, (stock, vtw)
