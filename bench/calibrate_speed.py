@@ -85,9 +85,58 @@ def main(layers: int = 16, hidden: int = 768, text: int = 66, k_min: int = 5, re
         "naive_bound_in_prefills": naive_bound,
         "speedup_vs_naive": statistics.median(slow) / statistics.median(fast),
         "llava_1_5_7b_bound_in_prefills": 1 + sum((32 - k) * 66 for k in range(5, 32)) / (32 * 642),
+        "batched": batched(model, x, k_min, bound, repeats),
+        "end_to_end": end_to_end(repeats),
         "env": environment(),
     }
     return result
+
+
+def batched(model, x: dict, k_min: int, bound: float, repeats: int, sizes=(1, 4, 16)) -> dict:
+    """calibrate --batch-size B: the batched sweep (sweep_batch) in units of the same batch's stock prefill,
+    against the same token-layer bound (equal rows, so the bound per row is the bound of the batch)."""
+    from vtwctl.calibrate import sweep_batch
+
+    out = {}
+    for b in sizes:
+        xb = {key: torch.cat([val] * b) for key, val in x.items()}
+        with torch.no_grad():
+            t = interleaved({"prefill": lambda xb=xb: model(**xb, use_cache=False, logits_to_keep=1),
+                             "sweep": lambda xb=xb: sweep_batch(model, xb, k_min)}, repeats)
+        unit = statistics.median(t["prefill"])
+        out[str(b)] = {"prefill_s": unit, "sweep_s": statistics.median(t["sweep"]),
+                       "sweep_in_prefills": statistics.median(t["sweep"]) / unit,
+                       "sweep_over_bound": statistics.median(t["sweep"]) / unit / bound,
+                       "samples": {"prefill": t["prefill"], "sweep": t["sweep"]}}
+    return out
+
+
+def end_to_end(repeats: int, samples: int = 20, sizes=(1, 4)) -> dict:
+    """``vtwctl calibrate`` (demo model, 20 validation samples) against a one-token ``vtwctl run --dataset``
+    over 20 validation samples, with the same --batch-size; both through the console script, interleaved."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    exe = shutil.which("vtwctl")
+    out = {}
+    for b in sizes:
+        with tempfile.TemporaryDirectory() as tmp:
+            def cal(b=b, tmp=tmp):
+                subprocess.run([exe, "calibrate", "--samples", str(samples), "--batch-size", str(b), "--no-save",
+                                "--profile-dir", tmp, "--json"], check=True, capture_output=True)
+
+            def run(b=b, tmp=tmp):
+                out_file = Path(tmp) / "run.jsonl"
+                out_file.unlink(missing_ok=True)
+                subprocess.run([exe, "run", "--dataset", "shapes", "--split", "validation", "--limit", str(samples),
+                                "--max-new-tokens", "1", "--no-withdraw", "--batch-size", str(b), "--output",
+                                str(out_file), "--json"], check=True, capture_output=True)
+
+            t = interleaved({"calibrate": cal, "run": run}, repeats)
+        out[str(b)] = {"calibrate_s": statistics.median(t["calibrate"]), "run_one_token_s": statistics.median(t["run"]),
+                       "ratio": statistics.median(t["calibrate"]) / statistics.median(t["run"]), "samples": t}
+    return out
 
 
 if __name__ == "__main__":
