@@ -62,6 +62,18 @@ def parse():
     ap.add_argument("--bare", action="store_true", help="question = the bare object word (no template text)")
     ap.add_argument("--desc", type=float, default=0.0, help="P(extra turn: scene description in cell order)")
     ap.add_argument("--aux", type=float, default=0.0, help="P(extra turn: attribute pairs in random order)")
+    ap.add_argument("--init-from", type=Path, default=None,
+                    help="start from the decoder of this saved model (e.g. src/vtwctl/demo/model), not a fresh one")
+    ap.add_argument("--eval-all", action="store_true", help="evaluate every kind, not only --kinds")
+    ap.add_argument("--mix", type=float, default=0.0, help="P(a training sample of any kind, not only --kinds)")
+    ap.add_argument("--reinit-qk", default="",
+                    help="comma list LAYER:HEAD whose q/k projections are re-drawn (std --init) before training")
+    ap.add_argument("--shuffle", action="store_true",
+                    help="shuffle the 9 cell tokens of every training pseudo image (no position-by-order shortcut)")
+    ap.add_argument("--shrink-qk", type=float, default=1.0,
+                    help="multiply every layer's q/k projections by this (attention logits by its square)")
+    ap.add_argument("--scale-cells", type=float, default=1.0,
+                    help="multiply the 9 cell words' embeddings by this before training")
     ap.add_argument("--binding", type=float, default=0.0,
                     help="add fixed random (colour,shape), (shape,cell), (colour,cell) vectors to visual tokens")
     return ap.parse_args()
@@ -76,12 +88,33 @@ def main():
     vocab = T.build_vocab()
     proc = T.build_processor(vocab)
     model = T.build_model(vocab, a)
+    if a.init_from is not None:
+        from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+        proc = AutoProcessor.from_pretrained(str(a.init_from))
+        model = LlavaForConditionalGeneration.from_pretrained(str(a.init_from), dtype=torch.float32)
+        tv = proc.tokenizer.get_vocab()
+        assert sorted(tv, key=tv.get) == vocab, "vocabulary differs"
     lm = model.model.language_model
-    for m in lm.modules():
-        if isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, std=a.init)
-    nn.init.normal_(model.lm_head.weight, std=a.init)
-    nn.init.normal_(lm.embed_tokens.weight, std=a.emb_std)
+    if a.init_from is None:
+        for m in lm.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, std=a.init)
+        nn.init.normal_(model.lm_head.weight, std=a.init)
+        nn.init.normal_(lm.embed_tokens.weight, std=a.emb_std)
+    with torch.no_grad():
+        for lh in filter(None, a.reinit_qk.split(",")):
+            layer, head = map(int, lh.split(":"))
+            at = lm.layers[layer].self_attn
+            rows = slice(head * at.head_dim, (head + 1) * at.head_dim)
+            at.q_proj.weight[rows] = torch.randn_like(at.q_proj.weight[rows]) * a.init
+            at.k_proj.weight[rows] = torch.randn_like(at.k_proj.weight[rows]) * a.init
+        for layer in lm.layers:
+            layer.self_attn.q_proj.weight *= a.shrink_qk
+            layer.self_attn.k_proj.weight *= a.shrink_qk
+    if a.scale_cells != 1.0:
+        with torch.no_grad():
+            lm.embed_tokens.weight[[vocab.index(c) for c in shapes.CELLS]] *= a.scale_cells
     if a.theta:
         head = a.width // (a.width // 64)
         inv = 1.0 / (a.theta ** (torch.arange(0, head, 2, dtype=torch.float) / head))
@@ -112,10 +145,25 @@ def main():
 
         T.lm_logits_pseudo = lm_logits_pseudo
     data = T.Data(proc, vocab)
+    if a.shuffle:
+        plain = data.pseudo_ids
+        perm_gen = torch.Generator().manual_seed(7)
+
+        def shuffled(samples, compact=False):
+            out = plain(samples, compact)
+            if data.training:
+                for b in range(out.shape[0]):
+                    out[b] = out[b, torch.randperm(out.shape[1], generator=perm_gen)]
+            return out
+
+        data.pseudo_ids = shuffled
+    data.training = False
     kinds = set(a.kinds.split(",")) if a.kinds else None
 
-    def keep(s):
-        good = kinds is None or f"{s['format']}/{s['kind']}" in kinds
+    mix_rng = random.Random(1)
+
+    def keep(s, train=False):
+        good = kinds is None or f"{s['format']}/{s['kind']}" in kinds or (train and mix_rng.random() < a.mix)
         if good and a.bare:
             s["question"] = json.loads(s["spec"])["shape"]
         return good
@@ -126,7 +174,7 @@ def main():
             while len(out) < n:
                 s = self.one(self.i)
                 self.i += 1
-                if not keep(s):
+                if not keep(s, train=True):
                     continue
                 scene = json.loads(s["scene"])
                 if a.desc and random.random() < a.desc:
@@ -140,8 +188,9 @@ def main():
                 out.append(s)
             return out
 
-    val = [s for s in (shapes.make_sample("validation", i, 0, n_objects=a.nobj) for i in range(900)) if keep(s)]
-    val = val[:300]
+    val = [s for s in (shapes.make_sample("validation", i, 0, n_objects=a.nobj) for i in range(900))
+           if a.eval_all or keep(s)]
+    val = val[:501 if a.eval_all else 300]
     stream = Stream(60_000_000, 0, turns=a.turns, n_objects=a.nobj)
     params = list(lm.parameters()) + list(model.lm_head.parameters())
     opt = torch.optim.AdamW(params, lr=a.lr, betas=(0.9, 0.98), weight_decay=0.01)
@@ -159,11 +208,16 @@ def main():
         total = sum(sum(v) for v in res.values()) / sum(len(v) for v in res.values())
         return round(total, 3), {k: round(sum(v) / len(v), 2) for k, v in sorted(res.items())}
 
+    if a.init_from is not None:
+        total, per = evaluate()
+        print(f"{a.tag} step 0 acc {total} {per}", flush=True)
     t0, ema = time.time(), None
     for step in range(a.steps):
         for g in opt.param_groups:
             g["lr"] = a.lr * T.lr_at(step, a.steps, warmup=a.warmup)
+        data.training = True
         loss, _ = T.answer_loss(model, data.encode(stream.take(a.bs), "pseudo9"), "pseudo9")
+        data.training = False
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

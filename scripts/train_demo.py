@@ -330,9 +330,10 @@ class Stream:
     """Deterministic stream of training samples (train split, disjoint index ranges per stage)."""
 
     def __init__(self, base: int, seed: int, hint: bool = False, turns: int = 1, n_objects: int | None = None,
-                 kinds: set[str] | None = None):
+                 kinds: set[str] | None = None, mix: float = 0.0):
         self.n_objects = n_objects
         self.kinds = kinds  # keep only these "format/kind" samples
+        self.mix = mix  # ... and each other sample with this probability
         self.i = base
         self.seed = seed
         self.hint = hint
@@ -354,7 +355,8 @@ class Stream:
         while len(out) < n:
             s = self.one(self.i)
             self.i += 1
-            if self.kinds is None or f"{s['format']}/{s['kind']}" in self.kinds:
+            if (self.kinds is None or f"{s['format']}/{s['kind']}" in self.kinds
+                    or (self.mix and random.Random(f"mix:{self.seed}:{self.i}").random() < self.mix)):
                 out.append(s)
         return out
 
@@ -371,19 +373,23 @@ def lr_at(step, total, warmup=50, floor=0.1):
 
 
 @torch.no_grad()
-def evaluate_tf(model, data, samples, mode, bs=32):
+def evaluate_tf(model, data, samples, mode, bs=32, per_kind=True):
     """Teacher-forced exact-match accuracy per format (== greedy answer + EOS)."""
     model.eval()
     res: dict[str, list[bool]] = {}
+    kinds: dict[str, list[bool]] = {}
     for i in range(0, len(samples), bs):
         chunk = samples[i : i + bs]
         batch = data.encode(chunk, mode)
         _, ok = answer_loss(model, batch, mode)
         for s, o in zip(chunk, ok.tolist()):
             res.setdefault(s["format"], []).append(bool(o))
+            kinds.setdefault(f"{s['format']}/{s['kind']}", []).append(bool(o))
     model.train()
     accs = {f: round(sum(v) / len(v), 4) for f, v in sorted(res.items())}
     accs["overall"] = round(sum(sum(v) for v in res.values()) / sum(len(v) for v in res.values()), 4)
+    if per_kind:
+        accs["per_kind"] = {k: round(sum(v) / len(v), 3) for k, v in sorted(kinds.items())}
     return accs
 
 
@@ -456,6 +462,16 @@ def main():
     ap.add_argument("--kinds-pk", default="short/colour_of_shape,short/shape_of_colour,short/shape_at,short/count")
     ap.add_argument("--steps-pm", type=int, default=500, help="curriculum: compact pseudo images, --kinds-pm only")
     ap.add_argument("--kinds-pm", default="mc/colour_of_shape,mc/shape_of_colour,mc/count,mc/position_of")
+    ap.add_argument("--steps-pf", type=int, default=0,
+                    help="curriculum: compact pseudo images, --kinds-pf plus each other sample with P --mix-pf")
+    ap.add_argument("--kinds-pf", default="short/shape_at,yesno/shape_at,mc/position_of")
+    ap.add_argument("--mix-pf", type=float, default=0.3)
+    ap.add_argument("--shuffle-cells", action="store_true",
+                    help="compact stages: shuffle the 9 cell tokens of each training image, so that a cell is "
+                         "found by its content (E[cell]), as in the 144-token image, not by its place in the order")
+    ap.add_argument("--shrink-qk", type=float, default=1.0,
+                    help="with --init: multiply every decoder layer's q/k projections by this first (attention "
+                         "logits by its square), so that saturated heads can learn new matches (docs/demo.md)")
     ap.add_argument("--steps-p9", type=int, default=2500)
     ap.add_argument("--bs-p9", type=int, default=64, help="batch of the compact pseudo-image stages (P1, PK, PM, P9)")
     ap.add_argument("--turns-p9", type=int, default=1, help="questions per image in P1, PK, PM, P9")
@@ -517,6 +533,11 @@ def main():
     # colour"); with 0.02, lr 1e-3 and batch 64 the same probe reaches 1.0 in 100 steps (docs/demo.md).
     if fresh and args.init is None:
         nn.init.normal_(model.model.language_model.embed_tokens.weight, std=args.emb_std)
+    if args.shrink_qk != 1.0:
+        with torch.no_grad():
+            for layer in model.model.language_model.layers:
+                layer.self_attn.q_proj.weight.mul_(args.shrink_qk)
+                layer.self_attn.k_proj.weight.mul_(args.shrink_qk)
     model.train()
     n_params = sum(p.numel() for p in model.parameters())
     log(f"vocab {len(vocab)}  params {n_params/1e6:.2f}M  threads {args.threads}")
@@ -562,6 +583,8 @@ def main():
         log(f"[{stage}] step {step} loss {loss:.4f} val({mode}) {acc}")
         return acc
 
+    shuffle_gen = torch.Generator().manual_seed(args.seed)
+
     def dec_params():
         return list(model.model.language_model.parameters()) + list(model.lm_head.parameters())
 
@@ -593,6 +616,9 @@ def main():
                 loss, _ = answer_loss(model, batch, "text")
             else:
                 batch = data.encode(stream.take(bs), mode)
+                if mode == "pseudo9" and args.shuffle_cells:
+                    perm = torch.argsort(torch.rand(batch["pseudo_ids"].shape[:2], generator=shuffle_gen), dim=1)
+                    batch["pseudo_ids"] = batch["pseudo_ids"].gather(1, perm[..., None].expand_as(batch["pseudo_ids"]))
                 loss, _ = answer_loss(model, batch, mode)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -604,6 +630,8 @@ def main():
                 return
             if (step + 1) % args.eval_every == 0 or step + 1 == steps:
                 acc = record(stage, step + 1, mode, round(ema, 4))
+                if stage not in ("F", "F2"):  # a checkpoint, so that a stopped run loses little
+                    save(model, proc, args.out.with_name(args.out.name + "_last"), metrics)
                 if stage in ("F", "F2"):
                     metrics["stages"][stage] = {"steps": step + 1, "minutes": round((time.time() - tstage) / 60, 2)}
                     if keep_if_best(stage, step + 1, acc):
@@ -619,13 +647,14 @@ def main():
         ("P1", args.steps_p1, 70_000_000, 1, None, "one object per scene"),
         ("PK", args.steps_pk, 90_000_000, None, args.kinds_pk, f"kinds {args.kinds_pk}"),
         ("PM", args.steps_pm, 95_000_000, None, args.kinds_pm, f"kinds {args.kinds_pm}"),
+        ("PF", args.steps_pf, 97_000_000, None, args.kinds_pf, f"kinds {args.kinds_pf} + others at {args.mix_pf}"),
         ("P9", args.steps_p9, 60_000_000, None, None, "every kind"),
     ]
     for stage, steps, base, n_objects, kinds, what in curriculum:
         if fresh and steps:
             log(f"stage {stage}: compact pseudo images (one token per grid cell), {what}")
             stream = Stream(base, args.seed, turns=args.turns_p9, n_objects=n_objects,
-                            kinds=set(kinds.split(",")) if kinds else None)
+                            kinds=set(kinds.split(",")) if kinds else None, mix=args.mix_pf if stage == "PF" else 0.0)
             run_lm_stage(stage, "pseudo9", steps, args.bs_p9, args.lr, stream, dec_params())
     if fresh and args.steps_pseudo:
         log("stage P: pseudo-image tokens")
