@@ -233,7 +233,7 @@ def _free_port() -> int:
 
 
 def test_serve_demo_answers_like_withdraw(tmp_path):
-    """``vtwctl serve --model demo --k auto`` (K=6 from the shipped record) over HTTP vs vtwctl's engine."""
+    """``vtwctl serve --model demo --k auto`` (K from the shipped record) over HTTP vs vtwctl's engine."""
     import base64
     import io
     import urllib.request
