@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -113,9 +114,10 @@ def test_serve_builds_the_vllm_command(tmp_path):
                env={"VTWCTL_PROFILE_DIR": str(tmp_path)})
     assert out.returncode == 0, out.stderr
     cmd = json.loads(out.stdout)
-    assert cmd["k"] == 6 and cmd["record"]["dataset"] == "shapes"  # the demo model's shipped record
+    shipped = json.loads((Path(__file__).parents[1] / "profiles" / "demo.json").read_text())["calibrations"][0]
+    assert cmd["k"] == shipped["k"] and cmd["record"]["dataset"] == "shapes"  # the demo model's shipped record
     argv = cmd["argv"]
-    assert json.loads(argv[argv.index("--hf-overrides") + 1]) == {"vtw_k": 6}
+    assert json.loads(argv[argv.index("--hf-overrides") + 1]) == {"vtw_k": shipped["k"]}
     assert "--no-enable-prefix-caching" in argv and argv[-2:] == ["--port", "8011"]
 
 
