@@ -137,3 +137,45 @@ def test_a_family_without_an_entry_gets_the_generic_adapter():
     text_only = tiny_model("llava").model.language_model.config  # a text config: no vision token ids
     with pytest.raises(ValueError, match="names no image/video token id"):
         adapter_for(text_only)
+
+
+def test_a_compiled_model_sees_the_hooks_inside_and_not_after_the_block():
+    """torch.compile (dynamo; the eager backend, so no code generation): a graph compiled and run before the
+    block must not run in place of withdrawal inside it, nor the other way round after it. Dynamo skips
+    module-hook guards by default, which gave the stock logits inside the block, silently."""
+    from tiny import inputs_for
+
+    torch._dynamo.reset()
+    model, x = inputs_for("llava", "sdpa")
+    text = text_positions(x)
+    ref = reference_logits(model, x, 2)
+    with torch.no_grad():
+        stock = model(**x).logits
+        compiled = torch.compile(model, backend="eager")
+        before = compiled(**x).logits
+        with withdraw(model, 2):
+            inside = compiled(**x).logits
+        after = compiled(**x).logits
+    torch._dynamo.reset()
+    torch.testing.assert_close(before, stock, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(inside[text], ref[text], atol=1e-4, rtol=1e-4)
+    assert (inside[text] - stock[text]).abs().max() > 1e-3  # withdrawal changed them: the check can fail
+    torch.testing.assert_close(after, stock, atol=1e-4, rtol=1e-4)
+
+
+def test_compiled_parts_of_the_model_are_refused():
+    model = model_for("llava")
+    with pytest.raises(VTWError, match="OptimizedModule"), withdraw(torch.compile(model, backend="eager"), 2):
+        pass
+    model._compiled_call = object()  # what generate leaves after compiling a static-cache forward
+    try:
+        with pytest.raises(VTWError, match="compiled"), withdraw(model, 2):
+            pass
+    finally:
+        del model._compiled_call
+    model.model.language_model.compile(backend="eager")
+    try:
+        with pytest.raises(VTWError, match="Module.compile"), withdraw(model, 2):
+            pass
+    finally:
+        model.model.language_model._compiled_call_impl = None

@@ -224,3 +224,17 @@ def compiled_parts(model: torch.nn.Module) -> list[str]:
         if forward is not None and hasattr(forward, "_torchdynamo_orig_callable"):
             found.append(f"{label}.forward (torch.compile)")
     return found
+
+
+def guard_hooks_in_compiled_graphs() -> None:
+    """Make torch.compile guard its graphs on module hooks (dynamo skips those guards by default).
+
+    Without it, a model compiled and called before a ``withdraw()`` block runs that stock graph inside
+    the block (the hooks unseen: stock logits, silently), and a graph traced inside the block runs
+    withdrawal after it. With the guards, adding or removing the engine's hooks recompiles. Set when
+    ``vtwctl.withdraw`` is imported; graphs compiled before that keep their missing guards.
+    """
+    import torch._dynamo
+
+    torch._dynamo.config.skip_nnmodule_hook_guards = False
+

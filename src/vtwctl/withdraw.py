@@ -28,6 +28,7 @@ from .errors import VTWError, check_k
 from .families import adapter_for, vision_mask
 
 _ACTIVE_ATTR = "_vtw_active"
+compat.guard_hooks_in_compiled_graphs()  # compiled graphs notice the engine's hooks (docs/engine.md, Limits)
 VISUAL_KWARGS = ("pixel_values", "pixel_values_images", "pixel_values_videos", "mm_encoder_outputs")
 _TOKEN_KWARGS = ("token_type_ids", "mm_token_type_ids", "moe_mm_token_type_ids")
 
