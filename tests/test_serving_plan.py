@@ -179,3 +179,20 @@ def test_plugin_entry_point_is_declared():
 
     found = {e.name: e.value for e in entry_points(group="vllm.general_plugins")}
     assert found.get("vtwctl") == "vtwctl.serving:register"
+
+
+def test_servable_fixtures_load_back_with_their_own_config(tmp_path):
+    """The vLLM tests' tiny checkpoints (vtwctl.serving.fixtures) reload with stock transformers: weights and
+    config agree (head_dim 32, as vLLM's CPU attention needs). A merge once left the config saying 32 while
+    the weights were built with 16, which only the slow vLLM tests saw."""
+    import transformers as tf
+
+    from vtwctl.serving.fixtures import save_tiny
+
+    for family in ("llava", "llava_next"):  # (the Qwen processors need torchvision: the vLLM venv only)
+        path = save_tiny(family, tmp_path / family, num_layers=2)
+        arch = json.loads((path / "config.json").read_text())["architectures"][0]
+        model = getattr(tf, arch).from_pretrained(path)
+        attn = model.model.language_model.layers[0].self_attn
+        assert model.config.text_config.head_dim == 32
+        assert attn.q_proj.out_features == model.config.text_config.num_attention_heads * 32

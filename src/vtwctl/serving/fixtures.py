@@ -113,8 +113,8 @@ def save_tiny(family: str, path: str | Path, num_layers: int = 6, seed: int = 0)
             model.model.visual.merger.mlp[-1].weight.mul_(20.0)
             model.model.visual.merger.mlp[-1].bias.mul_(20.0)
     else:  # 2 heads of 32 (one KV head)
-        model = tiny_model(family, seed=seed, num_layers=num_layers, num_attention_heads=2, num_key_value_heads=1)
-        model.config.text_config.head_dim = 32
+        model = tiny_model(family, seed=seed, num_layers=num_layers, num_attention_heads=2, num_key_value_heads=1,
+                           head_dim=32)
     _sharpen(model)
     model.save_pretrained(path)
     _processor(family, tokenizer(family)).save_pretrained(path)
