@@ -15,12 +15,10 @@ from vtwctl.files import dumps  # strict JSON (NaN -> null)
 
 
 def main(layers: int = 16, hidden: int = 768, new_tokens: int = 16, repeats: int = 3) -> dict:
-    from calibrate_speed import llava_shaped
+    from calibrate_speed import llava_shaped, one_image_prompt
 
     model = llava_shaped(layers, hidden)
-    ids = torch.cat([torch.randint(3, 30000, (35,)), torch.full((576,), 32000), torch.randint(3, 30000, (31,))])
-    x = {"input_ids": ids[None], "attention_mask": torch.ones(1, len(ids), dtype=torch.long),
-         "pixel_values": torch.randn(1, 3, 336, 336)}
+    x = one_image_prompt()
     loaded = SimpleNamespace(model=model, vision_token_ids=[32000], num_layers=layers, name="llava-shaped")
     kw = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
 

@@ -36,6 +36,14 @@ def llava_shaped(layers: int, hidden: int, image: int = 336, patch: int = 14):
     return tf.LlavaForConditionalGeneration(cfg).eval()
 
 
+def one_image_prompt(n_vis: int = 576, text: int = 66, pre: int = 35) -> dict:
+    """One LLaVA-1.5-shaped input: ``pre`` text tokens, 576 image tokens, the rest of the 66 text tokens."""
+    ids = torch.cat([torch.randint(3, 30000, (pre,)), torch.full((n_vis,), 32000),
+                     torch.randint(3, 30000, (text - pre,))])
+    return {"input_ids": ids[None], "attention_mask": torch.ones(1, len(ids), dtype=torch.long),
+            "pixel_values": torch.randn(1, 3, 336, 336)}
+
+
 def interleaved(fns: dict, repeats: int) -> dict[str, list[float]]:
     """Time each function ``repeats`` times, round-robin (so drift hits all alike), after one warm-up each."""
     for fn in fns.values():
@@ -52,12 +60,8 @@ def interleaved(fns: dict, repeats: int) -> dict[str, list[float]]:
 def main(layers: int = 16, hidden: int = 768, text: int = 66, k_min: int = 5, repeats: int = 3) -> dict:
     model = llava_shaped(layers, hidden)
     n_vis = (336 // 14) ** 2
-    pre = 35
-    ids = torch.cat([torch.randint(3, 30000, (pre,)), torch.full((n_vis,), 32000),
-                     torch.randint(3, 30000, (text - pre,))])
-    x = {"input_ids": ids[None], "attention_mask": torch.ones(1, len(ids), dtype=torch.long),
-         "pixel_values": torch.randn(1, 3, 336, 336)}
-    s = len(ids)
+    x = one_image_prompt(n_vis, text)
+    s = x["input_ids"].shape[1]
 
     def naive():
         model(**x, use_cache=False, logits_to_keep=1)

@@ -18,7 +18,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from calibrate_speed import llava_shaped  # noqa: E402
+from calibrate_speed import llava_shaped, one_image_prompt  # noqa: E402
 
 from vtwctl.env import environment  # noqa: E402
 from vtwctl.measure import measure_many  # noqa: E402
@@ -55,11 +55,8 @@ for _name in HOOKS:
 
 def main(layers: int = 16, hidden: int = 1024, new_tokens: int = 16, repeats: int = 3) -> dict:
     model = llava_shaped(layers, hidden)
-    n_vis, text, pre = 576, 66, 35
-    ids = torch.cat([torch.randint(3, 30000, (pre,)), torch.full((n_vis,), 32000),
-                     torch.randint(3, 30000, (text - pre,))])
-    x = {"input_ids": ids[None], "attention_mask": torch.ones(1, len(ids), dtype=torch.long),
-         "pixel_values": torch.randn(1, 3, 336, 336)}
+    n_vis, text = 576, 66
+    x = one_image_prompt(n_vis, text)
     k = layers // 2
     gen = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
     prefill_hooks, decode_hooks = [], []

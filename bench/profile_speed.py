@@ -20,14 +20,11 @@ from vtwctl.measure import measure_many
 
 
 def main(layers: int = 16, hidden: int = 1024, repeats: int = 3, new_tokens: int = 8) -> dict:
-    from calibrate_speed import llava_shaped
+    from calibrate_speed import llava_shaped, one_image_prompt
 
     model = llava_shaped(layers, hidden)
-    n_vis, text, pre = 576, 66, 35
-    ids = torch.cat([torch.randint(3, 30000, (pre,)), torch.full((n_vis,), 32000),
-                     torch.randint(3, 30000, (text - pre,))])
-    x = {"input_ids": ids[None], "attention_mask": torch.ones(1, len(ids), dtype=torch.long),
-         "pixel_values": torch.randn(1, 3, 336, 336)}
+    n_vis, text = 576, 66
+    x = one_image_prompt(n_vis, text)
     loaded = SimpleNamespace(model=model, device=torch.device("cpu"))
     k = layers // 2
     dims = Dims.from_config(model.config)
