@@ -11,12 +11,18 @@ from test_cli import tiny_dir, vtwctl  # noqa: F401  (fixture)
 
 @pytest.fixture(scope="module")
 def calibrated(tiny_dir, tmp_path_factory):  # noqa: F811
+    import time
+
     store = tmp_path_factory.mktemp("profiles")
     plot = store / "kl.png"
+    began = time.monotonic()
     out = vtwctl("calibrate", "--model", tiny_dir, "--k-min", "1", "--samples", "4", "--eta", "1,1e-12",
                  "--profile-dir", store, "--plot", plot, "--json")
     assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout), store, plot
+    rec = json.loads(out.stdout)
+    # the recorded duration is a duration of this run (a loop variable once overwrote its start time)
+    assert 0 < rec["seconds"] <= time.monotonic() - began
+    return rec, store, plot
 
 
 def test_json_and_choice(calibrated):

@@ -272,14 +272,14 @@ def calibrate(loaded, task, etas: list[float], k_min: int = 5, samples: int = 20
     if batch_size < 1:
         raise VTWError("--batch-size must be at least 1")
     rows = []
-    for start in range(0, len(data), batch_size):
-        batch = data[start:start + batch_size]
+    for first_row in range(0, len(data), batch_size):
+        batch = data[first_row:first_row + batch_size]
         inputs = loaded.build_inputs([s.prompt for s in batch], images=[s.images for s in batch],
                                      videos=[s.video for s in batch])
         inputs = teacher_forced(loaded, inputs, tokens)
         rows.append(sweep_batch(loaded.model, inputs, k_min, tokens))
         if progress:
-            progress("kl", start + len(batch), len(data))
+            progress("kl", first_row + len(batch), len(data))
     kl = torch.cat(rows)  # [samples, candidates]
     ks = list(range(k_min, n))
     kl_mean = {k: float(kl[:, j].mean()) for j, k in enumerate(ks)}
