@@ -255,7 +255,9 @@ def _render(console, report) -> None:
                       "decode is still above 10 % (a busy machine?); the medians are shown, the spread is in "
                       "--json[/yellow]")
     if report.calibrations:
-        recs = ", ".join(f"{c.get('dataset')}: K={c.get('k')} (η={c.get('eta')})" for c in report.calibrations[-6:])
+        recs = ", ".join(f"{c.get('dataset')}: K={c.get('k')} (η={c.get('eta')}, "
+                         f"{'shipped' if str(c.get('origin', '')).startswith('shipped') else 'yours'})"
+                         for c in report.calibrations[-6:])
         console.print(f"[dim]calibration records: {recs}[/dim]")
 
 
