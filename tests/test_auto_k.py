@@ -6,14 +6,8 @@ from __future__ import annotations
 import json
 
 from console import batch, script
+from shipped import demo_k
 from vtwctl import records
-
-
-def _shipped_demo_k() -> int:
-    """The K of the demo model's shipped record, read from the file itself (profiles/demo.json)."""
-    from pathlib import Path
-
-    return json.loads((Path(__file__).parents[1] / "profiles" / "demo.json").read_text())["calibrations"][0]["k"]
 
 
 def _store(tmp_path, model, recs):
@@ -62,6 +56,5 @@ def test_models_lists_the_users_records(tmp_path):
     res = script("models", "--profile-dir", tmp_path)
     assert res.returncode == 0, res.stderr
     row = next(line for line in res.stdout.splitlines() if "│ demo" in line)
-    shipped = _shipped_demo_k()
-    assert f"{shipped} (shapes, η=0.003)" in row and "3 (shapes, η=0.005)" in row  # shipped, then yours
+    assert f"{demo_k()} (shapes, η=0.003)" in row and "3 (shapes, η=0.005)" in row  # shipped, then yours
     assert "/data/my-llava" in res.stdout and "12 (pope, η=0.003)" in res.stdout

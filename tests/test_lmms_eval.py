@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from shipped import demo_k, profile
 from vtwctl import records
 from vtwctl.errors import VTWError
 from vtwctl.lmms_eval_args import (
@@ -86,8 +87,7 @@ def test_dataset_for_task(task, dataset):
 
 
 def test_k_auto_from_the_shipped_demo_record():
-    shipped = json.loads((ROOT / "profiles" / "demo.json").read_text())["calibrations"]
-    expected = next(r["k"] for r in reversed(shipped) if r["dataset"] == "shapes")
+    expected = demo_k()
     k, src = resolve_k(parse_model_args({"k": "auto"}), "demo", 8, "vtwctl_shapes")
     assert k == expected and "shapes" in src
     with pytest.raises(VTWError, match="no calibration record of demo for lmms-eval task 'mme'"):
@@ -265,7 +265,7 @@ def test_runner_several_images_in_order(demo, rows):
     """Two images in one request: twice the demo's vision tokens, pixels in the request's order."""
     from vtwctl.lmms_eval_model import Item
 
-    prof = json.loads((ROOT / "profiles" / "demo.json").read_text())
+    prof = profile("demo")
     per_image = prof["vision"]["tokens_per_image"]
     runner, _ = _runner(demo, k="none")
     kw = {"max_new_tokens": 3, "temperature": 0, "until": []}

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from shipped import demo_k
+
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,8 +78,7 @@ def _compare(results: dict, samples: list[dict], metrics: dict, records: list[di
 
 
 def test_cli_k_auto_equals_vtwctl_run(lmms_eval, data, tmp_path):
-    shipped = json.loads((ROOT / "profiles" / "demo.json").read_text())["calibrations"]
-    k = next(r["k"] for r in reversed(shipped) if r["dataset"] == "shapes")
+    k = demo_k()
     out = tmp_path / "lmms"
     run = subprocess.run([_script("lmms-eval"), "--model", "vtw", "--model_args", "pretrained=demo,k=auto,device=cpu",
                           "--tasks", "vtwctl_shapes", "--include_path", str(data), "--limit", str(LIMIT),

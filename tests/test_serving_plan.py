@@ -8,11 +8,11 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
+from shipped import demo_k
 from vtwctl.errors import VTWError
 from vtwctl.serving.config import parse_k, refusals
 from vtwctl.serving.plan import LedgerError, VisionLedger, plan_step
@@ -114,10 +114,9 @@ def test_serve_builds_the_vllm_command(tmp_path):
                env={"VTWCTL_PROFILE_DIR": str(tmp_path)})
     assert out.returncode == 0, out.stderr
     cmd = json.loads(out.stdout)
-    shipped = json.loads((Path(__file__).parents[1] / "profiles" / "demo.json").read_text())["calibrations"][0]
-    assert cmd["k"] == shipped["k"] and cmd["record"]["dataset"] == "shapes"  # the demo model's shipped record
+    assert cmd["k"] == demo_k() and cmd["record"]["dataset"] == "shapes"  # the demo model's shipped record
     argv = cmd["argv"]
-    assert json.loads(argv[argv.index("--hf-overrides") + 1]) == {"vtw_k": shipped["k"]}
+    assert json.loads(argv[argv.index("--hf-overrides") + 1]) == {"vtw_k": demo_k()}
     assert "--no-enable-prefix-caching" in argv and argv[-2:] == ["--port", "8011"]
 
 

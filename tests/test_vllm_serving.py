@@ -26,6 +26,8 @@ import time
 
 import pytest
 
+from shipped import demo_k
+
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(importlib.util.find_spec("vllm") is None,
@@ -247,7 +249,7 @@ def test_serve_demo_answers_like_withdraw(tmp_path):
     sample = shapes.make_sample("test", 2)
     loaded = vtwctl.load("demo", device="cpu", dtype="float32")
     inputs = loaded.build_inputs(sample["question"], images=[sample["image"]])
-    with torch.no_grad(), withdraw(loaded.model, 6):
+    with torch.no_grad(), withdraw(loaded.model, demo_k()):  # the K that --k auto takes from the shipped record
         gen = loaded.model.generate(**inputs, max_new_tokens=16, do_sample=False)
     expected = loaded.processor.batch_decode(gen[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)[0]
 
