@@ -36,12 +36,29 @@ def llava_shaped(layers: int, hidden: int, image: int = 336, patch: int = 14):
     return tf.LlavaForConditionalGeneration(cfg).eval()
 
 
+def batch_inputs(rows: list[int], per_image: int = 576, image: int = 336, text: int = 66, pre: int = 35) -> dict:
+    """Rows with ``rows[i]`` images (0 = text only) of ``per_image`` tokens after ``pre`` of the ``text`` text
+    tokens, left-padded; LLaVA's image token 32000."""
+    g = torch.Generator().manual_seed(0)
+    seqs = []
+    for n in rows:
+        head = torch.randint(3, 30000, (pre,), generator=g)
+        tail = torch.randint(3, 30000, (text - pre,), generator=g)
+        seqs.append(torch.cat([head, torch.full((n * per_image,), 32000), tail]))
+    width = max(len(s) for s in seqs)
+    ids = torch.zeros(len(rows), width, dtype=torch.long)
+    mask = torch.zeros(len(rows), width, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, width - len(s):], mask[i, width - len(s):] = s, 1
+    x = {"input_ids": ids, "attention_mask": mask}
+    if sum(rows):
+        x["pixel_values"] = torch.randn(sum(rows), 3, image, image, generator=g)
+    return x
+
+
 def one_image_prompt(n_vis: int = 576, text: int = 66, pre: int = 35) -> dict:
-    """One LLaVA-1.5-shaped input: ``pre`` text tokens, 576 image tokens, the rest of the 66 text tokens."""
-    ids = torch.cat([torch.randint(3, 30000, (pre,)), torch.full((n_vis,), 32000),
-                     torch.randint(3, 30000, (text - pre,))])
-    return {"input_ids": ids[None], "attention_mask": torch.ones(1, len(ids), dtype=torch.long),
-            "pixel_values": torch.randn(1, 3, 336, 336)}
+    """One LLaVA-1.5-shaped input: ``pre`` text tokens, ``n_vis`` image tokens, the rest of the text tokens."""
+    return batch_inputs([1], n_vis, 336, text, pre)
 
 
 def interleaved(fns: dict, repeats: int) -> dict[str, list[float]]:

@@ -23,32 +23,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from calibrate_speed import llava_shaped  # noqa: E402
+from calibrate_speed import batch_inputs, llava_shaped  # noqa: E402
 
 from vtwctl.env import environment  # noqa: E402
 from vtwctl.flops import Dims, exact_flops  # noqa: E402
 from vtwctl.measure import measure_many  # noqa: E402
 
-IMAGE_ID, TEXT = 32000, 66
-
-
-def batch_inputs(rows: list[int], per_image: int, image: int) -> dict:
-    """Rows with ``rows[i]`` images (0 = text only) of ``per_image`` tokens and 66 text tokens, left-padded."""
-    g = torch.Generator().manual_seed(0)
-    seqs = []
-    for n in rows:
-        pre = torch.randint(3, 30000, (35,), generator=g)
-        post = torch.randint(3, 30000, (TEXT - 35,), generator=g)
-        seqs.append(torch.cat([pre, torch.full((n * per_image,), IMAGE_ID), post]))
-    width = max(len(s) for s in seqs)
-    ids = torch.zeros(len(rows), width, dtype=torch.long)
-    mask = torch.zeros(len(rows), width, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, width - len(s):], mask[i, width - len(s):] = s, 1
-    x = {"input_ids": ids, "attention_mask": mask}
-    if sum(rows):
-        x["pixel_values"] = torch.randn(sum(rows), 3, image, image, generator=g)
-    return x
+TEXT = 66
 
 
 def main(layers: int = 8, hidden: int = 512, repeats: int = 3, new_tokens: int = 8, threads: int | None = None) -> dict:
