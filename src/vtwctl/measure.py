@@ -257,13 +257,12 @@ def measure_many(loaded, inputs: dict, plans: list[tuple[str, int | None]], fast
     def prefill():
         model.generate(**inputs, max_new_tokens=1, **gen_kw)
 
-    cuda = getattr(loaded.device, "type", str(loaded.device)) == "cuda"
     clock = [None]
 
     def full():
         from transformers import StoppingCriteriaList
 
-        clock[0] = _step_clock(cuda)
+        clock[0] = _step_clock(timer.cuda)
         model.generate(**inputs, max_new_tokens=t, min_new_tokens=t, stopping_criteria=StoppingCriteriaList([clock[0]]),
                        **gen_kw)
 
