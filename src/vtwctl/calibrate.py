@@ -253,6 +253,8 @@ def calibrate(loaded, task, etas: list[float], k_min: int = 5, samples: int = 20
     check_k(k_min, n, hi=n - 1, what="k_min")
     if samples < 1 or tokens < 1 or accuracy < 0:
         raise VTWError("--samples and --tokens must be at least 1, --accuracy at least 0")
+    if batch_size < 1:
+        raise VTWError("--batch-size must be at least 1")
     split = split or task.calibration_split
     warning = None
     if split == task.test_split:
@@ -269,8 +271,6 @@ def calibrate(loaded, task, etas: list[float], k_min: int = 5, samples: int = 20
     if not data:
         raise VTWError(f"no samples in {task.name}/{split}")
     start = time.perf_counter()
-    if batch_size < 1:
-        raise VTWError("--batch-size must be at least 1")
     rows = []
     for first_row in range(0, len(data), batch_size):
         batch = data[first_row:first_row + batch_size]
