@@ -2,7 +2,7 @@
 
 The engine hooks stock modules, so it depends on a few things transformers does not promise to
 keep stable: the name of the cache keyword (``past_key_values`` became ``cache``), the cache's
-mask-size API (``get_mask_sizes(cache_position)`` became ``get_mask_sizes(query_length)``), the
+mask-size API (``get_mask_sizes(query_length)``, which took cache positions before 5.4), the
 layer-type and sliding-window config fields, the rotary embedding's call signature, the forms an
 attention mask takes per attention implementation, where ``_attn_implementation`` lives, and how
 the model was compiled. Only this module touches them; a new transformers release is checked here.
@@ -102,19 +102,12 @@ def cached_tokens(cache: Any, layer_idx: int = 0) -> int:
     return int(cache.get_seq_length(layer_idx))
 
 
-def mask_sizes(cache: Any, query_length: int, layer_idx: int, past: int) -> tuple[int, int]:
+def mask_sizes(cache: Any, query_length: int, layer_idx: int) -> tuple[int, int]:
     """(kv_length, kv_offset) of ``layer_idx``'s keys for a call of ``query_length`` tokens.
 
-    ``past`` is how many tokens the layer cached before the call (used by the releases whose API
-    takes the call's cache positions instead of its length).
+    Every supported release takes the call's length (before 5.4 it took its cache positions).
     """
-    fn = cache.get_mask_sizes
-    first = next(iter(inspect.signature(fn).parameters))
-    if first == "cache_position":
-        arg: Any = torch.arange(past, past + query_length)
-    else:
-        arg = query_length
-    kv_length, kv_offset = fn(arg, layer_idx)
+    kv_length, kv_offset = cache.get_mask_sizes(query_length, layer_idx)
     return int(kv_length), int(kv_offset)
 
 
@@ -183,7 +176,7 @@ def valid_tokens(mask: Any, query_length: int, cache: Any, past: int,
     if isinstance(mask, torch.Tensor) and mask.ndim == 4:
         first = 0
         if cache is not None and mask.shape[-1] != query_length:
-            first = past - mask_sizes(cache, query_length, 0, past)[1]  # column of the call's first token
+            first = past - mask_sizes(cache, query_length, 0)[1]  # column of the call's first token
         i = torch.arange(query_length, device=mask.device)
         diag = mask[:, 0, i, first + i]
         return diag if diag.dtype == torch.bool else diag > torch.finfo(diag.dtype).min / 2

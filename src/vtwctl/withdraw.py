@@ -339,7 +339,7 @@ class Engine:
         q_idx = self._full_q(call) if masked else call.q_idx
         qlen = q_idx.shape[1]
         past_slots = keys.shape[1] - qlen
-        kv_length, kv_offset = compat.mask_sizes(cache, qlen, idx, past_slots) if cache is not None else (qlen, 0)
+        kv_length, kv_offset = compat.mask_sizes(cache, qlen, idx) if cache is not None else (qlen, 0)
 
         def build():
             key_pos = plan.key_window(keys.to(hidden.device), kv_offset, kv_length)
