@@ -8,6 +8,7 @@ numbers show the protocol working end to end, not the paper's values.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -62,7 +63,7 @@ def main(out: str = "docs/reproduce_demo.json") -> None:
     from vtwctl.attention import attention_stats
 
     pairs = [("shapes", s) for s in task.load("test", 20)]
-    paper = vtwctl.load("demo", device="cpu", prompt_style="paper")
+    paper = dataclasses.replace(m, prompt_style="paper")  # the same weights, the authors' template
     for name, loaded in (("hf", m), ("paper", paper)):
         rep = attention_stats(loaded, pairs, 4, None)
         res[f"attention_{name}"] = {"by_layer": rep.by_layer(), "by_token": rep.by_token()}
