@@ -46,6 +46,12 @@ PAPER_SYSTEMS = {
 PROMPT_STYLES = ("hf", "paper")
 
 
+def check_prompt_style(style: str) -> None:
+    """A VTWError unless ``style`` is a prompt style ("hf" or "paper")."""
+    if style not in PROMPT_STYLES:
+        raise VTWError(f"--prompt-style must be hf or paper, got {style!r}")
+
+
 def paper_template(profile: dict | None, family: str, text_model_type: str | None) -> str | None:
     """The authors' conversation template for this model, or None when the paper did not run its kind."""
     if profile is not None and "paper_prompt" in profile:
@@ -353,8 +359,7 @@ def load(spec: str = "demo", device: str = "auto", dtype: str = "auto",
     from .compat import ATTENTION_IMPLEMENTATIONS, check_transformers
     from .compat import attn_implementation as impl_of
 
-    if prompt_style not in PROMPT_STYLES:
-        raise VTWError(f"--prompt-style must be hf or paper, got {prompt_style!r}")
+    check_prompt_style(prompt_style)
     check_transformers()
     if attn_implementation is not None and attn_implementation not in ATTENTION_IMPLEMENTATIONS:
         raise VTWError(f"unknown attention implementation {attn_implementation!r}; "

@@ -77,6 +77,7 @@ def calibrate(
     from ..calibrate import to_records
     from ..errors import VTWError
     from ..files import check_file_target
+    from ..loading import check_prompt_style
 
     task = tasks.get(dataset)
     etas = parse_etas(eta) if eta is not None else None
@@ -86,8 +87,7 @@ def calibrate(
     if split == task.test_split and first is None:
         raise VTWError(f"calibration must not use the test split ({split}) of {task.name} "
                        "(--split test --first N reproduces the authors' protocol)")
-    if prompt_style not in ("hf", "paper"):
-        raise VTWError(f"--prompt-style must be hf or paper, got {prompt_style!r}")
+    check_prompt_style(prompt_style)
     if first is not None:
         samples = first
     preflight.check_data(task, split, data_dir, need=samples, what="--first" if first is not None else "--samples")

@@ -88,6 +88,20 @@ def parse_k(value: str | None, no_withdraw: bool, num_layers: int) -> int | str 
     return k
 
 
+def fastv_settings(preset: str, k: int | None, ratio: float | None) -> tuple[int, float]:
+    """FastV's (K, fraction dropped): the ``--fastv-preset``'s, overridden by ``--fastv-k``/``--fastv-ratio``."""
+    from ..costs import FASTV_PRESETS
+    from ..errors import VTWError
+
+    if preset not in FASTV_PRESETS:
+        raise VTWError(f"--fastv-preset must be one of {', '.join(FASTV_PRESETS)}, got {preset!r}")
+    k = k if k is not None else FASTV_PRESETS[preset][0]
+    ratio = ratio if ratio is not None else FASTV_PRESETS[preset][1]
+    if not 0.0 <= ratio <= 1.0:
+        raise VTWError(f"--fastv-ratio must be in [0, 1], got {ratio}")
+    return k, ratio
+
+
 def check_k_syntax(value: str | None, lists: bool = False) -> None:
     """``--k`` is 'auto', an integer (or a comma-separated list of them): checked before loading."""
     from ..errors import VTWError

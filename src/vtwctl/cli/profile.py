@@ -17,6 +17,7 @@ from .common import (
     check_device,
     check_k_syntax,
     emit_json,
+    fastv_settings,
     load_model,
     model_name,
     stderr_console,
@@ -82,10 +83,11 @@ def profile(
     json_out: bool = JSON,
 ) -> None:
     """TFLOPs (Eq. 1, exact, counted), prefill/decode latency, peak memory and KV bytes: baseline, VTW, FastV."""
-    from ..costs import FASTV_PRESETS, FLOP_METHODS, ROWS, ProfileReport, flops_rows, measured_rows
+    from ..costs import FLOP_METHODS, ROWS, ProfileReport, flops_rows, measured_rows
     from ..env import environment
     from ..errors import VTWError
     from ..files import check_file_target
+    from ..loading import check_prompt_style
     from ..methods import canonical
     from ..profiles import find
     from ..records import check_store, records
@@ -104,16 +106,10 @@ def profile(
     flops = flops or "exact"
     if flops not in FLOP_METHODS:
         raise VTWError(f"--flops must be one of {', '.join(FLOP_METHODS)}, got {flops!r}")
-    if fastv_preset not in FASTV_PRESETS:
-        raise VTWError(f"--fastv-preset must be one of {', '.join(FASTV_PRESETS)}, got {fastv_preset!r}")
-    fastv_k = fastv_k if fastv_k is not None else FASTV_PRESETS[fastv_preset][0]
-    fastv_ratio = fastv_ratio if fastv_ratio is not None else FASTV_PRESETS[fastv_preset][1]
-    if prompt_style not in ("hf", "paper"):
-        raise VTWError(f"--prompt-style must be hf or paper, got {prompt_style!r}")
+    fastv_k, fastv_ratio = fastv_settings(fastv_preset, fastv_k, fastv_ratio)
+    check_prompt_style(prompt_style)
     if count not in ("all", "vision"):
         raise VTWError(f"--count must be all or vision, got {count!r}")
-    if not 0.0 <= fastv_ratio <= 1.0:
-        raise VTWError(f"--fastv-ratio must be in [0, 1], got {fastv_ratio}")
     check_k_syntax(k, lists=True)
     check_file_target(csv, "CSV file")
     check_file_target(plot, "plot")

@@ -19,6 +19,7 @@ from .common import (
     check_k_syntax,
     check_positive,
     emit_json,
+    fastv_settings,
     load_model,
     model_name,
     parse_k,
@@ -80,20 +81,14 @@ def run(
     json_out: bool = JSON,
 ) -> None:
     """Answer one prompt about an image (or video), with VTW at layer K or without it."""
-    from ..costs import FASTV_PRESETS
     from ..errors import VTWError
+    from ..loading import check_prompt_style
     from ..media import read_image, read_video
     from ..methods import canonical
 
     method = "stock" if no_withdraw else canonical(method)
-    if fastv_preset not in FASTV_PRESETS:
-        raise VTWError(f"--fastv-preset must be one of {', '.join(FASTV_PRESETS)}, got {fastv_preset!r}")
-    fastv_k = fastv_k if fastv_k is not None else FASTV_PRESETS[fastv_preset][0]
-    fastv_ratio = fastv_ratio if fastv_ratio is not None else FASTV_PRESETS[fastv_preset][1]
-    if not 0.0 <= fastv_ratio <= 1.0:
-        raise VTWError(f"--fastv-ratio must be in [0, 1], got {fastv_ratio}")
-    if prompt_style not in ("hf", "paper"):
-        raise VTWError(f"--prompt-style must be hf or paper, got {prompt_style!r}")
+    fastv_k, fastv_ratio = fastv_settings(fastv_preset, fastv_k, fastv_ratio)
+    check_prompt_style(prompt_style)
     if compare and (method != "vtw" or dataset is not None):
         raise VTWError("--compare answers one prompt with the stock model and with VTW: drop --method/--dataset")
     if positions not in ("keep", "rearrange"):
