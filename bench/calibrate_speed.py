@@ -21,30 +21,32 @@ from vtwctl.files import dumps  # strict JSON (NaN -> null)
 from vtwctl.withdraw import withdraw
 
 
-def llava_shaped(layers: int, hidden: int, image: int = 336, patch: int = 14):
+def llava_shaped(layers: int, hidden: int, image: int = 336, patch: int = 14, vocab: int = 32064):
+    """A random LLaVA-1.5-shaped model (CLIP tower shrunk); the image token is ``vocab - 64`` (32000 by default)."""
     import transformers as tf
 
     cfg = tf.LlavaConfig(
-        text_config=dict(model_type="llama", vocab_size=32064, hidden_size=hidden, intermediate_size=hidden * 11 // 4,
+        text_config=dict(model_type="llama", vocab_size=vocab, hidden_size=hidden, intermediate_size=hidden * 11 // 4,
                          num_hidden_layers=layers, num_attention_heads=hidden // 64, num_key_value_heads=hidden // 64,
                          max_position_embeddings=4096),
         vision_config=dict(model_type="clip_vision_model", hidden_size=64, intermediate_size=128, num_hidden_layers=1,
                            num_attention_heads=2, image_size=image, patch_size=patch, projection_dim=64),
-        image_token_id=32000, vision_feature_layer=-1, vision_feature_select_strategy="default")
+        image_token_id=vocab - 64, vision_feature_layer=-1, vision_feature_select_strategy="default")
     cfg._attn_implementation = "sdpa"
     torch.manual_seed(0)
     return tf.LlavaForConditionalGeneration(cfg).eval()
 
 
-def batch_inputs(rows: list[int], per_image: int = 576, image: int = 336, text: int = 66, pre: int = 35) -> dict:
+def batch_inputs(rows: list[int], per_image: int = 576, image: int = 336, text: int = 66, pre: int = 35,
+                 image_token: int = 32000) -> dict:
     """Rows with ``rows[i]`` images (0 = text only) of ``per_image`` tokens after ``pre`` of the ``text`` text
-    tokens, left-padded; LLaVA's image token 32000."""
+    tokens, left-padded; LLaVA's image token 32000 (``llava_shaped``'s ``vocab - 64``)."""
     g = torch.Generator().manual_seed(0)
     seqs = []
     for n in rows:
-        head = torch.randint(3, 30000, (pre,), generator=g)
-        tail = torch.randint(3, 30000, (text - pre,), generator=g)
-        seqs.append(torch.cat([head, torch.full((n * per_image,), 32000), tail]))
+        head = torch.randint(3, image_token - 2000, (pre,), generator=g)
+        tail = torch.randint(3, image_token - 2000, (text - pre,), generator=g)
+        seqs.append(torch.cat([head, torch.full((n * per_image,), image_token), tail]))
     width = max(len(s) for s in seqs)
     ids = torch.zeros(len(rows), width, dtype=torch.long)
     mask = torch.zeros(len(rows), width, dtype=torch.long)

@@ -92,6 +92,16 @@ def cache_from(kwargs: dict) -> Any:
     return None
 
 
+def cache_kwarg(forward: Any) -> str:
+    """The name under which ``forward`` (a model's or a decoder layer's) takes the KV cache.
+
+    5.24 renamed ``past_key_values`` to ``cache`` (keeping the old name as a deprecated alias); 5.19
+    takes only ``past_key_values`` and swallows an unknown ``cache=`` in ``**kwargs``, silently.
+    """
+    params = inspect.signature(forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
 def cached_tokens(cache: Any, layer_idx: int = 0) -> int:
     """How many tokens ``cache`` has seen at ``layer_idx`` (a Python int; may sync a static cache)."""
     if cache is None:
