@@ -28,7 +28,7 @@ def tests_slow(session: nox.Session) -> None:
 TRANSFORMERS_RANGE = ("5.19.0", "5.24.0")  # oldest and newest supported (src/vtwctl/compat.py, pyproject.toml)
 ENGINE_TESTS = ("tests/test_withdraw.py", "tests/test_withdraw_layouts.py", "tests/test_plan.py",
                 "tests/test_calibrate.py", "tests/test_fastv.py", "tests/test_attention.py", "tests/test_methods.py",
-                "tests/test_flops.py")
+                "tests/test_flops.py", "tests/test_compiled.py")
 
 
 @nox.session(name="tests-transformers-range")

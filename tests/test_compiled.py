@@ -182,3 +182,20 @@ def test_many_decoders_in_one_process():
     want = CompiledDecoder(model, 2, compile=False).generate(x, 2)
     for k in [2] * 10:
         assert torch.equal(CompiledDecoder(model, k, compile=True, backend="eager").generate(x, 2), want)
+
+
+def test_the_demo_model_answers_as_withdraw_and_generate():
+    """The shipped demo model and its processor's inputs: the same greedy answer as the engine's generate."""
+    import vtwctl
+    from vtwctl.demo import shapes
+
+    m = vtwctl.load("demo")
+    q = shapes.make_sample("test", 2)
+    x = m.build_inputs(q["question"], images=[q["image"]])
+    eos = m.model.generation_config.eos_token_id
+    with torch.no_grad(), vtwctl.withdraw(m.model, 7):
+        want = m.model.generate(**x, max_new_tokens=8, do_sample=False)[0, x["input_ids"].shape[1]:]
+    got = vtwctl.CompiledDecoder(m.model, 7, compile=False).generate(x, 8, eos_token_id=eos)[0]
+    assert torch.equal(got, want[: len(got)]) and len(got) >= 1
+    tok = m.processor.tokenizer
+    assert tok.decode(got, skip_special_tokens=True).strip() == vtwctl.generate(m, x, k=7, max_new_tokens=8).answers[0]

@@ -8,6 +8,8 @@ Public API (imports are lazy, so ``import vtwctl`` does not load torch):
 - ``generate(loaded, inputs, k=None, ...)`` -> timed generation with or without VTW.
 - ``calibrate(loaded, task, etas, ...)`` -> the KL sweep over K (Eq. 6) and the chosen K per eta.
 - ``evaluate(loaded, task, k, ...)`` -> a benchmark run (JSONL records, resumable) and its summary.
+- ``CompiledDecoder(model, k, compile=True)`` -> greedy VTW decoding, static KV buffers, one compiled
+  graph per step: ``.generate(inputs, max_new_tokens)`` -> tokens [B, n] (``k = N``: the stock model).
 - ``VTWError`` -> raised for bad user input.
 
 Several of these share their name with the module that defines them (``vtwctl.withdraw`` the
@@ -25,7 +27,7 @@ import types
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["load", "withdraw", "generate", "calibrate", "evaluate", "VTWError", "__version__"]
+__all__ = ["load", "withdraw", "generate", "calibrate", "evaluate", "CompiledDecoder", "VTWError", "__version__"]
 
 _LAZY = {
     "load": ("vtwctl.loading", "load"),
@@ -33,6 +35,7 @@ _LAZY = {
     "generate": ("vtwctl.infer", "generate"),
     "calibrate": ("vtwctl.calibrate", "calibrate"),
     "evaluate": ("vtwctl.evaluate", "evaluate"),
+    "CompiledDecoder": ("vtwctl.compiled", "CompiledDecoder"),
     "VTWError": ("vtwctl.errors", "VTWError"),
 }
 

@@ -105,7 +105,7 @@ class CompiledDecoder:
         self.head = model.get_output_embeddings()
         self.cache_name = compat.cache_kwarg(self.layers[0].forward)
         self.rotary_typed = "layer_type" in inspect.signature(self.text.rotary_emb.forward).parameters
-        self.dtype = next(model.parameters()).dtype
+        self._mrope = 0  # M-RoPE: number of position components (read from the prefill's position ids)
         vocab = self.head.out_features
         device = self.head.weight.device
         self.bias = torch.zeros(vocab, device=device)
@@ -116,7 +116,7 @@ class CompiledDecoder:
                                    dynamic=False) if compile else self._decode_step
 
     # -- prefill (eager, through the engine) ------------------------------------------------------------
-    def _cache(self, batch: int, full_slots: int, text_slots: int):
+    def _cache(self, full_slots: int, text_slots: int):
         from transformers.cache_utils import StaticCache, StaticLayer
 
         cache = StaticCache(config=compat.text_config(self.model.config), max_cache_len=full_slots)
@@ -142,7 +142,7 @@ class CompiledDecoder:
         kept = int((valid & ~vision).sum(1).max()) if self.start < self.n else 0
         full_slots = _round_up(s + max_new_tokens, self.bucket)
         text_slots = _round_up(kept + max_new_tokens, self.bucket)
-        cache = self._cache(b, full_slots, text_slots)
+        cache = self._cache(full_slots, text_slots)
         seen: dict = {}
 
         def grab(module, args, kwargs):
@@ -152,7 +152,9 @@ class CompiledDecoder:
         engine = Engine(self.model, self.k, "keep")
         try:
             with torch.no_grad(), active(self.model, engine, install=self.k < self.n):
-                out = self.model(**inputs, **{compat.cache_kwarg(self.model.forward): cache}, use_cache=True)
+                keep = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(self.model.forward).parameters \
+                    else {}  # the prompt's last logits only (not [B, S, V])
+                out = self.model(**inputs, **{compat.cache_kwarg(self.model.forward): cache}, use_cache=True, **keep)
                 stream = engine.streams.get(cache)
         finally:
             hook.remove()
