@@ -99,6 +99,24 @@ def test_compiled_step_is_one_graph_and_equals_the_eager_step(family):
     assert (explained.graph_count, explained.graph_break_count) == (1, 0)
 
 
+def test_a_model_that_recorded_hidden_states_still_compiles():
+    """output_hidden_states installs transformers' capturing hooks on the layers (a ContextVar dynamo cannot
+    trace); the compiled step still traces whole, and the model records hidden states afterwards."""
+    from vtwctl.testing import tiny_model
+
+    model = tiny_model("llava", attn_implementation="sdpa")
+    x = tiny_inputs(model, rows_for("llava"))
+    with torch.no_grad():
+        before = model(**x, output_hidden_states=True).hidden_states
+    plain = CompiledDecoder(model, 2, compile=False).generate(x, 4)
+    fast = CompiledDecoder(model, 2, compile=True, backend="eager").generate(x, 4)
+    assert torch.equal(plain, fast)
+    with torch.no_grad():
+        after = model(**x, output_hidden_states=True).hidden_states
+    assert len(after) == len(before) == _n(model) + 1
+    torch.testing.assert_close(after[-1], before[-1])
+
+
 @pytest.mark.slow
 def test_inductor_step_equals_the_eager_step():
     model = model_for("llava")
@@ -199,3 +217,27 @@ def test_the_demo_model_answers_as_withdraw_and_generate():
     assert torch.equal(got, want[: len(got)]) and len(got) >= 1
     tok = m.processor.tokenizer
     assert tok.decode(got, skip_special_tokens=True).strip() == vtwctl.generate(m, x, k=7, max_new_tokens=8).answers[0]
+
+
+def test_run_compile_through_the_console_script():
+    """`vtwctl run --compile` (inductor, in the installed script) answers as the engine does; bad combinations
+    are one line and exit 2 before any model loads."""
+    import json
+
+    from console import assert_one_line, batch, script
+
+    args = ["run", "--model", "demo", "--example", "2", "--k", "7", "--max-new-tokens", "6", "--json"]
+    plain = json.loads(script(*args).stdout)
+    res = script(*args, "--compile", timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    fast = json.loads(res.stdout)
+    assert fast["compiled"] is True and plain["compiled"] is False
+    assert fast["answer"] == plain["answer"] and fast["k"] == plain["k"] == 7
+    assert fast["method"] == "vtw" and fast["new_tokens"] == plain["new_tokens"]
+    bad = batch([[*args, "--compile", "--sample"], [*args, "--compile", "--method", "fastv"],
+                 [*args, "--compile", "--positions", "rearrange"], [*args, "--compile", "--compare"],
+                 ["run", "--model", "demo", "--dataset", "shapes", "--compile"]])
+    for r in bad[:3]:
+        assert_one_line(r, "--compile decodes greedily")
+    for r in bad[3:]:
+        assert_one_line(r, "--compile answers one prompt")

@@ -229,6 +229,21 @@ def compiled_parts(model: torch.nn.Module) -> list[str]:
     return found
 
 
+def output_collector() -> Any:
+    """transformers' collector of ``output_hidden_states``/``output_attentions`` (None where there is none).
+
+    Once a model was called with one of those flags, its layers carry forward hooks that read the
+    collector, a ContextVar that dynamo cannot trace; transformers' own compiled forward first ``set``s it
+    while compiling, which turns it into a plain global. A compiled step that calls the layers directly
+    does the same (``set(None)``: the hooks stay inactive) and ``reset(None)``s it at its end.
+    """
+    try:
+        from transformers.utils import output_capturing
+    except ImportError:
+        return None
+    return getattr(output_capturing, "_active_collector", None)
+
+
 def guard_hooks_in_compiled_graphs() -> None:
     """Make torch.compile guard its graphs on module hooks (dynamo skips those guards by default).
 

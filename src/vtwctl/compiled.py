@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import inspect
 import types
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,6 +106,7 @@ class CompiledDecoder:
         self.head = model.get_output_embeddings()
         self.cache_name = compat.cache_kwarg(self.layers[0].forward)
         self.rotary_typed = "layer_type" in inspect.signature(self.text.rotary_emb.forward).parameters
+        self._collector = compat.output_collector()
         self._mrope = 0  # M-RoPE: number of position components (read from the prefill's position ids)
         vocab = self.head.out_features
         device = self.head.weight.device
@@ -181,6 +183,9 @@ class CompiledDecoder:
     # -- one decoding step (compiled) ---------------------------------------------------------------------
     def _decode_step(self, token, pos, n_full, n_text, maps: dict, cache):
         b = token.shape[0]
+        tracing = self._collector is not None and torch.compiler.is_compiling()
+        if tracing:  # the layers' output-capturing hooks (if any) read a plain global, None: inactive
+            self._collector.set(None)
         hidden = self.embed(token)
         new = n_full.view(1, 1).expand(b, 1)  # the new token's original index
         for name, m in maps.items():
@@ -202,6 +207,8 @@ class CompiledDecoder:
             out = layer(hidden, attention_mask=masks[group, window], position_embeddings=tables[kind],
                         position_ids=position_ids, use_cache=True, **{self.cache_name: cache})
             hidden = compat.output_hidden(out)
+        if tracing:
+            self._collector.reset(None)
         n_full.add_(1)
         n_text.add_(1)
         pos.add_(1)
@@ -221,9 +228,13 @@ class CompiledDecoder:
 
     def generate(self, inputs: dict, max_new_tokens: int,
                  eos_token_id: int | list[int] | None = None) -> torch.Tensor:
-        """Greedy tokens [B, <= max_new_tokens]. With ``eos_token_id`` (one id or several), a row that produced
-        one repeats it, and the loop stops once every row has (one host read per step, only then)."""
-        state = self.prefill(inputs, max_new_tokens)
+        """Greedy tokens [B, <= max_new_tokens]: ``prefill`` then ``decode``."""
+        return self.decode(self.prefill(inputs, max_new_tokens), eos_token_id)
+
+    def decode(self, state: Decoding, eos_token_id: int | list[int] | None = None) -> torch.Tensor:
+        """The prefill's token and every further step's, [B, <= 1 + steps left]. With ``eos_token_id`` (one id
+        or several), a row that produced one repeats it, and the loop stops once every row has (one host read
+        per step, only then)."""
         out = [state.token]
         eos = None if eos_token_id is None else torch.tensor(
             [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id), device=state.token.device)
@@ -237,6 +248,17 @@ class CompiledDecoder:
                 done = done | torch.isin(tok[:, 0], eos)
             out.append(tok)
         return torch.cat(out, 1)
+
+
+_DECODERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def decoder_for(model: nn.Module, k: int) -> CompiledDecoder:
+    """One compiled decoder per (model, k) in a process, so that later calls reuse its graphs."""
+    per_model = _DECODERS.setdefault(model, {})
+    if k not in per_model:
+        per_model[k] = CompiledDecoder(model, k)
+    return per_model[k]
 
 
 def _own_code(method):

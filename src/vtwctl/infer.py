@@ -60,7 +60,7 @@ def generate(loaded, inputs: dict, k: int | None = None, positions: str = "keep"
              do_sample: bool = False, temperature: float = 1.0, seed: int | None = None,
              stop: list[str] | None = None, method: str = "vtw", seeds: list[int] | None = None,
              fastv_k: int = 2, fastv_ratio: float = 0.5, top_p: float | None = None,
-             top_k: int | None = None) -> Generation:
+             top_k: int | None = None, compiled: bool = False) -> Generation:
     """Generate for a batch of inputs; ``k=None`` (or N) is the stock model.
 
     ``method`` (``methods.METHODS``): ``vtw`` (and ``vtw-random`` with its drawn ``k``) withdraws the
@@ -71,6 +71,10 @@ def generate(loaded, inputs: dict, k: int | None = None, positions: str = "keep"
     ``stop``: strings that end an answer (lmms-eval's ``until``): generation of a row stops once one
     appears and the answer is cut before it. ``top_p``/``top_k`` only apply when sampling (None: the
     model's generation config).
+
+    ``compiled``: greedy decoding through ``vtwctl.compiled`` (static caches, one compiled graph per step;
+    the first call per model, K and shape compiles); VTW or the stock model, positions "keep". Stop strings
+    cut the answer afterwards (decoding runs to an end-of-sequence token or ``max_new_tokens``).
     """
     import torch
 
@@ -83,6 +87,9 @@ def generate(loaded, inputs: dict, k: int | None = None, positions: str = "keep"
         raise VTWError(f"prompt too long: {length} tokens + {max_new_tokens} new tokens exceeds the model's "
                        f"{limit} positions")
     layout = loaded.layout(inputs["input_ids"], inputs.get("attention_mask"))
+    if compiled:
+        check_compiled(method, do_sample, positions)
+        return _compiled(loaded, inputs, k if k is not None else n, max_new_tokens, stop, layout)
     kw: dict[str, Any] = dict(max_new_tokens=max_new_tokens, do_sample=do_sample)
     if do_sample:
         kw["temperature"] = temperature
@@ -109,21 +116,54 @@ def generate(loaded, inputs: dict, k: int | None = None, positions: str = "keep"
     from .measure import cache_bytes, cache_of
 
     cache = cache_of(result)
-    out = result.sequences
-    new = out[:, length:]
-    eos = _eos_ids(model, tok)
-    seqs, counts = [], []
-    for row in new.tolist():
-        cut = next((i for i, t in enumerate(row) if t in eos), len(row))
-        seqs.append(row[:cut])
-        counts.append(min(cut + 1, len(row)))
-    answers = [cut_at(tok.decode(s, skip_special_tokens=True), stop).strip() for s in seqs]
+    seqs, counts, answers = _answers(result.sequences[:, length:], _eos_ids(model, tok), tok, stop)
     first = clock.first if clock.first is not None else end
     return Generation(answers=answers, tokens=seqs, new_tokens=counts,
                       num_vision_tokens=layout["num_vision_tokens"], num_text_tokens=layout["num_text_tokens"],
                       prefill_s=first - start, decode_s=end - first, total_s=end - start,
                       k=k if k is not None else n, kv_bytes=cache_bytes(cache) if cache is not None else None,
                       method=method if k is not None and k < n or method in ("fastv", "rand") else "stock")
+
+
+def _answers(new, eos: set[int], tok, stop: list[str] | None) -> tuple[list, list, list]:
+    """Per row: the new tokens before the first end-of-sequence token, how many were generated (with it), the
+    decoded answer cut at the stop strings."""
+    seqs, counts = [], []
+    for row in new.tolist():
+        cut = next((i for i, t in enumerate(row) if t in eos), len(row))
+        seqs.append(row[:cut])
+        counts.append(min(cut + 1, len(row)))
+    return seqs, counts, [cut_at(tok.decode(s, skip_special_tokens=True), stop).strip() for s in seqs]
+
+
+def check_compiled(method: str, do_sample: bool, positions: str) -> None:
+    """What the compiled fast path decodes: greedy, VTW or the stock model, original positions."""
+    if method not in ("vtw", "stock") or do_sample or positions != "keep":
+        raise VTWError("--compile decodes greedily with VTW or the stock model at the original positions: "
+                       "drop --sample, --method other than vtw/stock and --positions rearrange")
+
+
+def _compiled(loaded, inputs: dict, k: int, max_new_tokens: int, stop: list[str] | None, layout: dict) -> Generation:
+    from .compiled import decoder_for
+    from .measure import cache_bytes
+
+    model = loaded.model
+    tok = getattr(loaded.processor, "tokenizer", loaded.processor)
+    eos = _eos_ids(model, tok)
+    dec = decoder_for(model, k)
+    sync(loaded.device)
+    start = time.perf_counter()
+    state = dec.prefill(inputs, max_new_tokens)
+    sync(loaded.device)
+    first = time.perf_counter()
+    new = dec.decode(state, sorted(eos) or None)
+    sync(loaded.device)
+    end = time.perf_counter()
+    seqs, counts, answers = _answers(new, eos, tok, stop)
+    return Generation(answers=answers, tokens=seqs, new_tokens=counts,
+                      num_vision_tokens=layout["num_vision_tokens"], num_text_tokens=layout["num_text_tokens"],
+                      prefill_s=first - start, decode_s=end - first, total_s=end - start, k=k,
+                      kv_bytes=cache_bytes(state.cache), method="vtw" if k < loaded.num_layers else "stock")
 
 
 def compare(loaded, inputs: dict, k: int, positions: str = "keep", max_new_tokens: int = 32,

@@ -73,6 +73,9 @@ def run(
     sample: bool = typer.Option(False, "--sample", help="Sample instead of greedy decoding."),
     temperature: float = typer.Option(1.0, "--temperature"),
     seed: int | None = typer.Option(None, "--seed"),
+    compile_: bool = typer.Option(False, "--compile",
+                                  help="Greedy decoding on the compiled fast path (static caches, torch.compile; "
+                                       "the first call compiles)."),
     profile_dir: Path | None = typer.Option(None, "--profile-dir", help="Where calibration records live."),
     device: str = DEVICE,
     dtype: str = DTYPE,
@@ -95,6 +98,12 @@ def run(
         raise VTWError(f"--positions must be keep or rearrange, got {positions!r}")
     if no_withdraw and k not in (None, "auto"):
         raise VTWError("--k and --no-withdraw contradict each other")
+    if compile_:
+        from ..infer import check_compiled
+
+        if dataset is not None or compare:
+            raise VTWError("--compile answers one prompt: drop --dataset/--compare")
+        check_compiled(method, sample, positions)
     if dataset is not None:
         if image is not None or video is not None or prompt is not None or example is not None:
             raise VTWError("--dataset brings its own inputs: drop --image/--video/--prompt/--example")
@@ -174,9 +183,10 @@ def run(
         run_k = random_k(seed or 0, prompt, chosen if chosen is not None else n // 2, n)
     gen = generate(loaded, inputs, k=run_k, positions=positions, max_new_tokens=max_new_tokens,
                    do_sample=sample, temperature=temperature, seed=seed, method=method,
-                   seeds=[sample_seed(seed or 0, prompt)], fastv_k=fastv_k, fastv_ratio=fastv_ratio)
+                   seeds=[sample_seed(seed or 0, prompt)], fastv_k=fastv_k, fastv_ratio=fastv_ratio,
+                   compiled=compile_)
     result = {**_result(loaded, gen, positions, n), "k_record": record_summary(rec), "method": method,
-              "prompt_style": prompt_style}
+              "prompt_style": prompt_style, "compiled": compile_}
     if method == "fastv":
         result.update(k=fastv_k, fastv_ratio=fastv_ratio)
     if expected is not None:
@@ -190,6 +200,9 @@ def run(
     console.print(f"[dim]K={gen.k}/{n}  vision={result['num_vision_tokens']} text={result['num_text_tokens']}  "
                   f"new={result['new_tokens']}  prefill {gen.prefill_s:.3f}s  decode {gen.decode_s:.3f}s  "
                   f"total {gen.total_s:.3f}s[/dim]")
+    if compile_:
+        console.print("[dim]--compile: the decode time includes compiling the step (once per model, K and "
+                      "buffer size in a process)[/dim]")
 
 
 def _result(loaded, gen, positions: str, n: int) -> dict:
