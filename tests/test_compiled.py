@@ -241,3 +241,19 @@ def test_run_compile_through_the_console_script():
         assert_one_line(r, "--compile decodes greedily")
     for r in bad[3:]:
         assert_one_line(r, "--compile answers one prompt")
+
+
+def test_decoder_for_keeps_one_decoder_per_model_and_k_and_frees_it_with_the_model():
+    import gc
+    import weakref
+
+    from vtwctl.compiled import decoder_for
+    from vtwctl.testing import tiny_model
+
+    model = tiny_model("llava")
+    first = decoder_for(model, 2)
+    assert decoder_for(model, 2) is first and decoder_for(model, 3) is not first
+    ref = weakref.ref(model)
+    del model, first
+    gc.collect()
+    assert ref() is None

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import inspect
 import types
-import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -250,12 +249,13 @@ class CompiledDecoder:
         return torch.cat(out, 1)
 
 
-_DECODERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
 def decoder_for(model: nn.Module, k: int) -> CompiledDecoder:
-    """One compiled decoder per (model, k) in a process, so that later calls reuse its graphs."""
-    per_model = _DECODERS.setdefault(model, {})
+    """One compiled decoder per (model, k), kept on the model (a reference cycle the garbage collector
+    frees with it), so that later calls reuse its graphs."""
+    per_model = model.__dict__.get("_vtw_compiled_decoders")
+    if per_model is None:
+        per_model = {}
+        object.__setattr__(model, "_vtw_compiled_decoders", per_model)
     if k not in per_model:
         per_model[k] = CompiledDecoder(model, k)
     return per_model[k]
