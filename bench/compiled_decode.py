@@ -19,7 +19,6 @@ on a GPU: ``python bench/compiled_decode.py --device cuda --dtype float16 --laye
 
 from __future__ import annotations
 
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -32,6 +31,7 @@ from calibrate_speed import batch_inputs, llava_shaped  # noqa: E402
 
 from vtwctl.compiled import CompiledDecoder  # noqa: E402
 from vtwctl.env import environment  # noqa: E402
+from vtwctl.measure import Stat, cache_bytes, spread  # noqa: E402
 
 PROFILED = 3  # steps profiled for the attention share
 ATTENTION_DOMINATES = 0.9  # share of the stock step's time in attention from which the 5 % target applies
@@ -53,15 +53,9 @@ def _clock(fn) -> float:
 
 
 def _stat(xs: list[float]) -> dict:
-    xs = sorted(xs)
-    q = statistics.quantiles(xs, n=10)
-    med = statistics.median(xs)
-    return {"median": med, "p10": q[0], "p90": q[-1], "min": xs[0], "spread": (q[-1] - q[0]) / med, "n": len(xs)}
-
-
-def kv_slot_bytes(state) -> int:
-    """Bytes of the static KV buffers a step reads (every allocated slot of every layer)."""
-    return sum(layer.keys.numel() * layer.keys.element_size() * 2 for layer in state.cache.layers)
+    """The protocol's statistics (``vtwctl.measure.Stat``) of per-step times, with their spread."""
+    st = Stat.of(xs)
+    return {"median": st.median, "p10": st.p10, "p90": st.p90, "min": st.min, "spread": spread(st), "n": len(xs)}
 
 
 def prefilled(decoders: dict, x: dict, new_tokens: int, warmup: int) -> dict:
@@ -129,7 +123,7 @@ def main(layers: int = 8, hidden: int = 256, vocab: int = 4096, steps: int = 40,
             st, vt = _stat(times["stock"]), _stat(times["vtw"])
             if max(st["spread"], vt["spread"]) <= max_spread:
                 break
-        kv_s, kv_v = kv_slot_bytes(states["stock"]), kv_slot_bytes(states["vtw"])
+        kv_s, kv_v = cache_bytes(states["stock"].cache), cache_bytes(states["vtw"].cache)  # every allocated slot
         (att_s, step_s), (att_v, _) = (attention_ms(decoders[n], states[n]) for n in ("stock", "vtw"))  # no recompile
         share = att_s / step_s if att_s else None
         row = {"workload": name, "batch": len(images), "prompt_tokens": states["stock"].prompt_len,

@@ -104,6 +104,10 @@ class CompiledDecoder:
         self.embed = model.get_input_embeddings()
         self.head = model.get_output_embeddings()
         self.cache_name = compat.cache_kwarg(self.layers[0].forward)
+        self.model_cache_name = compat.cache_kwarg(model.forward)
+        # the prefill computes the prompt's last logits only (not [B, S, V]) where the model can
+        self.last_logits = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters \
+            else {}
         self.rotary_typed = "layer_type" in inspect.signature(self.text.rotary_emb.forward).parameters
         self._collector = compat.output_collector()
         self._mrope = 0  # M-RoPE: number of position components (read from the prefill's position ids)
@@ -153,9 +157,7 @@ class CompiledDecoder:
         engine = Engine(self.model, self.k, "keep")
         try:
             with torch.no_grad(), active(self.model, engine, install=self.k < self.n):
-                keep = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(self.model.forward).parameters \
-                    else {}  # the prompt's last logits only (not [B, S, V])
-                out = self.model(**inputs, **{compat.cache_kwarg(self.model.forward): cache}, use_cache=True, **keep)
+                out = self.model(**inputs, **{self.model_cache_name: cache}, use_cache=True, **self.last_logits)
                 stream = engine.streams.get(cache)
         finally:
             hook.remove()
