@@ -15,7 +15,7 @@ import torch
 from shipped import demo_k
 from vtwctl.errors import VTWError
 from vtwctl.serving.config import parse_k, refusals
-from vtwctl.serving.plan import LedgerError, VisionLedger, plan_step
+from vtwctl.serving.plan import LedgerError, VisionLayout, VisionLedger, plan_step
 
 BS = 4
 
@@ -25,6 +25,10 @@ def _table():
     return torch.tensor([[7, 2, 9, 0, 0, 0], [5, 1, 3, 8, 6, 4]], dtype=torch.int32)
 
 
+def _keys(table):
+    return table[:, 0]
+
+
 def test_prefill_and_decode_by_hand():
     ledger = VisionLedger()
     ledger.record(5, 20, 8)  # request 1: 20 tokens computed, 8 of them vision
@@ -32,14 +36,17 @@ def test_prefill_and_decode_by_hand():
     vision[2:6] = True  # request 0's tokens 2..5 are vision
     qsl = torch.tensor([0, 10, 11], dtype=torch.int32)
     lens = torch.tensor([10, 21], dtype=torch.int32)  # request 0: prefill 0..9; request 1: decode token 20
-    plan = plan_step(qsl, lens, _table(), vision, BS, ledger)
-    assert plan.rows.tolist() == [0, 1, 6, 7, 8, 9, 10]
+    plan = plan_step(qsl, lens, _keys(_table()), vision, ledger)
+    assert plan.rows.tolist() == [0, 1, 6, 7, 8, 9, 10] and not plan.all_rows
     assert plan.text_ranks.tolist() == [0, 1, 2, 3, 4, 5, 12]  # token t -> t - V(t); 20 - 8 = 12
     assert plan.query_start_loc.tolist() == [0, 6, 7]
     assert plan.seq_lens.tolist() == [6, 13]
     assert plan.requests.tolist() == [0, 1]
     # rank c lives in block table[r, c // 4] at offset c % 4
-    assert plan.slots.tolist() == [28, 29, 30, 31, 8, 9, 8 * 4 + 0]  # request 1: rank 12 -> block 8
+    assert plan.slots(_table(), BS).tolist() == [28, 29, 30, 31, 8, 9, 8 * 4 + 0]  # request 1: rank 12 -> block 8
+    # another text group: the same ranks in its own blocks
+    other = torch.tensor([[11, 12, 13, 0, 0, 0], [21, 22, 23, 24, 25, 26]], dtype=torch.int32)
+    assert plan.slots(other, BS).tolist() == [44, 45, 46, 47, 48, 49, 24 * 4]
     assert (plan.max_query_len, plan.max_seq_len) == (6, 13)
     assert ledger.entries == {7: (10, 4), 5: (21, 8)}
 
@@ -50,37 +57,65 @@ def test_chunks_split_an_image_and_a_chunk_without_text():
     # prompt: text 0..1, vision 2..9, text 10..12, cut into chunks [0, 4), [4, 8), [8, 13)
     full = torch.zeros(13, dtype=torch.bool)
     full[2:10] = True
-    first = plan_step(torch.tensor([0, 4]), torch.tensor([4]), table, full[0:4], BS, ledger)
+    first = plan_step(torch.tensor([0, 4]), torch.tensor([4]), _keys(table), full[0:4], ledger)
     assert first.text_ranks.tolist() == [0, 1] and first.seq_lens.tolist() == [2]
-    second = plan_step(torch.tensor([0, 4]), torch.tensor([8]), table, full[4:8], BS, ledger)
+    second = plan_step(torch.tensor([0, 4]), torch.tensor([8]), _keys(table), full[4:8], ledger)
     assert second.num_rows == 0 and second.requests.numel() == 0  # vision only: layers >= K skip it
-    third = plan_step(torch.tensor([0, 5]), torch.tensor([13]), table, full[8:13], BS, ledger)
+    third = plan_step(torch.tensor([0, 5]), torch.tensor([13]), _keys(table), full[8:13], ledger)
     assert third.rows.tolist() == [2, 3, 4]
     assert third.text_ranks.tolist() == [2, 3, 4]
     assert third.seq_lens.tolist() == [5]
-    assert third.slots.tolist() == [30, 31, 8]
-    decode = plan_step(torch.tensor([0, 1]), torch.tensor([14]), table, torch.zeros(1, dtype=torch.bool), BS, ledger)
-    assert decode.text_ranks.tolist() == [5] and decode.seq_lens.tolist() == [6]
+    assert third.slots(table, BS).tolist() == [30, 31, 8]
+    decode = plan_step(torch.tensor([0, 1]), torch.tensor([14]), _keys(table), None, ledger)
+    assert decode.text_ranks.tolist() == [5] and decode.seq_lens.tolist() == [6] and decode.all_rows
+
+
+def test_steps_without_vision_rows_keep_every_row():
+    """Decode rows, a prompt's text after its image and an empty (padding) request in one step."""
+    ledger = VisionLedger()
+    ledger.record(7, 12, 8)  # request 0: 12 tokens, 8 vision
+    ledger.record(9, 6, 0)  # request 2: text only so far
+    table = torch.tensor([[7, 1], [3, 0], [9, 2]], dtype=torch.int32)
+    qsl = torch.tensor([0, 3, 3, 4])  # request 0: tokens 12..14; request 1: nothing; request 2: token 6
+    plan = plan_step(qsl, torch.tensor([15, 0, 7]), table[:, 0], None, ledger)
+    assert plan.all_rows and plan.rows.tolist() == [0, 1, 2, 3]
+    assert plan.text_ranks.tolist() == [4, 5, 6, 6]
+    assert plan.seq_lens.tolist() == [7, 7] and plan.requests.tolist() == [0, 2]
+    assert plan.query_start_loc.tolist() == [0, 3, 4]
+    # ranks 4..6 of request 0 in its second block (1); rank 6 of request 2 in its second block (2)
+    assert plan.slots(table, 4).tolist() == [4, 5, 6, 10]
+    assert ledger.entries == {7: (15, 8), 9: (7, 0)}
 
 
 def test_padding_rows_are_not_text():
     ledger = VisionLedger()
-    plan = plan_step(torch.tensor([0, 3]), torch.tensor([3]), _table()[:1], torch.zeros(8, dtype=torch.bool), BS,
+    plan = plan_step(torch.tensor([0, 3]), torch.tensor([3]), _keys(_table()[:1]), torch.zeros(8, dtype=torch.bool),
                      ledger)
     assert plan.rows.tolist() == [0, 1, 2]
 
 
 def test_ledger_refuses_unknown_or_out_of_step_requests():
     ledger = VisionLedger()
+    keys = _keys(_table()[:1])
     with pytest.raises(LedgerError, match="no vision count"):
-        plan_step(torch.tensor([0, 1]), torch.tensor([9]), _table()[:1], torch.zeros(1, dtype=torch.bool), BS, ledger)
+        plan_step(torch.tensor([0, 1]), torch.tensor([9]), keys, None, ledger)
     ledger.record(7, 9, 2)
     with pytest.raises(LedgerError, match="previous step ended at token 9"):
-        plan_step(torch.tensor([0, 1]), torch.tensor([12]), _table()[:1], torch.zeros(1, dtype=torch.bool), BS,
-                  ledger)
+        plan_step(torch.tensor([0, 1]), torch.tensor([12]), keys, torch.zeros(1, dtype=torch.bool), ledger)
     # a request starting at token 0 (new, or recomputed after preemption) resets its entry
-    plan_step(torch.tensor([0, 2]), torch.tensor([2]), _table()[:1], torch.tensor([True, False]), BS, ledger)
+    plan_step(torch.tensor([0, 2]), torch.tensor([2]), keys, torch.tensor([True, False]), ledger)
     assert ledger.entries[7] == (2, 1)
+
+
+def test_vision_layout_counts_text_tokens_by_hand():
+    # LLaVA-NeXT-like: an image placeholder of 6 positions at 3 whose 4th is not embedded (a text token inside
+    # the placeholder), and a second item (all embedded) of 2 at 12
+    layout = VisionLayout.from_placeholders([(3, 6, [1, 1, 1, 0, 1, 1]), (12, 2, None)])
+    assert (layout.starts, layout.ends) == ((3, 7, 12), (6, 9, 14))
+    vision = [layout.vision_before(n) for n in range(16)]
+    assert vision == [0, 0, 0, 0, 1, 2, 3, 3, 4, 5, 5, 5, 5, 6, 7, 7]
+    assert [layout.text_tokens(n) for n in (0, 3, 9, 16)] == [0, 3, 4, 9]
+    assert VisionLayout.from_placeholders([]).text_tokens(5) == 5
 
 
 def test_parse_k():
@@ -93,13 +128,14 @@ def test_parse_k():
 
 
 def test_refusals_name_each_problem():
-    ok = dict(prefix_caching=False, pipeline_parallel=1, tensor_parallel=1, speculative=False, kv_transfer=False,
-              backends={"CPU_ATTN"}, sliding_window=False)
+    ok = dict(prefix_caching=False, pipeline_parallel=1, speculative=False, kv_transfer=False, sliding_window=False)
     assert refusals(**ok) == []
-    got = refusals(**dict(ok, prefix_caching=True, pipeline_parallel=2, speculative=True, backends={"FLASH_ATTN"}))
+    got = refusals(**dict(ok, prefix_caching=True, pipeline_parallel=2, speculative=True, hybrid_kv_off=True,
+                          scheduler_ok=False))
     text = " | ".join(got)
-    assert len(got) == 4
-    for word in ("prefix caching", "pipeline parallelism", "speculative decoding", "FLASH_ATTN"):
+    assert len(got) == 5
+    for word in ("prefix caching", "pipeline parallelism", "speculative decoding", "hybrid KV cache manager",
+                 "--scheduler-cls vtwctl.serving.kv.VTWScheduler"):
         assert word in text
 
 

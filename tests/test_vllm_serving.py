@@ -52,6 +52,20 @@ ENGINE = {"dtype": "float32", "max_model_len": 256, "enforce_eager": True, "enab
           "block_size": 32, "max_num_seqs": 5}
 WHOLE = {"enable_chunked_prefill": False, "max_num_batched_tokens": 256}
 CHUNKED = {"enable_chunked_prefill": True, "max_num_batched_tokens": 8}
+COMPILED = {"enforce_eager": False}  # vLLM's default CPU compile mode
+# (prefill, mode, K): every K eager with whole prefills, the middle K with 8-token chunks, and vLLM's compile
+# mode (inductor) for the outer K; one engine per K (K fixes the KV-cache groups)
+MATRIX = [("whole", "eager", k) for k in KS] + [("chunked", "eager", KS[1])] + [
+    ("chunked", "compiled", KS[0]), ("whole", "compiled", KS[2])]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _isolated_vllm_cache(tmp_path_factory):
+    """vLLM's compile cache and config dirs under the test's own tmp (not ~/.cache/vllm)."""
+    root = tmp_path_factory.mktemp("vllm-cache")
+    ENV["VLLM_CACHE_ROOT"] = str(root)
+    ENV["VLLM_CONFIG_ROOT"] = str(root / "config")
+    yield
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
@@ -118,14 +132,14 @@ def reference(case):
     return out
 
 
-def probe(case, name: str, ks, engine: dict, env: dict | None = None, check: bool = True):
+def probe(case, name: str, k, engine: dict, env: dict | None = None, check: bool = True, **extra):
     limits = {"limit_mm_per_prompt": {"image": 1, "video": 1} if case["family"] in VIDEO else {"image": 1}}
-    spec = {"model": case["model"], "prompts": case["prompts"], "max_tokens": case["max_tokens"], "k": ks,
-            "engine": {**ENGINE, **limits, **engine}}
+    spec = {"model": case["model"], "prompts": case["prompts"], "max_tokens": case["max_tokens"], "k": k,
+            "engine": {**ENGINE, **limits, **engine}, **extra}
     path = case["root"] / f"{name}.json"
     path.write_text(json.dumps(spec))
     done = subprocess.run([sys.executable, "-m", "vtwctl.serving.probe", str(path)], capture_output=True, text=True,
-                          timeout=600, env={**os.environ, **ENV, **(env or {})})
+                          timeout=900, env={**os.environ, **ENV, **(env or {})})
     if not check:
         return done
     assert done.returncode == 0, done.stderr[-3000:]
@@ -149,36 +163,50 @@ def test_stock_vllm_equals_transformers(case, reference):
     assert run["tokens"] == reference[None]
 
 
-def check_vtw_runs(got, case, reference, chunked: bool) -> None:
+def check_vtw_run(got, case, reference, k: int, chunked: bool) -> None:
     assert got["model_class"] == "VTW" + case["arch"]
-    assert [run["k"] for run in got["runs"]] == KS
-    for run in got["runs"]:
-        k = run["k"]
-        assert run["prompt_tokens"] == reference["input_ids"]
-        assert run["tokens"] == reference[k], f"K={k}"
-        assert reference[k] != reference[None], f"K={k}: VTW should change some answer of this random model"
-        assert run["tokens"][3] == reference[None][3]  # the text-only prompt is untouched
-        stats = run["stats"]
-        assert stats["vision_rows"] == reference["vision_rows"] and stats["steps"] > 0
-        if chunked:  # the 8-token budget splits every image and leaves chunks with vision rows only
-            assert stats["vision_only_chunks"] > 0 and stats["mixed_prefill_decode"] > 0
+    (run,) = got["runs"]
+    assert run["k"] == k
+    assert run["prompt_tokens"] == reference["input_ids"]
+    assert run["tokens"] == reference[k], f"K={k}"
+    assert reference[k] != reference[None], f"K={k}: VTW should change some answer of this random model"
+    assert run["tokens"][3] == reference[None][3]  # the text-only prompt is untouched
+    stats = run["stats"]
+    assert stats["vision_rows"] == reference["vision_rows"] and stats["steps"] > 0
+    assert stats["planned_in_builder"] > 0  # decode steps: text-rank metadata from the builders, vLLM's forward
+    if chunked:  # the 8-token budget splits every image and leaves chunks with vision rows only
+        assert stats["vision_only_chunks"] > 0 and stats["mixed_prefill_decode"] > 0
+    kinds = [g["spec"] for g in got["kv"]["groups"]]
+    assert set(kinds) == {"FullAttentionSpec", "TextKVSpec"} if k > 0 else kinds == ["TextKVSpec"]
+    layers = {kind: sum(g["layers"] for g in got["kv"]["groups"] if g["spec"] == kind) for kind in kinds}
+    assert layers.get("TextKVSpec") == N - k and layers.get("FullAttentionSpec", 0) == k
 
 
-@pytest.mark.parametrize("chunked", [False, True], ids=["whole-prefill", "chunked-prefill"])
-def test_vllm_vtw_equals_withdraw(case, reference, chunked):
-    got = probe(case, f"vtw-{chunked}", KS, CHUNKED if chunked else WHOLE)
-    check_vtw_runs(got, case, reference, chunked)
+@pytest.mark.parametrize("prefill, mode, k", MATRIX, ids=[f"{p}-{m}-K{k}" for p, m, k in MATRIX])
+def test_vllm_vtw_equals_withdraw(case, reference, prefill, mode, k):
+    engine = {**(CHUNKED if prefill == "chunked" else WHOLE), **(COMPILED if mode == "compiled" else {})}
+    got = probe(case, f"vtw-{prefill}-{mode}-{k}", k, engine)
+    check_vtw_run(got, case, reference, k, chunked=prefill == "chunked")
 
 
-def test_vllm_vtw_in_default_compile_mode(case, reference):
-    """vLLM's default CPU compile mode (no enforce_eager: torch.compile of the text model, which stock
-    steps and vLLM's warm-up run; VTW steps call the decoder layers themselves, eagerly)."""
-    got = probe(case, "vtw-compile", KS, {**CHUNKED, "enforce_eager": False})
-    check_vtw_runs(got, case, reference, chunked=True)
+def test_text_group_holds_text_tokens_only(case, reference):
+    """After each prompt's prefill, the request holds ceil(L / 32) blocks in the full-attention group and
+    ceil(T / 32) (at least 1) in the text group, T its text tokens: counted here from the prompt token ids."""
+    from vtwctl.testing import IMAGE_ID, VIDEO_ID
+
+    got = probe(case, "blocks", KS[1], WHOLE, record_blocks=True)
+    seen = got["blocks"]
+    assert len(seen) == len(case["prompts"])
+    for ids, entry in zip(reference["input_ids"], seen):
+        assert entry["prompt_tokens"] == len(ids)
+        n = entry["computed"]  # tokens with KV slots when the blocks were read
+        text = n - sum(t in (IMAGE_ID, VIDEO_ID) for t in ids[:n])
+        expect = {"FullAttentionSpec": -(-n // 32), "TextKVSpec": max(1, -(-text // 32))}
+        assert entry["blocks"] == expect, (ids, entry)
 
 
 def test_refuses_prefix_caching(case):
-    done = probe(case, "refuse", [3], {"enable_prefix_caching": True}, check=False)
+    done = probe(case, "refuse", KS[1], {"enable_prefix_caching": True}, check=False)
     assert done.returncode != 0
     assert "vtwctl VTW cannot run: prefix caching is on" in done.stdout + done.stderr
 

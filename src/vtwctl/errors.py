@@ -7,6 +7,11 @@ class VTWError(Exception):
     """A problem with the user's input or environment (bad option, missing file, unknown model)."""
 
 
+# why a prompt whose last token is a vision token cannot run with VTW (the engine and the vLLM plugin say it alike)
+ENDS_ON_VISION = ("ends with a vision token: after withdrawal no text token is left to predict the next one from; "
+                  "put the instruction (or the chat template's prompt) after it")
+
+
 def check_k(k: int | None, num_layers: int, lo: int = 0, hi: int | None = None, what: str = "K") -> None:
     """K must be an integer in lo..hi (default 0..N, N = no withdrawal); anything else is a VTWError naming the range.
 

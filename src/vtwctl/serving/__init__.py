@@ -57,4 +57,7 @@ def register() -> list[str]:
             continue
         ModelRegistry.register_model(arch, target)
         done.append(arch)
+    from .kv import register_kv  # the text-only KV cache's spec and manager, for vLLM's KV-cache manager
+
+    register_kv()
     return done

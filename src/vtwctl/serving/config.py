@@ -13,7 +13,6 @@ from typing import Any
 from ..errors import VTWError, check_k
 
 CONFIG_KEYS = ("vtw_k", "vtw_dataset", "vtw_eta", "vtw_model", "vtw_profile_dir")
-SUPPORTED_BACKENDS = ("CPU_ATTN",)
 
 
 def choose_record(model: str, dataset: str | None = None, eta: float | None = None,
@@ -70,26 +69,34 @@ def k_from_config(hf_config: Any, num_layers: int, default_model: str | None = N
     return parse_k(int(rec["k"]), num_layers)
 
 
-def refusals(*, prefix_caching: bool, pipeline_parallel: int, tensor_parallel: int, speculative: bool,
-             kv_transfer: bool, backends: set[str], sliding_window: bool) -> list[str]:
+def refusals(*, prefix_caching: bool, pipeline_parallel: int, speculative: bool, kv_transfer: bool,
+             sliding_window: bool, hybrid_kv_off: bool = False, decode_context_parallel: int = 1,
+             scheduler_ok: bool = True) -> list[str]:
     """Why VTW cannot run with these engine settings (empty when it can)."""
+    from .kv_names import SCHEDULER
+
     out = []
     if prefix_caching:
-        out.append("prefix caching is on (layers >= K store KV at text ranks, which a cached prefix of another "
-                   "request does not share): pass --no-enable-prefix-caching")
+        out.append("prefix caching is on (a block of the text-only KV cache holds the KV of text tokens that "
+                   "depend on every token before them, images included, which vLLM's per-block hashes do not "
+                   "cover): pass --no-enable-prefix-caching")
     if pipeline_parallel > 1:
         out.append(f"pipeline parallelism is on (size {pipeline_parallel}): "
                    "VTW needs all decoder layers in one process")
-    if tensor_parallel > 1:
-        out.append(f"tensor parallelism is on (size {tensor_parallel}): not tested with VTW")
+    if decode_context_parallel > 1:
+        out.append(f"decode context parallelism is on (size {decode_context_parallel}): text ranks are not "
+                   "sharded across ranks")
     if speculative:
         out.append("speculative decoding is on: draft tokens would be verified against text-rank KV it does not know")
     if kv_transfer:
         out.append("a KV transfer/offload connector is on: it would move text-rank KV as if it were stock KV")
-    unsupported = sorted(b for b in backends if b not in SUPPORTED_BACKENDS)
-    if unsupported:
-        out.append(f"attention backend {', '.join(unsupported)} is not supported (supported: "
-                   f"{', '.join(SUPPORTED_BACKENDS)}, vLLM's CPU backend)")
+    if hybrid_kv_off:
+        out.append("the hybrid KV cache manager is off (--disable-hybrid-kv-cache-manager): layers >= K need a "
+                   "KV-cache group of their own")
     if sliding_window:
         out.append("the model uses sliding-window attention, which text ranks would shift")
+    if not scheduler_ok:
+        out.append(f"vLLM's scheduler is not vtwctl's: pass --scheduler-cls {SCHEDULER} (scheduler_cls= in "
+                   "Python; vtwctl serve passes it), which tells the text-only KV cache where each request's "
+                   "vision tokens are")
     return out

@@ -1,20 +1,27 @@
 """vLLM model classes with Visual Tokens Withdrawal (imported by vLLM only, through the plugin).
 
 Each class subclasses vLLM's own multimodal class (so its processor registration, weight loading
-and encoder are vLLM's) and adds ``_VTW``: with ``vtw_k = K`` in the model config, ``forward`` runs
-decoder layers 0..K-1 on every row of the step, then layers K..N-1 on the text rows only, with
-text-only attention metadata and KV slots at text ranks (``plan.py``). Without ``vtw_k`` (or with
-K = N) ``forward`` is vLLM's.
+and encoder are vLLM's) and adds ``_VTW``. With ``vtw_k = K`` in the model config:
 
-Vision rows are known exactly: vLLM passes the step's ``is_multimodal`` mask (the rows that receive
-encoder outputs) to ``embed_input_ids`` right before ``forward``; the model keeps it for that
-forward. (``requires_raw_input_tokens`` makes vLLM pass the token ids too: they are the fallback in
-steps that embed nothing, vLLM's dummy runs.)
+- **KV.** The attention layers >= K report ``kv.TextKVSpec``, so vLLM's hybrid allocator gives them
+  KV-cache groups of their own whose blocks hold a request's text tokens only (``kv.TextKVManager``
+  counts them; ``kv.VTWScheduler`` tells it which rows are vision). A text token ``t`` is stored at
+  its text rank ``t - V(t)`` there.
+- **Metadata.** Those layers get a subclass of their own attention backend (vLLM's
+  ``subclass_attention_backend``) whose metadata builder is vLLM's builder for that backend, fed
+  text-row ``CommonAttentionMetadata``: query rows, sequence lengths in text ranks, text-rank slots
+  in the group's own block table. A step without vision rows (decoding; a prompt's text after its
+  images) is planned right in the builder, before the forward, and the forward is vLLM's own
+  (its compiled graph in vLLM's compile mode): every row goes through every layer, only layers >= K
+  read and write text-rank KV. A step with vision rows is planned in the forward, where vLLM's
+  ``is_multimodal`` mask of the step is known (``embed_input_ids``).
+- **Forward of a step with vision rows.** Layers 0..K-1 on every row, then layers K..N-1 and the
+  final norm on the text rows only, with their original positions ("Keep", Table 6; Qwen's M-RoPE
+  rows keep their 3 components). Both halves are vLLM ``@support_torch_compile`` modules with a
+  dynamic row count, compiled during vLLM's warm-up in its compile mode, eager with
+  ``enforce_eager``. Vision rows leave with zeros, as in ``vtwctl.withdraw``.
 
-With K set, this forward calls every decoder layer itself, so all layers run eagerly also in
-vLLM's compile mode (vLLM compiles the text model's ``__call__``, one graph over all layers at one
-row count, while the row set changes between layer K-1 and K); the compiled graph runs in vLLM's
-warm-up and whenever K is off. Greedy tokens are the same in both modes (tests/test_vllm_serving.py).
+Without ``vtw_k`` (or with K = N, the stock model) the class is vLLM's own.
 
 The classes (module attributes ``VTW`` + vLLM's architecture name; ``VTWUnverified_`` + the name for
 the guards of ``vtwctl.serving.UNVERIFIED``) are built on first access (module ``__getattr__``), so
@@ -24,18 +31,25 @@ that serving one family imports only its own vLLM module. Their ``__name__`` is 
 
 from __future__ import annotations
 
-import dataclasses
 import re
+import threading
+import types
+from dataclasses import dataclass, field
 
 import torch
+from torch import nn
+from vllm.compilation.decorators import support_torch_compile
 from vllm.forward_context import get_forward_context
 from vllm.logger import init_logger
 from vllm.model_executor.layers.attention import Attention
 from vllm.model_executor.models.utils import WeightsMapper
+from vllm.v1.attention.backend import subclass_attention_backend
+from vllm.v1.kv_cache_interface import replace_as
 
 from ..errors import VTWError
 from .config import k_from_config, refusals
-from .plan import LedgerError, TextPlan, VisionLedger, plan_step, slots_for
+from .kv import SCHEDULER, TextKVSpec, is_vtw_scheduler
+from .plan import TextPlan, VisionLedger, plan_step
 
 logger = init_logger("vllm.plugins.vtwctl")  # under "vllm" so that vLLM's log settings show it
 
@@ -46,6 +60,170 @@ _FLAT_TOWER = WeightsMapper(orig_to_new_regex={
 })
 
 
+# -- one step, as the text groups' metadata builders and the forward share it -------------------------
+
+@dataclass
+class _Step:
+    key: object  # vLLM's query_start_loc_cpu tensor of the step: every group's common metadata shares it
+    commons: dict = field(default_factory=dict)  # builder -> its group's CommonAttentionMetadata, lead first
+    plan: TextPlan | None = None  # set by the lead builder when the step has no vision rows
+
+
+class _TextRows:
+    """The text-only KV groups of one model: their builders, the vision ledger and the current step.
+
+    vLLM's runner builds every KV group's metadata in group order, then runs the forward. The first
+    text group's builder (the lead) opens the step; its block table's first column keys the ledger."""
+
+    def __init__(self) -> None:
+        self.ledger = VisionLedger()
+        self.lead = None
+        self.step: _Step | None = None
+        self.capturing = False
+
+    def build(self, builder, common_prefix_len: int, cm, fast_build: bool):
+        """The metadata of one text group for a step."""
+        if self.capturing:
+            return builder.build_text(common_prefix_len, cm, fast_build)
+        step = self.step
+        if step is None or step.key is not cm.query_start_loc_cpu:
+            self.lead = self.lead or builder
+            if builder is not self.lead:
+                raise RuntimeError("vtwctl VTW: the text KV groups' metadata were built out of order")
+            step = self.step = _Step(key=cm.query_start_loc_cpu)
+            prefilling = cm.is_prefilling
+            if prefilling is not None and not bool(prefilling[:cm.num_reqs].any()):
+                step.plan = plan_step(_cpu(cm.query_start_loc_cpu), _seq_lens_cpu(cm),
+                                      _keys(cm.block_table_tensor, cm.num_reqs), None, self.ledger)
+        step.commons[builder] = cm
+        if step.plan is None:  # vision rows: planned in the forward; vLLM's own rows until then
+            return builder.build_text(common_prefix_len, cm, fast_build)
+        # no vision rows: every row goes on; text ranks and text-rank slots in place of vLLM's, written into
+        # the same slot-mapping tensor the forward context hands these layers
+        slots = step.plan.slots(cm.block_table_tensor, builder.kv_cache_spec.block_size)
+        cm.slot_mapping[:slots.numel()].copy_(slots)
+        return builder.build_text(common_prefix_len, _text_common(cm, step.plan, cm.slot_mapping), fast_build)
+
+    def take_step(self) -> _Step | None:
+        step, self.step = self.step, None
+        return step
+
+
+def _cpu(t: torch.Tensor) -> torch.Tensor:
+    return t if t.device.type == "cpu" else t.cpu()
+
+
+def _seq_lens_cpu(cm) -> torch.Tensor:
+    # exact for every row without speculative decoding (refused); vLLM keeps it on the host
+    lens = cm.seq_lens_cpu_upper_bound if cm.seq_lens_cpu_upper_bound is not None else cm.seq_lens
+    return _cpu(lens)[:cm.num_reqs]
+
+
+def _keys(block_table: torch.Tensor, num_reqs: int) -> list[int]:
+    return _cpu(block_table[:num_reqs, 0]).tolist()
+
+
+def _text_common(cm, plan: TextPlan, slots: torch.Tensor):
+    """vLLM's common metadata of a step restricted to its text rows (plan), in text ranks."""
+    device = cm.query_start_loc.device
+    if plan.all_rows and plan.requests.numel() == cm.num_reqs:
+        lens_cpu = plan.seq_lens
+        return cm.replace(seq_lens=lens_cpu.to(device, non_blocking=True), seq_lens_cpu_upper_bound=lens_cpu,
+                          max_seq_len=plan.max_seq_len, slot_mapping=slots, _num_computed_tokens_cache=None,
+                          _token_to_req_indices_cache=None, dcp_local_seq_lens=None,
+                          dcp_local_seq_lens_cpu_upper_bound=None)
+    reqs = plan.requests.to(device)
+    qsl = plan.query_start_loc
+    return cm.replace(
+        query_start_loc=qsl.to(device, non_blocking=True), query_start_loc_cpu=qsl,
+        seq_lens=plan.seq_lens.to(device, non_blocking=True), seq_lens_cpu_upper_bound=plan.seq_lens,
+        num_reqs=int(plan.requests.numel()), num_actual_tokens=plan.num_rows, max_query_len=plan.max_query_len,
+        max_seq_len=plan.max_seq_len, block_table_tensor=cm.block_table_tensor.index_select(0, reqs),
+        slot_mapping=slots, causal=True,
+        positions=None if cm.positions is None else cm.positions.index_select(-1, plan.rows.to(device)),
+        is_prefilling=None if cm.is_prefilling is None else cm.is_prefilling[plan.requests],
+        req_idx=None if cm.req_idx is None else cm.req_idx[plan.requests.numpy()],
+        mm_req_doc_ranges=None, logits_indices_padded=None, num_logits_indices=None, max_logits_per_req=None,
+        encoder_seq_lens=None, encoder_seq_lens_cpu=None, dcp_local_seq_lens=None,
+        dcp_local_seq_lens_cpu_upper_bound=None, rswa_prefix_lens=None, replayssm_decode_base_cpu=None,
+        _num_computed_tokens_cache=None, _token_to_req_indices_cache=None,
+    )
+
+
+def _text_backend(backend: type, rows: _TextRows) -> type:
+    """``backend`` with a metadata builder that builds text-row metadata through ``backend``'s own builder."""
+    base = backend.get_builder_cls()
+
+    class TextRowsBuilder(base):
+        supports_update_block_table = False  # each text group gets its own text-rank slots
+
+        def build(self, common_prefix_len, common_attn_metadata, fast_build: bool = False):
+            return rows.build(self, common_prefix_len, common_attn_metadata, fast_build)
+
+        def build_for_cudagraph_capture(self, common_attn_metadata):
+            rows.capturing = True
+            try:
+                return super().build_for_cudagraph_capture(common_attn_metadata)
+            finally:
+                rows.capturing = False
+
+        def build_text(self, common_prefix_len, common_attn_metadata, fast_build: bool = False):
+            return base.build(self, common_prefix_len, common_attn_metadata, fast_build)
+
+    TextRowsBuilder.__qualname__ = TextRowsBuilder.__name__ = "VTWText" + base.__name__
+    return subclass_attention_backend("VTWText", backend, TextRowsBuilder)
+
+
+# -- the two halves of a step with vision rows, each a vLLM-compiled module -----------------------------
+
+def _run_layers(layers, positions, hidden, residual):
+    for layer in layers:
+        hidden, residual = layer(positions, hidden, residual)
+    return hidden, residual
+
+
+class _Front(nn.Module):
+    """Decoder layers 0..K-1 over every row of the step."""
+
+    def __init__(self, *, vllm_config, prefix: str = "", layers=()) -> None:
+        super().__init__()
+        self.__dict__["_layers"] = list(layers)  # not submodules: the weights stay where vLLM loads them
+
+    def forward(self, positions: torch.Tensor, hidden_states: torch.Tensor):
+        return _run_layers(self._layers, positions, hidden_states, None)
+
+
+class _Back(nn.Module):
+    """Decoder layers K..N-1 and the final norm over the step's text rows."""
+
+    def __init__(self, *, vllm_config, prefix: str = "", layers=(), norm=None) -> None:
+        super().__init__()
+        self.__dict__["_layers"] = list(layers)
+        self.__dict__["_norm"] = norm
+
+    def forward(self, positions: torch.Tensor, hidden_states: torch.Tensor, residual: torch.Tensor | None):
+        hidden_states, residual = _run_layers(self._layers, positions, hidden_states, residual)
+        hidden_states, _ = self._norm(hidden_states, residual)
+        return hidden_states
+
+
+def _compiled(base: type, tag: str, dims: dict) -> type:
+    """``base`` as a vLLM ``@support_torch_compile`` class of its own, named by ``tag``.
+
+    vLLM keys its compiled-artifact cache by the config hash (which leaves ``hf_overrides``, and so K,
+    out) and the forward's ``__qualname__``: the tag (K and N) in the qualname keeps a graph compiled at
+    one K from being loaded at another. A fresh class and function per tag also keeps vLLM's per-class
+    bytecode dispatch apart."""
+    fn = base.forward
+    forward = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+    name = f"{base.__name__}_{tag}"
+    forward.__qualname__ = f"{name}.forward"
+    cls = type(name, (base,), {"forward": forward, "__module__": __name__, "__qualname__": name})
+    return support_torch_compile(dynamic_arg_dims=dims)(cls)
+
+
+# -- the mixin -----------------------------------------------------------------------------------------
+
 class _VTW:
     """The mixin. Put it first in the bases, before vLLM's class."""
 
@@ -54,66 +232,90 @@ class _VTW:
     def __init__(self, *, vllm_config, prefix: str = "") -> None:
         super().__init__(vllm_config=vllm_config, prefix=prefix)
         self.vtw_k: int | None = None
+        self._vtw_rows: _TextRows | None = None
         self._vtw_vision: torch.Tensor | None = None
-        self._vtw_ledger = VisionLedger()
         text = self.language_model.model
-        self._vtw_attn = [_attention_of(layer) for layer in text.layers]
+        attn = [_attention_of(layer) for layer in text.layers]
         hf_config = vllm_config.model_config.hf_config
         self._vtw_vision_ids = torch.tensor(
             [int(i) for i in (getattr(hf_config, "image_token_id", None), getattr(hf_config, "video_token_id", None),
                               getattr(hf_config, "image_token_index", None)) if i is not None])
-        k = k_from_config(hf_config, len(text.layers), default_model=vllm_config.model_config.model)
-        if k is None:
+        n = len(text.layers)
+        k = k_from_config(hf_config, n, default_model=vllm_config.model_config.model)
+        if k is None or k == n:  # off, or the stock model
             return
         problems = refusals(
             prefix_caching=bool(vllm_config.cache_config.enable_prefix_caching),
             pipeline_parallel=vllm_config.parallel_config.pipeline_parallel_size,
-            tensor_parallel=vllm_config.parallel_config.tensor_parallel_size,
             speculative=vllm_config.speculative_config is not None,
             kv_transfer=vllm_config.kv_transfer_config is not None,
-            backends={a.get_attn_backend().get_name() for a in self._vtw_attn},
-            sliding_window=any(getattr(a, "sliding_window", None) not in (None, -1) for a in self._vtw_attn),
+            sliding_window=any(getattr(a, "sliding_window", None) not in (None, -1) for a in attn),
+            hybrid_kv_off=bool(vllm_config.scheduler_config.disable_hybrid_kv_cache_manager),
+            decode_context_parallel=vllm_config.parallel_config.decode_context_parallel_size,
+            scheduler_ok=is_vtw_scheduler(vllm_config.scheduler_config.scheduler_cls),
         )
         if problems:
             raise VTWError("vtwctl VTW cannot run: " + "; ".join(problems))
-        self._vtw_dtype = vllm_config.model_config.dtype
-        self._vtw_cache_dtype = vllm_config.cache_config.cache_dtype
-        self.set_vtw_k(k)
+        self.vtw_k = k
+        self._vtw_rows = rows = _TextRows()
+        max_text_len = getattr(hf_config, "vtw_max_text_len", None)
+        backend = None
+        for a in attn[k:]:
+            stock_spec = a.get_kv_cache_spec
 
-    # -- public hooks --------------------------------------------------------------------------
-    def set_vtw_k(self, k: int | None) -> None:
-        """Change K between requests (None or N: stock). Only call with no request in flight."""
-        n = len(self._vtw_attn)
-        if k is not None and not 0 <= k <= n:
-            raise ValueError(f"K must be in 0..{n}, got {k}")
-        self.vtw_k = None if k is None or k == n else int(k)
-        self.__dict__.pop("vtw_stats", None)
-        if self.vtw_k is not None:
-            logger.info("vtwctl: Visual Tokens Withdrawal before layer %d of %d", self.vtw_k, n)
+            def text_spec(config, stock_spec=stock_spec):
+                return replace_as(stock_spec(config), TextKVSpec, drop=("sliding_window", "attention_chunk_size",
+                                                                         "non_causal"),
+                                  max_text_len=None if max_text_len is None else int(max_text_len))
+
+            a.get_kv_cache_spec = text_spec
+            backend = backend or _text_backend(a.get_attn_backend(), rows)
+            a.attn_backend = backend
+        tag = f"vtw_k{k}_of{n}"
+        front = _compiled(_Front, tag, {"positions": -1, "hidden_states": 0})
+        back = _compiled(_Back, tag, {"positions": -1, "hidden_states": 0, "residual": 0})
+        self.__dict__["_vtw_front"] = front(vllm_config=vllm_config, prefix=f"{prefix}vtw_front",
+                                            layers=text.layers[:k]) if k > 0 else None
+        self.__dict__["_vtw_back"] = back(vllm_config=vllm_config, prefix=f"{prefix}vtw_back",
+                                          layers=text.layers[k:], norm=text.norm)
+        self._vtw_warm = False
+        logger.info("vtwctl: Visual Tokens Withdrawal before layer %d of %d; layers %d..%d keep a text-only KV "
+                    "cache", k, n, k, n - 1)
 
     # -- vLLM interface ------------------------------------------------------------------------
     def embed_input_ids(self, input_ids, multimodal_embeddings=None, *, is_multimodal=None, **kw):
-        self._vtw_vision = is_multimodal if multimodal_embeddings is not None and len(multimodal_embeddings) else None
-        if self._vtw_vision is None:
-            self._vtw_vision = torch.zeros(input_ids.shape[0], dtype=torch.bool)
+        if self._vtw_rows is not None:  # the rows that receive encoder outputs: the step's vision rows
+            self._vtw_vision = (is_multimodal if is_multimodal is not None
+                                else torch.zeros(input_ids.shape[0], dtype=torch.bool))
         return super().embed_input_ids(input_ids, multimodal_embeddings, is_multimodal=is_multimodal, **kw)
 
     def forward(self, input_ids, positions, intermediate_tensors=None, inputs_embeds=None, **kwargs):
+        rows = self._vtw_rows
+        if rows is None:
+            return super().forward(input_ids, positions, intermediate_tensors, inputs_embeds, **kwargs)
         vision, self._vtw_vision = self._vtw_vision, None
-        k = self.vtw_k
-        context = _step_context(self._vtw_attn[k].layer_name) if k is not None else None
-        if context is None:  # stock model, or a dummy run without attention metadata
+        step = rows.take_step()
+        if step is None:  # one of vLLM's dummy runs (no attention metadata): vLLM's forward
+            out = super().forward(input_ids, positions, intermediate_tensors, inputs_embeds, **kwargs)
+            if not self._vtw_warm:
+                self._vtw_compile(input_ids, positions, inputs_embeds)
+            return out
+        if step.plan is not None:  # no vision rows, planned by the builders: vLLM's forward, text-rank KV
+            self._count(step, None, step.plan)
             return super().forward(input_ids, positions, intermediate_tensors, inputs_embeds, **kwargs)
         text = self.language_model.model
         hidden = inputs_embeds if inputs_embeds is not None else text.embed_input_ids(input_ids)
+        lead = step.commons[rows.lead]
+        vision = self._vision_rows(vision, input_ids, hidden.shape[0])
+        plan = plan_step(_cpu(lead.query_start_loc_cpu), _seq_lens_cpu(lead),
+                         _keys(lead.block_table_tensor, lead.num_reqs), vision, rows.ledger)
+        self._count(step, vision, plan)
+        if plan.all_rows:  # no vision rows after all (text-only prompts): vLLM's forward, text-rank KV
+            with _swapped(self._vtw_text_metadata(step, plan)):
+                return super().forward(input_ids, positions, intermediate_tensors, inputs_embeds, **kwargs)
         residual = None
-        for layer in text.layers[:k]:
-            hidden, residual = layer(positions, hidden, residual)
-        rows = hidden.shape[0]
-        vision = self._vision_rows(vision, input_ids, rows)
-        meta = context.attn_metadata[self._vtw_attn[k].layer_name]
-        plan = self._plan(meta, context, vision)
-        self._count(meta, plan, vision)
+        if self._vtw_front is not None:
+            hidden, residual = self._vtw_front(positions, hidden)
         out = torch.zeros_like(hidden)
         if plan.num_rows == 0:
             return out
@@ -121,27 +323,49 @@ class _VTW:
         h = hidden.index_select(0, idx)
         r = residual.index_select(0, idx) if residual is not None else None
         pos = positions.index_select(-1, idx)
-        with _swapped(context, [a.layer_name for a in self._vtw_attn[k:]], self._text_metadata(meta, plan), plan):
-            for layer in text.layers[k:]:
-                h, r = layer(pos, h, r)
-        h, _ = text.norm(h, r)
+        with _swapped(self._vtw_text_metadata(step, plan)):
+            h = self._vtw_back(pos, h, r)
         out.index_copy_(0, idx, h)
         return out
 
     # -- helpers -------------------------------------------------------------------------------
-    def _count(self, meta, plan: TextPlan, vision) -> None:
+    def _vtw_text_metadata(self, step: _Step, plan: TextPlan) -> list[tuple[list[str], object, torch.Tensor]]:
+        """(layer names, metadata, slots) per text group, built by each group's own builder."""
+        out = []
+        for builder, cm in step.commons.items():
+            slots = plan.slots(cm.block_table_tensor, builder.kv_cache_spec.block_size)
+            out.append((builder.layer_names, builder.build_text(0, _text_common(cm, plan, slots)), slots))
+        return out
+
+    def _vtw_compile(self, input_ids, positions, inputs_embeds) -> None:
+        """In one of vLLM's dummy runs (its warm-up), run both halves once, so that vLLM compiles them then
+        (in its compile mode) and not in the first request that holds an image."""
+        self._vtw_warm = True
+        if self._vtw_back.do_not_compile:  # eager (enforce_eager): nothing to compile
+            return
+        text = self.language_model.model
+        hidden = inputs_embeds if inputs_embeds is not None else text.embed_input_ids(input_ids)
+        residual = None
+        if self._vtw_front is not None:
+            hidden, residual = self._vtw_front(positions, hidden)
+        self._vtw_back(positions, hidden, residual)
+
+    def _count(self, step: _Step, vision, plan: TextPlan) -> None:
         """Step shapes seen (read by the tests to show which cases a run covered)."""
         stats = self.__dict__.setdefault("vtw_stats", dict.fromkeys(
-            ("steps", "vision_rows", "text_rows", "vision_only_chunks", "mixed_prefill_decode"), 0))
-        q = (meta.query_start_loc[1:] - meta.query_start_loc[:-1]).cpu()
+            ("steps", "vision_rows", "text_rows", "vision_only_chunks", "mixed_prefill_decode",
+             "planned_in_builder"), 0))
+        cm = next(iter(step.commons.values()))
+        q = (cm.query_start_loc_cpu[1:cm.num_reqs + 1] - cm.query_start_loc_cpu[:cm.num_reqs]).cpu()
         stats["steps"] += 1
-        stats["vision_rows"] += int(vision.sum())
+        stats["vision_rows"] += 0 if vision is None else int(vision.sum())
         stats["text_rows"] += plan.num_rows
         stats["vision_only_chunks"] += int((q > 0).sum()) - int(plan.requests.numel())
         stats["mixed_prefill_decode"] += int(bool((q == 1).any() and (q > 1).any()))
+        stats["planned_in_builder"] += int(vision is None)
 
     def _vision_rows(self, vision, input_ids, rows: int) -> torch.Tensor:
-        if vision is None:  # nothing embedded this step (dummy run): fall back to the token ids
+        if vision is None:  # nothing embedded this step: the token ids tell (none, in vLLM's real steps)
             if input_ids is None:
                 return torch.zeros(rows, dtype=torch.bool)
             return torch.isin(input_ids.cpu(), self._vtw_vision_ids)
@@ -149,43 +373,6 @@ class _VTW:
         if vision.numel() < rows:  # rows past the scheduled tokens are padding
             vision = torch.cat([vision, vision.new_zeros(rows - vision.numel())])
         return vision[:rows]
-
-    def _plan(self, meta, context, vision) -> TextPlan:
-        block_size = int(self._vtw_attn[self.vtw_k].kv_cache.shape[2])
-        qsl, lens, table = meta.query_start_loc.cpu(), meta.seq_lens.cpu(), meta.block_table.cpu()
-        # the slot layout this plan assumes must be the one vLLM used for the stock rows (checked in
-        # steps with a prefill; decode-only steps are the hot path)
-        stock = context.slot_mapping.get(self._vtw_attn[self.vtw_k].layer_name)
-        if stock is not None and int(qsl[-1]) > len(lens):
-            n = int(qsl[-1])
-            q_lens = (qsl[1:] - qsl[:-1]).long()
-            req = torch.repeat_interleave(torch.arange(len(lens)), q_lens)
-            index = torch.arange(n) - qsl[:-1].long()[req] + (lens.long() - q_lens)[req]
-            if not torch.equal(slots_for(table, req, index, block_size), stock[:n].cpu().long()):
-                raise LedgerError("VTW: vLLM's slot mapping does not follow its block table; this layout is "
-                                  "not supported")
-        return plan_step(qsl, lens, table, vision, block_size, self._vtw_ledger)
-
-    def _text_metadata(self, meta, plan: TextPlan):
-        from vllm import _custom_ops as ops
-        from vllm import envs
-
-        attn = self._vtw_attn[self.vtw_k]
-        impl = attn.impl
-        qsl = plan.query_start_loc.to(meta.query_start_loc.dtype)
-        lens = plan.seq_lens.to(meta.seq_lens.dtype)
-        scheduler = ops.cpu_attn_get_scheduler_metadata(
-            num_reqs=int(lens.numel()), num_heads=impl.num_heads, num_kv_heads=impl.num_kv_heads,
-            head_dim=impl.head_size, seq_lens=lens, dtype=self._vtw_dtype, query_start_loc=qsl, causal=True,
-            sliding_window_size=-1, isa=attn.isa, enable_kv_split=envs.VLLM_CPU_ATTN_SPLIT_KV,
-            dynamic_causal=None, kv_cache_dtype=self._vtw_cache_dtype,
-        )
-        return dataclasses.replace(
-            meta, num_actual_tokens=plan.num_rows, max_query_len=plan.max_query_len, query_start_loc=qsl,
-            max_seq_len=plan.max_seq_len, seq_lens=lens, block_table=meta.block_table.index_select(0, plan.requests),
-            slot_mapping=plan.slots, scheduler_metadata=scheduler, causal=True, dynamic_causal=None,
-            use_sdpa_prefill=False, num_decode_tokens=0, sdpa_attn_masks=None, sdpa_start_loc=None,
-        )
 
 
 def _attention_of(layer) -> Attention:
@@ -195,42 +382,98 @@ def _attention_of(layer) -> Attention:
     return found[0]
 
 
-def _step_context(layer_name: str):
-    """The step's forward context if it carries per-layer attention metadata (else None)."""
-    try:
-        context = get_forward_context()
-    except AssertionError:
-        return None
-    meta = context.attn_metadata
-    if not isinstance(meta, dict) or meta.get(layer_name) is None or not isinstance(context.slot_mapping, dict):
-        return None
-    return context
-
-
 class _swapped:
-    """Give layers >= K the text-only metadata and slots for the block; put vLLM's back after."""
+    """Give each text group's layers its text-only metadata and slots for the block; put vLLM's back after."""
 
-    def __init__(self, context, names: list[str], meta, plan: TextPlan):
-        self.context, self.names, self.meta, self.slots = context, names, meta, plan.slots
+    def __init__(self, groups: list[tuple[list[str], object, torch.Tensor]]):
+        self.groups = groups
         self.saved: list[tuple] = []
 
     def __enter__(self):
-        attn, slots = self.context.attn_metadata, self.context.slot_mapping
-        for name in self.names:
-            self.saved.append((name, attn[name], slots.get(name)))
-            attn[name] = self.meta
-            slots[name] = self.slots
+        context = get_forward_context()
+        self.attn, self.slots = context.attn_metadata, context.slot_mapping
+        for names, meta, slots in self.groups:
+            for name in names:
+                self.saved.append((name, self.attn[name], self.slots.get(name)))
+                self.attn[name] = meta
+                self.slots[name] = slots
         return self
 
     def __exit__(self, *exc):
-        attn, slots = self.context.attn_metadata, self.context.slot_mapping
         for name, meta, slot in self.saved:
-            attn[name] = meta
+            self.attn[name] = meta
             if slot is None:
-                slots.pop(name, None)
+                self.slots.pop(name, None)
             else:
-                slots[name] = slot
+                self.slots[name] = slot
         return False
+
+
+# -- the front end: prompts VTW cannot answer are a 400, not a token drawn from nothing ------------------
+
+_DUMMY = threading.local()  # set while vLLM builds its profiling inputs (they may end on a placeholder)
+
+
+def _check_prompt(model_config, out) -> None:
+    """A ``VLLMValidationError`` (HTTP 400) for a prompt VTW cannot run: one that ends on a vision row, or
+    (with ``vtw_max_text_len``) holds more text tokens than the text-only KV cache was sized for."""
+    from vllm.exceptions import VLLMValidationError
+
+    from ..errors import ENDS_ON_VISION
+    from .plan import VisionLayout
+
+    hf = model_config.hf_config
+    k = getattr(hf, "vtw_k", None)
+    layers = getattr(model_config.hf_text_config, "num_hidden_layers", None)
+    if k is None or (layers is not None and str(k).strip() == str(layers)):  # off, or the stock model
+        return
+    ids = out["prompt_token_ids"]
+    items = [(p.offset, p.length, None if p.is_embed is None else p.is_embed.tolist())
+             for ranges in out["mm_placeholders"].values() for p in ranges]
+    layout = VisionLayout.from_placeholders(items)
+    n = len(ids)
+    if n and layout.vision_before(n) > layout.vision_before(n - 1):
+        raise VLLMValidationError(f"vtwctl VTW: the prompt {ENDS_ON_VISION}")
+    budget = getattr(hf, "vtw_max_text_len", None)
+    if budget is not None and layout.text_tokens(n) >= int(budget):
+        raise VLLMValidationError(f"vtwctl VTW: the prompt holds {layout.text_tokens(n)} text tokens; this server "
+                                  f"keeps at most {budget} per request (prompt text and output, --max-text-len)")
+
+
+_GUARDED: dict[type, type] = {}
+
+
+def _guarded_processor(base: type) -> type:
+    cls = _GUARDED.get(base)
+    if cls is None:
+        def get_dummy_mm_inputs(self, *args, **kwargs):
+            _DUMMY.on = True
+            try:
+                return base.get_dummy_mm_inputs(self, *args, **kwargs)
+            finally:
+                _DUMMY.on = False
+
+        def apply(self, inputs, timing_ctx):
+            out = base.apply(self, inputs, timing_ctx)
+            if not getattr(_DUMMY, "on", False):
+                _check_prompt(self.info.ctx.model_config, out)
+            return out
+
+        cls = _GUARDED[base] = type("VTW" + base.__name__, (base,), {
+            "get_dummy_mm_inputs": get_dummy_mm_inputs, "apply": apply, "__module__": __name__})
+    return cls
+
+
+def _guarded_factories(stock):
+    """The class's multimodal processor factories, with the processor refusing what VTW cannot run."""
+    from vllm.multimodal.registry import _ProcessorFactories
+
+    def processor(info, dummy_inputs, *args, **kwargs):
+        proc = stock.processor(info, dummy_inputs, *args, **kwargs)
+        proc.__class__ = _guarded_processor(type(proc))
+        return proc
+
+    return _ProcessorFactories(info=stock.info, dummy_inputs=stock.dummy_inputs, processor=processor)
 
 
 # vtwctl class name -> (vLLM module, vLLM class); the families verified by tests/test_vllm_serving.py
@@ -278,7 +521,8 @@ def __getattr__(name: str):
     if name in STOCK:
         module, cls_name = STOCK[name]
         stock = getattr(importlib.import_module(module), cls_name)
-        body = {"__doc__": f"vLLM's {cls_name} with Visual Tokens Withdrawal (vtwctl)."}
+        body = {"__doc__": f"vLLM's {cls_name} with Visual Tokens Withdrawal (vtwctl).",
+                "_processor_factory": _guarded_factories(stock._processor_factory)}
         if name in _LLAVA_TOWER:
             body["hf_to_vllm_mapper"] = _FLAT_TOWER | stock.hf_to_vllm_mapper
         mixin = _VTW
@@ -295,3 +539,6 @@ def __getattr__(name: str):
     cls = type(stock.__name__, (mixin, stock), {"__module__": __name__, "__qualname__": name, **body})
     globals()[name] = cls
     return cls
+
+
+__all__ = ["SCHEDULER"]
