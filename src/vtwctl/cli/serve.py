@@ -171,9 +171,39 @@ def build_command(model: str, k: str, extra: list[str], dataset: str | None = No
             argv += [option, value]
     if not _option_values(rest, "--served-model-name"):
         argv += ["--served-model-name", name]
+    if not _option_values(rest, "--chat-template"):
+        template = served_chat_template(res.source)
+        if template is not None:
+            argv += ["--chat-template", template]
     argv += rest
     return argv, {"model": name, "source": res.source, "k": chosen, "num_layers": n, "record": record,
                   "stock": stock}
+
+
+def served_chat_template(source: str) -> str | None:
+    """The model's chat template with a leading ``{{ bos_token }}`` when its tokenizer adds BOS to plain text
+    but the template does not render it; None otherwise (or when nothing can be read offline).
+
+    ``vtwctl run`` (like transformers' processors and lmms-eval) tokenizes the rendered chat template with the
+    tokenizer's special tokens; vLLM's chat endpoint tokenizes it without them. For such a template the two
+    would see different prompts (one token apart) and could answer differently."""
+    try:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(source, local_files_only=True)
+    except Exception:  # noqa: BLE001 - no tokenizer here: leave the template to vLLM
+        return None
+    template = tok.chat_template
+    path = Path(source) / "chat_template.jinja"
+    if template is None and path.is_file():
+        template = path.read_text()
+    bos = tok.bos_token
+    if not isinstance(template, str) or not bos or "bos_token" in template or template.lstrip().startswith(bos):
+        return None
+    ids = tok("x").input_ids
+    if not ids or ids[0] != tok.bos_token_id:
+        return None
+    return "{{ bos_token }}" + template
 
 
 def _drop_option(args: list[str], name: str) -> list[str]:

@@ -37,8 +37,9 @@ def _qwen(family: str) -> bool:
     return family in ("qwen2_vl", "qwen2_5_vl")
 
 
-def tokenizer(family: str = "llava"):
-    """A word-level fast tokenizer over the tiny vocabulary (``<s>`` prepended)."""
+def tokenizer(family: str = "llava", vocab_size: int | None = None):
+    """A word-level fast tokenizer over the tiny vocabulary (``<s>`` prepended); ``vocab_size`` fills the
+    ids past the tiny vocabulary with ``<extraN>`` words, so that every id a larger model emits decodes."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
@@ -53,7 +54,7 @@ def tokenizer(family: str = "llava"):
         named = {"image_token": IMAGE_TOKEN, "video_token": "<video>"} if family == "llava_onevision" else {
             "image_token": IMAGE_TOKEN}
     vocab = {"<pad>": PAD_ID, "<s>": BOS_ID, "</s>": EOS_ID, **WORDS, **specials}
-    vocab.update({f"<extra{i}>": i for i in range(VIDEO_ID + 1, VOCAB) if i not in vocab.values()})
+    vocab.update({f"<extra{i}>": i for i in range(VIDEO_ID + 1, vocab_size or VOCAB) if i not in vocab.values()})
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", BOS_ID)])
@@ -140,6 +141,53 @@ def _sharpen(model, qk: float = 4.0, out: float = 6.0) -> None:
                 proj.weight.mul_(factor)
                 if proj.bias is not None and proj is not attn.o_proj:
                     proj.bias.mul_(factor)
+
+
+BENCH_TEMPLATE = ("{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}USER: {% for c in m['content'] %}"
+                  "{% if c['type'] == 'image' or c['type'] == 'image_url' %}<image>\n{% endif %}{% endfor %}"
+                  "{% for c in m['content'] %}{% if c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}"
+                  " {% endif %}{% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}")
+
+
+def save_bench_llava(path: str | Path, num_layers: int = 8, hidden: int = 1024, heads: int = 16,
+                     intermediate: int | None = None, vocab_size: int = 32000, image_size: int = 336,
+                     seed: int = 0) -> Path:
+    """A LLaVA-1.5-shaped model with random weights for the serving load bench: a CLIP tower of 336-pixel
+    images in 14-pixel patches (576 vision tokens per image, as LLaVA-1.5) but one narrow layer deep, a
+    two-layer projector and a Llama text model of ``num_layers`` x ``hidden`` (multi-head attention, a
+    32,000-token vocabulary). Saved with its processor, a word-level tokenizer over the whole vocabulary and
+    a LLaVA-1.5 chat template (with ``<s>``), under the hub checkpoints' weight names."""
+    import torch
+    import transformers as tf
+    from safetensors.torch import load_file, save_file
+
+    from ..testing import BOS_ID, EOS_ID, IMAGE_ID, PAD_ID
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    vision = tf.CLIPVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=2,
+                                 image_size=image_size, patch_size=14, projection_dim=64)
+    text = tf.LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=intermediate or 11 * hidden // 4,
+                          num_hidden_layers=num_layers, num_attention_heads=heads, num_key_value_heads=heads,
+                          max_position_embeddings=4096, pad_token_id=PAD_ID, bos_token_id=BOS_ID,
+                          eos_token_id=EOS_ID, tie_word_embeddings=False)
+    config = tf.LlavaConfig(vision_config=vision, text_config=text, image_token_id=IMAGE_ID,
+                            vision_feature_select_strategy="default", vision_feature_layer=-1)
+    torch.manual_seed(seed)
+    model = tf.LlavaForConditionalGeneration(config).eval()
+    model.generation_config.eos_token_id = None
+    model.save_pretrained(path)
+    tok = tokenizer("llava", vocab_size=vocab_size)
+    image_processor = tf.CLIPImageProcessor(size={"shortest_edge": image_size},
+                                            crop_size={"height": image_size, "width": image_size})
+    proc = tf.LlavaProcessor(image_processor=image_processor, tokenizer=tok, patch_size=14,
+                             vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                             image_token=IMAGE_TOKEN, chat_template=BENCH_TEMPLATE)
+    proc.save_pretrained(path)
+    for file in path.glob("*.safetensors"):
+        weights = load_file(file)
+        save_file({hub_name(k): v.contiguous() for k, v in weights.items()}, file, metadata={"format": "pt"})
+    return path
 
 
 def save_tiny_llava(path: str | Path, num_layers: int = 6, seed: int = 0) -> Path:

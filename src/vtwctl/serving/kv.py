@@ -115,12 +115,18 @@ def _scheduler_class(base: type) -> type:
     if cls is None:
         def __init__(self, *args, **kwargs):
             base.__init__(self, *args, **kwargs)
+            self.vtw_preemptions = 0
             for manager in self.kv_cache_manager.coordinator.single_type_managers:
                 if isinstance(manager, TextKVManager):
                     manager.requests = self.requests
 
+        def _preempt_request(self, request, *args, **kwargs):
+            self.vtw_preemptions += 1  # (a count for logs and tests; the preemption itself is vLLM's)
+            return base._preempt_request(self, request, *args, **kwargs)
+
         cls = _SCHEDULERS[base] = type("VTW" + base.__name__, (base,), {
-            "__init__": __init__, "__module__": __name__, "__qualname__": "VTW" + base.__name__,
+            "__init__": __init__, "_preempt_request": _preempt_request, "__module__": __name__,
+            "__qualname__": "VTW" + base.__name__,
             "__doc__": f"vLLM's {base.__name__}, with its requests bound to vtwctl's text-only KV managers."})
     return cls
 

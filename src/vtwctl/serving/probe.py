@@ -101,7 +101,8 @@ def _kv_summary(llm) -> dict:
         groups = [{"spec": type(g.kv_cache_spec).__name__, "layers": len(g.layer_names)}
                   for g in config.kv_cache_groups]
         return {"groups": groups, "num_blocks": config.num_blocks,
-                "max_concurrency": get_max_concurrency_for_kv_cache_config(core.vllm_config, config)}
+                "max_concurrency": get_max_concurrency_for_kv_cache_config(core.vllm_config, config),
+                "preemptions": getattr(core.scheduler, "vtw_preemptions", None)}
     except Exception as exc:  # noqa: BLE001 - a multiprocess engine has no local scheduler to read
         return {"error": repr(exc)}
 
