@@ -215,7 +215,8 @@ def test_preemption_recomputes_exactly(case, reference):
     restarts them at token 0); every answer still equals its one-at-a-time reference."""
     _only(case, "llava", "qwen2_vl")
     prompts = case["prompts"] * 3
-    got = probe(case, "preempt", KS[1], {**CHUNKED, "max_model_len": 64, "num_gpu_blocks_override": 5,
+    got = probe(case, "preempt", KS[1], {**CHUNKED, "max_num_batched_tokens": 16, "max_model_len": 64,
+                                          "num_gpu_blocks_override": 5,
                                           "max_num_seqs": 12}, prompts=prompts)
     assert got["kv"]["preemptions"] > 0
     assert got["runs"][0]["tokens"] == reference[KS[1]] * 3
@@ -436,5 +437,6 @@ def test_plain_vllm_serves_the_demo_stock(tmp_path):
             "max_tokens": 8, "root": tmp_path}
     got = probe(case, "plain", None, {"max_model_len": 512}, env={"VLLM_PLUGINS": "none"})
     assert got["model_class"] == "LlavaForConditionalGeneration"
-    assert got["runs"][0]["tokens"][0] == gen[0, batch["input_ids"].shape[1]:].tolist()
+    expected = gen[0, batch["input_ids"].shape[1]:].tolist()  # transformers stops at EOS; the probe ignores it
+    assert got["runs"][0]["tokens"][0][:len(expected)] == expected
     assert np.array(got["runs"][0]["prompt_tokens"][0]).tolist() == batch["input_ids"][0].tolist()

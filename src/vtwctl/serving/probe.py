@@ -55,11 +55,11 @@ def run(spec: dict) -> dict:
             req["multi_modal_data"] = {**req.get("multi_modal_data", {}), "video": np.load(p["video"])}
         requests.append(req)
     params = SamplingParams(temperature=0.0, max_tokens=int(spec.get("max_tokens", 8)), ignore_eos=True)
-    classes = llm.apply_model(lambda model: type(model).__qualname__)
+    classes = llm.apply_model(_class_name)
     t0 = time.perf_counter()
     outs = llm.generate(requests, params, use_tqdm=False)
     seconds = time.perf_counter() - t0
-    stats = llm.apply_model(lambda model: dict(getattr(model, "vtw_stats", {})))
+    stats = llm.apply_model(_stats)
     runs = [{"k": k, "seconds": seconds, "stats": stats[0] if stats else {},
              "tokens": [list(o.outputs[0].token_ids) for o in outs],
              "prompt_tokens": [list(o.prompt_token_ids) for o in outs]}]
@@ -89,6 +89,14 @@ def _record_blocks(llm, requests: list, params) -> list[dict]:
             seen[index] = {"prompt_tokens": req.num_prompt_tokens, "computed": req.num_computed_tokens,
                            "blocks": {name: c.pop() if len(c) == 1 else sorted(c) for name, c in counts.items()}}
     return [seen[i] for i in sorted(seen)]
+
+
+def _class_name(model) -> str:  # module-level: tensor-parallel workers get it pickled by name
+    return type(model).__qualname__
+
+
+def _stats(model) -> dict:
+    return dict(getattr(model, "vtw_stats", {}))
 
 
 def _kv_summary(llm) -> dict:

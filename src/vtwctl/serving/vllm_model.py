@@ -43,6 +43,7 @@ from vllm.forward_context import get_forward_context
 from vllm.logger import init_logger
 from vllm.model_executor.layers.attention import Attention
 from vllm.model_executor.models.utils import WeightsMapper
+from vllm.sequence import IntermediateTensors
 from vllm.v1.attention.backend import subclass_attention_backend
 from vllm.v1.kv_cache_interface import replace_as
 
@@ -176,21 +177,23 @@ def _text_backend(backend: type, rows: _TextRows) -> type:
 
 # -- the two halves of a step with vision rows, each a vLLM-compiled module -----------------------------
 
-def _run_layers(layers, positions, hidden, residual):
-    for layer in layers:
+def _run_layers(layers, positions, hidden, residual, deepstack=None):
+    for i, layer in enumerate(layers):
         hidden, residual = layer(positions, hidden, residual)
+        if deepstack is not None and f"deepstack_input_embeds_{i}" in deepstack.tensors:
+            hidden = hidden + deepstack[f"deepstack_input_embeds_{i}"]  # Qwen3-VL, as its text model adds them
     return hidden, residual
 
 
 class _Front(nn.Module):
-    """Decoder layers 0..K-1 over every row of the step."""
+    """Decoder layers 0..K-1 over every row of the step (with Qwen3-VL's deepstack inputs, if any)."""
 
     def __init__(self, *, vllm_config, prefix: str = "", layers=()) -> None:
         super().__init__()
         self.__dict__["_layers"] = list(layers)  # not submodules: the weights stay where vLLM loads them
 
-    def forward(self, positions: torch.Tensor, hidden_states: torch.Tensor):
-        return _run_layers(self._layers, positions, hidden_states, None)
+    def forward(self, positions: torch.Tensor, hidden_states: torch.Tensor, deepstack: IntermediateTensors | None):
+        return _run_layers(self._layers, positions, hidden_states, None, deepstack)
 
 
 class _Back(nn.Module):
@@ -234,7 +237,7 @@ class _VTW:
         self.vtw_k: int | None = None
         self._vtw_rows: _TextRows | None = None
         self._vtw_vision: torch.Tensor | None = None
-        text = self.language_model.model
+        text = _decoder(self)
         attn = [_attention_of(layer) for layer in text.layers]
         hf_config = vllm_config.model_config.hf_config
         self._vtw_vision_ids = torch.tensor(
@@ -272,7 +275,7 @@ class _VTW:
             backend = backend or _text_backend(a.get_attn_backend(), rows)
             a.attn_backend = backend
         tag = f"vtw_k{k}_of{n}"
-        front = _compiled(_Front, tag, {"positions": -1, "hidden_states": 0})
+        front = _compiled(_Front, tag, {"positions": -1, "hidden_states": 0, "deepstack": 0})
         back = _compiled(_Back, tag, {"positions": -1, "hidden_states": 0, "residual": 0})
         self.__dict__["_vtw_front"] = front(vllm_config=vllm_config, prefix=f"{prefix}vtw_front",
                                             layers=text.layers[:k]) if k > 0 else None
@@ -303,7 +306,7 @@ class _VTW:
         if step.plan is not None:  # no vision rows, planned by the builders: vLLM's forward, text-rank KV
             self._count(step, None, step.plan)
             return super().forward(input_ids, positions, intermediate_tensors, inputs_embeds, **kwargs)
-        text = self.language_model.model
+        text = _decoder(self)
         hidden = inputs_embeds if inputs_embeds is not None else text.embed_input_ids(input_ids)
         lead = step.commons[rows.lead]
         vision = self._vision_rows(vision, input_ids, hidden.shape[0])
@@ -315,7 +318,10 @@ class _VTW:
                 return super().forward(input_ids, positions, intermediate_tensors, inputs_embeds, **kwargs)
         residual = None
         if self._vtw_front is not None:
-            hidden, residual = self._vtw_front(positions, hidden)
+            deepstack = self._vtw_deepstack(inputs_embeds)
+            hidden, residual = self._vtw_front(positions, hidden, deepstack)
+            if deepstack is not None:
+                self._clear_deepstack_input_embeds(inputs_embeds.size(0))
         out = torch.zeros_like(hidden)
         if plan.num_rows == 0:
             return out
@@ -343,12 +349,19 @@ class _VTW:
         self._vtw_warm = True
         if self._vtw_back.do_not_compile:  # eager (enforce_eager): nothing to compile
             return
-        text = self.language_model.model
+        text = _decoder(self)
         hidden = inputs_embeds if inputs_embeds is not None else text.embed_input_ids(input_ids)
         residual = None
         if self._vtw_front is not None:
-            hidden, residual = self._vtw_front(positions, hidden)
+            hidden, residual = self._vtw_front(positions, hidden, self._vtw_deepstack(inputs_embeds))
         self._vtw_back(positions, hidden, residual)
+
+    def _vtw_deepstack(self, inputs_embeds):
+        """Qwen3-VL's deepstack inputs of the step (vision features added after the first layers), else None."""
+        get = getattr(self, "_get_deepstack_input_embeds", None)
+        if get is None or inputs_embeds is None:
+            return None
+        return get(inputs_embeds.size(0))
 
     def _count(self, step: _Step, vision, plan: TextPlan) -> None:
         """Step shapes seen (read by the tests to show which cases a run covered)."""
@@ -373,6 +386,18 @@ class _VTW:
         if vision.numel() < rows:  # rows past the scheduled tokens are padding
             vision = torch.cat([vision, vision.new_zeros(rows - vision.numel())])
         return vision[:rows]
+
+
+def _decoder(model) -> nn.Module:
+    """The text decoder of a vLLM multimodal model: the module holding its decoder ``layers`` and final
+    ``norm`` (``language_model.model`` in most classes, ``model.text_model`` in Idefics3/SmolVLM)."""
+    for path in ("language_model.model", "model.text_model", "model.language_model", "language_model"):
+        module = model
+        for name in path.split("."):
+            module = getattr(module, name, None)
+        if module is not None and hasattr(module, "layers") and hasattr(module, "norm"):
+            return module
+    raise VTWError(f"vtwctl VTW: cannot find the text decoder of {type(model).__name__}")
 
 
 def _attention_of(layer) -> Attention:
