@@ -174,6 +174,7 @@ def main() -> None:
     ap.add_argument("--min-requests", type=int, default=8)
     ap.add_argument("--text-words", type=int, default=60, help="words of text per prompt (plus the template's)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--dtype", default="float32", help="float16/bfloat16 on a GPU")
     ap.add_argument("--kv-bound", type=int, default=32, help="concurrent requests of the KV-bound scenario (0: skip)")
     ap.add_argument("--work", default="/tmp/vtwctl-serve-load", help="model, logs and vLLM's compile cache")
     ap.add_argument("--out", default="bench/results/vllm_serve_load.json")
@@ -187,12 +188,12 @@ def main() -> None:
         save_bench_llava(model, num_layers=args.layers, hidden=args.hidden, heads=args.heads)
     k = args.layers // 2 if args.k is None else args.k
     levels = [int(c) for c in args.concurrency.split(",")]
-    common = ["--dtype", "float32", "--max-model-len", "1024", "--max-num-seqs", str(max(levels, default=1)),
+    common = ["--dtype", args.dtype, "--max-model-len", "1024", "--max-num-seqs", str(max(levels, default=1)),
               "--max-num-batched-tokens", "2048", "--limit-mm-per-prompt", '{"image": 1}']
     result = {"bench": "vllm_serve_load", "date": datetime.datetime.now().isoformat(timespec="seconds"),
               "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": sys.version.split()[0]},
               "model": {"layers": args.layers, "hidden": args.hidden, "heads": args.heads, "vision_tokens": 576,
-                        "vocab": 32000, "dtype": "float32"}, "k": k, "points": [], "kv_bound": None}
+                        "vocab": 32000, "dtype": args.dtype}, "k": k, "points": [], "kv_bound": None}
     try:
         import vllm
 
@@ -241,7 +242,7 @@ def main() -> None:
 def kv_bound(args, model: Path, k: int, work: Path, common: list[str], seed: int) -> dict:
     """KV memory for ~8 stock requests of one image + text + 32 output tokens; 32 concurrent requests."""
     block = 16
-    per_token = 2 * args.hidden * 4 * args.layers  # K and V, fp32, every layer (stock)
+    per_token = 2 * args.hidden * (4 if args.dtype == "float32" else 2) * args.layers  # K and V, every layer
     tokens = -(-(576 + args.text_words + 8 + 32) // block) * block
     budget = 8 * tokens * per_token
     flags = common + ["--kv-cache-memory-bytes", str(budget), "--block-size", str(block),

@@ -156,6 +156,66 @@ def test_serve_builds_the_vllm_command(tmp_path):
     assert "--no-enable-prefix-caching" in argv and argv[-2:] == ["--port", "8011"]
 
 
+def _argv(*args, env=None):
+    out = _cli("serve", *args, "--print-command", env=env)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def _flag(argv, name):
+    return [argv[i + 1] for i, a in enumerate(argv) if a == name]
+
+
+def test_serve_adds_what_vtw_needs_and_safe_defaults():
+    argv = _argv("--model", "demo", "--k", "3")["argv"]
+    assert _flag(argv, "--scheduler-cls") == ["vtwctl.serving.kv.VTWScheduler"]
+    assert _flag(argv, "--host") == ["127.0.0.1"]  # loopback unless the user says otherwise
+    assert _flag(argv, "--shutdown-timeout") == ["30"] and _flag(argv, "--mm-processor-cache-gb") == ["0"]
+    given = _argv("--model", "demo", "--k", "3", "--host", "0.0.0.0", "--shutdown-timeout", "5",
+                  "--tensor-parallel-size", "2", "--max-text-len", "64")["argv"]
+    assert _flag(given, "--host") == ["0.0.0.0"] and _flag(given, "--shutdown-timeout") == ["5"]
+    assert _flag(given, "--tensor-parallel-size") == ["2"]  # tensor parallelism is not refused
+    assert json.loads(_flag(given, "--hf-overrides")[0]) == {"vtw_k": 3, "vtw_max_text_len": 64}
+
+
+def test_serve_k_equal_n_is_the_stock_model():
+    """K = N: no vtw_k (vLLM's own class), no scheduler, any option, any architecture."""
+    cmd = _argv("--model", "demo", "--k", "8", "--tensor-parallel-size", "2", "--enable-prefix-caching")
+    assert cmd["stock"] and cmd["k"] == 8
+    argv = cmd["argv"]
+    assert "--hf-overrides" not in argv and "--scheduler-cls" not in argv and "--no-enable-prefix-caching" not in argv
+    assert _cli("serve", "--model", "video-llava-7b", "--k", "32", "--print-command").returncode == 0
+
+
+def test_serve_refuses_another_scheduler():
+    out = _cli("serve", "--model", "demo", "--k", "3", "--scheduler-cls", "my.Scheduler", "--print-command")
+    assert out.returncode == 2 and "needs vtwctl's scheduler" in out.stderr
+
+
+def test_served_chat_template_tokenizes_like_vtwctl_run():
+    """vLLM's chat endpoint renders the chat template and tokenizes it without special tokens; vtwctl run
+    tokenizes the rendered template with them (a leading <s> on the demo). The template vtwctl serve passes
+    gives vLLM's way the same ids as vtwctl's (the default chat request and vtwctl run see one prompt)."""
+    import vtwctl
+    from vtwctl.cli.serve import served_chat_template
+    from vtwctl.demo import MODEL_DIR, shapes
+
+    template = served_chat_template(str(MODEL_DIR))
+    assert template is not None and template.startswith("{{ bos_token }}")
+    loaded = vtwctl.load("demo", device="cpu", dtype="float32")
+    sample = shapes.make_sample("test", 0)
+    ours = loaded.build_inputs(sample["question"], images=[sample["image"]])["input_ids"][0].tolist()
+    tok = loaded.processor.tokenizer
+    conv = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": sample["question"]}]}]
+    text = loaded.processor.apply_chat_template(conv, chat_template=template, add_generation_prompt=True,
+                                                tokenize=False)
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    image = tok.convert_tokens_to_ids("<image>")
+    expanded = [t for t in ours if t != image]  # the processor expands <image> to the vision tokens
+    assert [t for t in ids if t != image] == expanded and ids[0] == tok.bos_token_id
+    assert served_chat_template(str(MODEL_DIR / "missing")) is None
+
+
 @pytest.mark.parametrize("args, words", [
     (["--k", "3", "--enable-prefix-caching"], "prefix caching"),
     (["--k", "3", "--pipeline-parallel-size", "2"], "pipeline parallelism"),

@@ -50,6 +50,9 @@ ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind", "OM
        "HF_HUB_OFFLINE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_ALLOW_INSECURE_SERIALIZATION": "1"}
 ENGINE = {"dtype": "float32", "max_model_len": 256, "enforce_eager": True, "enable_prefix_caching": False,
           "block_size": 32, "max_num_seqs": 5}
+if os.environ.get("VTWCTL_VLLM_TEST_DEVICE") == "cuda":  # bench/gpu_serving.sh: the same tests on one GPU
+    ENV = {k: v for k, v in ENV.items() if not k.startswith(("VLLM_CPU", "OMP"))}
+    ENGINE["gpu_memory_utilization"] = 0.3
 WHOLE = {"enable_chunked_prefill": False, "max_num_batched_tokens": 256}
 CHUNKED = {"enable_chunked_prefill": True, "max_num_batched_tokens": 8}
 COMPILED = {"enforce_eager": False}  # vLLM's default CPU compile mode
