@@ -316,21 +316,22 @@ class _VTW:
         if plan.all_rows:  # no vision rows after all (text-only prompts): vLLM's forward, text-rank KV
             with _swapped(self._vtw_text_metadata(step, plan)):
                 return super().forward(input_ids, positions, intermediate_tensors, inputs_embeds, **kwargs)
-        residual = None
-        if self._vtw_front is not None:
-            deepstack = self._vtw_deepstack(inputs_embeds)
-            hidden, residual = self._vtw_front(positions, hidden, deepstack)
-            if deepstack is not None:
-                self._clear_deepstack_input_embeds(inputs_embeds.size(0))
-        out = torch.zeros_like(hidden)
-        if plan.num_rows == 0:
-            return out
-        idx = plan.rows.to(hidden.device)
-        h = hidden.index_select(0, idx)
-        r = residual.index_select(0, idx) if residual is not None else None
-        pos = positions.index_select(-1, idx)
-        with _swapped(self._vtw_text_metadata(step, plan)):
-            h = self._vtw_back(pos, h, r)
+        with _no_cudagraphs():  # vLLM's CUDA graphs are keyed by the step's row count, not the text rows'
+            residual = None
+            if self._vtw_front is not None:
+                deepstack = self._vtw_deepstack(inputs_embeds)
+                hidden, residual = self._vtw_front(positions, hidden, deepstack)
+                if deepstack is not None:
+                    self._clear_deepstack_input_embeds(inputs_embeds.size(0))
+            out = torch.zeros_like(hidden)
+            if plan.num_rows == 0:
+                return out
+            idx = plan.rows.to(hidden.device)
+            h = hidden.index_select(0, idx)
+            r = residual.index_select(0, idx) if residual is not None else None
+            pos = positions.index_select(-1, idx)
+            with _swapped(self._vtw_text_metadata(step, plan)):
+                h = self._vtw_back(pos, h, r)
         out.index_copy_(0, idx, h)
         return out
 
@@ -405,6 +406,23 @@ def _attention_of(layer) -> Attention:
     if len(found) != 1:
         raise VTWError(f"vtwctl VTW: expected one attention module per decoder layer, found {len(found)}")
     return found[0]
+
+
+class _no_cudagraphs:
+    """Run the compiled halves without vLLM's CUDA graphs (a no-op on the CPU, which has none): vLLM captures
+    and replays them by the step's batch descriptor, which the text rows of layers >= K do not match."""
+
+    def __enter__(self):
+        from vllm.config import CUDAGraphMode
+
+        self.context = get_forward_context()
+        self.mode = self.context.cudagraph_runtime_mode
+        self.context.cudagraph_runtime_mode = CUDAGraphMode.NONE
+        return self
+
+    def __exit__(self, *exc):
+        self.context.cudagraph_runtime_mode = self.mode
+        return False
 
 
 class _swapped:
