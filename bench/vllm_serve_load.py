@@ -158,6 +158,23 @@ def drive(server: Server, bodies: list[bytes], concurrency: int, sample_running:
     return out
 
 
+def prefill_flops(layers: int, hidden: int, intermediate: int, rows: int, keys_per_row: float) -> float:
+    """Decoder FLOPs of a prefill: the linear layers of ``rows`` rows and causal attention over
+    ``keys_per_row`` keys on average, per layer (multiply-add = 2 FLOPs)."""
+    linear = 2 * rows * (4 * hidden * hidden + 3 * hidden * intermediate)
+    attention = 2 * 2 * rows * keys_per_row * hidden
+    return layers * (linear + attention)
+
+
+def flops_ratio(layers: int, hidden: int, k: int, prompt: int, text: int) -> float:
+    """VTW / stock decoder FLOPs of one prompt of ``prompt`` tokens, ``text`` of them text, withdrawn at K."""
+    inter = 11 * hidden // 4
+    stock = prefill_flops(layers, hidden, inter, prompt, (prompt + 1) / 2)
+    vtw = prefill_flops(k, hidden, inter, prompt, (prompt + 1) / 2) + prefill_flops(
+        layers - k, hidden, inter, text, (text + 1) / 2)
+    return vtw / stock
+
+
 def requests_for(concurrency: int, minimum: int) -> int:
     return max(minimum, 2 * concurrency if concurrency < 64 else concurrency)
 
@@ -225,6 +242,11 @@ def main() -> None:
                             for v in ("stock", "vtw")}
                     point["req_per_s"] = tput
                     point["ratio"] = tput["vtw"] / tput["stock"]
+                    runs = point["runs"]
+                    prompt = runs[0]["prompt_tokens"] / runs[0]["requests"]
+                    point["prompt_tokens"] = prompt
+                    point["decoder_flops_ratio"] = flops_ratio(args.layers, args.hidden, k, round(prompt),
+                                                               round(prompt) - 576)
                     result["points"].append(point)
                     print(f"  -> VTW / stock = {point['ratio']:.3f}", flush=True)
             result.setdefault("max_concurrency", {})[mode] = {v: s.max_concurrency() for v, s in servers.items()}
