@@ -2,7 +2,7 @@
 
 vLLM loads ``register`` in each of its processes through the ``vllm.general_plugins`` entry point.
 It registers vtwctl's subclasses of vLLM's classes for the verified families (``ARCHITECTURES``:
-LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision, Qwen2-VL, Qwen2.5-VL, Mistral 3) under the stock
+LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision, Qwen2-VL, Qwen2.5-VL, Mistral 3, Idefics3) under the stock
 architecture names, lazily (as ``module:Class`` strings: nothing of vLLM's model code is imported
 until vLLM builds a model). A model whose config has no ``vtw_k`` runs exactly as vLLM's own class;
 ``--hf-overrides '{"vtw_k": 16}'`` turns VTW on (see ``config``). The vision-language architectures
@@ -24,6 +24,7 @@ ARCHITECTURES = {
     "Qwen2VLForConditionalGeneration": "VTWQwen2VLForConditionalGeneration",
     "Qwen2_5_VLForConditionalGeneration": "VTWQwen2_5_VLForConditionalGeneration",
     "Mistral3ForConditionalGeneration": "VTWMistral3ForConditionalGeneration",
+    "Idefics3ForConditionalGeneration": "VTWIdefics3ForConditionalGeneration",
 }
 MODULE = "vtwctl.serving.vllm_model"
 # vision-language architectures vLLM serves on which VTW is not verified: with vtw_k they refuse to start
@@ -31,8 +32,7 @@ MODULE = "vtwctl.serving.vllm_model"
 UNVERIFIED = (
     "LlavaNextVideoForConditionalGeneration",
     "Qwen3VLForConditionalGeneration", "Qwen3VLMoeForConditionalGeneration", "Gemma3ForConditionalGeneration",
-    "InternVLChatModel", "InternVLForConditionalGeneration", "Idefics3ForConditionalGeneration",
-    "SmolVLMForConditionalGeneration",
+    "InternVLChatModel", "InternVLForConditionalGeneration", "SmolVLMForConditionalGeneration",
 )
 GUARD_PREFIX = "VTWUnverified_"
 

@@ -513,6 +513,7 @@ STOCK = {
     "VTWQwen2_5_VLForConditionalGeneration": ("vllm.model_executor.models.qwen2_5_vl",
                                               "Qwen2_5_VLForConditionalGeneration"),
     "VTWMistral3ForConditionalGeneration": ("vllm.model_executor.models.mistral3", "Mistral3ForConditionalGeneration"),
+    "VTWIdefics3ForConditionalGeneration": ("vllm.model_executor.models.idefics3", "Idefics3ForConditionalGeneration"),
 }
 _LLAVA_TOWER = ("VTWLlavaForConditionalGeneration", "VTWLlavaNextForConditionalGeneration",
                 "VTWLlavaOnevisionForConditionalGeneration")
