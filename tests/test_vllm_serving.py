@@ -36,7 +36,8 @@ pytestmark = [
 
 N = 6
 KS = [1, N // 2, N - 1]
-FAMILIES = ("llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "mistral3", "idefics3")
+FAMILIES = ("llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "mistral3", "idefics3",
+            "llava_next_video")
 # image sizes (h, w) of the three image prompts: LLaVA 16 vision tokens each; LLaVA-NeXT 70, 36, 72;
 # OneVision 70, 36, 70 (vLLM 0.32 sizes its encoder cache for 70 on this tiny config, which chunked prefill
 # enforces); Qwen 6, 16, 12; Mistral 3 40, 16, 16 [IMG] rows (5x8, 4x4, 2x8, each row followed by an

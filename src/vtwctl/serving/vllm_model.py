@@ -514,9 +514,11 @@ STOCK = {
                                               "Qwen2_5_VLForConditionalGeneration"),
     "VTWMistral3ForConditionalGeneration": ("vllm.model_executor.models.mistral3", "Mistral3ForConditionalGeneration"),
     "VTWIdefics3ForConditionalGeneration": ("vllm.model_executor.models.idefics3", "Idefics3ForConditionalGeneration"),
+    "VTWLlavaNextVideoForConditionalGeneration": ("vllm.model_executor.models.llava_next_video",
+                                                  "LlavaNextVideoForConditionalGeneration"),
 }
 _LLAVA_TOWER = ("VTWLlavaForConditionalGeneration", "VTWLlavaNextForConditionalGeneration",
-                "VTWLlavaOnevisionForConditionalGeneration")
+                "VTWLlavaOnevisionForConditionalGeneration", "VTWLlavaNextVideoForConditionalGeneration")
 
 
 class _Unverified:
