@@ -3,7 +3,7 @@
 vLLM loads ``register`` in each of its processes through the ``vllm.general_plugins`` entry point.
 It registers vtwctl's subclasses of vLLM's classes for the verified families (``ARCHITECTURES``:
 LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision, LLaVA-NeXT-Video (video), Qwen2-VL, Qwen2.5-VL, Mistral 3,
-Idefics3) under the stock architecture names, lazily (as ``module:Class`` strings: nothing of
+Idefics3, SmolVLM) under the stock architecture names, lazily (as ``module:Class`` strings: nothing of
 vLLM's model code is imported until vLLM builds a model). A model whose config has no ``vtw_k``
 runs exactly as vLLM's own class; ``--hf-overrides '{"vtw_k": 16}'`` turns VTW on (see ``config``).
 The vision-language architectures in ``UNVERIFIED`` get a guard subclass instead, which refuses to
@@ -26,13 +26,14 @@ ARCHITECTURES = {
     "Mistral3ForConditionalGeneration": "VTWMistral3ForConditionalGeneration",
     "Idefics3ForConditionalGeneration": "VTWIdefics3ForConditionalGeneration",
     "LlavaNextVideoForConditionalGeneration": "VTWLlavaNextVideoForConditionalGeneration",
+    "SmolVLMForConditionalGeneration": "VTWSmolVLMForConditionalGeneration",
 }
 MODULE = "vtwctl.serving.vllm_model"
 # vision-language architectures vLLM serves on which VTW is not verified: with vtw_k they refuse to start
 # (without vtw_k they are vLLM's classes); vtwctl serve refuses them before anything loads
 UNVERIFIED = (
     "Qwen3VLForConditionalGeneration", "Qwen3VLMoeForConditionalGeneration", "Gemma3ForConditionalGeneration",
-    "InternVLChatModel", "InternVLForConditionalGeneration", "SmolVLMForConditionalGeneration",
+    "InternVLChatModel", "InternVLForConditionalGeneration",
 )
 GUARD_PREFIX = "VTWUnverified_"
 

@@ -514,6 +514,7 @@ STOCK = {
                                               "Qwen2_5_VLForConditionalGeneration"),
     "VTWMistral3ForConditionalGeneration": ("vllm.model_executor.models.mistral3", "Mistral3ForConditionalGeneration"),
     "VTWIdefics3ForConditionalGeneration": ("vllm.model_executor.models.idefics3", "Idefics3ForConditionalGeneration"),
+    "VTWSmolVLMForConditionalGeneration": ("vllm.model_executor.models.smolvlm", "SmolVLMForConditionalGeneration"),
     "VTWLlavaNextVideoForConditionalGeneration": ("vllm.model_executor.models.llava_next_video",
                                                   "LlavaNextVideoForConditionalGeneration"),
 }
