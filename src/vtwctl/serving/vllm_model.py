@@ -242,7 +242,8 @@ class _VTW:
         hf_config = vllm_config.model_config.hf_config
         self._vtw_vision_ids = torch.tensor(
             [int(i) for i in (getattr(hf_config, "image_token_id", None), getattr(hf_config, "video_token_id", None),
-                              getattr(hf_config, "image_token_index", None)) if i is not None])
+                              getattr(hf_config, "image_token_index", None),
+                              getattr(hf_config, "video_token_index", None)) if i is not None])
         n = len(text.layers)
         k = k_from_config(hf_config, n, default_model=vllm_config.model_config.model)
         if k is None or k == n:  # off, or the stock model
@@ -529,9 +530,14 @@ STOCK = {
     "VTWQwen2VLForConditionalGeneration": ("vllm.model_executor.models.qwen2_vl", "Qwen2VLForConditionalGeneration"),
     "VTWQwen2_5_VLForConditionalGeneration": ("vllm.model_executor.models.qwen2_5_vl",
                                               "Qwen2_5_VLForConditionalGeneration"),
+    "VTWMistral3ForConditionalGeneration": ("vllm.model_executor.models.mistral3", "Mistral3ForConditionalGeneration"),
+    "VTWIdefics3ForConditionalGeneration": ("vllm.model_executor.models.idefics3", "Idefics3ForConditionalGeneration"),
+    "VTWSmolVLMForConditionalGeneration": ("vllm.model_executor.models.smolvlm", "SmolVLMForConditionalGeneration"),
+    "VTWLlavaNextVideoForConditionalGeneration": ("vllm.model_executor.models.llava_next_video",
+                                                  "LlavaNextVideoForConditionalGeneration"),
 }
 _LLAVA_TOWER = ("VTWLlavaForConditionalGeneration", "VTWLlavaNextForConditionalGeneration",
-                "VTWLlavaOnevisionForConditionalGeneration")
+                "VTWLlavaOnevisionForConditionalGeneration", "VTWLlavaNextVideoForConditionalGeneration")
 
 
 class _Unverified:
