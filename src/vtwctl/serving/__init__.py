@@ -1,8 +1,8 @@
 """Serving with VTW: a vLLM out-of-tree plugin (``pip install "vtwctl[vllm]"``; docs/serving.md).
 
 vLLM loads ``register`` in each of its processes through the ``vllm.general_plugins`` entry point.
-It registers vtwctl's subclasses of vLLM's classes for the verified families (LLaVA-1.5,
-LLaVA-NeXT, Qwen2-VL, Qwen2.5-VL) under the stock architecture names, lazily (as ``module:Class``
+It registers vtwctl's subclasses of vLLM's classes for the verified families (``ARCHITECTURES``)
+under the stock architecture names, lazily (as ``module:Class``
 strings: nothing of vLLM's model code is imported until vLLM builds a model). A model whose config
 has no ``vtw_k`` runs exactly as vLLM's own class; ``--hf-overrides '{"vtw_k": 16}'`` turns VTW on
 (see ``config``). The vision-language architectures in ``UNVERIFIED`` get a guard subclass
@@ -22,13 +22,15 @@ ARCHITECTURES = {
     "LlavaOnevisionForConditionalGeneration": "VTWLlavaOnevisionForConditionalGeneration",
     "Qwen2VLForConditionalGeneration": "VTWQwen2VLForConditionalGeneration",
     "Qwen2_5_VLForConditionalGeneration": "VTWQwen2_5_VLForConditionalGeneration",
+    "Qwen3VLForConditionalGeneration": "VTWQwen3VLForConditionalGeneration",
+    "Qwen3VLMoeForConditionalGeneration": "VTWQwen3VLMoeForConditionalGeneration",
 }
 MODULE = "vtwctl.serving.vllm_model"
 # vision-language architectures vLLM serves on which VTW is not verified: with vtw_k they refuse to start
 # (without vtw_k they are vLLM's classes); vtwctl serve refuses them before anything loads
 UNVERIFIED = (
     "LlavaNextVideoForConditionalGeneration",
-    "Qwen3VLForConditionalGeneration", "Qwen3VLMoeForConditionalGeneration", "Gemma3ForConditionalGeneration",
+    "Gemma3ForConditionalGeneration",
     "InternVLChatModel", "InternVLForConditionalGeneration", "Idefics3ForConditionalGeneration",
     "SmolVLMForConditionalGeneration",
 )

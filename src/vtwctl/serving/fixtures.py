@@ -10,13 +10,18 @@ small enough for a quick test:
   image plus the unpadded tiles with an ``image_newline`` token per row (36 to 88 tokens);
 - ``llava_onevision``: LLaVA-OneVision (SigLIP tower, Qwen2 text model), the same AnyRes layout;
 - ``qwen2_vl`` / ``qwen2_5_vl``: 14-pixel patches merged 2x2, images resized to 56..112 pixels a
-  side (4 to 16 tokens), M-RoPE with sections (8, 4, 4).
+  side (4 to 16 tokens), M-RoPE with sections (8, 4, 4);
+- ``qwen3_vl`` / ``qwen3_vl_moe``: 16-pixel patches merged 2x2, images resized to 64..128 pixels
+  a side (4 to 16 tokens), interleaved M-RoPE with sections (6, 5, 5), deepstack features after
+  text layers 0, 1 and 2 (MoE: 4 experts, 2 per token, every layer).
 
-The text layers' attention is sharpened (q/k x4, output x6) and Qwen's vision merger output
-scaled x20, so that greedy tokens depend on the vision tokens and on the text positions.
-LLaVA-family weights are stored under the hub checkpoints' names (``language_model.model.*``,
-``vision_tower.vision_model.*``), which both transformers and stock vLLM load; Qwen weights keep
-transformers' names, which vLLM maps itself.
+The text layers' attention is sharpened (q/k x4, output x6; where q and k are normalised per head,
+Qwen3 and Gemma 3, the norms' gains x4 instead) and Qwen's vision merger outputs (Qwen3: and its
+deepstack mergers') scaled x20, so that greedy tokens depend on the vision tokens and on the text
+positions. LLaVA-family weights are stored under the hub checkpoints' names
+(``language_model.model.*``, ``vision_tower.vision_model.*``), which both transformers and stock
+vLLM load; Qwen weights keep transformers' names, which vLLM maps itself (Qwen3-VL-MoE's fused
+experts in the hub layout, transposed).
 
 Prompts are words ``w3 .. w249`` (ids 3..249); the image placeholder is id 250 (``<image>``, or
 ``<|image_pad|>`` between ``<|vision_start|>`` (252) and ``<|vision_end|>`` (253) for Qwen).
@@ -27,14 +32,18 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-FAMILIES = ("llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl")
+FAMILIES = ("llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")
 WORDS = {f"w{i}": i for i in range(3, 250)}
 IMAGE_TOKEN = "<image>"
 QWEN_IMAGE = "<|vision_start|><|image_pad|><|vision_end|>"
 
 
 def _qwen(family: str) -> bool:
-    return family in ("qwen2_vl", "qwen2_5_vl")
+    return family in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")
+
+
+def _qwen3(family: str) -> bool:
+    return family in ("qwen3_vl", "qwen3_vl_moe")
 
 
 def tokenizer(family: str = "llava", vocab_size: int | None = None):
@@ -89,6 +98,11 @@ def _processor(family: str, tok):
         return tf.LlavaOnevisionProcessor(image_processor=image_processor, tokenizer=tok,
                                           video_processor=video_processor, num_image_tokens=16,
                                           vision_feature_select_strategy="full", chat_template=None)
+    if _qwen3(family):  # 16-pixel patches merged 2x2: 64..128 pixels a side
+        common = dict(size={"shortest_edge": 64 * 64, "longest_edge": 128 * 128}, patch_size=16, merge_size=2,
+                      temporal_patch_size=2)
+        return tf.Qwen3VLProcessor(image_processor=tf.Qwen2VLImageProcessor(**common), tokenizer=tok,
+                                   video_processor=tf.Qwen3VLVideoProcessor(**common), chat_template=None)
     size = {"shortest_edge": 56 * 56, "longest_edge": 112 * 112}
     common = dict(size=size, patch_size=14, merge_size=2, temporal_patch_size=2)
     image_processor = tf.Qwen2VLImageProcessor(**common)
@@ -108,7 +122,18 @@ def save_tiny(family: str, path: str | Path, num_layers: int = 6, seed: int = 0)
         raise ValueError(f"unknown family {family!r}; expected one of {', '.join(FAMILIES)}")
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    if _qwen(family):  # 4 heads of 32
+    if _qwen3(family):  # 4 heads of 32; M-RoPE sections summing to head_dim / 2, as vLLM requires
+        def edit(config):
+            config.text_config.rope_parameters.update(mrope_section=[6, 5, 5])
+            if family == "qwen3_vl_moe":  # as the hub checkpoints say (transformers always renormalises; vLLM reads it)
+                config.text_config.norm_topk_prob = True
+
+        model = _tiny_from_config(family, seed, num_layers=num_layers, hidden=128, edit=edit)
+        with torch.no_grad():  # vision embeddings (and deepstack features) as large as the sharpened text ones
+            for merger in (model.model.visual.merger, *model.model.visual.deepstack_merger_list):
+                merger.linear_fc2.weight.mul_(20.0)
+                merger.linear_fc2.bias.mul_(20.0)
+    elif _qwen(family):  # 4 heads of 32
         model = tiny_model(family, seed=seed, num_layers=num_layers, hidden=128)
         with torch.no_grad():  # vision embeddings as large as the (sharpened) text ones, so that VTW matters
             model.model.visual.merger.mlp[-1].weight.mul_(20.0)
@@ -124,8 +149,35 @@ def save_tiny(family: str, path: str | Path, num_layers: int = 6, seed: int = 0)
             weights = load_file(file)
             renamed = {hub_name(k): v.contiguous() for k, v in weights.items()}
             save_file(renamed, file, metadata={"format": "pt"})
+    if family == "qwen3_vl_moe":  # fused experts in the hub layout: transformers transposes them on load, vLLM reads it
+        for file in path.glob("*.safetensors"):
+            weights = load_file(file)
+            hub = {k: (v.transpose(1, 2) if re.search(r"mlp\.experts\.(gate_up|down)_proj$", k) else v).contiguous()
+                   for k, v in weights.items()}
+            save_file(hub, file, metadata={"format": "pt"})
     torch.manual_seed(seed)
     return path
+
+
+def _tiny_from_config(family: str, seed: int, edit=None, **kw):
+    """``vtwctl.testing.tiny_model``, with ``edit(config)`` applied to the config before the weights are made."""
+    import torch
+    import transformers as tf
+
+    from ..families import adapter_for
+    from ..testing import PAD_ID, tiny_config
+
+    config = tiny_config(family, **kw)
+    if edit is not None:
+        edit(config)
+    torch.manual_seed(seed)
+    config._attn_implementation = "sdpa"
+    model = getattr(tf, adapter_for(config).model_class)(config).eval()
+    with torch.no_grad():  # as tiny_model
+        model.get_input_embeddings().weight.mul_(20.0)
+    model.generation_config.pad_token_id = PAD_ID
+    model.generation_config.eos_token_id = None
+    return model
 
 
 def _sharpen(model, qk: float = 4.0, out: float = 6.0) -> None:
@@ -137,7 +189,16 @@ def _sharpen(model, qk: float = 4.0, out: float = 6.0) -> None:
     with torch.no_grad():
         for layer in model.model.language_model.layers:
             attn = layer.self_attn
-            for proj, factor in ((attn.q_proj, qk), (attn.k_proj, qk), (attn.o_proj, out)):
+            norms = [n for n in (getattr(attn, "q_norm", None), getattr(attn, "k_norm", None)) if n is not None]
+            # q/k normalised per head (Qwen3, Gemma 3) undo a scaled projection: scale the norms' gains instead
+            # (Gemma's norms multiply by 1 + weight)
+            for norm in norms:
+                if "Gemma" in type(norm).__name__:
+                    norm.weight.copy_((1.0 + norm.weight) * qk - 1.0)
+                else:
+                    norm.weight.mul_(qk)
+            scaled = [(attn.o_proj, out)] + ([] if norms else [(attn.q_proj, qk), (attn.k_proj, qk)])
+            for proj, factor in scaled:
                 proj.weight.mul_(factor)
                 if proj.bias is not None and proj is not attn.o_proj:
                     proj.bias.mul_(factor)

@@ -318,10 +318,10 @@ class _VTW:
                 return super().forward(input_ids, positions, intermediate_tensors, inputs_embeds, **kwargs)
         residual = None
         if self._vtw_front is not None:
-            deepstack = self._vtw_deepstack(inputs_embeds)
+            deepstack = self._vtw_deepstack(hidden.shape[0])
             hidden, residual = self._vtw_front(positions, hidden, deepstack)
-            if deepstack is not None:
-                self._clear_deepstack_input_embeds(inputs_embeds.size(0))
+            if deepstack is not None:  # as vLLM's forward does after its layers
+                self._clear_deepstack_input_embeds(hidden.shape[0])
         out = torch.zeros_like(hidden)
         if plan.num_rows == 0:
             return out
@@ -353,15 +353,17 @@ class _VTW:
         hidden = inputs_embeds if inputs_embeds is not None else text.embed_input_ids(input_ids)
         residual = None
         if self._vtw_front is not None:
-            hidden, residual = self._vtw_front(positions, hidden, self._vtw_deepstack(inputs_embeds))
+            hidden, residual = self._vtw_front(positions, hidden, self._vtw_deepstack(hidden.shape[0]))
         self._vtw_back(positions, hidden, residual)
 
-    def _vtw_deepstack(self, inputs_embeds):
-        """Qwen3-VL's deepstack inputs of the step (vision features added after the first layers), else None."""
+    def _vtw_deepstack(self, rows: int):
+        """Qwen3-VL's deepstack inputs of the step (vision features added after the first layers), else None.
+
+        Always an ``IntermediateTensors`` for a model with deepstack buffers (zeros where the step has no
+        vision rows), never None: ``_Front`` is compiled with its guards dropped, so the warm-up's dummy run
+        fixes the argument's kind for every later step."""
         get = getattr(self, "_get_deepstack_input_embeds", None)
-        if get is None or inputs_embeds is None:
-            return None
-        return get(inputs_embeds.size(0))
+        return None if get is None else get(rows)
 
     def _count(self, step: _Step, vision, plan: TextPlan) -> None:
         """Step shapes seen (read by the tests to show which cases a run covered)."""
@@ -511,6 +513,9 @@ STOCK = {
     "VTWQwen2VLForConditionalGeneration": ("vllm.model_executor.models.qwen2_vl", "Qwen2VLForConditionalGeneration"),
     "VTWQwen2_5_VLForConditionalGeneration": ("vllm.model_executor.models.qwen2_5_vl",
                                               "Qwen2_5_VLForConditionalGeneration"),
+    "VTWQwen3VLForConditionalGeneration": ("vllm.model_executor.models.qwen3_vl", "Qwen3VLForConditionalGeneration"),
+    "VTWQwen3VLMoeForConditionalGeneration": ("vllm.model_executor.models.qwen3_vl_moe",
+                                              "Qwen3VLMoeForConditionalGeneration"),
 }
 _LLAVA_TOWER = ("VTWLlavaForConditionalGeneration", "VTWLlavaNextForConditionalGeneration",
                 "VTWLlavaOnevisionForConditionalGeneration")
