@@ -24,6 +24,7 @@ ARCHITECTURES = {
     "Qwen2_5_VLForConditionalGeneration": "VTWQwen2_5_VLForConditionalGeneration",
     "Qwen3VLForConditionalGeneration": "VTWQwen3VLForConditionalGeneration",
     "Qwen3VLMoeForConditionalGeneration": "VTWQwen3VLMoeForConditionalGeneration",
+    "InternVLForConditionalGeneration": "VTWInternVLForConditionalGeneration",  # HF format; vLLM's InternS1 class
 }
 MODULE = "vtwctl.serving.vllm_model"
 # vision-language architectures vLLM serves on which VTW is not verified: with vtw_k they refuse to start
@@ -31,7 +32,7 @@ MODULE = "vtwctl.serving.vllm_model"
 UNVERIFIED = (
     "LlavaNextVideoForConditionalGeneration",
     "Gemma3ForConditionalGeneration",
-    "InternVLChatModel", "InternVLForConditionalGeneration", "Idefics3ForConditionalGeneration",
+    "InternVLChatModel", "Idefics3ForConditionalGeneration",
     "SmolVLMForConditionalGeneration",
 )
 GUARD_PREFIX = "VTWUnverified_"

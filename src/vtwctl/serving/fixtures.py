@@ -13,7 +13,10 @@ small enough for a quick test:
   side (4 to 16 tokens), M-RoPE with sections (8, 4, 4);
 - ``qwen3_vl`` / ``qwen3_vl_moe``: 16-pixel patches merged 2x2, images resized to 64..128 pixels
   a side (4 to 16 tokens), interleaved M-RoPE with sections (6, 5, 5), deepstack features after
-  text layers 0, 1 and 2 (MoE: 4 experts, 2 per token, every layer).
+  text layers 0, 1 and 2 (MoE: 4 experts, 2 per token, every layer);
+- ``internvl``: HF-format InternVL (Qwen2 text model), 32x32 tiles (up to 4, plus a thumbnail when
+  there are several) of 4 tokens each, ``<IMG_CONTEXT>`` rows between ``<img>`` and ``</img>``
+  (4 to 20 vision tokens); untied lm_head; no BOS (as Qwen2's tokenizer).
 
 The text layers' attention is sharpened (q/k x4, output x6; where q and k are normalised per head,
 Qwen3 and Gemma 3, the norms' gains x4 instead) and Qwen's vision merger outputs (Qwen3: and its
@@ -24,7 +27,8 @@ vLLM load; Qwen weights keep transformers' names, which vLLM maps itself (Qwen3-
 experts in the hub layout, transposed).
 
 Prompts are words ``w3 .. w249`` (ids 3..249); the image placeholder is id 250 (``<image>``, or
-``<|image_pad|>`` between ``<|vision_start|>`` (252) and ``<|vision_end|>`` (253) for Qwen).
+``<|image_pad|>`` between ``<|vision_start|>`` (252) and ``<|vision_end|>`` (253) for Qwen, or
+``<IMG_CONTEXT>`` between ``<img>`` (252) and ``</img>`` (253) for InternVL).
 """
 
 from __future__ import annotations
@@ -32,10 +36,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-FAMILIES = ("llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")
+FAMILIES = ("llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "internvl")
 WORDS = {f"w{i}": i for i in range(3, 250)}
 IMAGE_TOKEN = "<image>"
 QWEN_IMAGE = "<|vision_start|><|image_pad|><|vision_end|>"
+INTERNVL_IMAGE = "<IMG_CONTEXT>"  # transformers' InternVLProcessor expands it to <img> + n x <IMG_CONTEXT> + </img>
 
 
 def _qwen(family: str) -> bool:
@@ -58,6 +63,10 @@ def tokenizer(family: str = "llava", vocab_size: int | None = None):
         specials = {"<|image_pad|>": IMAGE_ID, "<|video_pad|>": VIDEO_ID, "<|vision_start|>": VSTART_ID,
                     "<|vision_end|>": VEND_ID}
         named = {"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"}
+    elif family == "internvl":
+        specials = {INTERNVL_IMAGE: IMAGE_ID, "<video>": VIDEO_ID, "<img>": VSTART_ID, "</img>": VEND_ID}
+        named = {"context_image_token": INTERNVL_IMAGE, "start_image_token": "<img>", "end_image_token": "</img>",
+                 "video_token": "<video>"}
     else:
         specials = {IMAGE_TOKEN: IMAGE_ID, "<video>": VIDEO_ID}
         named = {"image_token": IMAGE_TOKEN, "video_token": "<video>"} if family == "llava_onevision" else {
@@ -66,7 +75,8 @@ def tokenizer(family: str = "llava", vocab_size: int | None = None):
     vocab.update({f"<extra{i}>": i for i in range(VIDEO_ID + 1, vocab_size or VOCAB) if i not in vocab.values()})
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", BOS_ID)])
+    if family != "internvl":  # InternVL's Qwen2 tokenizer adds no BOS (vLLM splices decoded placeholders back in)
+        tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", BOS_ID)])
     tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
                                    unk_token="<pad>", extra_special_tokens=named,
@@ -98,6 +108,12 @@ def _processor(family: str, tok):
         return tf.LlavaOnevisionProcessor(image_processor=image_processor, tokenizer=tok,
                                           video_processor=video_processor, num_image_tokens=16,
                                           vision_feature_select_strategy="full", chat_template=None)
+    if family == "internvl":  # 32x32 tiles, up to 4 plus a thumbnail; 4 tokens a tile
+        image_processor = tf.GotOcr2ImageProcessor(size={"height": 32, "width": 32}, crop_to_patches=True,
+                                                   min_patches=1, max_patches=4)
+        video_processor = tf.InternVLVideoProcessor(size={"height": 32, "width": 32})
+        return tf.InternVLProcessor(image_processor=image_processor, tokenizer=tok, video_processor=video_processor,
+                                    image_seq_length=4, chat_template=None)
     if _qwen3(family):  # 16-pixel patches merged 2x2: 64..128 pixels a side
         common = dict(size={"shortest_edge": 64 * 64, "longest_edge": 128 * 128}, patch_size=16, merge_size=2,
                       temporal_patch_size=2)
@@ -138,13 +154,16 @@ def save_tiny(family: str, path: str | Path, num_layers: int = 6, seed: int = 0)
         with torch.no_grad():  # vision embeddings as large as the (sharpened) text ones, so that VTW matters
             model.model.visual.merger.mlp[-1].weight.mul_(20.0)
             model.model.visual.merger.mlp[-1].bias.mul_(20.0)
+    elif family == "internvl":  # 2 heads of 32 (one KV head); an lm_head of its own, as the other fixtures
+        model = _tiny_from_config(family, seed, num_layers=num_layers, num_attention_heads=2, num_key_value_heads=1,
+                                  head_dim=32, edit=lambda c: setattr(c, "tie_word_embeddings", False))
     else:  # 2 heads of 32 (one KV head)
         model = tiny_model(family, seed=seed, num_layers=num_layers, num_attention_heads=2, num_key_value_heads=1,
                            head_dim=32)
     _sharpen(model)
     model.save_pretrained(path)
     _processor(family, tokenizer(family)).save_pretrained(path)
-    if not _qwen(family):
+    if not _qwen(family) and family != "internvl":  # (InternVL: transformers' names, which vLLM maps)
         for file in path.glob("*.safetensors"):
             weights = load_file(file)
             renamed = {hub_name(k): v.contiguous() for k, v in weights.items()}
@@ -268,6 +287,6 @@ def hub_name(key: str) -> str:
 
 def prompt(words: list[int], image: bool = True, pre: list[int] | None = None, family: str = "llava") -> str:
     """Prompt text: ``pre`` words, the family's image placeholder, then ``words``."""
-    placeholder = QWEN_IMAGE if _qwen(family) else IMAGE_TOKEN
+    placeholder = QWEN_IMAGE if _qwen(family) else INTERNVL_IMAGE if family == "internvl" else IMAGE_TOKEN
     parts = [f"w{i}" for i in (pre or [])] + ([placeholder] if image else []) + [f"w{i}" for i in words]
     return " ".join(parts)

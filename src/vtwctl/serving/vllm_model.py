@@ -516,6 +516,8 @@ STOCK = {
     "VTWQwen3VLForConditionalGeneration": ("vllm.model_executor.models.qwen3_vl", "Qwen3VLForConditionalGeneration"),
     "VTWQwen3VLMoeForConditionalGeneration": ("vllm.model_executor.models.qwen3_vl_moe",
                                               "Qwen3VLMoeForConditionalGeneration"),
+    # HF-format InternVL (transformers' InternVLForConditionalGeneration): vLLM serves it with its InternS1 class
+    "VTWInternVLForConditionalGeneration": ("vllm.model_executor.models.interns1", "InternS1ForConditionalGeneration"),
 }
 _LLAVA_TOWER = ("VTWLlavaForConditionalGeneration", "VTWLlavaNextForConditionalGeneration",
                 "VTWLlavaOnevisionForConditionalGeneration")
