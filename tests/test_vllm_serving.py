@@ -12,7 +12,8 @@ prefill and decode rows in one step), eager and in vLLM's default CPU compile mo
 are built so that the tokens tell VTW from the stock model and original positions from renumbered
 ones (LLaVA-NeXT/OneVision: AnyRes tiles and image_newline rows are vision rows; Qwen: the text rows
 keep their 3-component M-RoPE positions; Qwen3-VL: withdrawn rows get deepstack features after layers < K
-only). Each vLLM engine runs in its own process
+only). A sliding window that never binds (>= max_model_len) is served; a smaller one is refused. Each vLLM
+engine runs in its own process
 (``vtwctl.serving.probe``). Install: ``nox -s vllm`` (docs/serving.md).
 """
 
@@ -252,6 +253,31 @@ def test_text_budget_grows_vllms_reported_concurrency(case):
     blocks = -(-256 // 32)
     expected = N * blocks / (KS[1] * blocks + (N - KS[1]) * (64 // 32))
     assert abs(vtw["max_concurrency"] / stock["max_concurrency"] - expected) < 0.01
+
+
+def test_sliding_window_is_served_where_it_never_binds(case, reference):
+    """A sliding window >= max_model_len never binds, so layers with it are full attention: VTW serves them (layers
+    < K in vLLM's sliding-window KV groups, layers >= K in the text group with the window's fields dropped) with
+    the tokens of the same model without a window. A window below max_model_len is refused with the reason (layers
+    >= K would count it in text ranks, the engine in original positions). The windows are set on the LLaVA fixture
+    through hf_overrides (vLLM's Llama reads layer_types)."""
+    _only(case, "llava")
+    layers = ["sliding_attention", "sliding_attention", "full_attention"] * (N // 3)
+
+    def window(w):
+        return {"hf_overrides": {"text_config": {"layer_types": layers, "sliding_window": w}}}
+
+    got = probe(case, "window-256", KS[1], {**CHUNKED, **window(256)})
+    (run,) = got["runs"]
+    assert run["tokens"] == reference[KS[1]]
+    assert run["stats"]["vision_rows"] == reference["vision_rows"] and run["stats"]["vision_only_chunks"] > 0
+    kinds = {g["spec"]: 0 for g in got["kv"]["groups"]}
+    for g in got["kv"]["groups"]:
+        kinds[g["spec"]] += g["layers"]
+    assert kinds == {"SlidingWindowSpec": 2, "FullAttentionSpec": 1, "TextKVSpec": N - KS[1]}
+    done = probe(case, "window-128", KS[1], {**CHUNKED, **window(128)}, check=False)
+    assert done.returncode != 0
+    assert "a window of 128 tokens) and max_model_len (256) exceeds it" in done.stdout + done.stderr
 
 
 def test_refuses_prefix_caching(case):

@@ -247,12 +247,14 @@ class _VTW:
         k = k_from_config(hf_config, n, default_model=vllm_config.model_config.model)
         if k is None or k == n:  # off, or the stock model
             return
+        windows = [a.sliding_window for a in attn if getattr(a, "sliding_window", None) not in (None, -1)]
         problems = refusals(
             prefix_caching=bool(vllm_config.cache_config.enable_prefix_caching),
             pipeline_parallel=vllm_config.parallel_config.pipeline_parallel_size,
             speculative=vllm_config.speculative_config is not None,
             kv_transfer=vllm_config.kv_transfer_config is not None,
-            sliding_window=any(getattr(a, "sliding_window", None) not in (None, -1) for a in attn),
+            # refused only where the window can bind: one >= max_model_len is full attention (config.refusals)
+            sliding_window=min(windows, default=None), max_model_len=vllm_config.model_config.max_model_len,
             hybrid_kv_off=bool(vllm_config.scheduler_config.disable_hybrid_kv_cache_manager),
             decode_context_parallel=vllm_config.parallel_config.decode_context_parallel_size,
             scheduler_ok=is_vtw_scheduler(vllm_config.scheduler_config.scheduler_cls),
@@ -266,9 +268,11 @@ class _VTW:
         for a in attn[k:]:
             stock_spec = a.get_kv_cache_spec
 
+            # a sliding window here is one that never binds (>= max_model_len; refusals): a text group holds every
+            # text token, so the window's fields (extra_retained_tokens: SlidingWindowSpec's) go
             def text_spec(config, stock_spec=stock_spec):
-                return replace_as(stock_spec(config), TextKVSpec, drop=("sliding_window", "attention_chunk_size",
-                                                                         "non_causal"),
+                return replace_as(stock_spec(config), TextKVSpec, drop=("sliding_window", "extra_retained_tokens",
+                                                                         "attention_chunk_size", "non_causal"),
                                   max_text_len=None if max_text_len is None else int(max_text_len))
 
             a.get_kv_cache_spec = text_spec
