@@ -194,6 +194,7 @@ def test_serve_reads_a_local_config(tmp_path):
                                                       "text_config": {"num_hidden_layers": 4}}))
     out = _cli("serve", "--model", str(tmp_path), "--k", "2", "--print-command")
     assert out.returncode == 2 and "Gemma3ForConditionalGeneration, on which VTW is not verified" in out.stderr
+    assert "image tokens attend to each other bidirectionally" in out.stderr  # the reason it was refused for
     (tmp_path / "config.json").write_text(json.dumps({"architectures": ["Qwen2VLForConditionalGeneration"],
                                                       "text_config": {"num_hidden_layers": 4}}))
     assert _cli("serve", "--model", str(tmp_path), "--k", "4", "--print-command").returncode == 0

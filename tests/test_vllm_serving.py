@@ -12,9 +12,9 @@ prefill and decode rows in one step), eager and in vLLM's default CPU compile mo
 are built so that the tokens tell VTW from the stock model and original positions from renumbered
 ones (LLaVA-NeXT/OneVision: AnyRes tiles and image_newline rows are vision rows; Qwen: the text rows
 keep their 3-component M-RoPE positions; Qwen3-VL: withdrawn rows get deepstack features after layers < K
-only). A sliding window that never binds (>= max_model_len) is served; a smaller one is refused. Each vLLM
-engine runs in its own process
-(``vtwctl.serving.probe``). Install: ``nox -s vllm`` (docs/serving.md).
+only). Gemma 3 is refused, and tested to be (stock vLLM on CPU ignores its bidirectional image attention).
+A sliding window that never binds (>= max_model_len) is served; a smaller one is refused. Each vLLM engine
+runs in its own process (``vtwctl.serving.probe``). Install: ``nox -s vllm`` (docs/serving.md).
 """
 
 from __future__ import annotations
@@ -47,7 +47,8 @@ SIZES = {"llava": [(40, 48), (32, 32), (64, 40)], "llava_next": [(40, 48), (32, 
          "llava_onevision": [(40, 48), (32, 32), (48, 64)],
          "qwen2_vl": [(56, 84), (112, 112), (84, 112)], "qwen2_5_vl": [(56, 84), (112, 112), (84, 112)],
          "qwen3_vl": [(64, 96), (128, 128), (96, 128)], "qwen3_vl_moe": [(64, 96), (128, 128), (96, 128)],
-         "internvl": [(32, 64), (32, 32), (64, 64)]}
+         "internvl": [(32, 64), (32, 32), (64, 64)],
+         "gemma3": [(40, 48), (32, 32), (64, 40)]}  # (Gemma 3 is refused: test_gemma3_is_refused_with_the_reason)
 # vLLM's own class where its name is not the architecture's (vLLM serves HF-format InternVL with its InternS1 class)
 STOCK_CLASS = {"internvl": "InternS1ForConditionalGeneration"}
 # families whose test batch also holds a video prompt (Qwen2.5-VL: stock vLLM 0.32 already differs from
@@ -77,13 +78,15 @@ def _isolated_vllm_cache(tmp_path_factory):
 
 @pytest.fixture(scope="module", params=FAMILIES)
 def case(request, tmp_path_factory):
+    return _make_case(request.param, tmp_path_factory.mktemp(f"vllm-{request.param}"))
+
+
+def _make_case(family: str, root) -> dict:
     import numpy as np
     from PIL import Image
 
     from vtwctl.serving.fixtures import prompt, save_tiny
 
-    family = request.param
-    root = tmp_path_factory.mktemp(f"vllm-{family}")
     model = save_tiny(family, root / "model", num_layers=N)
     rs = np.random.RandomState(0)
     prompts = []
@@ -278,6 +281,50 @@ def test_sliding_window_is_served_where_it_never_binds(case, reference):
     done = probe(case, "window-128", KS[1], {**CHUNKED, **window(128)}, check=False)
     assert done.returncode != 0
     assert "a window of 128 tokens) and max_model_len (256) exceeds it" in done.stdout + done.stderr
+
+
+@pytest.fixture(scope="module")
+def gemma3(tmp_path_factory):
+    """The Gemma 3 fixture (sliding window 256 on 4 of 6 layers, 16 tokens an image) and transformers' stock
+    tokens: the model's own (image tokens attend bidirectionally) and with causal image attention."""
+    import torch
+    import transformers as tf
+    from PIL import Image
+
+    g = _make_case("gemma3", tmp_path_factory.mktemp("vllm-gemma3"))
+    model = tf.Gemma3ForConditionalGeneration.from_pretrained(g["model"], dtype=torch.float32).eval()
+    model.generation_config.eos_token_id = None
+    proc = tf.AutoProcessor.from_pretrained(g["model"])
+    g.update(input_ids=[], bidirectional=[], causal=[])
+    for p in g["prompts"]:
+        batch = dict(proc(text=p["prompt"], images=[Image.open(p["image"]).convert("RGB")] if p["image"] else None,
+                          return_tensors="pt"))
+        g["input_ids"].append(batch["input_ids"][0].tolist())
+        for name, inputs in (("bidirectional", batch), ("causal", {**batch, "token_type_ids": None})):
+            with torch.no_grad():
+                gen = model.generate(**inputs, max_new_tokens=g["max_tokens"], do_sample=False)
+            g[name].append(gen[0, batch["input_ids"].shape[1]:].tolist())
+    return g
+
+
+def test_gemma3_is_refused_with_the_reason(gemma3):
+    """Gemma 3 is refused (serving.WHY_UNVERIFIED): on vLLM's CPU backend stock vLLM equals the model with causal
+    image attention, not the model (its image tokens attend bidirectionally: vLLM's mm-prefix ranges, which the
+    CPU backend ignores), so VTW has nothing to equal; with vtw_k it stops with that reason. Prompt ids, Gemma's
+    embedding scaling and everything else agree (the causal tokens are equal). When this test fails because vLLM
+    honours the ranges on CPU, verify Gemma 3: with the plugin's guard lifted by hand, VTW equalled the engine with
+    causal image attention at every point of MATRIX on this fixture (its window, 256, never binds at
+    max_model_len 256; a smaller one is refused)."""
+    got = probe(gemma3, "stock", None, {}, env={"VLLM_PLUGINS": "none"})
+    (run,) = got["runs"]
+    assert run["prompt_tokens"] == gemma3["input_ids"]
+    assert gemma3["causal"] != gemma3["bidirectional"]  # the fixture tells them apart
+    assert run["tokens"] == gemma3["causal"]
+    done = probe(gemma3, "refuse", KS[1], WHOLE, check=False)
+    assert done.returncode != 0
+    out = done.stdout + done.stderr
+    assert "Gemma3ForConditionalGeneration is not verified with VTW in vLLM" in out
+    assert "image tokens attend to each other bidirectionally" in out
 
 
 def test_refuses_prefix_caching(case):

@@ -36,6 +36,14 @@ UNVERIFIED = (
     "SmolVLMForConditionalGeneration",
 )
 GUARD_PREFIX = "VTWUnverified_"
+# why VTW cannot be verified on an architecture of UNVERIFIED that was tried (the guard and vtwctl serve say it)
+WHY_UNVERIFIED = {
+    "Gemma3ForConditionalGeneration": (
+        "Gemma 3's image tokens attend to each other bidirectionally (vLLM's mm-prefix ranges), which vLLM's CPU "
+        "attention backend, the only one VTW runs on, ignores: stock vLLM 0.32 already gives other tokens than the "
+        "model for prompts with an image (it equals the model with causal image attention), so VTW has no "
+        "reference to equal"),
+}
 
 
 def targets() -> dict[str, str]:

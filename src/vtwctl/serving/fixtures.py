@@ -16,7 +16,11 @@ small enough for a quick test:
   text layers 0, 1 and 2 (MoE: 4 experts, 2 per token, every layer);
 - ``internvl``: HF-format InternVL (Qwen2 text model), 32x32 tiles (up to 4, plus a thumbnail when
   there are several) of 4 tokens each, ``<IMG_CONTEXT>`` rows between ``<img>`` and ``</img>``
-  (4 to 20 vision tokens); untied lm_head; no BOS (as Qwen2's tokenizer).
+  (4 to 20 vision tokens); untied lm_head; no BOS (as Qwen2's tokenizer);
+- ``gemma3``: Gemma 3, 32x32 images of 16 ``<image_soft_token>`` rows between ``<start_of_image>``
+  and ``<end_of_image>`` (and the ``\n\n`` tokens vLLM's processor looks up), sliding window
+  ``GEMMA_WINDOW`` (256) on layers 0, 1, 3, 4, a random image projection (transformers starts it at
+  zero). VTW is refused on it (``vtwctl.serving.WHY_UNVERIFIED``).
 
 The text layers' attention is sharpened (q/k x4, output x6; where q and k are normalised per head,
 Qwen3 and Gemma 3, the norms' gains x4 instead) and Qwen's vision merger outputs (Qwen3: and its
@@ -28,7 +32,8 @@ experts in the hub layout, transposed).
 
 Prompts are words ``w3 .. w249`` (ids 3..249); the image placeholder is id 250 (``<image>``, or
 ``<|image_pad|>`` between ``<|vision_start|>`` (252) and ``<|vision_end|>`` (253) for Qwen, or
-``<IMG_CONTEXT>`` between ``<img>`` (252) and ``</img>`` (253) for InternVL).
+``<IMG_CONTEXT>`` between ``<img>`` (252) and ``</img>`` (253) for InternVL, ``<start_of_image>`` (252)
+for Gemma 3, whose processor expands it).
 """
 
 from __future__ import annotations
@@ -36,10 +41,13 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-FAMILIES = ("llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "internvl")
+FAMILIES = ("llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "internvl",
+            "gemma3")
 WORDS = {f"w{i}": i for i in range(3, 250)}
 IMAGE_TOKEN = "<image>"
 QWEN_IMAGE = "<|vision_start|><|image_pad|><|vision_end|>"
+GEMMA_IMAGE = "<start_of_image>"  # transformers' Gemma3Processor expands it to BOI + n x <image_soft_token> + EOI
+GEMMA_WINDOW = 256  # the Gemma 3 fixture's sliding window: >= the tests' max_model_len, so it never binds
 INTERNVL_IMAGE = "<IMG_CONTEXT>"  # transformers' InternVLProcessor expands it to <img> + n x <IMG_CONTEXT> + </img>
 
 
@@ -63,6 +71,10 @@ def tokenizer(family: str = "llava", vocab_size: int | None = None):
         specials = {"<|image_pad|>": IMAGE_ID, "<|video_pad|>": VIDEO_ID, "<|vision_start|>": VSTART_ID,
                     "<|vision_end|>": VEND_ID}
         named = {"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"}
+    elif family == "gemma3":  # vLLM's Gemma 3 processor looks up the newline tokens (never produced here)
+        specials = {"<image_soft_token>": IMAGE_ID, GEMMA_IMAGE: VSTART_ID, "<end_of_image>": VEND_ID,
+                    "\n": VIDEO_ID, "\n\n": 254, "\n\n\n": 255, "\n\n\n\n": 249}
+        named = {"image_token": "<image_soft_token>", "boi_token": GEMMA_IMAGE, "eoi_token": "<end_of_image>"}
     elif family == "internvl":
         specials = {INTERNVL_IMAGE: IMAGE_ID, "<video>": VIDEO_ID, "<img>": VSTART_ID, "</img>": VEND_ID}
         named = {"context_image_token": INTERNVL_IMAGE, "start_image_token": "<img>", "end_image_token": "</img>",
@@ -71,7 +83,8 @@ def tokenizer(family: str = "llava", vocab_size: int | None = None):
         specials = {IMAGE_TOKEN: IMAGE_ID, "<video>": VIDEO_ID}
         named = {"image_token": IMAGE_TOKEN, "video_token": "<video>"} if family == "llava_onevision" else {
             "image_token": IMAGE_TOKEN}
-    vocab = {"<pad>": PAD_ID, "<s>": BOS_ID, "</s>": EOS_ID, **WORDS, **specials}
+    words = {w: i for w, i in WORDS.items() if i not in specials.values()}
+    vocab = {"<pad>": PAD_ID, "<s>": BOS_ID, "</s>": EOS_ID, **words, **specials}
     vocab.update({f"<extra{i}>": i for i in range(VIDEO_ID + 1, vocab_size or VOCAB) if i not in vocab.values()})
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
@@ -108,6 +121,10 @@ def _processor(family: str, tok):
         return tf.LlavaOnevisionProcessor(image_processor=image_processor, tokenizer=tok,
                                           video_processor=video_processor, num_image_tokens=16,
                                           vision_feature_select_strategy="full", chat_template=None)
+    if family == "gemma3":  # one 32x32 image of 16 tokens (no pan and scan)
+        image_processor = tf.Gemma3ImageProcessor(size={"height": 32, "width": 32}, do_pan_and_scan=False)
+        return tf.Gemma3Processor(image_processor=image_processor, tokenizer=tok, image_seq_length=16,
+                                  chat_template=None)
     if family == "internvl":  # 32x32 tiles, up to 4 plus a thumbnail; 4 tokens a tile
         image_processor = tf.GotOcr2ImageProcessor(size={"height": 32, "width": 32}, crop_to_patches=True,
                                                    min_patches=1, max_patches=4)
@@ -154,6 +171,13 @@ def save_tiny(family: str, path: str | Path, num_layers: int = 6, seed: int = 0)
         with torch.no_grad():  # vision embeddings as large as the (sharpened) text ones, so that VTW matters
             model.model.visual.merger.mlp[-1].weight.mul_(20.0)
             model.model.visual.merger.mlp[-1].bias.mul_(20.0)
+    elif family == "gemma3":  # 2 heads of 32 (one KV head); 16 tokens an image (4x4 patches, not pooled)
+        model = _tiny_from_config(family, seed, num_layers=num_layers, num_attention_heads=2, num_key_value_heads=1,
+                                  head_dim=32, sliding_window=GEMMA_WINDOW,
+                                  edit=_gemma3_config)
+        with torch.no_grad():  # transformers initialises the projection to zeros: vision would not matter
+            proj = model.model.multi_modal_projector.mm_input_projection_weight
+            proj.copy_(torch.randn(proj.shape, generator=torch.Generator().manual_seed(seed)))
     elif family == "internvl":  # 2 heads of 32 (one KV head); an lm_head of its own, as the other fixtures
         model = _tiny_from_config(family, seed, num_layers=num_layers, num_attention_heads=2, num_key_value_heads=1,
                                   head_dim=32, edit=lambda c: setattr(c, "tie_word_embeddings", False))
@@ -163,11 +187,17 @@ def save_tiny(family: str, path: str | Path, num_layers: int = 6, seed: int = 0)
     _sharpen(model)
     model.save_pretrained(path)
     _processor(family, tokenizer(family)).save_pretrained(path)
-    if not _qwen(family) and family != "internvl":  # (InternVL: transformers' names, which vLLM maps)
+    if not _qwen(family) and family not in ("internvl", "gemma3"):  # (those: as transformers saves them; vLLM maps)
         for file in path.glob("*.safetensors"):
             weights = load_file(file)
             renamed = {hub_name(k): v.contiguous() for k, v in weights.items()}
             save_file(renamed, file, metadata={"format": "pt"})
+    if family == "gemma3":  # the SigLIP tower under the hub checkpoints' names (transformers 5 drops ``vision_model.``)
+        for file in path.glob("*.safetensors"):
+            weights = load_file(file)
+            hub = {re.sub(r"^((?:model\.)?vision_tower)\.(?!vision_model\.)", r"\1.vision_model.", k):
+                   v.contiguous() for k, v in weights.items()}
+            save_file(hub, file, metadata={"format": "pt"})
     if family == "qwen3_vl_moe":  # fused experts in the hub layout: transformers transposes them on load, vLLM reads it
         for file in path.glob("*.safetensors"):
             weights = load_file(file)
@@ -197,6 +227,11 @@ def _tiny_from_config(family: str, seed: int, edit=None, **kw):
     model.generation_config.pad_token_id = PAD_ID
     model.generation_config.eos_token_id = None
     return model
+
+
+def _gemma3_config(config) -> None:
+    config.mm_tokens_per_image = 16
+    config.vision_config.vision_use_head = False  # as Gemma 3's SigLIP (vLLM's tower has no pooling head)
 
 
 def _sharpen(model, qk: float = 4.0, out: float = 6.0) -> None:
@@ -287,6 +322,7 @@ def hub_name(key: str) -> str:
 
 def prompt(words: list[int], image: bool = True, pre: list[int] | None = None, family: str = "llava") -> str:
     """Prompt text: ``pre`` words, the family's image placeholder, then ``words``."""
-    placeholder = QWEN_IMAGE if _qwen(family) else INTERNVL_IMAGE if family == "internvl" else IMAGE_TOKEN
+    placeholder = {"internvl": INTERNVL_IMAGE, "gemma3": GEMMA_IMAGE}.get(family, QWEN_IMAGE if _qwen(family)
+                                                                           else IMAGE_TOKEN)
     parts = [f"w{i}" for i in (pre or [])] + ([placeholder] if image else []) + [f"w{i}" for i in words]
     return " ".join(parts)

@@ -532,10 +532,12 @@ class _Unverified:
 
     def __init__(self, *, vllm_config, prefix: str = "") -> None:
         if getattr(vllm_config.model_config.hf_config, "vtw_k", None) is not None:
-            from . import ARCHITECTURES
+            from . import ARCHITECTURES, WHY_UNVERIFIED
 
+            why = WHY_UNVERIFIED.get(self._vtw_arch)  # the reason, where the architecture was tried
             raise VTWError(f"vtwctl VTW cannot run: {self._vtw_arch} is not verified with VTW in vLLM "
-                           f"(verified: {', '.join(ARCHITECTURES)}); remove vtw_k to serve it without VTW")
+                           + (f"({why}); " if why else f"(verified: {', '.join(ARCHITECTURES)}); ")
+                           + "remove vtw_k to serve it without VTW")
         super().__init__(vllm_config=vllm_config, prefix=prefix)
 
 
