@@ -128,8 +128,12 @@ def test_parse_k():
 
 
 def test_refusals_name_each_problem():
-    ok = dict(prefix_caching=False, pipeline_parallel=1, speculative=False, kv_transfer=False, sliding_window=False)
+    ok = dict(prefix_caching=False, pipeline_parallel=1, speculative=False, kv_transfer=False, sliding_window=None)
     assert refusals(**ok) == []
+    assert refusals(**dict(ok, sliding_window=256, max_model_len=256)) == []  # the window never binds
+    (window,) = refusals(**dict(ok, sliding_window=128, max_model_len=256))
+    assert "sliding-window attention (a window of 128 tokens) and max_model_len (256) exceeds it" in window
+    assert "--max-model-len 128 or less" in window
     got = refusals(**dict(ok, prefix_caching=True, pipeline_parallel=2, speculative=True, hybrid_kv_off=True,
                           scheduler_ok=False))
     text = " | ".join(got)
@@ -250,6 +254,7 @@ def test_serve_reads_a_local_config(tmp_path):
                                                       "text_config": {"num_hidden_layers": 4}}))
     out = _cli("serve", "--model", str(tmp_path), "--k", "2", "--print-command")
     assert out.returncode == 2 and "Gemma3ForConditionalGeneration, on which VTW is not verified" in out.stderr
+    assert "image tokens attend to each other bidirectionally" in out.stderr  # the reason it was refused for
     (tmp_path / "config.json").write_text(json.dumps({"architectures": ["Qwen2VLForConditionalGeneration"],
                                                       "text_config": {"num_hidden_layers": 4}}))
     assert _cli("serve", "--model", str(tmp_path), "--k", "4", "--print-command").returncode == 0

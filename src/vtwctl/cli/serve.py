@@ -101,11 +101,12 @@ def _architecture_and_layers(res) -> tuple[str | None, int | None]:
 def check_architecture(arch: str | None, name: str) -> None:
     """Refuse an architecture VTW is not verified on in vLLM (one VTWError); None (unknown) passes."""
     from ..errors import VTWError
-    from ..serving import ARCHITECTURES
+    from ..serving import ARCHITECTURES, WHY_UNVERIFIED
 
     if arch is not None and arch not in ARCHITECTURES:
+        why = WHY_UNVERIFIED.get(arch)
         raise VTWError(f"vtwctl serve: {name} is {arch}, on which VTW is not verified in vLLM "
-                       f"(verified: {', '.join(ARCHITECTURES)})")
+                       + (f"({why})" if why else f"(verified: {', '.join(ARCHITECTURES)})"))
 
 
 def build_command(model: str, k: str, extra: list[str], dataset: str | None = None, eta: float | None = None,

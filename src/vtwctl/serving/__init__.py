@@ -1,13 +1,12 @@
 """Serving with VTW: a vLLM out-of-tree plugin (``pip install "vtwctl[vllm]"``; docs/serving.md).
 
 vLLM loads ``register`` in each of its processes through the ``vllm.general_plugins`` entry point.
-It registers vtwctl's subclasses of vLLM's classes for the verified families (``ARCHITECTURES``:
-LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision, LLaVA-NeXT-Video (video), Qwen2-VL, Qwen2.5-VL, Mistral 3,
-Idefics3, SmolVLM) under the stock architecture names, lazily (as ``module:Class`` strings: nothing of
-vLLM's model code is imported until vLLM builds a model). A model whose config has no ``vtw_k``
-runs exactly as vLLM's own class; ``--hf-overrides '{"vtw_k": 16}'`` turns VTW on (see ``config``).
-The vision-language architectures in ``UNVERIFIED`` get a guard subclass instead, which refuses to
-start when the config asks for VTW and is vLLM's class otherwise.
+It registers vtwctl's subclasses of vLLM's classes for the verified families (``ARCHITECTURES``)
+under the stock architecture names, lazily (as ``module:Class`` strings: nothing of vLLM's model code
+is imported until vLLM builds a model). A model whose config has no ``vtw_k`` runs exactly as vLLM's
+own class; ``--hf-overrides '{"vtw_k": 16}'`` turns VTW on (see ``config``). The vision-language
+architectures in ``UNVERIFIED`` get a guard subclass instead, which refuses to start when the config
+asks for VTW and is vLLM's class otherwise.
 Importing vtwctl, or this package, never imports vLLM. ``VTWCTL_VLLM_PLUGIN=0`` (or vLLM's
 ``VLLM_PLUGINS`` without ``vtwctl``) leaves vLLM's registry alone.
 """
@@ -27,15 +26,24 @@ ARCHITECTURES = {
     "Idefics3ForConditionalGeneration": "VTWIdefics3ForConditionalGeneration",
     "LlavaNextVideoForConditionalGeneration": "VTWLlavaNextVideoForConditionalGeneration",
     "SmolVLMForConditionalGeneration": "VTWSmolVLMForConditionalGeneration",
+    "Qwen3VLForConditionalGeneration": "VTWQwen3VLForConditionalGeneration",
+    "Qwen3VLMoeForConditionalGeneration": "VTWQwen3VLMoeForConditionalGeneration",
+    "InternVLForConditionalGeneration": "VTWInternVLForConditionalGeneration",  # HF format; vLLM's InternS1 class
 }
 MODULE = "vtwctl.serving.vllm_model"
 # vision-language architectures vLLM serves on which VTW is not verified: with vtw_k they refuse to start
 # (without vtw_k they are vLLM's classes); vtwctl serve refuses them before anything loads
 UNVERIFIED = (
-    "Qwen3VLForConditionalGeneration", "Qwen3VLMoeForConditionalGeneration", "Gemma3ForConditionalGeneration",
-    "InternVLChatModel", "InternVLForConditionalGeneration",
+    "Gemma3ForConditionalGeneration", "InternVLChatModel",
 )
 GUARD_PREFIX = "VTWUnverified_"
+# why VTW cannot be verified on an architecture of UNVERIFIED that was tried (the guard and vtwctl serve say it)
+WHY_UNVERIFIED = {
+    "Gemma3ForConditionalGeneration": (
+        "Gemma 3's image tokens attend to each other bidirectionally (vLLM's mm-prefix ranges), which vLLM 0.32's "
+        "CPU attention backend ignores: stock vLLM there already gives other tokens than the model for prompts "
+        "with an image (it equals the model with causal image attention), so VTW has no reference to equal"),
+}
 
 
 def targets() -> dict[str, str]:

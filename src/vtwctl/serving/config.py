@@ -70,9 +70,12 @@ def k_from_config(hf_config: Any, num_layers: int, default_model: str | None = N
 
 
 def refusals(*, prefix_caching: bool, pipeline_parallel: int, speculative: bool, kv_transfer: bool,
-             sliding_window: bool, hybrid_kv_off: bool = False, decode_context_parallel: int = 1,
-             scheduler_ok: bool = True) -> list[str]:
-    """Why VTW cannot run with these engine settings (empty when it can)."""
+             sliding_window: int | None, max_model_len: int | None = None, hybrid_kv_off: bool = False,
+             decode_context_parallel: int = 1, scheduler_ok: bool = True) -> list[str]:
+    """Why VTW cannot run with these engine settings (empty when it can).
+
+    ``sliding_window``: the smallest sliding window of the model's attention layers (None: none). It is
+    refused only when ``max_model_len`` exceeds it: below that the window never binds."""
     from .kv_names import SCHEDULER
 
     out = []
@@ -93,8 +96,12 @@ def refusals(*, prefix_caching: bool, pipeline_parallel: int, speculative: bool,
     if hybrid_kv_off:
         out.append("the hybrid KV cache manager is off (--disable-hybrid-kv-cache-manager): layers >= K need a "
                    "KV-cache group of their own")
-    if sliding_window:
-        out.append("the model uses sliding-window attention, which text ranks would shift")
+    if sliding_window and (max_model_len is None or max_model_len > sliding_window):
+        out.append(f"the model uses sliding-window attention (a window of {sliding_window} tokens) and max_model_len "
+                   f"({max_model_len}) exceeds it: layers >= K hold text tokens only, so a window counted in their "
+                   "KV cache would reach further back than the model's window in original positions whenever vision "
+                   f"tokens fall inside it; pass --max-model-len {sliding_window} or less (the window then never "
+                   "binds and those layers are exactly full attention)")
     if not scheduler_ok:
         out.append(f"vLLM's scheduler is not vtwctl's: pass --scheduler-cls {SCHEDULER} (scheduler_cls= in "
                    "Python; vtwctl serve passes it), which tells the text-only KV cache where each request's "

@@ -19,18 +19,32 @@ small enough for a quick test:
   ``<fake_token_around_image>`` and ``<row_i_col_j>`` (``<global-img>`` for the global one): text rows
   between the vision runs;
 - ``llava_next_video``: LLaVA-NeXT-Video, served by vLLM for video only: 32x32 frames in 4-pixel
-  patches pooled 2x2, 16 ``<video>`` rows per frame.
+  patches pooled 2x2, 16 ``<video>`` rows per frame;
+- ``qwen3_vl`` / ``qwen3_vl_moe``: 16-pixel patches merged 2x2, images resized to 64..128 pixels
+  a side (4 to 16 tokens), interleaved M-RoPE with sections (6, 5, 5), deepstack features after
+  text layers 0, 1 and 2 (MoE: 4 experts, 2 per token, every layer);
+- ``internvl``: HF-format InternVL (Qwen2 text model), 32x32 tiles (up to 4, plus a thumbnail when
+  there are several) of 4 tokens each, ``<IMG_CONTEXT>`` rows between ``<img>`` and ``</img>``
+  (4 to 20 vision tokens); untied lm_head; no BOS (as Qwen2's tokenizer);
+- ``gemma3``: Gemma 3, 32x32 images of 16 ``<image_soft_token>`` rows between ``<start_of_image>``
+  and ``<end_of_image>`` (and the ``\n\n`` tokens vLLM's processor looks up), sliding window
+  ``GEMMA_WINDOW`` (256) on layers 0, 1, 3, 4, a random image projection (transformers starts it at
+  zero). VTW is refused on it (``vtwctl.serving.WHY_UNVERIFIED``).
 
-The text layers' attention is sharpened (q/k x4, output x6) and Qwen's vision merger output
-scaled x20 (Mistral 3's projector output x100), so that greedy tokens depend on the vision tokens
-and on the text positions.
-LLaVA-family weights are stored under the hub checkpoints' names (``language_model.model.*``,
-``vision_tower.vision_model.*``), which both transformers and stock vLLM load; Qwen, Mistral 3 and
-Idefics3/SmolVLM weights keep transformers' names, which vLLM maps (or reads) itself.
+The text layers' attention is sharpened (q/k x4, output x6; where q and k are normalised per head,
+Qwen3 and Gemma 3, the norms' gains x4 instead) and Qwen's vision merger outputs (Qwen3: and its
+deepstack mergers') scaled x20 (Mistral 3's projector output x100), so that greedy tokens depend on
+the vision tokens and on the text positions. LLaVA-family weights are stored under the hub
+checkpoints' names (``language_model.model.*``, ``vision_tower.vision_model.*``), which both
+transformers and stock vLLM load; Qwen, InternVL, Mistral 3 and Idefics3/SmolVLM weights keep
+transformers' names, which vLLM maps (or reads) itself (Qwen3-VL-MoE's fused experts in the hub
+layout, transposed; Gemma 3's SigLIP tower under the hub's names).
 
 Prompts are words ``w3 .. w249`` (ids 3..249, less the ids a family's own special tokens take); the
 image placeholder is id 250 (``<image>``; ``[IMG]`` for Mistral 3; ``<|image_pad|>`` between
-``<|vision_start|>`` (252) and ``<|vision_end|>`` (253) for Qwen); the video placeholder is id 251.
+``<|vision_start|>`` (252) and ``<|vision_end|>`` (253) for Qwen; ``<IMG_CONTEXT>`` between ``<img>``
+(252) and ``</img>`` (253) for InternVL; ``<start_of_image>`` (252) for Gemma 3, whose processor
+expands it); the video placeholder is id 251.
 """
 
 from __future__ import annotations
@@ -39,10 +53,13 @@ import re
 from pathlib import Path
 
 FAMILIES = ("llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "mistral3", "idefics3", "smolvlm",
-            "llava_next_video")
+            "llava_next_video", "qwen3_vl", "qwen3_vl_moe", "internvl", "gemma3")
 WORDS = {f"w{i}": i for i in range(3, 250)}
 IMAGE_TOKEN = "<image>"
 QWEN_IMAGE = "<|vision_start|><|image_pad|><|vision_end|>"
+GEMMA_IMAGE = "<start_of_image>"  # transformers' Gemma3Processor expands it to BOI + n x <image_soft_token> + EOI
+GEMMA_WINDOW = 256  # the Gemma 3 fixture's sliding window: >= the tests' max_model_len, so it never binds
+INTERNVL_IMAGE = "<IMG_CONTEXT>"  # transformers' InternVLProcessor expands it to <img> + n x <IMG_CONTEXT> + </img>
 # families stored under the hub checkpoints' names (hub_name): those whose vLLM classes read CLIP towers
 HUB_NAMES = ("llava", "llava_next", "llava_onevision", "llava_next_video")
 VIDEO_ONLY = ("llava_next_video",)  # families vLLM serves for video only: prompt() places a video
@@ -53,7 +70,11 @@ _IDEFICS = {"<fake_token_around_image>": 252, "<global-img>": 253, "<end_of_utte
 
 
 def _qwen(family: str) -> bool:
-    return family in ("qwen2_vl", "qwen2_5_vl")
+    return family in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")
+
+
+def _qwen3(family: str) -> bool:
+    return family in ("qwen3_vl", "qwen3_vl_moe")
 
 
 def _idefics(family: str) -> bool:
@@ -75,6 +96,14 @@ def tokenizer(family: str = "llava", vocab_size: int | None = None):
     elif family == "mistral3":
         specials = {"[IMG]": IMAGE_ID, **_PIXTRAL}
         named = {"image_token": "[IMG]"}
+    elif family == "gemma3":  # vLLM's Gemma 3 processor looks up the newline tokens (never produced here)
+        specials = {"<image_soft_token>": IMAGE_ID, GEMMA_IMAGE: VSTART_ID, "<end_of_image>": VEND_ID,
+                    "\n": VIDEO_ID, "\n\n": 254, "\n\n\n": 255, "\n\n\n\n": 249}
+        named = {"image_token": "<image_soft_token>", "boi_token": GEMMA_IMAGE, "eoi_token": "<end_of_image>"}
+    elif family == "internvl":
+        specials = {INTERNVL_IMAGE: IMAGE_ID, "<video>": VIDEO_ID, "<img>": VSTART_ID, "</img>": VEND_ID}
+        named = {"context_image_token": INTERNVL_IMAGE, "start_image_token": "<img>", "end_image_token": "</img>",
+                 "video_token": "<video>"}
     else:
         specials = {IMAGE_TOKEN: IMAGE_ID, "<video>": VIDEO_ID, **(_IDEFICS if _idefics(family) else {})}
         named = {"image_token": IMAGE_TOKEN, "video_token": "<video>"} if family in (
@@ -84,7 +113,8 @@ def tokenizer(family: str = "llava", vocab_size: int | None = None):
     vocab.update({f"<extra{i}>": i for i in range(VIDEO_ID + 1, vocab_size or VOCAB) if i not in vocab.values()})
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", BOS_ID)])
+    if family != "internvl":  # InternVL's Qwen2 tokenizer adds no BOS (vLLM splices decoded placeholders back in)
+        tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", BOS_ID)])
     tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
                                    unk_token="<pad>", extra_special_tokens=named,
@@ -137,6 +167,21 @@ def _processor(family: str, tok):
         return tf.LlavaNextVideoProcessor(video_processor=video_processor, image_processor=image_processor,
                                           tokenizer=tok, patch_size=4, vision_feature_select_strategy="default",
                                           num_additional_image_tokens=1, chat_template=None)
+    if family == "gemma3":  # one 32x32 image of 16 tokens (no pan and scan)
+        image_processor = tf.Gemma3ImageProcessor(size={"height": 32, "width": 32}, do_pan_and_scan=False)
+        return tf.Gemma3Processor(image_processor=image_processor, tokenizer=tok, image_seq_length=16,
+                                  chat_template=None)
+    if family == "internvl":  # 32x32 tiles, up to 4 plus a thumbnail; 4 tokens a tile
+        image_processor = tf.GotOcr2ImageProcessor(size={"height": 32, "width": 32}, crop_to_patches=True,
+                                                   min_patches=1, max_patches=4)
+        video_processor = tf.InternVLVideoProcessor(size={"height": 32, "width": 32})
+        return tf.InternVLProcessor(image_processor=image_processor, tokenizer=tok, video_processor=video_processor,
+                                    image_seq_length=4, chat_template=None)
+    if _qwen3(family):  # 16-pixel patches merged 2x2: 64..128 pixels a side
+        common = dict(size={"shortest_edge": 64 * 64, "longest_edge": 128 * 128}, patch_size=16, merge_size=2,
+                      temporal_patch_size=2)
+        return tf.Qwen3VLProcessor(image_processor=tf.Qwen2VLImageProcessor(**common), tokenizer=tok,
+                                   video_processor=tf.Qwen3VLVideoProcessor(**common), chat_template=None)
     size = {"shortest_edge": 56 * 56, "longest_edge": 112 * 112}
     common = dict(size=size, patch_size=14, merge_size=2, temporal_patch_size=2)
     image_processor = tf.Qwen2VLImageProcessor(**common)
@@ -156,7 +201,18 @@ def save_tiny(family: str, path: str | Path, num_layers: int = 6, seed: int = 0)
         raise ValueError(f"unknown family {family!r}; expected one of {', '.join(FAMILIES)}")
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    if _qwen(family):  # 4 heads of 32
+    if _qwen3(family):  # 4 heads of 32; M-RoPE sections summing to head_dim / 2, as vLLM requires
+        def edit(config):
+            config.text_config.rope_parameters.update(mrope_section=[6, 5, 5])
+            if family == "qwen3_vl_moe":  # as the hub checkpoints say (transformers always renormalises; vLLM reads it)
+                config.text_config.norm_topk_prob = True
+
+        model = _tiny_from_config(family, seed, num_layers=num_layers, hidden=128, edit=edit)
+        with torch.no_grad():  # vision embeddings (and deepstack features) as large as the sharpened text ones
+            for merger in (model.model.visual.merger, *model.model.visual.deepstack_merger_list):
+                merger.linear_fc2.weight.mul_(20.0)
+                merger.linear_fc2.bias.mul_(20.0)
+    elif _qwen(family):  # 4 heads of 32
         model = tiny_model(family, seed=seed, num_layers=num_layers, hidden=128)
         with torch.no_grad():  # vision embeddings as large as the (sharpened) text ones, so that VTW matters
             model.model.visual.merger.mlp[-1].weight.mul_(20.0)
@@ -164,10 +220,21 @@ def save_tiny(family: str, path: str | Path, num_layers: int = 6, seed: int = 0)
     elif family in ("mistral3", "idefics3", "smolvlm", "llava_next_video"):
         # 4-pixel patches: runs of 8 (Mistral 3) or 16 (Idefics3/SmolVLM) vision rows between their text rows, so
         # that 8-token chunks hold vision rows only; LLaVA-NeXT-Video: vLLM's pooler needs image_size >= patch ** 2
-        model = _tiny_with_vision(family, seed, num_layers, patch_size=4)
+        model = _tiny_from_config(family, seed, num_layers=num_layers, num_attention_heads=2, num_key_value_heads=1,
+                                  head_dim=32, edit=lambda c: setattr(c.vision_config, "patch_size", 4))
         if family == "mistral3":  # its projector's output is ~1/200 of the text embeddings' size: scaled to about
             with torch.no_grad():  # half of it, so that withdrawing the vision rows matters up to layer N-1
                 model.model.multi_modal_projector.linear_2.weight.mul_(100.0)
+    elif family == "gemma3":  # 2 heads of 32 (one KV head); 16 tokens an image (4x4 patches, not pooled)
+        model = _tiny_from_config(family, seed, num_layers=num_layers, num_attention_heads=2, num_key_value_heads=1,
+                                  head_dim=32, sliding_window=GEMMA_WINDOW,
+                                  edit=_gemma3_config)
+        with torch.no_grad():  # transformers initialises the projection to zeros: vision would not matter
+            proj = model.model.multi_modal_projector.mm_input_projection_weight
+            proj.copy_(torch.randn(proj.shape, generator=torch.Generator().manual_seed(seed)))
+    elif family == "internvl":  # 2 heads of 32 (one KV head); an lm_head of its own, as the other fixtures
+        model = _tiny_from_config(family, seed, num_layers=num_layers, num_attention_heads=2, num_key_value_heads=1,
+                                  head_dim=32, edit=lambda c: setattr(c, "tie_word_embeddings", False))
     else:  # 2 heads of 32 (one KV head)
         model = tiny_model(family, seed=seed, num_layers=num_layers, num_attention_heads=2, num_key_value_heads=1,
                            head_dim=32)
@@ -179,29 +246,46 @@ def save_tiny(family: str, path: str | Path, num_layers: int = 6, seed: int = 0)
             weights = load_file(file)
             renamed = {hub_name(k): v.contiguous() for k, v in weights.items()}
             save_file(renamed, file, metadata={"format": "pt"})
+    if family == "gemma3":  # the SigLIP tower under the hub checkpoints' names (transformers 5 drops ``vision_model.``)
+        for file in path.glob("*.safetensors"):
+            weights = load_file(file)
+            hub = {re.sub(r"^((?:model\.)?vision_tower)\.(?!vision_model\.)", r"\1.vision_model.", k):
+                   v.contiguous() for k, v in weights.items()}
+            save_file(hub, file, metadata={"format": "pt"})
+    if family == "qwen3_vl_moe":  # fused experts in the hub layout: transformers transposes them on load, vLLM reads it
+        for file in path.glob("*.safetensors"):
+            weights = load_file(file)
+            hub = {k: (v.transpose(1, 2) if re.search(r"mlp\.experts\.(gate_up|down)_proj$", k) else v).contiguous()
+                   for k, v in weights.items()}
+            save_file(hub, file, metadata={"format": "pt"})
     torch.manual_seed(seed)
     return path
 
 
-def _tiny_with_vision(family: str, seed: int, num_layers: int, **vision):
-    """``vtwctl.testing.tiny_model`` (2 heads of 32) with the vision config's fields ``vision`` changed."""
+def _tiny_from_config(family: str, seed: int, edit=None, **kw):
+    """``vtwctl.testing.tiny_model``, with ``edit(config)`` applied to the config before the weights are made."""
     import torch
     import transformers as tf
 
     from ..families import adapter_for
     from ..testing import PAD_ID, tiny_config
 
-    config = tiny_config(family, num_layers=num_layers, num_attention_heads=2, num_key_value_heads=1, head_dim=32)
-    for key, value in vision.items():
-        setattr(config.vision_config, key, value)
-    config._attn_implementation = "sdpa"
+    config = tiny_config(family, **kw)
+    if edit is not None:
+        edit(config)
     torch.manual_seed(seed)
+    config._attn_implementation = "sdpa"
     model = getattr(tf, adapter_for(config).model_class)(config).eval()
-    with torch.no_grad():  # as tiny_model: larger text embeddings, so that greedy decoding is not a tie
+    with torch.no_grad():  # as tiny_model
         model.get_input_embeddings().weight.mul_(20.0)
     model.generation_config.pad_token_id = PAD_ID
     model.generation_config.eos_token_id = None
     return model
+
+
+def _gemma3_config(config) -> None:
+    config.mm_tokens_per_image = 16
+    config.vision_config.vision_use_head = False  # as Gemma 3's SigLIP (vLLM's tower has no pooling head)
 
 
 def _sharpen(model, qk: float = 4.0, out: float = 6.0) -> None:
@@ -215,7 +299,16 @@ def _sharpen(model, qk: float = 4.0, out: float = 6.0) -> None:
     with torch.no_grad():
         for layer in adapter_for(model).text_model(model).layers:
             attn = layer.self_attn
-            for proj, factor in ((attn.q_proj, qk), (attn.k_proj, qk), (attn.o_proj, out)):
+            norms = [n for n in (getattr(attn, "q_norm", None), getattr(attn, "k_norm", None)) if n is not None]
+            # q/k normalised per head (Qwen3, Gemma 3) undo a scaled projection: scale the norms' gains instead
+            # (Gemma's norms multiply by 1 + weight)
+            for norm in norms:
+                if "Gemma" in type(norm).__name__:
+                    norm.weight.copy_((1.0 + norm.weight) * qk - 1.0)
+                else:
+                    norm.weight.mul_(qk)
+            scaled = [(attn.o_proj, out)] + ([] if norms else [(attn.q_proj, qk), (attn.k_proj, qk)])
+            for proj, factor in scaled:
                 proj.weight.mul_(factor)
                 if proj.bias is not None and proj is not attn.o_proj:
                     proj.bias.mul_(factor)
@@ -285,7 +378,7 @@ def hub_name(key: str) -> str:
 
 def prompt(words: list[int], image: bool = True, pre: list[int] | None = None, family: str = "llava") -> str:
     """Prompt text: ``pre`` words, the family's image placeholder (video for ``VIDEO_ONLY``), then ``words``."""
-    placeholder = (QWEN_IMAGE if _qwen(family) else "[IMG]" if family == "mistral3"
-                   else "<video>" if family in VIDEO_ONLY else IMAGE_TOKEN)
+    placeholder = {"internvl": INTERNVL_IMAGE, "gemma3": GEMMA_IMAGE, "mistral3": "[IMG]"}.get(
+        family, QWEN_IMAGE if _qwen(family) else "<video>" if family in VIDEO_ONLY else IMAGE_TOKEN)
     parts = [f"w{i}" for i in (pre or [])] + ([placeholder] if image else []) + [f"w{i}" for i in words]
     return " ".join(parts)

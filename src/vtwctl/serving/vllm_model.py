@@ -248,12 +248,14 @@ class _VTW:
         k = k_from_config(hf_config, n, default_model=vllm_config.model_config.model)
         if k is None or k == n:  # off, or the stock model
             return
+        windows = [a.sliding_window for a in attn if getattr(a, "sliding_window", None) not in (None, -1)]
         problems = refusals(
             prefix_caching=bool(vllm_config.cache_config.enable_prefix_caching),
             pipeline_parallel=vllm_config.parallel_config.pipeline_parallel_size,
             speculative=vllm_config.speculative_config is not None,
             kv_transfer=vllm_config.kv_transfer_config is not None,
-            sliding_window=any(getattr(a, "sliding_window", None) not in (None, -1) for a in attn),
+            # refused only where the window can bind: one >= max_model_len is full attention (config.refusals)
+            sliding_window=min(windows, default=None), max_model_len=vllm_config.model_config.max_model_len,
             hybrid_kv_off=bool(vllm_config.scheduler_config.disable_hybrid_kv_cache_manager),
             decode_context_parallel=vllm_config.parallel_config.decode_context_parallel_size,
             scheduler_ok=is_vtw_scheduler(vllm_config.scheduler_config.scheduler_cls),
@@ -267,9 +269,11 @@ class _VTW:
         for a in attn[k:]:
             stock_spec = a.get_kv_cache_spec
 
+            # a sliding window here is one that never binds (>= max_model_len; refusals): a text group holds every
+            # text token, so the window's fields (extra_retained_tokens: SlidingWindowSpec's) go
             def text_spec(config, stock_spec=stock_spec):
-                return replace_as(stock_spec(config), TextKVSpec, drop=("sliding_window", "attention_chunk_size",
-                                                                         "non_causal"),
+                return replace_as(stock_spec(config), TextKVSpec, drop=("sliding_window", "extra_retained_tokens",
+                                                                         "attention_chunk_size", "non_causal"),
                                   max_text_len=None if max_text_len is None else int(max_text_len))
 
             a.get_kv_cache_spec = text_spec
@@ -320,10 +324,10 @@ class _VTW:
         with _no_cudagraphs():  # vLLM's CUDA graphs are keyed by the step's row count, not the text rows'
             residual = None
             if self._vtw_front is not None:
-                deepstack = self._vtw_deepstack(inputs_embeds)
+                deepstack = self._vtw_deepstack(hidden.shape[0])
                 hidden, residual = self._vtw_front(positions, hidden, deepstack)
-                if deepstack is not None:
-                    self._clear_deepstack_input_embeds(inputs_embeds.size(0))
+                if deepstack is not None:  # as vLLM's forward does after its layers
+                    self._clear_deepstack_input_embeds(hidden.shape[0])
             out = torch.zeros_like(hidden)
             if plan.num_rows == 0:
                 return out
@@ -355,15 +359,17 @@ class _VTW:
         hidden = inputs_embeds if inputs_embeds is not None else text.embed_input_ids(input_ids)
         residual = None
         if self._vtw_front is not None:
-            hidden, residual = self._vtw_front(positions, hidden, self._vtw_deepstack(inputs_embeds))
+            hidden, residual = self._vtw_front(positions, hidden, self._vtw_deepstack(hidden.shape[0]))
         self._vtw_back(positions, hidden, residual)
 
-    def _vtw_deepstack(self, inputs_embeds):
-        """Qwen3-VL's deepstack inputs of the step (vision features added after the first layers), else None."""
+    def _vtw_deepstack(self, rows: int):
+        """Qwen3-VL's deepstack inputs of the step (vision features added after the first layers), else None.
+
+        Always an ``IntermediateTensors`` for a model with deepstack buffers (zeros where the step has no
+        vision rows), never None: ``_Front`` is compiled with its guards dropped, so the warm-up's dummy run
+        fixes the argument's kind for every later step."""
         get = getattr(self, "_get_deepstack_input_embeds", None)
-        if get is None or inputs_embeds is None:
-            return None
-        return get(inputs_embeds.size(0))
+        return None if get is None else get(rows)
 
     def _count(self, step: _Step, vision, plan: TextPlan) -> None:
         """Step shapes seen (read by the tests to show which cases a run covered)."""
@@ -535,6 +541,11 @@ STOCK = {
     "VTWSmolVLMForConditionalGeneration": ("vllm.model_executor.models.smolvlm", "SmolVLMForConditionalGeneration"),
     "VTWLlavaNextVideoForConditionalGeneration": ("vllm.model_executor.models.llava_next_video",
                                                   "LlavaNextVideoForConditionalGeneration"),
+    "VTWQwen3VLForConditionalGeneration": ("vllm.model_executor.models.qwen3_vl", "Qwen3VLForConditionalGeneration"),
+    "VTWQwen3VLMoeForConditionalGeneration": ("vllm.model_executor.models.qwen3_vl_moe",
+                                              "Qwen3VLMoeForConditionalGeneration"),
+    # HF-format InternVL (transformers' InternVLForConditionalGeneration): vLLM serves it with its InternS1 class
+    "VTWInternVLForConditionalGeneration": ("vllm.model_executor.models.interns1", "InternS1ForConditionalGeneration"),
 }
 _LLAVA_TOWER = ("VTWLlavaForConditionalGeneration", "VTWLlavaNextForConditionalGeneration",
                 "VTWLlavaOnevisionForConditionalGeneration", "VTWLlavaNextVideoForConditionalGeneration")
@@ -545,10 +556,12 @@ class _Unverified:
 
     def __init__(self, *, vllm_config, prefix: str = "") -> None:
         if getattr(vllm_config.model_config.hf_config, "vtw_k", None) is not None:
-            from . import ARCHITECTURES
+            from . import ARCHITECTURES, WHY_UNVERIFIED
 
+            why = WHY_UNVERIFIED.get(self._vtw_arch)  # the reason, where the architecture was tried
             raise VTWError(f"vtwctl VTW cannot run: {self._vtw_arch} is not verified with VTW in vLLM "
-                           f"(verified: {', '.join(ARCHITECTURES)}); remove vtw_k to serve it without VTW")
+                           + (f"({why}); " if why else f"(verified: {', '.join(ARCHITECTURES)}); ")
+                           + "remove vtw_k to serve it without VTW")
         super().__init__(vllm_config=vllm_config, prefix=prefix)
 
 
