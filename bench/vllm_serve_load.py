@@ -11,9 +11,9 @@ mode and ``--enforce-eager``. Each request is a chat completion with its own ima
 images, so no encoder output is shared), ``temperature 0`` and ``ignore_eos``.
 
 Then the KV-bound scenario: the KV-cache memory of ~8 stock requests (``--kv-cache-memory-bytes``) and
-32 concurrent decode-heavy requests; reported: vLLM's own "Maximum concurrency" log line of each
-server, the requests vLLM ran at once (``vllm:num_requests_running`` sampled from /metrics) and
-throughput.
+32 concurrent decode-heavy requests, the VTW server with ``--max-text-len 128``; reported: vLLM's own
+"Maximum concurrency" log line of each server, the requests vLLM ran at once
+(``vllm:num_requests_running`` sampled from /metrics) and throughput.
 
 Results: JSON (every run's wall time, tokens, environment) and a plot. Needs the vLLM venv
 (docs/serving.md); a few tens of minutes on 2 cores with the defaults.
@@ -193,6 +193,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--dtype", default="float32", help="float16/bfloat16 on a GPU")
     ap.add_argument("--kv-bound", type=int, default=32, help="concurrent requests of the KV-bound scenario (0: skip)")
+    ap.add_argument("--max-text-len", type=int, default=128,
+                    help="the KV-bound VTW server's --max-text-len (text tokens a request may hold)")
     ap.add_argument("--work", default="/tmp/vtwctl-serve-load", help="model, logs and vLLM's compile cache")
     ap.add_argument("--out", default="bench/results/vllm_serve_load.json")
     args = ap.parse_args()
@@ -218,7 +220,7 @@ def main() -> None:
     except ImportError:
         pass
     seed = 0
-    for mode in args.modes.split(","):
+    for mode in [m for m in args.modes.split(",") if m]:
         extra = common + ["--kv-cache-memory-bytes", str(4 << 30)] + (["--enforce-eager"] if mode == "eager" else [])
         servers = {"stock": Server(f"stock-{mode}", model, args.layers, extra, work, args.threads),
                    "vtw": Server(f"vtw-{mode}", model, k, extra, work, args.threads)}
@@ -249,29 +251,38 @@ def main() -> None:
                                                                round(prompt) - 576)
                     result["points"].append(point)
                     print(f"  -> VTW / stock = {point['ratio']:.3f}", flush=True)
+                    save(result, args.out)
             result.setdefault("max_concurrency", {})[mode] = {v: s.max_concurrency() for v, s in servers.items()}
         finally:
             for s in servers.values():
                 s.stop()
     if args.kv_bound:
         result["kv_bound"] = kv_bound(args, model, k, work, common, seed)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
-    plot(result, Path(args.out).with_suffix(".png"))
+    save(result, args.out)
+    if result["points"]:
+        plot(result, Path(args.out).with_suffix(".png"))
     print(f"wrote {args.out}")
+
+
+def save(result: dict, out: str) -> None:
+    """Write the results so far (a later failure keeps every finished point)."""
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(result, indent=1) + "\n")
 
 
 def kv_bound(args, model: Path, k: int, work: Path, common: list[str], seed: int) -> dict:
     """KV memory for ~8 stock requests of one image + text + 32 output tokens; 32 concurrent requests."""
-    block = 16
+    block = 32  # vLLM's CPU attention takes blocks of multiples of 32 tokens
     per_token = 2 * args.hidden * (4 if args.dtype == "float32" else 2) * args.layers  # K and V, every layer
     tokens = -(-(576 + args.text_words + 8 + 32) // block) * block
     budget = 8 * tokens * per_token
     flags = common + ["--kv-cache-memory-bytes", str(budget), "--block-size", str(block),
                       "--max-num-seqs", str(args.kv_bound)]
-    out = {"kv_cache_memory_bytes": budget, "concurrent_requests": args.kv_bound, "runs": []}
+    out = {"kv_cache_memory_bytes": budget, "concurrent_requests": args.kv_bound, "block_size": block,
+           "vtw_max_text_len": args.max_text_len, "runs": []}
     servers = {"stock": Server("kv-stock", model, args.layers, flags, work, args.threads),
-               "vtw": Server("kv-vtw", model, k, flags, work, args.threads)}
+               "vtw": Server("kv-vtw", model, k, flags + ["--max-text-len", str(args.max_text_len)], work,
+                             args.threads)}
     try:
         for s in servers.values():
             s.wait()

@@ -352,6 +352,51 @@ def test_gemma3_is_refused_with_the_reason(gemma3):
     assert "image tokens attend to each other bidirectionally" in out
 
 
+def _reference_at(case, k: int, dtype) -> list[list[int]]:
+    """vtwctl's engine (withdraw + generate) on ``case``'s model in ``dtype``."""
+    import torch
+    import transformers as tf
+    from PIL import Image
+
+    from vtwctl.withdraw import withdraw
+
+    model = getattr(tf, case["arch"]).from_pretrained(case["model"], dtype=dtype).eval()
+    model.generation_config.eos_token_id = None
+    proc = tf.AutoProcessor.from_pretrained(case["model"])
+    rows = []
+    for p in case["prompts"]:
+        images = [Image.open(p["image"]).convert("RGB")] if p["image"] else None
+        batch = proc(text=p["prompt"], images=images, return_tensors="pt")
+        with torch.no_grad(), withdraw(model, k):
+            gen = model.generate(**batch, max_new_tokens=case["max_tokens"], do_sample=False)
+        rows.append(gen[0, batch["input_ids"].shape[1]:].tolist())
+    return rows
+
+
+@pytest.mark.parametrize("kernel", ["vec16", "amx"])
+def test_every_cpu_attention_kernel(case, reference, kernel, tmp_path):
+    """CPU_ATTN, the attention backend vLLM offers on the CPU for these models, runs one of its ISA kernels by
+    head size, block size and dtype: the tests above run "vec" (head 32, 32-token blocks, fp32); here "vec16"
+    (a head size of 80, not a multiple of 32) and "amx" (bfloat16, where the CPU has AMX tiles) give the
+    engine's tokens as well (vLLM's other CPU attention backends are for MLA models)."""
+    import torch
+
+    _only(case, "llava")
+    k = KS[1]
+    if kernel == "vec16":
+        from vtwctl.serving.fixtures import save_tiny
+
+        model = save_tiny("llava", tmp_path / "head80", num_layers=N, head_dim=80)
+        case80 = {**case, "model": str(model), "root": tmp_path}
+        got = probe(case80, "kernel-vec16", k, CHUNKED)
+        assert got["runs"][0]["tokens"] == _reference_at(case80, k, torch.float32)
+        return
+    if not torch.cpu._is_amx_tile_supported():
+        pytest.skip("this CPU has no AMX tiles (vLLM's amx kernel)")
+    got = probe(case, "kernel-amx", k, {**CHUNKED, "dtype": "bfloat16"})
+    assert got["runs"][0]["tokens"] == _reference_at(case, k, torch.bfloat16)
+
+
 def test_refuses_prefix_caching(case):
     done = probe(case, "refuse", KS[1], {"enable_prefix_caching": True}, check=False)
     assert done.returncode != 0

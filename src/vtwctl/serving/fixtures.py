@@ -190,7 +190,7 @@ def _processor(family: str, tok):
     return cls(image_processor=image_processor, tokenizer=tok, video_processor=video_processor, chat_template=None)
 
 
-def save_tiny(family: str, path: str | Path, num_layers: int = 6, seed: int = 0) -> Path:
+def save_tiny(family: str, path: str | Path, num_layers: int = 6, seed: int = 0, head_dim: int = 32) -> Path:
     """Write the tiny ``family`` model (model, tokenizer, processor) to ``path``; returns it."""
     import torch
     from safetensors.torch import load_file, save_file
@@ -235,9 +235,9 @@ def save_tiny(family: str, path: str | Path, num_layers: int = 6, seed: int = 0)
     elif family == "internvl":  # 2 heads of 32 (one KV head); an lm_head of its own, as the other fixtures
         model = _tiny_from_config(family, seed, num_layers=num_layers, num_attention_heads=2, num_key_value_heads=1,
                                   head_dim=32, edit=lambda c: setattr(c, "tie_word_embeddings", False))
-    else:  # 2 heads of 32 (one KV head)
+    else:  # 2 heads of 32 (one KV head; ``head_dim`` 80 selects vLLM's "vec16" CPU attention kernel)
         model = tiny_model(family, seed=seed, num_layers=num_layers, num_attention_heads=2, num_key_value_heads=1,
-                           head_dim=32)
+                           head_dim=head_dim)
     _sharpen(model)
     model.save_pretrained(path)
     _processor(family, tokenizer(family)).save_pretrained(path)

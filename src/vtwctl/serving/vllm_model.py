@@ -265,7 +265,7 @@ class _VTW:
         self.vtw_k = k
         self._vtw_rows = rows = _TextRows()
         max_text_len = getattr(hf_config, "vtw_max_text_len", None)
-        backend = None
+        backends: dict[type, type] = {}  # each of vLLM's backends for these layers -> its text-row subclass
         for a in attn[k:]:
             stock_spec = a.get_kv_cache_spec
 
@@ -277,8 +277,10 @@ class _VTW:
                                   max_text_len=None if max_text_len is None else int(max_text_len))
 
             a.get_kv_cache_spec = text_spec
-            backend = backend or _text_backend(a.get_attn_backend(), rows)
-            a.attn_backend = backend
+            stock_backend = a.get_attn_backend()
+            if stock_backend not in backends:
+                backends[stock_backend] = _text_backend(stock_backend, rows)
+            a.attn_backend = backends[stock_backend]
         tag = f"vtw_k{k}_of{n}"
         front = _compiled(_Front, tag, {"positions": -1, "hidden_states": 0, "deepstack": 0})
         back = _compiled(_Back, tag, {"positions": -1, "hidden_states": 0, "residual": 0})
