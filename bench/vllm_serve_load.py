@@ -197,7 +197,11 @@ def main() -> None:
                     help="the KV-bound VTW server's --max-text-len (text tokens a request may hold)")
     ap.add_argument("--work", default="/tmp/vtwctl-serve-load", help="model, logs and vLLM's compile cache")
     ap.add_argument("--out", default="bench/results/vllm_serve_load.json")
+    ap.add_argument("--report", metavar="JSON", help="print the tables of docs/serving.md from a results file and exit")
     args = ap.parse_args()
+    if args.report:
+        print(report(json.loads(Path(args.report).read_text())))
+        return
     from vtwctl.serving.fixtures import save_bench_llava
 
     work = Path(args.work)
@@ -227,10 +231,11 @@ def main() -> None:
         try:
             for s in servers.values():
                 s.wait()
-            warm = [_body(10_000 + i, 2, args.text_words, 336) for i in range(2)]
-            for s in servers.values():
-                drive(s, warm, 1)
             for workload in args.workloads.split(","):
+                # warm-up: two requests of the workload's shape on each server, not timed
+                warm = [_body(10_000 + i, WORKLOADS[workload], args.text_words, 336) for i in range(2)]
+                for s in servers.values():
+                    drive(s, warm, 1)
                 for c in levels:
                     n = requests_for(c, args.min_requests)
                     point = {"mode": mode, "workload": workload, "concurrency": c, "requests": n, "runs": []}
@@ -301,6 +306,32 @@ def kv_bound(args, model: Path, k: int, work: Path, common: list[str], seed: int
         out[key] = {v: sum(r[key] for r in out["runs"] if r["variant"] == v) / 2 for v in ("stock", "vtw")}
     out["ratio"] = out["req_per_s"]["vtw"] / out["req_per_s"]["stock"]
     return out
+
+
+def report(result: dict) -> str:
+    """Markdown tables of a results file: the grid (VTW / stock throughput per point) and the KV-bound run."""
+    m = result["model"]
+    lines = [f"{m['layers']} x {m['hidden']} LLaVA-1.5 shape ({m['vision_tokens']} vision tokens an image, "
+             f"{m['dtype']}), K = {result['k']}; requests/s, mean of the two runs of each variant (ABBA).", "",
+             "| mode | workload | concurrency | requests | stock req/s | VTW req/s | VTW / stock "
+             "| prefill decoder FLOPs, stock / VTW |",
+             "|---|---|---|---|---|---|---|---|"]
+    for p in result["points"]:
+        lines.append(f"| {p['mode']} | {p['workload']} | {p['concurrency']} | {p['requests']} | "
+                     f"{p['req_per_s']['stock']:.3f} | {p['req_per_s']['vtw']:.3f} | **{p['ratio']:.2f}** | "
+                     f"{1 / p['decoder_flops_ratio']:.2f} |")
+    kv = result.get("kv_bound")
+    if kv:
+        lines += ["", f"KV-bound: {kv['kv_cache_memory_bytes'] / 2**20:.0f} MiB of KV cache, "
+                  f"{kv['concurrent_requests']} concurrent decode-heavy requests, VTW server with --max-text-len "
+                  f"{kv['vtw_max_text_len']}.", "",
+                  "| | stock | VTW | VTW / stock |", "|---|---|---|---|"]
+        for key, label in (("max_concurrency", "vLLM's reported maximum concurrency (1,024-token requests)"),
+                           ("running_mean", "requests running at once (mean of /metrics samples)"),
+                           ("req_per_s", "throughput, requests/s")):
+            st, vt = kv[key]["stock"], kv[key]["vtw"]
+            lines.append(f"| {label} | {st:.2f} | {vt:.2f} | **{vt / st:.2f}** |")
+    return "\n".join(lines)
 
 
 def plot(result: dict, path: Path) -> None:
