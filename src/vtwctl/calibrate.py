@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from . import compat, plan
-from .errors import VTWError, check_k
+from .errors import ArgumentError, VTWError, check_k
 from .families import adapter_for, vision_mask
 from .withdraw import carries_visual, check_prompt_end
 
@@ -249,12 +249,12 @@ def calibrate(loaded, task, etas: list[float], k_min: int = 5, samples: int = 20
 
     n = loaded.num_layers
     if not etas or any(not e > 0 or not math.isfinite(e) for e in etas):
-        raise VTWError(f"eta must be a finite number > 0, got {', '.join(map(str, etas)) or 'nothing'}")
+        raise ArgumentError(f"eta must be a finite number > 0, got {', '.join(map(str, etas)) or 'nothing'}")
     check_k(k_min, n, hi=n - 1, what="k_min")
     if samples < 1 or tokens < 1 or accuracy < 0:
-        raise VTWError("--samples and --tokens must be at least 1, --accuracy at least 0")
+        raise ArgumentError("--samples and --tokens must be at least 1, --accuracy at least 0")
     if batch_size < 1:
-        raise VTWError("--batch-size must be at least 1")
+        raise ArgumentError("--batch-size must be at least 1")
     split = split or task.calibration_split
     warning = None
     if split == task.test_split:
@@ -264,7 +264,7 @@ def calibrate(loaded, task, etas: list[float], k_min: int = 5, samples: int = 20
         warning = (f"calibrated on the first {first} documents of the test split of {task.name} (the authors' "
                    "protocol): test numbers on this split are not held out")
     if first is not None and first < 1:
-        raise VTWError(f"--first must be at least 1, got {first}")
+        raise ArgumentError(f"--first must be at least 1, got {first}")
     pool = task.open(split, source, seed)
     chosen = pool.first(first) if first is not None else pool.sample(samples, seed)  # seeded subset (recorded)
     data = list(chosen)

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from . import compat
-from .errors import VTWError, check_k
+from .errors import ArgumentError, VTWError, check_k
 from .families import adapter_for, vision_mask
 from .withdraw import Engine, active, carries_visual, check_supported, num_layers
 
@@ -89,7 +89,7 @@ class CompiledDecoder:
         else:
             compat.check_transformers()
         if bucket < 1:
-            raise VTWError(f"bucket must be a positive number of slots, got {bucket}")
+            raise ArgumentError(f"bucket must be a positive number of slots, got {bucket}")
         self.model, self.k, self.impl, self.bucket = model, k, impl, bucket
         self.adapter = adapter
         self.text = adapter.text_model(model)
@@ -132,7 +132,7 @@ class CompiledDecoder:
     def prefill(self, inputs: dict, max_new_tokens: int) -> Decoding:
         """Run the prompt (eagerly, VTW through the engine) into fresh static buffers; return the state."""
         if max_new_tokens < 1:
-            raise VTWError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+            raise ArgumentError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
         ids = inputs.get("input_ids")
         if ids is None:
             raise VTWError("the compiled decode path needs input_ids")

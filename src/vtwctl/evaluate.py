@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import VTWError
+from .errors import ArgumentError, VTWError
 from .results import append as _append
 from .results import dedupe, locked, read_records
 
@@ -35,9 +35,9 @@ def parse_shard(text: str | None) -> tuple[int, int]:
     try:
         i, n = (int(x) for x in text.split("/"))
     except ValueError:
-        raise VTWError(f"--shard must look like I/N (e.g. 0/4), got {text!r}") from None
+        raise ArgumentError(f"--shard must look like I/N (e.g. 0/4), got {text!r}") from None
     if n < 1 or not 0 <= i < n:
-        raise VTWError(f"--shard {text}: need 0 <= I < N")
+        raise ArgumentError(f"--shard {text}: need 0 <= I < N")
     return i, n
 
 
@@ -155,11 +155,11 @@ def evaluate(loaded, task, k: int | None, positions: str = "keep", split: str | 
     if method == "stock" or (method == "vtw" and (k is None or k >= loaded.num_layers)):
         method, k = "stock", None
     if image_mode not in IMAGE_MODES:
-        raise VTWError(f"--image-mode must be one of {', '.join(IMAGE_MODES)}, got {image_mode!r}")
+        raise ArgumentError(f"--image-mode must be one of {', '.join(IMAGE_MODES)}, got {image_mode!r}")
     if batch_size < 1:
-        raise VTWError("--batch-size must be at least 1")
+        raise ArgumentError("--batch-size must be at least 1")
     if scoring not in task.parsers:
-        raise VTWError(f"--scoring must be one of {', '.join(task.parsers)}, got {scoring!r}")
+        raise ArgumentError(f"--scoring must be one of {', '.join(task.parsers)}, got {scoring!r}")
     split = split or task.test_split
     if samples is None:
         samples = select(task, split, source, limit, shard)

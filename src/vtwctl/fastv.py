@@ -18,7 +18,7 @@ from torch import nn
 
 from . import compat
 from .attention import last_query_attention, project, rotate
-from .errors import VTWError, check_k
+from .errors import ArgumentError, check_k
 from .withdraw import Engine, active, check_supported, num_layers
 
 
@@ -72,7 +72,7 @@ def fastv(model: nn.Module, k: int = 2, ratio: float = 0.5) -> Iterator[nn.Modul
     n = num_layers(model)
     check_k(k, n, lo=1, what="FastV K")
     if not 0.0 <= ratio <= 1.0:
-        raise VTWError(f"FastV ratio must be in [0, 1], got {ratio!r}")
+        raise ArgumentError(f"FastV ratio must be in [0, 1], got {ratio!r}")
     if k < n and ratio > 0:
         check_supported(model, k)
     with active(model, FastVEngine(model, k, ratio), install=k < n and ratio > 0):

@@ -6,7 +6,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .errors import VTWError, check_k
+from .errors import ArgumentError, VTWError, check_k
 
 
 def sync(device: Any) -> None:
@@ -139,7 +139,7 @@ def _answers(new, eos: set[int], tok, stop: list[str] | None) -> tuple[list, lis
 def check_compiled(method: str, do_sample: bool, positions: str) -> None:
     """What the compiled fast path decodes: greedy, VTW or the stock model, original positions."""
     if method not in ("vtw", "stock") or do_sample or positions != "keep":
-        raise VTWError("--compile decodes greedily with VTW or the stock model at the original positions: "
+        raise ArgumentError("--compile decodes greedily with VTW or the stock model at the original positions: "
                        "drop --sample, --method other than vtw/stock and --positions rearrange")
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import VTWError, check_k
+from .spec import AUTO, STOCK, K
 
 METHODS = ("vtw", "fastv", "baseline")
 ALIASES = {"max_frames_num": "frames", "attn": "attn_implementation", "model": "pretrained"}
@@ -37,7 +38,7 @@ _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".t
 @dataclass(frozen=True)
 class Options:
     pretrained: str = "demo"
-    k: int | str | None = None  # int, "auto" or "none"; FastV: its layer (default 2)
+    k: K = STOCK  # a layer, auto or stock (k=none, method=baseline); FastV: its layer (default 2)
     method: str = "vtw"
     positions: str = "keep"
     ratio: float = 0.5
@@ -104,14 +105,13 @@ def parse_model_args(args: dict[str, Any]) -> Options:
         if k is None:
             raise VTWError("say which K: k=INT (withdrawal layer), k=auto (from the calibration record), "
                            "k=none or method=baseline (stock model)")
-        if str(k).strip().lower() in ("auto", "none"):
-            k = str(k).strip().lower()
-        else:
-            k = _as_int("k", k, 0)
+        k = K.parse(k, what="model_args k", stock_words=True)
     elif method == "fastv":
-        k = _as_int("k", 2 if k is None else k, 1)
+        k = K(_as_int("k", 2 if k is None else k, 1))
     elif k is not None:
         raise VTWError("method=baseline runs the stock model; drop k")
+    else:
+        k = STOCK
     positions = str(given.get("positions", "keep")).lower()
     if positions not in ("keep", "rearrange"):
         raise VTWError(f"model_args positions must be keep or rearrange, got {given['positions']!r}")
@@ -149,31 +149,28 @@ def dataset_for_task(task: str) -> str | None:
 
 
 def resolve_k(opts: Options, model_name: str, num_layers: int, task: str) -> tuple[int | None, str]:
-    """(K for ``task``, or None for the stock model; where it came from). FastV: its own layer."""
-    from .records import k_for
+    """(K for ``task``, or None for the stock model; where it came from). FastV: its own layer.
 
-    if opts.method == "baseline" or opts.k == "none":
+    ``k=auto`` takes the record of the vtwctl dataset matching ``task`` (or ``calibration=``; a task
+    with no vtwctl dataset: the model-wide ``"*"`` record) by the one rule (``vtwctl.spec.K``)."""
+    if opts.method == "baseline" or opts.k == STOCK:
         return None, "stock model"
     if opts.method == "fastv":
-        check_k(int(opts.k), num_layers, lo=1, what="FastV k")
-        return int(opts.k), f"FastV at layer {opts.k}, ratio {opts.ratio}"
-    if opts.k != "auto":
-        check_k(int(opts.k), num_layers)
-        return (int(opts.k) if int(opts.k) < num_layers else None), "k from model_args"
-    dataset = opts.calibration or dataset_for_task(task)
-    rec = k_for(model_name, dataset, opts.eta, opts.profile_dir) if dataset else None
-    if rec is None:
-        rec = k_for(model_name, "*", opts.eta, opts.profile_dir)
-    if rec is None:
-        what = f"vtwctl dataset {dataset}" if dataset else "no matching vtwctl dataset"
+        check_k(opts.k.layer, num_layers, lo=1, what="FastV k")
+        return opts.k.layer, f"FastV at layer {opts.k.layer}, ratio {opts.ratio}"
+    if opts.k != AUTO:
+        return opts.k.resolve(num_layers).k, "k from model_args"
+    dataset = opts.calibration or dataset_for_task(task) or "*"
+    found = opts.k.resolve(num_layers, model_name, dataset, opts.eta, opts.profile_dir)
+    if found is None:
+        what = f"vtwctl dataset {dataset}" if dataset != "*" else "no matching vtwctl dataset"
         raise VTWError(f"k=auto: no calibration record of {model_name} for lmms-eval task {task!r} ({what}); "
                        f"run `vtwctl calibrate --model {model_name} --dataset DATASET`, pass calibration=DATASET "
                        "or give k=INT")
-    k = int(rec["k"])
-    check_k(k, num_layers)
+    rec = found.record
     src = (f"calibration record of {model_name} on {rec.get('dataset')} (eta={rec.get('eta')}, "
            f"{rec.get('source', 'vtwctl calibrate')})")
-    return (k if k < num_layers else None), src
+    return found.k, src
 
 
 # -- generation settings ---------------------------------------------------------------------------

@@ -119,7 +119,7 @@ class Runner:
         for it in items:
             visuals = it.visuals() if callable(it.visuals) else it.visuals
             imgs, vid = split_visuals(visuals, self.opts.frames)
-            if vid is not None and not self.loaded.adapter.takes_video:
+            if vid is not None and not self.loaded.takes_video:
                 raise VTWError(f"{self.loaded.name} ({self.loaded.family}) does not take videos (task {it.task})")
             prompts.append(content_for(it.context, len(imgs), int(vid is not None)))
             images.append(imgs or None)

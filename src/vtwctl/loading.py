@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from . import profiles
-from .errors import VTWError
+from .errors import ArgumentError, VTWError
 from .families import Adapter, adapter_for
 
 DTYPE_NAMES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
@@ -49,7 +49,7 @@ PROMPT_STYLES = ("hf", "paper")
 def check_prompt_style(style: str) -> None:
     """A VTWError unless ``style`` is a prompt style ("hf" or "paper")."""
     if style not in PROMPT_STYLES:
-        raise VTWError(f"--prompt-style must be hf or paper, got {style!r}")
+        raise ArgumentError(f"--prompt-style must be hf or paper, got {style!r}")
 
 
 def paper_template(profile: dict | None, family: str, text_model_type: str | None) -> str | None:
@@ -165,7 +165,7 @@ def pick_device(device: str = "auto") -> str:
         if mps is None or not mps.is_available():
             raise VTWError("device mps requested but MPS (Apple GPU) is not available on this machine")
     if device not in ("cpu", "map", "mps") and not device.startswith("cuda"):
-        raise VTWError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N, mps or map (device_map='auto')")
+        raise ArgumentError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N, mps or map (device_map='auto')")
     return device
 
 
@@ -177,7 +177,7 @@ def pick_dtype(dtype: str, device: str):
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.float32
     if dtype not in DTYPE_NAMES:
-        raise VTWError(f"unknown dtype {dtype!r}; use auto, float32, float16 or bfloat16")
+        raise ArgumentError(f"unknown dtype {dtype!r}; use auto, float32, float16 or bfloat16")
     return getattr(torch, DTYPE_NAMES[dtype])
 
 
@@ -362,7 +362,7 @@ def load(spec: str = "demo", device: str = "auto", dtype: str = "auto",
     check_prompt_style(prompt_style)
     check_transformers()
     if attn_implementation is not None and attn_implementation not in ATTENTION_IMPLEMENTATIONS:
-        raise VTWError(f"unknown attention implementation {attn_implementation!r}; "
+        raise ArgumentError(f"unknown attention implementation {attn_implementation!r}; "
                        f"use one of {', '.join(ATTENTION_IMPLEMENTATIONS)}")
     res = resolve(spec)
     dev = pick_device(device)

@@ -34,11 +34,11 @@ RANDOM_K_SPAN = 8  # Table 2: VTW† at Random[8, 24] around K = 16 (7B), Random
 
 
 def canonical(method: str) -> str:
-    from .errors import VTWError
+    from .errors import ArgumentError
 
     name = ALIASES.get(method.strip().lower(), method.strip().lower())
     if name not in METHODS:
-        raise VTWError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
+        raise ArgumentError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
     return name
 
 

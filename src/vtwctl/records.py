@@ -171,37 +171,32 @@ def save_record(model: str, record: dict[str, Any], profile_dir: str | os.PathLi
     return path
 
 
-def auto_k(model: str, dataset: str | None = None,
-           profile_dir: str | os.PathLike | None = None) -> dict[str, Any] | None:
-    """The record ``--k auto`` uses, the same for every command: the user's newest record for
-    ``dataset`` (any dataset when None), else the shipped record for ``dataset`` (at the profile's
-    default eta if there is one), else the shipped record for every dataset ("*"; for no dataset:
-    "*" first, then any). None when there is none. The record carries its ``origin``."""
-    def usable(r):
-        return r.get("k") is not None
+def auto_k(model: str, dataset: str | None = None, profile_dir: str | os.PathLike | None = None,
+           eta: float | None = None) -> dict[str, Any] | None:
+    """The record ``--k auto`` uses: the one rule, the same for every command (``vtwctl.spec.K``).
 
-    for rec in reversed(user_records(model, profile_dir)):
-        if usable(rec) and (dataset is None or rec.get("dataset") == dataset):
-            return rec
+    Only records with a K count, and with ``eta`` only those calibrated at it (or without an eta).
+    1. the user's newest record for ``dataset`` (for None: for any dataset);
+    2. else the shipped profile's record for ``dataset``, the profile's default eta first;
+    3. else a record for every task (``"*"``): the user's newest, then the shipped one (for no dataset:
+       the shipped ``"*"`` record, then any shipped record).
+    None when there is none. The record carries its ``origin`` (the store file or the shipped profile).
+    """
+    def usable(r):
+        return r.get("k") is not None and (eta is None or r.get("eta") is None
+                                            or abs(float(r["eta"]) - eta) <= 1e-12)
+
+    def pick(recs, want):
+        return next((r for r in recs if want is None or r.get("dataset") == want), None)
+
+    user = [r for r in reversed(user_records(model, profile_dir)) if usable(r)]
     shipped = [r for r in reversed(shipped_records(model)) if usable(r)]
     default_eta = (find(model) or {}).get("default_eta")
     shipped.sort(key=lambda r: r.get("eta") != default_eta)  # the profile's own eta first (stable sort)
-    for want in ([dataset, "*"] if dataset is not None else ["*", None]):
-        for rec in shipped:
-            if want is None or rec.get("dataset") == want:
-                return rec
-    return None
-
-
-def k_for(model: str, dataset: str, eta: float | None = None,
-          profile_dir: str | os.PathLike | None = None) -> dict[str, Any] | None:
-    """The newest calibration record of ``model`` for ``dataset`` (and ``eta`` if given), or None."""
-    if eta is None:
-        return auto_k(model, dataset, profile_dir)
-    for rec in reversed(records(model, profile_dir)):
-        if rec.get("dataset") != dataset or rec.get("k") is None:
-            continue
-        if rec.get("eta") is not None and abs(float(rec["eta"]) - eta) > 1e-12:
-            continue
-        return rec
+    order = [(user, dataset), (shipped, dataset), (user, "*"), (shipped, "*")] if dataset is not None \
+        else [(user, None), (shipped, "*"), (shipped, None)]
+    for recs, want in order:
+        rec = pick(recs, want)
+        if rec is not None:
+            return rec
     return None

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from . import compat, plan
-from .errors import ENDS_ON_VISION, VTWError, check_k
+from .errors import ENDS_ON_VISION, ArgumentError, VTWError, check_k
 from .families import adapter_for, vision_mask
 
 _ACTIVE_ATTR = "_vtw_active"
@@ -450,7 +450,7 @@ def withdraw(model: nn.Module, k: int, positions: str = "keep") -> Iterator[nn.M
     n = num_layers(model)
     check_k(k, n)
     if positions not in ("keep", "rearrange"):
-        raise VTWError(f"positions must be 'keep' or 'rearrange', got {positions!r}")
+        raise ArgumentError(f"positions must be 'keep' or 'rearrange', got {positions!r}")
     if k < n:
         check_supported(model, k)
     with active(model, Engine(model, k, positions), install=k < n):

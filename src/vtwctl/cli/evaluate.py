@@ -11,30 +11,23 @@ from . import app
 from .common import (
     JSON,
     Progress,
-    auto_k,
     check_device,
-    check_k_syntax,
     emit_json,
     load_model,
     model_name,
-    parse_k,
+    resolve_k,
     stderr_console,
 )
 
 
-def _resolve_k(k, no_withdraw, loaded, task, profile_dir, console):
+def _resolve_k(given, loaded, task, profile_dir, console) -> int | None:
     from ..errors import VTWError
 
-    n = loaded.num_layers
-    chosen = parse_k(k, no_withdraw, n)
-    if k is None and not no_withdraw:
-        raise VTWError("say which K: --k K, --k auto (from the calibration record) or --no-withdraw")
-    if chosen == "auto":
-        chosen, _ = auto_k(loaded.name, task.name, profile_dir, n, console)
-        if chosen is None:
-            raise VTWError(f"no calibration record for {loaded.name} on {task.name}; run "
-                           f"`vtwctl calibrate --model {loaded.spec} --dataset {task.name}` or pass --k")
-    return None if chosen is None or chosen >= n else chosen
+    found = resolve_k(given, loaded.num_layers, loaded.name, task.name, profile_dir, console)
+    if found is None:
+        raise VTWError(f"no calibration record for {loaded.name} on {task.name}; run "
+                       f"`vtwctl calibrate --model {loaded.spec} --dataset {task.name}` or pass --k")
+    return found.k
 
 
 def run_dataset(*, model, dataset, split, limit, batch_size, output, shard, image_mode, data_dir, k, no_withdraw,
@@ -69,12 +62,16 @@ def run_dataset(*, model, dataset, split, limit, batch_size, output, shard, imag
         method = "stock"
     if k is None and method in ("vtw", "vtw-random", "rand"):
         raise VTWError("say which K: --k K, --k auto (from the calibration record) or --no-withdraw")
-    check_k_syntax(k)
+    if method == "stock" and k not in (None, "auto"):
+        raise VTWError("--k and --no-withdraw contradict each other")
+    from ..spec import STOCK, K
+
+    given = STOCK if method in ("stock", "fastv") else K.parse(k)
     index, count = parse_shard(shard)
     # everything that can be checked without the model is checked before it loads
     name = model_name(model)  # an unknown model or missing directory is refused here
     split = preflight.check_split(task, split)
-    if k == "auto" and not no_withdraw:
+    if given.auto:
         check_store(name, profile_dir)
     check_device(device)
     rank, world, dist = distributed_context()
@@ -96,7 +93,7 @@ def run_dataset(*, model, dataset, split, limit, batch_size, output, shard, imag
     console = stderr_console()
     with locked(out_path):  # held from before the model loads: a second run on this file is refused at once
         loaded = load_model(model, device, dtype, attn_implementation, trust_remote_code, prompt_style)
-        chosen = _resolve_k(k, method == "stock", loaded, task, profile_dir, console) if method != "fastv" else None
+        chosen = _resolve_k(given, loaded, task, profile_dir, console)
         shown = fastv_k if method == "fastv" else (chosen if chosen is not None else loaded.num_layers)
         label = f"{task.name} K={shown}" + (f" ({method})" if method not in ("vtw", "stock") else "")
         with Progress(label, console, enabled=rank == 0) as bar:

@@ -15,7 +15,6 @@ from .common import (
     MODEL,
     TRUST,
     check_device,
-    check_k_syntax,
     emit_json,
     fastv_settings,
     load_model,
@@ -24,23 +23,22 @@ from .common import (
 )
 
 
-def _parse_ks(text: str | None, n: int, model: str, profile_dir, dataset: str | None, console) -> list[int]:
-    from ..errors import VTWError, check_k
-    from .common import auto_k
+def _layers(given, n: int, model: str, profile_dir, dataset: str | None, console) -> list[int]:
+    """The K rows to profile: ``given`` (``spec.K`` values; no --k: auto, else half the layers) as layers 0..N."""
+    from ..errors import VTWError
+    from ..spec import AUTO
+    from .common import resolve_k
 
-    if text is None or text == "auto":
-        k, _ = auto_k(model, dataset, profile_dir, n, console)
-        if k is None:
-            if text == "auto":
+    if given is None or given == (AUTO,):
+        found = resolve_k(AUTO, n, model, dataset, profile_dir, console)
+        if found is None:
+            if given is not None:
                 raise VTWError(f"no calibration record for {model}; run vtwctl calibrate or pass --k")
             console.print(f"no --k and no calibration record for {model}: profiling VTW at K={n // 2} (half the "
                           "layers)", highlight=False)
             return [n // 2]
-        return [k]
-    ks = [int(t) for t in text.split(",") if t.strip()]  # the syntax was checked before loading
-    for k in ks:
-        check_k(k, n)
-    return ks
+        return [found.layer(n)]
+    return [k.resolve(n).layer(n) for k in given]
 
 
 @app.command()
@@ -110,11 +108,13 @@ def profile(
     check_prompt_style(prompt_style)
     if count not in ("all", "vision"):
         raise VTWError(f"--count must be all or vision, got {count!r}")
-    check_k_syntax(k, lists=True)
+    from ..spec import K
+
+    given = K.parse_list(k) if k is not None else None
     check_file_target(csv, "CSV file")
     check_file_target(plot, "plot")
     name = model_name(model)
-    if k in (None, "auto"):
+    if given is None or given[0].auto:
         check_store(name, profile_dir)
     if flops_only:
         from ..flops import dims_for
@@ -135,7 +135,7 @@ def profile(
         if count == "vision" and int(vis) == 0:
             raise VTWError("--count vision measures the vision tokens' share: give --vision-tokens > 0")
         name = prof.get("name", model)
-        ks = _parse_ks(k, dims.num_layers, name, profile_dir, dataset, console)
+        ks = _layers(given, dims.num_layers, name, profile_dir, dataset, console)
         if not 1 <= fastv_k <= dims.num_layers:
             raise VTWError(f"--fastv-k must be in 1..{dims.num_layers}")
         table, sweep = flops_rows(dims, int(vis), int(txt), ks, fastv_k, fastv_ratio, flops, count, rows=rows)
@@ -148,7 +148,7 @@ def profile(
         check_device(device)
         loaded = load_model(model, device, dtype, attn_implementation, trust_remote_code, prompt_style)
         auto_dataset = None if prompt is not None else (dataset or "shapes")
-        ks = _parse_ks(k, loaded.num_layers, loaded.name, profile_dir, auto_dataset, console)
+        ks = _layers(given, loaded.num_layers, loaded.name, profile_dir, auto_dataset, console)
         if not 1 <= fastv_k <= loaded.num_layers:
             raise VTWError(f"--fastv-k must be in 1..{loaded.num_layers}")
         inputs = _inputs(loaded, source)

@@ -14,16 +14,14 @@ from .common import (
     JSON,
     MODEL,
     TRUST,
-    auto_k,
     check_device,
-    check_k_syntax,
     check_positive,
     emit_json,
     fastv_settings,
     load_model,
     model_name,
-    parse_k,
     record_summary,
+    resolve_k,
     stderr_console,
 )
 
@@ -96,7 +94,7 @@ def run(
         raise VTWError("--compare answers one prompt with the stock model and with VTW: drop --method/--dataset")
     if positions not in ("keep", "rearrange"):
         raise VTWError(f"--positions must be keep or rearrange, got {positions!r}")
-    if no_withdraw and k not in (None, "auto"):
+    if method == "stock" and k not in (None, "auto"):
         raise VTWError("--k and --no-withdraw contradict each other")
     if compile_:
         from ..infer import check_compiled
@@ -127,7 +125,9 @@ def run(
     expected = None
     if sample:
         check_positive("--temperature", temperature)
-    check_k_syntax(k)
+    from ..spec import AUTO, STOCK, K
+
+    k_given = STOCK if method in ("stock", "fastv") else K.parse(k) if k is not None else AUTO
     if example is not None:
         if image is not None or video is not None or prompt is not None:
             raise VTWError("--example brings its own image and question: drop --image/--video/--prompt")
@@ -145,23 +145,25 @@ def run(
         img = read_image(image) if image is not None else None
     vid = read_video(video, frames) if video is not None else None
     name = model_name(model)
-    if k in (None, "auto") and not no_withdraw:
+    auto_dataset = "shapes" if example is not None else None
+    if k_given.auto:
         from ..records import check_store
 
         check_store(name, profile_dir)
+        if method in ("rand", "vtw-random") and k_given.record(name, auto_dataset, profile_dir=profile_dir) is None:
+            raise VTWError(f"--method {method} needs a K: pass --k K, or calibrate {name} for --k auto "
+                           "(no calibration record found)")
     check_device(device)
     loaded = load_model(model, device, dtype, attn_implementation, trust_remote_code, prompt_style)
     if vid is not None and not loaded.takes_video:
         raise VTWError(f"{loaded.name} ({loaded.family}) does not take videos")
     n = loaded.num_layers
-    chosen = parse_k(k, method == "stock", n) if method != "fastv" else None
     console = stderr_console()
-    rec = None
-    if chosen == "auto":
-        chosen, rec = auto_k(loaded.name, "shapes" if example is not None else None, profile_dir, n, console)
-        if rec is None:
-            console.print(f"no calibration record for {loaded.name}: running without withdrawal "
-                          "(pass --k or run vtwctl calibrate)")
+    found = resolve_k(k_given, n, loaded.name, auto_dataset, profile_dir, console)
+    if found is None:
+        console.print(f"no calibration record for {loaded.name}: running without withdrawal "
+                      "(pass --k or run vtwctl calibrate)")
+    chosen, rec = (found.k, found.record) if found is not None else (None, None)
     from ..infer import compare as run_compare
     from ..infer import generate
     from ..methods import random_k, sample_seed
@@ -169,9 +171,9 @@ def run(
     inputs = loaded.build_inputs(prompt, images=[img] if img is not None else None,
                                  videos=[vid] if vid is not None else None)
     if compare:
-        if chosen is None:
+        if found is None:
             raise VTWError("--compare needs a K to withdraw at: --k K or a calibration record for --k auto")
-        both = run_compare(loaded, inputs, chosen, positions, max_new_tokens)
+        both = run_compare(loaded, inputs, found.layer(n), positions, max_new_tokens)
         halves = {name: _result(loaded, g, positions, n) for name, g in both.items()}
         if json_out:
             emit_json({**halves, "k_record": record_summary(rec), "prompt_style": prompt_style})
@@ -180,7 +182,7 @@ def run(
         return
     run_k = chosen
     if method == "vtw-random":
-        run_k = random_k(seed or 0, prompt, chosen if chosen is not None else n // 2, n)
+        run_k = random_k(seed or 0, prompt, found.layer(n), n)  # found: refused above without a K
     gen = generate(loaded, inputs, k=run_k, positions=positions, max_new_tokens=max_new_tokens,
                    do_sample=sample, temperature=temperature, seed=seed, method=method,
                    seeds=[sample_seed(seed or 0, prompt)], fastv_k=fastv_k, fastv_ratio=fastv_ratio,

@@ -112,29 +112,23 @@ def check_architecture(arch: str | None, name: str) -> None:
 def build_command(model: str, k: str, extra: list[str], dataset: str | None = None, eta: float | None = None,
                   profile_dir: Path | None = None, max_text_len: int | None = None) -> tuple[list[str], dict]:
     """The ``vllm serve`` argv and what was chosen (model source, K, record), checked before any load."""
-    from ..errors import VTWError, check_k
+    from ..errors import VTWError
     from ..loading import resolve
     from ..serving.kv_names import SCHEDULER
+    from ..spec import K
 
     res = resolve(model)
     name = res.profile["name"] if res.profile else res.spec
     arch, n = _architecture_and_layers(res)
-    record = None
-    if k == "auto":
-        from ..serving.config import choose_record
-
-        record = choose_record(name, dataset, eta, str(profile_dir) if profile_dir else None)
-        if record is None:
-            raise VTWError(f"--k auto: no calibration record for {name}; run vtwctl calibrate --model {model} "
-                           "or pass --k K")
-        chosen = int(record["k"])
-    else:
-        try:
-            chosen = int(k)
-        except ValueError:
-            raise VTWError(f"--k must be an integer or 'auto', got {k!r}") from None
-    if n is not None:
-        check_k(chosen, int(n))
+    given = K.parse(k)  # the one K type: an integer or 'auto'
+    if given.stock:
+        raise VTWError("--k must be an integer or 'auto'")
+    found = given.resolve(n, name, dataset, eta, str(profile_dir) if profile_dir else None)
+    if found is None:
+        raise VTWError(f"--k auto: no calibration record for {name}; run vtwctl calibrate --model {model} "
+                       "or pass --k K")
+    record = found.record
+    chosen = found.layer(n) if n is not None else found.k  # K = N (the stock model) stays N here
     stock = n is not None and chosen == int(n)  # K = N: the stock model, whatever the architecture or options
     if not stock:
         check_vllm_args(extra)

@@ -11,46 +11,26 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import VTWError, check_k
+from ..spec import AUTO, K
 
 CONFIG_KEYS = ("vtw_k", "vtw_dataset", "vtw_eta", "vtw_model", "vtw_profile_dir")
 
 
 def choose_record(model: str, dataset: str | None = None, eta: float | None = None,
                   profile_dir: str | None = None) -> dict[str, Any] | None:
-    """The calibration record ``--k auto`` uses, as ``vtwctl run --k auto`` picks it.
+    """The calibration record ``--k auto`` uses: the one rule of every command (``vtwctl.records.auto_k``)."""
+    from ..records import auto_k
 
-    With ``dataset``: the newest record for it (and ``eta`` if given). Without: the newest
-    record calibrated on every task (``dataset == "*"``), else the newest record.
-    """
-    from .. import records
-
-    if dataset is not None:
-        return records.k_for(model, dataset, eta, profile_dir)
-    recs = [r for r in records.records(model, profile_dir) if r.get("k") is not None]
-    if eta is not None:
-        recs = [r for r in recs if r.get("eta") is None or abs(float(r["eta"]) - eta) <= 1e-12]
-    if not recs:
-        return None
-    return next((r for r in reversed(recs) if r.get("dataset") == "*"), recs[-1])
+    return auto_k(model, dataset, profile_dir, eta=eta)
 
 
 def parse_k(value: Any, num_layers: int) -> int | str | None:
-    """``vtw_k`` as given in the config: None (off), "auto", or an int in 0..N."""
-    if value is None:
-        return None
-    if isinstance(value, str) and value.strip().lower() == "auto":
-        return "auto"
-    bad = VTWError(f"vtw_k must be an integer in 0..{num_layers} or 'auto', got {value!r}")
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        k = int(value.strip())
-    elif isinstance(value, int) and not isinstance(value, bool):
-        k = value
-    elif isinstance(value, float) and value.is_integer():
-        k = int(value)
-    else:
-        raise bad
-    check_k(k, num_layers, what="vtw_k")
-    return k
+    """``vtw_k`` as given in the config: None (off), "auto", or an int in 0..N (``vtwctl.spec.K``)."""
+    k = K.parse(value, what="vtw_k")
+    if k.auto or k.stock:
+        return "auto" if k.auto else None
+    check_k(k.layer, num_layers, what="vtw_k")
+    return k.layer
 
 
 def k_from_config(hf_config: Any, num_layers: int, default_model: str | None = None) -> int | None:
@@ -62,11 +42,11 @@ def k_from_config(hf_config: Any, num_layers: int, default_model: str | None = N
     if not model:
         raise VTWError('vtw_k="auto" needs the model name of its calibration record: add "vtw_model"')
     eta = getattr(hf_config, "vtw_eta", None)
-    rec = choose_record(model, getattr(hf_config, "vtw_dataset", None), float(eta) if eta is not None else None,
-                        getattr(hf_config, "vtw_profile_dir", None))
-    if rec is None:
+    found = AUTO.resolve(None, model, getattr(hf_config, "vtw_dataset", None), float(eta) if eta is not None else None,
+                         getattr(hf_config, "vtw_profile_dir", None))
+    if found is None:
         raise VTWError(f'vtw_k="auto": no calibration record for {model!r}; run vtwctl calibrate or give vtw_k')
-    return parse_k(int(rec["k"]), num_layers)
+    return parse_k(int(found.record["k"]), num_layers)
 
 
 def refusals(*, prefix_caching: bool, pipeline_parallel: int, speculative: bool, kv_transfer: bool,
