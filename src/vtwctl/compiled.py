@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import inspect
 import types
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +44,7 @@ FAMILIES = ("llava", "llava_next", "llava_onevision", "video_llava", "vipllava",
             "gemma3", "idefics2", "idefics3", "smolvlm", "internvl", "qwen2_vl", "qwen2_5_vl", "qwen3_vl",
             "cohere2_vision", "got_ocr2")
 IMPLEMENTATIONS = ("eager", "sdpa")
+MAX_SHAPES = 8  # compiled steps a decoder keeps (one per batch size and buffer sizes), least recently used dropped
 
 
 def _round_up(n: int, bucket: int) -> int:
@@ -117,8 +119,8 @@ class CompiledDecoder:
         if suppress_tokens:
             self.bias[torch.tensor(list(suppress_tokens), device=device)] = float("-inf")
         self.compiled = compile
-        self._step = torch.compile(_own_code(self._decode_step), backend=backend, mode=mode, fullgraph=True,
-                                   dynamic=False) if compile else self._decode_step
+        self._compile = dict(backend=backend, mode=mode, fullgraph=True, dynamic=False)
+        self._steps: OrderedDict = OrderedDict()  # (batch, buffer sizes) -> that shape's compiled step
 
     # -- prefill (eager, through the engine) ------------------------------------------------------------
     def _cache(self, full_slots: int, text_slots: int):
@@ -133,6 +135,10 @@ class CompiledDecoder:
         """Run the prompt (eagerly, VTW through the engine) into fresh static buffers; return the state."""
         if max_new_tokens < 1:
             raise ArgumentError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+        impl = compat.attn_implementation(self.model)
+        if impl != self.impl:
+            raise VTWError(f"the model's attention implementation changed from {self.impl} to {impl} since this "
+                           "decoder was built (its masks and graphs are for the old one): build a new decoder")
         ids = inputs.get("input_ids")
         if ids is None:
             raise VTWError("the compiled decode path needs input_ids")
@@ -216,12 +222,31 @@ class CompiledDecoder:
         logits = self.head(self.text.norm(hidden)[:, -1]).float() + self.bias
         return logits.argmax(-1, keepdim=True), logits
 
+    def _step_for(self, state: Decoding):
+        """The compiled step for this state's shapes (batch size and buffer sizes).
+
+        dynamo keeps its graphs per code object and refuses (under fullgraph) to compile one more than
+        ``recompile_limit`` (8) times, so one code object for every shape would fail at the ninth prompt
+        length. Each shape gets its own copy of the step's code, compiled once; the ``MAX_SHAPES`` most
+        recently used are kept (an older shape compiles again when it comes back)."""
+        if not self.compiled:
+            return self._decode_step
+        key = (state.token.shape[0], *sorted((name, m.shape[1]) for name, m in state.maps.items()))
+        step = self._steps.pop(key, None)
+        if step is None:
+            step = torch.compile(_own_code(self._decode_step), **self._compile)
+        self._steps[key] = step
+        while len(self._steps) > MAX_SHAPES:
+            self._steps.popitem(last=False)
+        return step
+
     def step(self, state: Decoding) -> torch.Tensor:
         """Feed ``state.token``; returns (and stores) the next greedy token [B, 1]."""
         if state.steps_left < 1:
             raise VTWError("this decoding has produced its max_new_tokens; start a new one with prefill()")
         with torch.no_grad():
-            token, logits = self._step(state.token, state.pos, state.n_full, state.n_text, state.maps, state.cache)
+            token, logits = self._step_for(state)(state.token, state.pos, state.n_full, state.n_text, state.maps,
+                                                  state.cache)
         # a compiled output may be a buffer the next call reuses (CUDA graphs)
         state.token, state.logits = (token.clone(), logits.clone()) if self.compiled else (token, logits)
         state.steps_left -= 1
@@ -252,23 +277,26 @@ class CompiledDecoder:
 
 
 def decoder_for(model: nn.Module, k: int) -> CompiledDecoder:
-    """One compiled decoder per (model, k), kept on the model (a reference cycle the garbage collector
-    frees with it), so that later calls reuse its graphs."""
+    """One compiled decoder per (model, k, attention implementation), kept on the model (a reference cycle
+    the garbage collector frees with it), so that later calls reuse its graphs. A model whose attention
+    implementation changed (``set_attn_implementation``) gets a new decoder: its masks and graphs differ."""
     per_model = model.__dict__.get("_vtw_compiled_decoders")
     if per_model is None:
         per_model = {}
         object.__setattr__(model, "_vtw_compiled_decoders", per_model)
-    if k not in per_model:
-        per_model[k] = CompiledDecoder(model, k)
-    return per_model[k]
+    key = (k, compat.attn_implementation(model))
+    if key not in per_model:
+        per_model[key] = CompiledDecoder(model, k)
+    return per_model[key]
 
 
 def _own_code(method):
     """``method`` bound to a private copy of its code object.
 
     dynamo keeps its compiled graphs per code object and refuses (under fullgraph) to compile one more than
-    ``recompile_limit`` (8) times; every decoder instance fails the guards of the others, so the ninth
-    decoder of a process would raise. A code object per decoder gives each its own graphs and limit.
+    ``recompile_limit`` (8) times; every decoder instance, and every buffer shape, fails the guards of the
+    others, so the ninth of a process would raise. A code object per (decoder, shape) gives each its own
+    graph and limit.
     """
     fn = method.__func__
     own = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
@@ -280,8 +308,3 @@ def _pad(index_map: torch.Tensor, slots: int) -> torch.Tensor:
     b, w = index_map.shape
     return torch.cat([index_map.long(), index_map.new_full((b, slots - w), -1).long()], 1)
 
-
-def compiled_generate(model: nn.Module, inputs: dict, k: int, max_new_tokens: int, **kwargs) -> torch.Tensor:
-    """Greedy tokens [B, max_new_tokens] of VTW at ``k`` with the compiled decode step (see CompiledDecoder)."""
-    eos = kwargs.pop("eos_token_id", None)
-    return CompiledDecoder(model, k, **kwargs).generate(inputs, max_new_tokens, eos_token_id=eos)
