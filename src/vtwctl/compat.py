@@ -10,7 +10,9 @@ the model was compiled. Only this module touches them; a new transformers releas
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -244,15 +246,33 @@ def output_collector() -> Any:
     return getattr(output_capturing, "_active_collector", None)
 
 
-def guard_hooks_in_compiled_graphs() -> None:
-    """Make torch.compile guard its graphs on module hooks (dynamo skips those guards by default).
-
-    Without it, a model compiled and called before a ``withdraw()`` block runs that stock graph inside
-    the block (the hooks unseen: stock logits, silently), and a graph traced inside the block runs
-    withdrawal after it. With the guards, adding or removing the engine's hooks recompiles. Set when
-    ``vtwctl.withdraw`` is imported; graphs compiled before that keep their missing guards.
-    """
+@contextlib.contextmanager
+def hook_guards() -> Iterator[None]:
+    """Inside the block, graphs torch.compile traces are guarded on module hooks (dynamo skips those guards by
+    default), so a graph traced with the engine's hooks recompiles once they are gone instead of running
+    withdrawal after the block. The setting is restored on exit: nothing changes outside the block."""
     import torch._dynamo
 
-    torch._dynamo.config.skip_nnmodule_hook_guards = False
+    with torch._dynamo.config.patch(skip_nnmodule_hook_guards=False):
+        yield
 
+
+def compiled_wrappers(model: torch.nn.Module) -> list[str]:
+    """The ``torch.compile(module)`` wrappers (``OptimizedModule``) of ``model`` or one of its modules alive in
+    this process, where their graphs lack module-hook guards (dynamo's default) and dynamo has compiled
+    anything (else no scan: one pass over the objects the garbage collector tracks)."""
+    import gc
+    import sys
+
+    eval_frame = sys.modules.get("torch._dynamo.eval_frame")
+    if eval_frame is None:
+        return []
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    if not torch._dynamo.config.skip_nnmodule_hook_guards or not counters["frames"].get("ok"):
+        return []
+    names = {id(m): name or type(model).__name__ for name, m in model.named_modules()}
+    wrapper = eval_frame.OptimizedModule
+    return [f"torch.compile({names[id(obj._orig_mod)]})" for obj in gc.get_objects()
+            if issubclass(type(obj), wrapper) and id(getattr(obj, "_orig_mod", None)) in names]

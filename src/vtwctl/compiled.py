@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import inspect
 import types
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -92,7 +93,8 @@ class CompiledDecoder:
             compat.check_transformers()
         if bucket < 1:
             raise ArgumentError(f"bucket must be a positive number of slots, got {bucket}")
-        self.model, self.k, self.impl, self.bucket = model, k, impl, bucket
+        self._model: Any = model  # decoder_for keeps a weak reference instead (see there)
+        self.k, self.impl, self.bucket = k, impl, bucket
         self.adapter = adapter
         self.text = adapter.text_model(model)
         self.layers = list(self.text.layers)
@@ -121,6 +123,13 @@ class CompiledDecoder:
         self.compiled = compile
         self._compile = dict(backend=backend, mode=mode, fullgraph=True, dynamic=False)
         self._steps: OrderedDict = OrderedDict()  # (batch, buffer sizes) -> that shape's compiled step
+
+    @property
+    def model(self) -> nn.Module:
+        model = self._model() if isinstance(self._model, weakref.ref) else self._model
+        if model is None:
+            raise RuntimeError("the model of this compiled decoder was freed")
+        return model
 
     # -- prefill (eager, through the engine) ------------------------------------------------------------
     def _cache(self, full_slots: int, text_slots: int):
@@ -276,17 +285,21 @@ class CompiledDecoder:
         return torch.cat(out, 1)
 
 
+_DECODERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {(k, attention impl): decoder}
+
+
 def decoder_for(model: nn.Module, k: int) -> CompiledDecoder:
-    """One compiled decoder per (model, k, attention implementation), kept on the model (a reference cycle
-    the garbage collector frees with it), so that later calls reuse its graphs. A model whose attention
-    implementation changed (``set_attn_implementation``) gets a new decoder: its masks and graphs differ."""
-    per_model = model.__dict__.get("_vtw_compiled_decoders")
-    if per_model is None:
-        per_model = {}
-        object.__setattr__(model, "_vtw_compiled_decoders", per_model)
+    """One compiled decoder per (model, k, attention implementation), so that later calls reuse its graphs.
+
+    Kept in this module, not on the model (nothing is added to it): the decoder holds the model weakly and
+    its modules strongly, and goes when the model does. A model whose attention implementation changed
+    (``set_attn_implementation``) gets a new decoder: its masks and graphs differ."""
+    per_model = _DECODERS.setdefault(model, {})
     key = (k, compat.attn_implementation(model))
     if key not in per_model:
-        per_model[key] = CompiledDecoder(model, k)
+        decoder = CompiledDecoder(model, k)
+        decoder._model = weakref.ref(model)
+        per_model[key] = decoder
     return per_model[key]
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -99,15 +101,13 @@ def generate(loaded, inputs: dict, k: int | None = None, positions: str = "keep"
     tok = getattr(loaded.processor, "tokenizer", loaded.processor)
     if stop:
         kw["stopping_criteria"] = [_stop_on(tok, stop, length)]
-    if seed is not None:
-        torch.manual_seed(seed)
     clock = _Clock(loaded.device)
     from .methods import context
 
     if method == "rand" and seeds is None:
         seeds = [seed or 0] * int(inputs["input_ids"].shape[0])
     ctx = context(model, method, k, positions, fastv_k=fastv_k, fastv_ratio=fastv_ratio, seeds=seeds)
-    with ctx, torch.inference_mode():
+    with seeded(seed), ctx, torch.inference_mode():
         sync(loaded.device)
         start = time.perf_counter()
         result = model.generate(**inputs, streamer=clock, return_dict_in_generate=True, **kw)
@@ -123,6 +123,21 @@ def generate(loaded, inputs: dict, k: int | None = None, positions: str = "keep"
                       prefill_s=first - start, decode_s=end - first, total_s=end - start,
                       k=k if k is not None else n, kv_bytes=cache_bytes(cache) if cache is not None else None,
                       method=method if k is not None and k < n or method in ("fastv", "rand") else "stock")
+
+
+@contextlib.contextmanager
+def seeded(seed: int | None) -> Iterator[None]:
+    """torch's random generators seeded with ``seed`` inside the block and given back as they were after it
+    (the CPU's and every initialised CUDA device's): sampling is reproducible, the caller's RNG untouched."""
+    if seed is None:
+        yield
+        return
+    import torch
+
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
 
 
 def _answers(new, eos: set[int], tok, stop: list[str] | None) -> tuple[list, list, list]:

@@ -298,12 +298,16 @@ class Loaded:
         if vids:
             kwargs["videos"] = vids
         tok = getattr(self.processor, "tokenizer", None)
+        side = getattr(tok, "padding_side", None)
         if tok is not None:
-            tok.padding_side = "left"
+            tok.padding_side = "left"  # for this call only: the caller's tokenizer is given back as it was
         try:
             batch = self.processor(**kwargs)
         except ImportError as exc:  # e.g. transformers' video processors need torchvision
             raise VTWError(f"the {self.family} processor cannot run here: {str(exc).strip().splitlines()[0]}") from None
+        finally:
+            if tok is not None and side is not None:
+                tok.padding_side = side
         return self.to_device(dict(batch))
 
     def sample_inputs(self, sample) -> dict:

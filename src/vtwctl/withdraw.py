@@ -27,8 +27,7 @@ from . import compat, plan
 from .errors import ENDS_ON_VISION, ArgumentError, VTWError, check_k
 from .families import adapter_for, vision_mask
 
-_ACTIVE_ATTR = "_vtw_active"
-compat.guard_hooks_in_compiled_graphs()  # compiled graphs notice the engine's hooks (docs/engine.md, Limits)
+_ACTIVE: weakref.WeakSet = weakref.WeakSet()  # models inside a withdraw()/fastv() block (blocks do not nest)
 VISUAL_KWARGS = ("pixel_values", "pixel_values_images", "pixel_values_videos", "mm_encoder_outputs")
 _TOKEN_KWARGS = ("token_type_ids", "mm_token_type_ids", "moe_mm_token_type_ids")
 
@@ -418,6 +417,12 @@ def check_supported(model: nn.Module, k: int) -> None:
     if compiled:
         raise VTWError(f"withdraw(): {', '.join(compiled)} is compiled with torch.compile; its graph would not see "
                        "the engine's hooks. Pass the model before compiling it (see docs/engine.md, 'torch.compile')")
+    wrappers = compat.compiled_wrappers(model)
+    if wrappers:
+        raise VTWError(f"withdraw(): {', '.join(wrappers)} exists in this process and its graphs are not guarded on "
+                       "module hooks (dynamo's default): called inside the block it would run the stock model. Drop "
+                       "the compiled wrapper, or set torch._dynamo.config.skip_nnmodule_hook_guards = False before "
+                       "compiling (see docs/engine.md, 'torch.compile')")
     if adapter.blocks != "prefix" and not compat.is_causal_lm(model.config):
         raise VTWError(f"withdraw(): the {adapter.family} language model attends bidirectionally; "
                        "VTW needs a causal LM")
@@ -460,13 +465,14 @@ def withdraw(model: nn.Module, k: int, positions: str = "keep") -> Iterator[nn.M
 @contextlib.contextmanager
 def active(model: nn.Module, engine: Engine, install: bool = True) -> Iterator[Engine]:
     """Install ``engine``'s hooks for the block; remove them on exit, also on error. Blocks do not nest."""
-    if getattr(model, _ACTIVE_ATTR, False):
+    if model in _ACTIVE:
         raise RuntimeError("withdraw()/fastv() is already active on this model; blocks do not nest")
-    if install:
-        engine.install()
-    object.__setattr__(model, _ACTIVE_ATTR, True)
+    _ACTIVE.add(model)
     try:
-        yield engine
+        with compat.hook_guards():
+            if install:
+                engine.install()
+            yield engine
     finally:
         engine.remove()
-        object.__delattr__(model, _ACTIVE_ATTR)
+        _ACTIVE.discard(model)
