@@ -137,3 +137,42 @@ def test_rand_with_a_k_runs_and_says_so(tiny, tmp_path):
                  "--k", "2", "--max-new-tokens", "2", "--json", env=env)
     assert out.returncode == 0, out.stderr
     assert (json.loads(out.stdout)["method"], json.loads(out.stdout)["k"]) == ("rand", 2)
+
+
+def test_run_spec_is_checked_once_when_built():
+    from vtwctl.spec import Generation, RunSpec
+
+    spec = RunSpec(k="16", method="VTW", generation=Generation(max_new_tokens=8))
+    assert (spec.k, spec.method, spec.max_new_tokens) == (K(16), "vtw", 8)
+    assert RunSpec(method="baseline", k=5).k == STOCK  # the stock model has no K
+    assert RunSpec(method="fastv", k=5, fastv_k=3).k == STOCK  # FastV has its own layer
+    assert RunSpec.of(None, k=3, max_new_tokens=4, do_sample=True, temperature=0.5).generation == Generation(
+        max_new_tokens=4, do_sample=True, temperature=0.5)
+    assert RunSpec.of(7).k == K(7) and RunSpec.of(None).k == STOCK  # shorthand: the K
+    bad = [dict(positions="shift"), dict(prompt_style="x"), dict(image_mode="gray"), dict(scoring="strict"),
+           dict(batch_size=0), dict(shard=(2, 2)), dict(fastv_ratio=1.5), dict(fastv_k=0), dict(method="fast"),
+           dict(k="two"), dict(compiled=True, method="rand", k=2),
+           dict(compiled=True, generation=Generation(do_sample=True))]
+    for kw in bad:
+        with pytest.raises(ValueError):
+            RunSpec(**kw)
+    for kw in (dict(max_new_tokens=0), dict(do_sample=True, temperature=0.0)):
+        with pytest.raises(ValueError):
+            RunSpec.of(None, **kw)
+    with pytest.raises(ValueError, match="unknown run setting"):
+        RunSpec.of(None, kk=3)
+
+
+def test_generate_takes_a_spec_or_its_fields(demo_loaded):
+    """The spec and the keyword form are one and the same run; K = N reports the stock model."""
+    from vtwctl.infer import generate
+    from vtwctl.spec import Generation, RunSpec
+
+    x = demo_loaded.build_inputs("How many shapes are there?")
+    a = generate(demo_loaded, x, RunSpec(k=3, generation=Generation(max_new_tokens=4)))
+    b = generate(demo_loaded, x, k=3, max_new_tokens=4)
+    assert a.tokens == b.tokens and a.k == b.k == 3 and a.method == "vtw"
+    n = demo_loaded.num_layers
+    assert generate(demo_loaded, x, k=n, max_new_tokens=2).method == "stock"
+    with pytest.raises(ValueError, match="out of range"):
+        generate(demo_loaded, x, k=n + 1, max_new_tokens=2)

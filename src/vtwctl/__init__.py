@@ -10,7 +10,11 @@ Public API (imports are lazy, so ``import vtwctl`` does not load torch):
 - ``evaluate(loaded, task, k, ...)`` -> a benchmark run (JSONL records, resumable) and its summary.
 - ``CompiledDecoder(model, k, compile=True)`` -> greedy VTW decoding, static KV buffers, one compiled
   graph per step: ``.generate(inputs, max_new_tokens)`` -> tokens [B, n] (``k = N``: the stock model).
-- ``VTWError`` -> raised for bad user input.
+- ``RunSpec`` / ``K`` -> one run specification (model, K, method and its settings, positions, prompt style,
+  image mode, scoring, generation, batch, shard), checked when built; the one K type (layer | auto | stock).
+  ``generate``/``evaluate`` take a ``RunSpec`` (keywords change its fields).
+- ``VTWError`` -> raised for bad user input (``ArgumentError``, a ``VTWError`` and a ``ValueError``, for bad
+  arguments).
 
 Several of these share their name with the module that defines them (``vtwctl.withdraw`` the
 function lives in the module ``vtwctl.withdraw``). Importing a submodule normally rebinds the
@@ -27,7 +31,8 @@ import types
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["load", "withdraw", "generate", "calibrate", "evaluate", "CompiledDecoder", "VTWError", "__version__"]
+__all__ = ["load", "withdraw", "generate", "calibrate", "evaluate", "CompiledDecoder", "RunSpec", "K", "VTWError",
+           "__version__"]
 
 _LAZY = {
     "load": ("vtwctl.loading", "load"),
@@ -36,6 +41,8 @@ _LAZY = {
     "calibrate": ("vtwctl.calibrate", "calibrate"),
     "evaluate": ("vtwctl.evaluate", "evaluate"),
     "CompiledDecoder": ("vtwctl.compiled", "CompiledDecoder"),
+    "RunSpec": ("vtwctl.spec", "RunSpec"),
+    "K": ("vtwctl.spec", "K"),
     "VTWError": ("vtwctl.errors", "VTWError"),
 }
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import VTWError, check_k
-from .spec import AUTO, STOCK, K
+from .spec import AUTO, STOCK, Generation, K, RunSpec
 
 METHODS = ("vtw", "fastv", "baseline")
 ALIASES = {"max_frames_num": "frames", "attn": "attn_implementation", "model": "pretrained"}
@@ -53,6 +53,7 @@ class Options:
     frames: int = 8
     max_new_tokens: int = 1024
     use_until: bool = True
+    spec: RunSpec | None = None  # the run specification these arguments make (built once, checked then)
 
 
 def _as_bool(name: str, value: Any) -> bool:
@@ -126,7 +127,7 @@ def parse_model_args(args: dict[str, Any]) -> Options:
     batch = str(given.get("batch_size", 1)).strip()
     if batch.startswith("auto"):
         raise VTWError("batch_size=auto is not supported by the vtw model; give an integer")
-    return replace(
+    opts = replace(
         opts, pretrained=str(given.get("pretrained", opts.pretrained)), k=k, method=method, positions=positions,
         ratio=ratio, eta=eta, calibration=given.get("calibration"), profile_dir=given.get("profile_dir"),
         batch_size=_as_int("batch_size", batch, 1), device=str(given.get("device", "auto")),
@@ -136,6 +137,18 @@ def parse_model_args(args: dict[str, Any]) -> Options:
         max_new_tokens=_as_int("max_new_tokens", given.get("max_new_tokens", opts.max_new_tokens), 1),
         use_until=_as_bool("use_until", given.get("use_until", True)),
     )
+    return replace(opts, spec=run_spec(opts))
+
+
+def run_spec(opts: Options) -> RunSpec:
+    """The run specification of checked model arguments (K ``auto`` is resolved per task: ``resolve_k``)."""
+    fastv = opts.method == "fastv"
+    return RunSpec(model=opts.pretrained, k=opts.k if opts.method == "vtw" else STOCK,
+                   method="stock" if opts.method == "baseline" else opts.method,
+                   fastv_k=opts.k.layer if fastv and opts.k.layer is not None else 2, fastv_ratio=opts.ratio,
+                   positions=opts.positions, generation=Generation(max_new_tokens=opts.max_new_tokens),
+                   batch_size=opts.batch_size, device=opts.device, dtype=opts.dtype,
+                   attn_implementation=opts.attn_implementation, trust_remote_code=opts.trust_remote_code)
 
 
 # -- K per task ------------------------------------------------------------------------------------

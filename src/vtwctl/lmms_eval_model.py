@@ -17,7 +17,6 @@ Model arguments (``--model_args key=value,...``; see docs/lmms-eval.md):
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -32,8 +31,10 @@ from .lmms_eval_args import (
     parse_model_args,
     plan_batches,
     resolve_k,
+    run_spec,
     split_visuals,
 )
+from .spec import STOCK, K
 
 MODEL_ID = "vtw"
 CLASS_PATH = "vtwctl.lmms_eval_model.VTW"
@@ -100,18 +101,22 @@ class Runner:
             self.warn(f"vtw: task {task}: method={self.opts.method} K={shown} ({src})")
         return self._k[task]
 
-    def _engine(self, task: str):
-        """The context manager a forward call of ``task`` runs in."""
+    def spec_for(self, task: str):
+        """The run specification of ``task``'s requests: the model arguments' with K resolved for the task."""
+        spec = self.opts.spec if self.opts.spec is not None else run_spec(self.opts)
         k = self.k_for(task)
-        if k is None:
-            return contextlib.nullcontext()
-        if self.opts.method == "fastv":
-            from .fastv import fastv
+        if spec.method == "fastv":
+            return spec if k is None else replace(spec, fastv_k=k)
+        return replace(spec, k=STOCK if k is None else K(k))
 
-            return fastv(self.loaded.model, k, self.opts.ratio)
-        from .withdraw import withdraw
+    def _engine(self, task: str):
+        """The context manager a forward call of ``task`` runs in (``methods.context``)."""
+        from .methods import context
 
-        return withdraw(self.loaded.model, k, self.opts.positions)
+        spec = self.spec_for(task)
+        k = spec.layer(self.loaded.num_layers)
+        return context(self.loaded.model, spec.method, k, spec.positions, fastv_k=spec.fastv_k,
+                       fastv_ratio=spec.fastv_ratio)
 
     def _prepare(self, items: list[Item]) -> tuple[list, list, list]:
         """(prompts, images per row, video per row) for ``Loaded.build_inputs``; visuals read once."""
@@ -138,13 +143,9 @@ class Runner:
             prompts, images, videos = self._prepare(rows)
             inputs = self.loaded.build_inputs(prompts, images=images, videos=videos)
             max_new = self._fit(int(inputs["input_ids"].shape[1]), settings.max_new_tokens)
-            k = self.k_for(rows[0].task)
-            ctx = self._engine(rows[0].task) if self.opts.method == "fastv" else contextlib.nullcontext()
-            with ctx:
-                gen = generate(self.loaded, inputs, k=k if self.opts.method == "vtw" else None,
-                               positions=self.opts.positions, max_new_tokens=max_new, do_sample=settings.do_sample,
-                               temperature=settings.temperature, seed=settings.seed, top_p=settings.top_p,
-                               top_k=settings.top_k)
+            gen = generate(self.loaded, inputs, self.spec_for(rows[0].task), max_new_tokens=max_new,
+                           do_sample=settings.do_sample, temperature=settings.temperature, seed=settings.seed,
+                           top_p=settings.top_p, top_k=settings.top_k)
             for j, i in enumerate(batch):
                 text = apply_until(tok.decode(gen.tokens[j], skip_special_tokens=True), settings.until)
                 out[i] = Answer(text, gen.num_vision_tokens[j] + gen.num_text_tokens[j], gen.new_tokens[j])

@@ -17,6 +17,7 @@ from typing import Any
 from . import profiles
 from .errors import ArgumentError, VTWError
 from .families import Adapter, adapter_for
+from .spec import PROMPT_STYLES
 
 DTYPE_NAMES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
                "half": "float16", "bfloat16": "bfloat16", "bf16": "bfloat16"}
@@ -43,7 +44,6 @@ PAPER_SYSTEMS = {
     "llava_v1": ("A chat between a curious human and an artificial intelligence assistant. "
                  "The assistant gives helpful, detailed, and polite answers to the human's questions."),
 }
-PROMPT_STYLES = ("hf", "paper")
 
 
 def check_prompt_style(style: str) -> None:

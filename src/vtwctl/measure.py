@@ -268,15 +268,36 @@ def nvml_used_bytes(device) -> int | None:
         return None
 
 
-def measure_many(loaded, inputs: dict, plans: list[tuple[str, int | None]], fastv_k: int = 2,
-                 fastv_ratio: float = 0.5, max_new_tokens: int = 16, warmup: int = 1, repeats: int = 5,
-                 positions: str = "keep", progress=None, seed: int = 0, max_repeats: int | None = None,
-                 target_spread: float = 0.1) -> list[Measurement]:
+@dataclass(frozen=True)
+class Protocol:
+    """How a measurement is repeated: ``max_new_tokens`` per end-to-end run (at least 2), ``warmup`` rounds,
+    ``repeats`` rounds, then more (up to ``max_repeats``, default 3x ``repeats``) while a spread is above
+    ``target_spread``."""
+
+    max_new_tokens: int = 16
+    warmup: int = 1
+    repeats: int = 5
+    max_repeats: int | None = None
+    target_spread: float = 0.1
+
+
+def measure_many(loaded, inputs: dict, plans: list[tuple[str, int | None]], spec=None, protocol: Protocol | None = None,
+                 progress=None, **settings: Any) -> list[Measurement]:
     """Measure several (method, k) plans side by side: repeats are interleaved round-robin, so load
     changes on the machine hit every plan alike; memory and KV bytes are read once per plan.
 
-    After ``repeats`` rounds, more rounds run (up to ``max_repeats``, default 3x ``repeats``) while any
-    plan's prefill or decode spread is above ``target_spread``."""
+    ``spec`` (a ``RunSpec``): FastV's settings, positions, and the seed of Rand's draw; ``settings`` change
+    its fields or ``protocol``'s (``max_new_tokens=``, ``repeats=``, ...)."""
+    from dataclasses import fields, replace
+
+    from .spec import RunSpec
+
+    names = {f.name for f in fields(Protocol)}
+    protocol = replace(protocol or Protocol(), **{k: settings.pop(k) for k in list(settings) if k in names})
+    spec = RunSpec.of(spec, **settings)
+    fastv_k, fastv_ratio, positions, seed = spec.fastv_k, spec.fastv_ratio, spec.positions, spec.seed or 0
+    max_new_tokens, warmup, repeats = protocol.max_new_tokens, protocol.warmup, protocol.repeats
+    max_repeats, target_spread = protocol.max_repeats, protocol.target_spread
     import torch
 
     model = loaded.model

@@ -26,20 +26,11 @@ import torch
 from torch import nn
 
 from .errors import check_k
+from .spec import METHOD_ALIASES as ALIASES  # noqa: F401  (re-exported)
+from .spec import METHODS, canonical, runs_stock  # noqa: F401  (re-exported)
 from .withdraw import Engine, active, num_layers
 
-METHODS = ("stock", "vtw", "vtw-random", "rand", "fastv")
-ALIASES = {"baseline": "stock", "vtw_random": "vtw-random", "vtw†": "vtw-random", "random": "rand"}
 RANDOM_K_SPAN = 8  # Table 2: VTW† at Random[8, 24] around K = 16 (7B), Random[12, 28] around K = 20 (13B)
-
-
-def canonical(method: str) -> str:
-    from .errors import ArgumentError
-
-    name = ALIASES.get(method.strip().lower(), method.strip().lower())
-    if name not in METHODS:
-        raise ArgumentError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
-    return name
 
 
 def sample_seed(seed: int, sample_id: str) -> int:
@@ -110,7 +101,7 @@ def context(model: nn.Module, method: str, k: int | None = None, positions: str 
     """The context manager that makes ``model`` run ``method`` (``vtw-random`` takes its drawn ``k``)."""
     method = canonical(method)
     n = num_layers(model)
-    if method == "stock" or (method in ("vtw", "vtw-random") and (k is None or k >= n)):
+    if runs_stock(method, k, n):
         return contextlib.nullcontext(model)
     if method in ("vtw", "vtw-random"):
         from .withdraw import withdraw

@@ -1,4 +1,10 @@
-"""The one K type: where vision tokens leave, parsed in one place and resolved in one place.
+"""One run specification (``RunSpec``) and the one K type (``K``), each parsed and checked in one place.
+
+``RunSpec`` holds every setting of a run: the model and how to load it, K, the method and its settings,
+positions, prompt style, image mode, scoring, generation settings, batch and shard. The command line, the
+lmms-eval model and the library build it once (the checks run then, as ``ArgumentError``s) and pass it
+down; library functions take it instead of long argument lists.
+
 
 A ``K`` is a layer number (0-based; layers ``0..K-1`` see the vision tokens), ``auto`` (the layer of
 the model's calibration record) or stock (no withdrawal). ``K.parse`` reads what a user gives
@@ -15,8 +21,9 @@ layers: a layer ``N`` *is* the stock model, so a resolved K is ``None`` (stock) 
 
 from __future__ import annotations
 
+import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from .errors import ArgumentError, VTWError, check_k
@@ -158,3 +165,146 @@ def describe_record(rec: dict) -> str:
         bits.append(str(rec["date"])[:10])
     src = rec.get("origin") or rec.get("source") or ""
     return f"{', '.join(bits)}; {src}".rstrip("; ")
+
+
+# -- methods: Table 2's rows ------------------------------------------------------------------------------
+METHODS = ("stock", "vtw", "vtw-random", "rand", "fastv")
+METHOD_ALIASES = {"baseline": "stock", "vtw_random": "vtw-random", "vtw†": "vtw-random", "random": "rand"}
+POSITIONS = ("keep", "rearrange")
+PROMPT_STYLES = ("hf", "paper")
+IMAGE_MODES = ("normal", "blank", "none")
+SCORING_MODES = ("lmms-eval", "lenient")
+NEEDS_K = ("vtw", "vtw-random", "rand")  # the methods that withdraw at K
+
+
+def canonical(method: str) -> str:
+    """A method's name (``methods.METHODS``), aliases (``baseline``, ``vtw_random``, ``random``) resolved."""
+    name = METHOD_ALIASES.get(method.strip().lower(), method.strip().lower())
+    if name not in METHODS:
+        raise ArgumentError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
+    return name
+
+
+def runs_stock(method: str, k: int | None, num_layers: int) -> bool:
+    """Whether ``method`` at layer ``k`` (None: none) leaves the model stock: the one place where "K = N is
+    the stock model" is decided (VTW and VTW† at K >= N withdraw nothing; ``stock`` never does)."""
+    return method == "stock" or (method in ("vtw", "vtw-random") and (k is None or k >= num_layers))
+
+
+@dataclass(frozen=True)
+class Generation:
+    """How answers are generated: greedy unless ``do_sample``; ``stop`` strings end an answer (lmms-eval's
+    ``until``); ``max_new_tokens`` None: the caller's default (32 for a prompt, a task's own length)."""
+
+    max_new_tokens: int | None = None
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float | None = None
+    top_k: int | None = None
+    stop: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens is not None and (isinstance(self.max_new_tokens, bool) or self.max_new_tokens < 1):
+            raise ArgumentError(f"--max-new-tokens must be at least 1, got {self.max_new_tokens}")
+        if self.do_sample and (not math.isfinite(self.temperature) or self.temperature <= 0):
+            raise ArgumentError(f"--temperature must be > 0, got {self.temperature}")
+        object.__setattr__(self, "stop", tuple(self.stop or ()))
+
+
+GENERATION_FIELDS = tuple(f.name for f in fields(Generation))
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Every setting of a run, checked when built (``ArgumentError``: a ``VTWError`` and a ``ValueError``).
+
+    ``k``: a ``K`` (or what ``K.parse`` reads; None: stock); ``method``: ``METHODS`` (aliases accepted);
+    ``fastv_k``/``fastv_ratio``: FastV's layer and the fraction of vision tokens it drops; ``seed``: the
+    draws of Rand and VTW† (per sample, with its id) and of sampling; ``shard``: (I, N), run every N-th
+    sample from I; ``compiled``: greedy decoding on the compiled fast path (VTW or stock, ``keep``)."""
+
+    model: str = "demo"
+    k: Any = STOCK
+    method: str = "vtw"
+    fastv_k: int = 2
+    fastv_ratio: float = 0.5
+    seed: int | None = None
+    positions: str = "keep"
+    prompt_style: str = "hf"
+    image_mode: str = "normal"
+    scoring: str = "lmms-eval"
+    generation: Generation = field(default_factory=Generation)
+    batch_size: int = 1
+    shard: tuple[int, int] = (0, 1)
+    compiled: bool = False
+    device: str = "auto"
+    dtype: str = "auto"
+    attn_implementation: str | None = None
+    trust_remote_code: bool = False
+
+    def __post_init__(self) -> None:
+        method = canonical(self.method)
+        k = K.parse(self.k)
+        if method in ("stock", "fastv"):
+            k = STOCK  # FastV has its own layer (fastv_k)
+        object.__setattr__(self, "method", method)
+        object.__setattr__(self, "k", k)
+        self._check()
+
+    def _check(self) -> None:
+        def one_of(flag: str, value, allowed) -> None:
+            if value not in allowed:
+                raise ArgumentError(f"{flag} must be one of {', '.join(allowed)}, got {value!r}")
+
+        if self.positions not in POSITIONS:
+            raise ArgumentError(f"--positions must be keep or rearrange, got {self.positions!r}")
+        if self.prompt_style not in PROMPT_STYLES:
+            raise ArgumentError(f"--prompt-style must be hf or paper, got {self.prompt_style!r}")
+        one_of("--image-mode", self.image_mode, IMAGE_MODES)
+        one_of("--scoring", self.scoring, SCORING_MODES)
+        if isinstance(self.batch_size, bool) or self.batch_size < 1:
+            raise ArgumentError("--batch-size must be at least 1")
+        index, count = self.shard
+        if count < 1 or not 0 <= index < count:
+            raise ArgumentError(f"--shard {index}/{count}: need 0 <= I < N")
+        if isinstance(self.fastv_k, bool) or not isinstance(self.fastv_k, int) or self.fastv_k < 1:
+            raise ArgumentError(f"--fastv-k must be an integer >= 1, got {self.fastv_k!r}")
+        if not 0.0 <= self.fastv_ratio <= 1.0:
+            raise ArgumentError(f"--fastv-ratio must be in [0, 1], got {self.fastv_ratio}")
+        if self.compiled and (self.method not in ("vtw", "stock") or self.generation.do_sample
+                              or self.positions != "keep"):
+            raise ArgumentError("--compile decodes greedily with VTW or the stock model at the original positions: "
+                                "drop --sample, --method other than vtw/stock and --positions rearrange")
+
+    @classmethod
+    def of(cls, spec: Any = None, **settings: Any) -> RunSpec:
+        """``spec`` (default: a fresh ``RunSpec``; anything else is shorthand for its K) with ``settings``
+        changed; ``Generation``'s fields (``max_new_tokens``, ``do_sample``, ...) may be given here too."""
+        if spec is not None and not isinstance(spec, RunSpec):
+            if "k" in settings:
+                raise ArgumentError("K given twice (as the spec and as k=)")
+            spec, settings = None, {**settings, "k": spec}
+        spec = spec if spec is not None else cls()
+        gen = {name: settings.pop(name) for name in GENERATION_FIELDS if name in settings}
+        if "stop" in gen:
+            gen["stop"] = tuple(gen["stop"] or ())
+        if gen:
+            settings["generation"] = replace(spec.generation, **gen)
+        unknown = sorted(set(settings) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ArgumentError(f"unknown run setting{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}")
+        return replace(spec, **settings) if settings else spec
+
+    def layer(self, num_layers: int, model: str | None = None, dataset: str | None = None,
+              calibration_dir: str | os.PathLike | None = None) -> int | None:
+        """K as a layer of a model of ``num_layers`` layers (None: the stock model); ``auto`` through the
+        one rule (``K.resolve``), an ``ArgumentError`` when there is no record."""
+        found = self.k.resolve(num_layers, model, dataset, profile_dir=calibration_dir)
+        if found is None:
+            raise ArgumentError(f"K 'auto': no calibration record for {model}"
+                                + (f" on {dataset}" if dataset else "") + "; run vtwctl calibrate or give K")
+        return found.k
+
+    @property
+    def max_new_tokens(self) -> int | None:
+        return self.generation.max_new_tokens

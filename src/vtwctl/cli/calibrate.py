@@ -72,9 +72,11 @@ def calibrate(
     json_out: bool = JSON,
 ) -> None:
     """Choose K: the first layer whose mean KL(P_vtw || P_base) over a small subset is below eta."""
+    from dataclasses import replace
+
     from .. import preflight, records, tasks
+    from ..calibrate import Sweep, to_records
     from ..calibrate import calibrate as run_calibration
-    from ..calibrate import to_records
     from ..errors import VTWError
     from ..files import check_file_target
     from ..loading import check_prompt_style
@@ -88,6 +90,8 @@ def calibrate(
         raise VTWError(f"calibration must not use the test split ({split}) of {task.name} "
                        "(--split test --first N reproduces the authors' protocol)")
     check_prompt_style(prompt_style)
+    sweep = Sweep(samples=samples, seed=seed, tokens=tokens, accuracy=accuracy, first=first,
+                  batch_size=batch_size)  # checked here, before anything is read (k_min: once the model is known)
     if first is not None:
         samples = first
     preflight.check_data(task, split, data_dir, need=samples, what="--first" if first is not None else "--samples")
@@ -100,12 +104,10 @@ def calibrate(
     loaded = load_model(model, device, dtype, attn_implementation, trust_remote_code, prompt_style)
     prof = loaded.profile or {}
     etas = etas or [float(prof.get("default_eta", 0.003))]
-    k_min = k_min if k_min is not None else int(prof.get("k_min", 5))
+    sweep = replace(sweep, k_min=k_min if k_min is not None else int(prof.get("k_min", 5)))
     console = stderr_console()
     with Progress("calibration", console) as bar:
-        result = run_calibration(loaded, task, etas, k_min=k_min, samples=samples, seed=seed, split=split,
-                                 tokens=tokens, accuracy=accuracy, source=data_dir, first=first,
-                                 batch_size=batch_size,
+        result = run_calibration(loaded, task, etas, sweep, split=split, source=data_dir,
                                  progress=lambda stage, done, total: bar.update(done, total, stage=stage))
     if result.warning:
         console.print(f"[yellow]warning: {result.warning}[/yellow]", highlight=False)

@@ -20,71 +20,50 @@ from .common import (
 )
 
 
-def _resolve_k(given, loaded, task, profile_dir, console) -> int | None:
-    from ..errors import VTWError
+def run_dataset(spec, dataset: str, *, split, limit, output, data_dir, judge_url=None, judge_model=None,
+                calibration_dir=None, json_out: bool = False) -> None:
+    """``vtwctl run --dataset``: ``spec`` (a checked ``RunSpec``) over a benchmark, written to ``output``."""
+    from dataclasses import replace
 
-    found = resolve_k(given, loaded.num_layers, loaded.name, task.name, profile_dir, console)
-    if found is None:
-        raise VTWError(f"no calibration record for {loaded.name} on {task.name}; run "
-                       f"`vtwctl calibrate --model {loaded.spec} --dataset {task.name}` or pass --k")
-    return found.k
-
-
-def run_dataset(*, model, dataset, split, limit, batch_size, output, shard, image_mode, data_dir, k, no_withdraw,
-                positions, max_new_tokens, profile_dir, device, dtype, attn_implementation, json_out,
-                trust_remote_code=False, scoring="lmms-eval", judge_url=None, judge_model=None, method="vtw",
-                seed=0, fastv_k=2, fastv_ratio=0.5, prompt_style="hf") -> None:
     from .. import preflight, tasks
     from ..errors import VTWError
-    from ..evaluate import IMAGE_MODES, distributed_context, evaluate, merge, parse_shard, select
-    from ..methods import canonical
+    from ..evaluate import distributed_context, evaluate, merge, select
     from ..records import check_store
     from ..results import check_target, locked
+    from ..spec import K
 
     task = tasks.get(dataset)
-    if image_mode not in IMAGE_MODES:
-        raise VTWError(f"--image-mode must be one of {', '.join(IMAGE_MODES)}, got {image_mode!r}")
-    if scoring not in tasks.SCORING_MODES:
-        raise VTWError(f"--scoring must be one of {', '.join(tasks.SCORING_MODES)}, got {scoring!r}")
     judge = None
     if judge_url is not None:
         from ..tasks.judge import DEFAULT_MODEL, OpenAIJudge
 
-        if task.judge_parser is None or scoring != "lmms-eval":
+        if task.judge_parser is None or spec.scoring != "lmms-eval":
             raise VTWError(f"--judge-url is for the tasks lmms-eval scores with a GPT judge (mmbench) under "
-                           f"--scoring lmms-eval, not {task.name} with --scoring {scoring}")
+                           f"--scoring lmms-eval, not {task.name} with --scoring {spec.scoring}")
         judge = OpenAIJudge(judge_url, judge_model or DEFAULT_MODEL)
         judge.check()
     elif judge_model is not None:
         raise VTWError("--judge-model needs --judge-url (the OpenAI-compatible endpoint)")
-    method = canonical(method)
-    if no_withdraw:
-        method = "stock"
-    if k is None and method in ("vtw", "vtw-random", "rand"):
-        raise VTWError("say which K: --k K, --k auto (from the calibration record) or --no-withdraw")
-    if method == "stock" and k not in (None, "auto"):
-        raise VTWError("--k and --no-withdraw contradict each other")
-    from ..spec import STOCK, K
-
-    given = STOCK if method in ("stock", "fastv") else K.parse(k)
-    index, count = parse_shard(shard)
+    index, count = spec.shard
     # everything that can be checked without the model is checked before it loads
-    name = model_name(model)  # an unknown model or missing directory is refused here
+    name = model_name(spec.model)  # an unknown model or missing directory is refused here
     split = preflight.check_split(task, split)
-    if given.auto:
-        check_store(name, profile_dir)
-    check_device(device)
+    if spec.k.auto:
+        check_store(name, calibration_dir)
+    check_device(spec.device)
     rank, world, dist = distributed_context()
     if world > 1:
-        if shard:
+        if spec.shard != (0, 1):
             raise VTWError("--shard and a torchrun/accelerate launch both split the data; use one")
         if output is None:
             raise VTWError("a multi-process run needs --output (each rank writes OUTPUT.rankI, rank 0 merges)")
         index, count = rank, world
-        if device == "auto":
+        if spec.device == "auto":
             import torch
 
             device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}" if torch.cuda.is_available() else "cpu"
+            spec = replace(spec, device=device)
+        spec = replace(spec, shard=(index, count))
     out_path = Path(f"{output}.rank{rank}") if world > 1 else output
     check_target(out_path)
     if world > 1 and rank == 0:
@@ -92,18 +71,19 @@ def run_dataset(*, model, dataset, split, limit, batch_size, output, shard, imag
     samples = select(task, split, data_dir, limit, (index, count))  # data problems show before the model loads
     console = stderr_console()
     with locked(out_path):  # held from before the model loads: a second run on this file is refused at once
-        loaded = load_model(model, device, dtype, attn_implementation, trust_remote_code, prompt_style)
-        chosen = _resolve_k(given, loaded, task, profile_dir, console)
-        shown = fastv_k if method == "fastv" else (chosen if chosen is not None else loaded.num_layers)
-        label = f"{task.name} K={shown}" + (f" ({method})" if method not in ("vtw", "stock") else "")
+        loaded = load_model(spec.model, spec.device, spec.dtype, spec.attn_implementation, spec.trust_remote_code,
+                            spec.prompt_style)
+        found = resolve_k(spec.k, loaded.num_layers, loaded.name, task.name, calibration_dir, console)
+        if found is None:
+            raise VTWError(f"no calibration record for {loaded.name} on {task.name}; run "
+                           f"`vtwctl calibrate --model {loaded.spec} --dataset {task.name}` or pass --k")
+        run = replace(spec, k=K(found.layer(loaded.num_layers)))
+        shown = spec.fastv_k if spec.method == "fastv" else found.layer(loaded.num_layers)
+        label = f"{task.name} K={shown}" + (f" ({spec.method})" if spec.method not in ("vtw", "stock") else "")
         with Progress(label, console, enabled=rank == 0) as bar:
             try:
-                summary = evaluate(loaded, task, chosen, positions=positions, split=split, limit=limit,
-                                   batch_size=batch_size, output=out_path, shard=(index, count),
-                                   image_mode=image_mode, max_new_tokens=max_new_tokens, source=data_dir,
-                                   progress=lambda d, n: bar.update(d, n), scoring=scoring, judge=judge,
-                                   samples=samples, method=method, seed=seed, fastv_k=fastv_k,
-                                   fastv_ratio=fastv_ratio)
+                summary = evaluate(loaded, task, run, split=split, samples=samples, output=out_path, judge=judge,
+                                   progress=lambda d, n: bar.update(d, n))
             except KeyboardInterrupt:
                 if out_path:
                     console.print(f"interrupted; finished samples are in {out_path} (run again to resume)",

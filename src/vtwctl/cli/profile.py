@@ -85,10 +85,11 @@ def profile(
     from ..env import environment
     from ..errors import VTWError
     from ..files import check_file_target
-    from ..loading import check_prompt_style
+    from ..measure import Protocol
     from ..methods import canonical
     from ..profiles import find
     from ..records import check_store, records
+    from ..spec import RunSpec
 
     console = stderr_console()
     if method in FLOP_METHODS:  # the old meaning of --method
@@ -105,7 +106,9 @@ def profile(
     if flops not in FLOP_METHODS:
         raise VTWError(f"--flops must be one of {', '.join(FLOP_METHODS)}, got {flops!r}")
     fastv_k, fastv_ratio = fastv_settings(fastv_preset, fastv_k, fastv_ratio)
-    check_prompt_style(prompt_style)
+    spec = RunSpec(model=model, method="stock", fastv_k=fastv_k, fastv_ratio=fastv_ratio, seed=seed,
+                   prompt_style=prompt_style, device=device, dtype=dtype, attn_implementation=attn_implementation,
+                   trust_remote_code=trust_remote_code)  # the rows' shared settings, checked here
     if count not in ("all", "vision"):
         raise VTWError(f"--count must be all or vision, got {count!r}")
     from ..spec import K
@@ -155,9 +158,9 @@ def profile(
         from .common import Progress
 
         with Progress("measuring", console, unit="runs") as bar:
-            table, sweep, tokens = measured_rows(loaded, inputs, ks, fastv_k, fastv_ratio, flops, count,
-                                                 max_new_tokens, warmup, repeats,
-                                                 progress=lambda d, n: bar.update(d, n), rows=rows, seed=seed)
+            table, sweep, tokens = measured_rows(loaded, inputs, ks, spec, Protocol(max_new_tokens, warmup, repeats),
+                                                 method=flops, count=count, rows=rows,
+                                                 progress=lambda d, n: bar.update(d, n))
         report = ProfileReport(model=loaded.name, k=ks[0], tokens=tokens, method=flops, count=count, rows=table,
                                sweep=sweep if len(ks) > 1 else [],
                                fastv={"k": fastv_k, "ratio": fastv_ratio, "preset": fastv_preset},
