@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import compat
+from . import compat, plan
 from .errors import ArgumentError, VTWError, check_k
 from .families import adapter_for, vision_mask
 from .withdraw import Engine, active, carries_visual, check_supported, num_layers
@@ -209,14 +209,12 @@ class CompiledDecoder:
         masks, tables = {}, {}
         position_ids = pos[:, None]
         rope_ids = position_ids[None].expand(self._mrope, b, 1) if self._mrope else position_ids
+        self_slot = torch.zeros(1, dtype=torch.long, device=new.device)  # the one query is never a fill slot
         for i, layer in enumerate(self.layers):
             group, window, kind = self.groups[i], self.windows[i], self.types[i]
-            if (group, window) not in masks:
-                keys = maps[group]
-                ok = keys >= 0
-                if window is not None:
-                    ok = ok & (n_full - keys < window)
-                masks[group, window] = compat.format_mask(ok[:, None, None, :], self.impl, hidden.dtype, False)
+            if (group, window) not in masks:  # the engine's plan: causal and windowed by original index
+                ok = plan.allowed_keys(maps[group], new, self_slot, window)  # [B, 1, 1, slots]
+                masks[group, window] = compat.format_mask(ok, self.impl, hidden.dtype, False)
             if kind not in tables:
                 extra = (kind,) if self.rotary_typed else ()
                 tables[kind] = self.text.rotary_emb(hidden, rope_ids, *extra)

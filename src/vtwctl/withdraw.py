@@ -7,7 +7,8 @@ embeddings, position ids and attention mask are gathered down to the kept tokens
 padding), so layers K..N-1 compute, attend and cache kept tokens only. Decoding steps then never
 touch vision keys again: the KV cache of layers >= K holds text positions only.
 
-The hook class only wires the pure functions of ``vtwctl.plan`` (packing, key maps, masks,
+Which tokens leave is a policy's choice (``vtwctl.policies``: VTW, VTW†, Rand, FastV; ``apply(model,
+policy)`` runs any of them). The hook class only wires the pure functions of ``vtwctl.plan`` (packing, key maps, masks,
 position shifts) to the model; every transformers internal it relies on is in ``vtwctl.compat``,
 every family difference in ``vtwctl.families``. See docs/engine.md.
 """
@@ -26,6 +27,8 @@ from torch import nn
 from . import compat, plan
 from .errors import ENDS_ON_VISION, ArgumentError, VTWError, check_k
 from .families import adapter_for, vision_mask
+from .policies import Policy, Tokens
+from .policies.vtw import VTW
 
 _ACTIVE: weakref.WeakSet = weakref.WeakSet()  # models inside a withdraw()/fastv() block (blocks do not nest)
 VISUAL_KWARGS = ("pixel_values", "pixel_values_images", "pixel_values_videos", "mm_encoder_outputs")
@@ -84,17 +87,19 @@ class _Call:
 
 
 class Engine:
-    """Hooks that drop the tokens chosen by ``select`` before layer ``k`` (VTW: all vision tokens).
+    """Hooks that drop the tokens a policy selects before its layer ``k`` (``vtwctl.policies``; an int
+    ``policy`` is VTW at that layer: every vision token).
 
     Layers ``start..N-1`` (``start = max(k, 1)``) run on the packed kept tokens. At ``k = 0`` layer
     0 still runs on the full sequence, with withdrawn keys masked out, so that the cache keeps its
     stock length at layer 0, from which transformers derives positions and mask sizes.
     """
 
-    def __init__(self, model: nn.Module, k: int, positions: str):
+    def __init__(self, model: nn.Module, policy: Policy | int, positions: str):
+        self.policy = VTW(policy) if isinstance(policy, int) else policy
         self.adapter = adapter_for(model)
         self.model = model
-        self.k = k
+        k = self.k = self.policy.k
         self.start = max(k, 1)
         self.positions = positions
         self.mm, self.text = self.adapter.multimodal_model(model), self.adapter.text_model(model)
@@ -125,6 +130,9 @@ class Engine:
             self.handles.append(self.layers[i].register_forward_pre_hook(self._hook_layer(i), with_kwargs=True))
             if i >= self.start:
                 self.handles.append(self.layers[i].register_forward_hook(self._hook_layer_out(i)))
+        for i in self.policy.observe_layers:  # what the policy reads (FastV: attention at layer K-1)
+            self.handles.append(self.layers[i].self_attn.register_forward_pre_hook(self._hook_observe(i),
+                                                                                   with_kwargs=True))
 
     def remove(self) -> None:
         for h in self.handles:
@@ -210,12 +218,24 @@ class Engine:
         self.call.deep = (kwargs.get("visual_pos_masks"), list(embeds[self.start :]))
         return args, {**kwargs, "deepstack_visual_embeds": list(embeds[: self.start])}
 
+    def _hook_observe(self, idx: int):
+        def hook(module, args, kwargs):
+            call = self.call
+            if call is None or not bool(call.vision.any()):  # policies observe calls with vision tokens only
+                return
+            hidden = args[0] if args else kwargs["hidden_states"]
+            cos, sin = compat.rotary_tables(kwargs["position_embeddings"], self.model.config)
+            self.policy.observe(idx, module, hidden, cos, sin, kwargs.get("attention_mask"))
+        return hook
+
     def _on_text_out(self, module, args, kwargs, output):
         call = self.call
         if call is None or call.q_idx is None:
             return output
         last = compat.output_hidden(output)
         full = self._scatter(call, last)
+        if self.policy.fill == "last_kept" and bool(call.vision.any()):
+            full = _last_kept(full, ~call.selected.to(full.device) & call.valid.to(full.device))
         hidden_states = getattr(output, "hidden_states", None)
         if hidden_states:
             output.hidden_states = tuple(self._scatter(call, h) if id(h) in call.compressed or h is last else h
@@ -311,10 +331,6 @@ class Engine:
         return call.memo[key]
 
     # -- planning ------------------------------------------------------------------------------
-    def select(self, call: _Call, hidden: torch.Tensor) -> torch.Tensor:
-        """Which tokens of this call to withdraw at layer K: every vision token (VTW)."""
-        return call.vision
-
     def _full_q(self, call: _Call) -> torch.Tensor:
         """Masked layer (K = 0): every token of the call, withdrawn ones as -1 (they attend to themselves)."""
         q = call.vision.shape[1]
@@ -322,7 +338,8 @@ class Engine:
         return torch.where(call.valid & ~call.vision, idx, torch.full_like(idx, -1))
 
     def _plan(self, call: _Call, hidden: torch.Tensor) -> None:
-        call.selected = self.select(call, hidden).to(hidden.device)
+        call.selected = self.policy.select(Tokens(vision=call.vision, valid=call.valid, hidden=hidden,
+                                                  past=call.past)).to(hidden.device)
         keep = ~call.selected & call.valid.to(hidden.device)
         decode = not call.visual and call.past > 0  # no vision tokens: every slot is a kept token or padding
         call.q_idx = plan.pack(keep, width=keep.shape[1] if decode else None)
@@ -384,6 +401,15 @@ class Engine:
                                                                         stream.offset, stream.pending)
             call.memo["shift"] = plan.gather_seq(total, call.q_idx, 1)
         return call.memo["shift"]
+
+
+def _last_kept(full: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+    """[B, q, H] with each position's hidden state replaced by the last kept position's at or before it
+    (a policy's ``fill = "last_kept"``: what a shortened sequence gives)."""
+    b, q = kept.shape
+    idx = torch.arange(q, device=full.device).expand(b, q)
+    last = torch.where(kept, idx, torch.full_like(idx, -1)).cummax(1).values.clamp(min=0)
+    return full.gather(1, last[..., None].expand(-1, -1, full.shape[-1]))
 
 
 def _blocks(block, q_idx, old, old_map) -> torch.Tensor | None:
@@ -452,14 +478,24 @@ def withdraw(model: nn.Module, k: int, positions: str = "keep") -> Iterator[nn.M
     ``"rearrange"`` (contiguous text positions). The model is left exactly as it was on exit,
     also when the block raises.
     """
+    with apply(model, VTW(k), positions):
+        yield model
+
+
+@contextlib.contextmanager
+def apply(model: nn.Module, policy: Policy, positions: str = "keep", lo: int = 0,
+          what: str = "K") -> Iterator[Engine]:
+    """Run ``policy`` (``vtwctl.policies``) on ``model`` inside the block: its K checked (``lo``..N, named
+    ``what``), the model checked where the policy withdraws anything, the engine's hooks installed."""
     n = num_layers(model)
-    check_k(k, n)
+    check_k(policy.k, n, lo=lo, what=what)
     if positions not in ("keep", "rearrange"):
         raise ArgumentError(f"positions must be 'keep' or 'rearrange', got {positions!r}")
-    if k < n:
-        check_supported(model, k)
-    with active(model, Engine(model, k, positions), install=k < n):
-        yield model
+    runs = policy.active(n)
+    if runs:
+        check_supported(model, policy.k)
+    with active(model, Engine(model, policy, positions), install=runs) as engine:
+        yield engine
 
 
 @contextlib.contextmanager
