@@ -176,3 +176,22 @@ def test_generate_takes_a_spec_or_its_fields(demo_loaded):
     assert generate(demo_loaded, x, k=n, max_new_tokens=2).method == "stock"
     with pytest.raises(ValueError, match="out of range"):
         generate(demo_loaded, x, k=n + 1, max_new_tokens=2)
+
+
+def test_the_calibration_store_under_its_name_and_its_old_names(tmp_path):
+    """--calibration-dir and $VTWCTL_CALIBRATION_DIR name the store; --profile-dir and $VTWCTL_PROFILE_DIR
+    still work (the new variable wins over the old one)."""
+    new, old = tmp_path / "new", tmp_path / "old"
+    records.save_record("demo", {"dataset": "sqa", "eta": 0.003, "k": 5}, new)
+    records.save_record("demo", {"dataset": "sqa", "eta": 0.003, "k": 3}, old)
+    base = {"HOME": tmp_path, "XDG_CACHE_HOME": tmp_path / "cache"}
+    args = ["profile", "--model", "demo", "--flops-only", "--k", "auto", "--json"]
+    cases = [{"argv": [*args, "--calibration-dir", new], "env": base},
+             {"argv": [*args, "--profile-dir", old], "env": base},
+             {"argv": args, "env": {**base, "VTWCTL_CALIBRATION_DIR": new, "VTWCTL_PROFILE_DIR": old}},
+             {"argv": args, "env": {**base, "VTWCTL_PROFILE_DIR": old}}]
+    got = [json.loads(r.stdout)["k"] if r.returncode == 0 else r.stderr for r in batch(cases)]
+    assert got == [5, 3, 5, 3]
+    (tmp_path / "a-file").write_text("x")
+    bad = batch([[*args, "--calibration-dir", tmp_path / "a-file"]], env=base)[0]
+    assert_one_line(bad, f"calibration store {tmp_path / 'a-file'} (--calibration-dir) is a file")

@@ -9,6 +9,7 @@ import typer
 from . import app
 from .common import (
     ATTN,
+    CALIBRATION_DIR,
     DEVICE,
     DTYPE,
     JSON,
@@ -41,7 +42,7 @@ def attention(
     device: str = DEVICE,
     dtype: str = DTYPE,
     attn_implementation: str | None = ATTN,
-    profile_dir: Path | None = typer.Option(None, "--profile-dir", help="Where calibration records live (--k auto)."),
+    profile_dir: Path | None = CALIBRATION_DIR,
     trust_remote_code: bool = TRUST,
     json_out: bool = JSON,
 ) -> None:

@@ -9,6 +9,7 @@ import typer
 from . import app
 from .common import (
     ATTN,
+    CALIBRATION_DIR,
     DEVICE,
     DTYPE,
     JSON,
@@ -57,7 +58,7 @@ def calibrate(
     accuracy: int = typer.Option(0, "--accuracy", min=0, help="Also score N samples at each K (Fig. 8a)."),
     plot: Path | None = typer.Option(None, "--plot", help="Write KL vs K (log scale) to this PNG."),
     data_dir: str | None = typer.Option(None, "--data-dir", help="Local directory or parquet file of the dataset."),
-    profile_dir: Path | None = typer.Option(None, "--profile-dir", help="Profile store for the record."),
+    profile_dir: Path | None = CALIBRATION_DIR,
     save: bool = typer.Option(True, "--save/--no-save", help="Save the record for `run --k auto`."),
     first: int | None = typer.Option(None, "--first", min=1,
                                      help="Take the first N documents instead of a random subset; with --split test "

@@ -17,6 +17,10 @@ DTYPE = typer.Option("auto", "--dtype", help="auto (bf16/fp16 on GPU, fp32 on CP
 ATTN = typer.Option(None, "--attn-implementation", help="eager, sdpa or flash_attention_2 (default: transformers').")
 JSON = typer.Option(False, "--json", help="Print one JSON object on stdout instead of text.")
 TRUST = typer.Option(False, "--trust-remote-code", help="Allow model code from the hub (off by default).")
+CALIBRATION_DIR = typer.Option(None, "--calibration-dir", "--profile-dir",
+                               help="The calibration store: where calibration records live (default "
+                                    "$VTWCTL_CALIBRATION_DIR, else ~/.cache/vtwctl/profiles; --profile-dir and "
+                                    "$VTWCTL_PROFILE_DIR: the old names).")
 
 
 def stderr_console():

@@ -9,6 +9,7 @@ import typer
 from . import app
 from .common import (
     ATTN,
+    CALIBRATION_DIR,
     DEVICE,
     DTYPE,
     JSON,
@@ -73,7 +74,7 @@ def profile(
     warmup: int = typer.Option(1, "--warmup", min=0),
     csv: Path | None = typer.Option(None, "--csv", help="Also write the rows as CSV."),
     plot: Path | None = typer.Option(None, "--plot", help="Bar chart (or curves vs K for a K list) as PNG."),
-    profile_dir: Path | None = typer.Option(None, "--profile-dir", help="Where calibration records live."),
+    profile_dir: Path | None = CALIBRATION_DIR,
     device: str = DEVICE,
     dtype: str = DTYPE,
     attn_implementation: str | None = ATTN,

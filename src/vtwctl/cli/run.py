@@ -9,6 +9,7 @@ import typer
 from . import app
 from .common import (
     ATTN,
+    CALIBRATION_DIR,
     DEVICE,
     DTYPE,
     JSON,
@@ -73,7 +74,7 @@ def run(
     compile_: bool = typer.Option(False, "--compile",
                                   help="Greedy decoding on the compiled fast path (static caches, torch.compile; "
                                        "the first call compiles)."),
-    profile_dir: Path | None = typer.Option(None, "--profile-dir", help="Where calibration records live."),
+    profile_dir: Path | None = CALIBRATION_DIR,
     device: str = DEVICE,
     dtype: str = DTYPE,
     attn_implementation: str | None = ATTN,

@@ -22,7 +22,7 @@ from pathlib import Path
 import typer
 
 from . import app
-from .common import MODEL, emit_json, stderr_console
+from .common import CALIBRATION_DIR, MODEL, emit_json, stderr_console
 
 # vLLM options VTW refuses, and the value that would be fine (None: the flag is refused outright)
 _REFUSED = {
@@ -224,7 +224,7 @@ def serve(
                                             "(the model's calibration record)."),
     dataset: str | None = typer.Option(None, "--dataset", help="With --k auto: the record of this task."),
     eta: float | None = typer.Option(None, "--eta", help="With --k auto: the record at this eta."),
-    profile_dir: Path | None = typer.Option(None, "--profile-dir", help="Where calibration records live."),
+    profile_dir: Path | None = CALIBRATION_DIR,
     max_text_len: int | None = typer.Option(
         None, "--max-text-len", help="Text tokens (prompt text + output) one request may hold; sizes the text-only "
                                      "KV cache of layers >= K and vLLM's reported concurrency (default: "
