@@ -25,29 +25,14 @@ import torch
 from torch import nn
 
 from . import compat, plan
-from .errors import ENDS_ON_VISION, ArgumentError, VTWError, check_k
+from .errors import ArgumentError, check_k
 from .families import adapter_for, vision_mask
 from .policies import Policy, Tokens
 from .policies.vtw import VTW
+from .support import VISUAL_KWARGS, carries_visual, check_prompt_end, check_supported, num_layers  # noqa: F401
 
 _ACTIVE: weakref.WeakSet = weakref.WeakSet()  # models inside a withdraw()/fastv() block (blocks do not nest)
-VISUAL_KWARGS = ("pixel_values", "pixel_values_images", "pixel_values_videos", "mm_encoder_outputs")
 _TOKEN_KWARGS = ("token_type_ids", "mm_token_type_ids", "moe_mm_token_type_ids")
-
-
-def carries_visual(kwargs: dict) -> bool:
-    """Whether model inputs hold pixels (or encoder outputs), i.e. vision-token ids carry vision features."""
-    return any(kwargs.get(name) is not None for name in VISUAL_KWARGS)
-
-
-def check_prompt_end(vision: torch.Tensor, valid: torch.Tensor | None = None) -> None:
-    """A VTWError if a row's last (non-padding) token is a vision token: VTW has nothing to predict from."""
-    valid = torch.ones_like(vision) if valid is None else valid
-    last = (valid.long() * torch.arange(1, valid.shape[1] + 1, device=valid.device)).argmax(1)
-    rows = vision.gather(1, last[:, None])[:, 0] & valid.any(1)
-    if bool(rows.any()):
-        bad = ", ".join(str(i) for i in rows.nonzero()[:, 0].tolist())
-        raise VTWError(f"the prompt of row {bad} {ENDS_ON_VISION}")
 
 
 @dataclass
@@ -83,7 +68,7 @@ class _Call:
     positions: torch.Tensor | None = None  # stock rotary position ids (from the rotary hook)
     deep: tuple | None = None  # deepstack: (visual_pos_masks, embeds of layers >= start)
     compressed: set = field(default_factory=set)  # ids of compressed layer outputs
-    memo: dict = field(default_factory=dict)
+    derived: dict = field(default_factory=dict)  # what every layer >= K reuses: (what, *key) -> value
 
 
 class Engine:
@@ -287,17 +272,19 @@ class Engine:
         new = dict(kwargs)
         new["attention_mask"] = self._mask(call, cache, idx, hidden, masked=False)
         if "position_embeddings" in kwargs:
-            new["position_embeddings"] = self._memo(call, ("pe", self.types[idx]),
+            new["position_embeddings"] = self._once(call, ("rotary", self.types[idx]),
                                                     lambda: self._rotary(call, kwargs["position_embeddings"],
                                                                          hidden, self.types[idx]))
         if isinstance(kwargs.get("position_ids"), torch.Tensor):
-            new["position_ids"] = self._memo(call, "pos", lambda: self._position_ids(call, kwargs["position_ids"]))
+            new["position_ids"] = self._once(call, ("position_ids",),
+                                             lambda: self._position_ids(call, kwargs["position_ids"]))
         if kwargs.get("cache_position") is not None:  # transformers < 5.x: where static caches write
             past = call.kv_map.shape[1] - call.q_idx.shape[1]
             new["cache_position"] = torch.arange(past, past + call.q_idx.shape[1], device=hidden.device)
         for name in _TOKEN_KWARGS:
             if isinstance(kwargs.get(name), torch.Tensor):
-                new[name] = self._memo(call, name, lambda n=name: plan.gather_seq(kwargs[n], call.q_idx, -1, -2))
+                new[name] = self._once(call, ("token_kwarg", name),
+                                       lambda n=name: plan.gather_seq(kwargs[n], call.q_idx, -1, -2))
         return compat.with_layer_hidden(args, new, hidden)
 
     def _on_layer_out(self, idx: int, output):
@@ -325,10 +312,11 @@ class Engine:
         return hidden
 
     @staticmethod
-    def _memo(call: _Call, key, fn):
-        if key not in call.memo:
-            call.memo[key] = fn()
-        return call.memo[key]
+    def _once(call: _Call, key: tuple, fn):
+        """``fn()`` computed once per call for ``key``: every layer >= K gets the same gathered tensors."""
+        if key not in call.derived:
+            call.derived[key] = fn()
+        return call.derived[key]
 
     # -- planning ------------------------------------------------------------------------------
     def _full_q(self, call: _Call) -> torch.Tensor:
@@ -371,7 +359,7 @@ class Engine:
                        and bool((key_pos >= 0).all() & (query_pos >= 0).all()))
             return compat.format_mask(allowed, self.impl, hidden.dtype, trivial, key_valid=key_pos >= 0)
 
-        return self._memo(call, ("mask", masked, window, kv_length, kv_offset), build)
+        return self._once(call, ("mask", masked, window, kv_length, kv_offset), build)
 
     def _position_ids(self, call: _Call, value: torch.Tensor) -> torch.Tensor:
         out = plan.gather_seq(value, call.q_idx, -1, -2)
@@ -391,7 +379,7 @@ class Engine:
 
     def _shift(self, call: _Call) -> torch.Tensor:
         """Rearrange: how far each compressed slot's position moves down, [B, Qc] (see plan.rearrange_shift)."""
-        if "shift" not in call.memo:
+        if ("shift",) not in call.derived:
             pos = call.positions
             pos = pos[0] if pos.ndim == 3 else pos  # M-RoPE: a text token has the same id in all components
             b, q = call.vision.shape
@@ -399,8 +387,8 @@ class Engine:
             stream = call.stream
             total, stream.offset, stream.pending = plan.rearrange_shift(pos, call.selected.to(pos.device),
                                                                         stream.offset, stream.pending)
-            call.memo["shift"] = plan.gather_seq(total, call.q_idx, 1)
-        return call.memo["shift"]
+            call.derived["shift",] = plan.gather_seq(total, call.q_idx, 1)
+        return call.derived["shift",]
 
 
 def _last_kept(full: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
@@ -421,51 +409,6 @@ def _blocks(block, q_idx, old, old_map) -> torch.Tensor | None:
     chunk = torch.where(q_idx >= 0, plan.gather_seq(block.to(q_idx.device), q_idx, 1), -1)
     old = old if old is not None else torch.full_like(old_map, -1)
     return torch.cat([old.to(q_idx.device), chunk], 1)
-
-
-def num_layers(model: nn.Module) -> int:
-    """Number of decoder layers of the language model inside ``model``."""
-    return len(adapter_for(model).text_model(model).layers)
-
-
-def check_supported(model: nn.Module, k: int) -> None:
-    """Refuse, with the reason, what withdrawal would compute wrongly; called at withdraw()'s entry."""
-    from torch._dynamo.eval_frame import OptimizedModule
-
-    compat.check_transformers()
-    adapter = adapter_for(model)
-    if adapter.refused:
-        raise VTWError(adapter.refused)
-    if isinstance(model, OptimizedModule):
-        raise VTWError("withdraw() got a torch.compile'd model (OptimizedModule): compiled graphs do not see the "
-                       "engine's hooks; pass the uncompiled model (see docs/engine.md, 'torch.compile')")
-    compiled = compat.compiled_parts(model)
-    if compiled:
-        raise VTWError(f"withdraw(): {', '.join(compiled)} is compiled with torch.compile; its graph would not see "
-                       "the engine's hooks. Pass the model before compiling it (see docs/engine.md, 'torch.compile')")
-    wrappers = compat.compiled_wrappers(model)
-    if wrappers:
-        raise VTWError(f"withdraw(): {', '.join(wrappers)} exists in this process and its graphs are not guarded on "
-                       "module hooks (dynamo's default): called inside the block it would run the stock model. Drop "
-                       "the compiled wrapper, or set torch._dynamo.config.skip_nnmodule_hook_guards = False before "
-                       "compiling (see docs/engine.md, 'torch.compile')")
-    if adapter.blocks != "prefix" and not compat.is_causal_lm(model.config):
-        raise VTWError(f"withdraw(): the {adapter.family} language model attends bidirectionally; "
-                       "VTW needs a causal LM")
-    layers = adapter.text_model(model).layers
-    types = compat.layer_types(model.config, len(layers))
-    impl = compat.attn_implementation(model)
-    if impl not in compat.ATTENTION_IMPLEMENTATIONS:
-        raise VTWError(f"withdraw(): attention implementation {impl!r} is not supported (flex attention's block "
-                       f"masks are not built by the engine); load the model with one of "
-                       f"{', '.join(compat.ATTENTION_IMPLEMENTATIONS)}")
-    for i in range(k, len(layers)):
-        if getattr(layers[i], "self_attn", None) is None or types[i] not in ("full_attention", "sliding_attention"):
-            raise VTWError(f"withdraw(): decoder layer {i} of {adapter.family} is a {types[i]!r} layer; "
-                           "withdrawal supports full and sliding-window attention layers only")
-        if types[i] == "sliding_attention" and impl.startswith("flash_attention") and i >= max(k, 1):
-            raise VTWError("withdraw(): flash attention counts its sliding window in cached slots, not in the "
-                           "original positions that withdrawal keeps; use attn_implementation='sdpa' for this model")
 
 
 @contextlib.contextmanager
