@@ -158,3 +158,26 @@ def test_batched_sweep_equals_each_row_alone(family, impl):
         alone = sweep_sample(model, row_alone(batch, i), k_min=1, tokens=2)  # the same tokens and pixels
         assert torch.allclose(together[i], alone, atol=1e-5, rtol=1e-4), (i, together[i], alone)
     assert float(together[0].min()) > 1e-3 and float(together[2].max()) < 1e-4  # text-only: nothing withdrawn
+
+
+@pytest.mark.parametrize("family,field,value", [
+    ("aya_vision", "logit_scale", 0.3),  # its forward scales the logits (transformers >= 5.25)
+    ("cohere2_vision", "logit_scale", 0.3),  # its forward does not, though the text config has one
+    ("paligemma", "final_logit_softcapping", 2.0),  # its forward soft-caps
+    ("gemma3", "final_logit_softcapping", 2.0),  # its wrapper does not
+])
+def test_head_equals_the_models_own_logits(family, field, value):
+    """The calibration head gives the logits the model's forward gives, whatever the wrapper applies on
+    top of lm_head (the config field is set on every model; only some forwards read it)."""
+    from vtwctl.calibrate import head_fp32
+
+    model = tiny_model(family)
+    setattr(model.config.get_text_config(), field, value)
+    x = tiny_inputs(model, [{"pre": 3, "post": 4, "image": (32, 32)}])
+    norm = next(m for name, m in model.named_modules() if name.endswith("language_model.norm"))
+    seen = {}
+    handle = norm.register_forward_pre_hook(lambda m, args: seen.setdefault("h", args[0]))
+    with torch.no_grad():
+        logits = model(**x).logits
+    handle.remove()
+    torch.testing.assert_close(head_fp32(model, norm, seen["h"]), logits, atol=1e-4, rtol=1e-4)

@@ -39,8 +39,8 @@ def kl_vtw_base(vtw_logits: torch.Tensor, base_logits: torch.Tensor) -> torch.Te
 
 
 def head_fp32(model, norm: torch.nn.Module, hidden: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
-    """``lm_head(norm(hidden))`` computed in fp32 (the vocabulary in chunks, so a 7B head is never
-    copied whole): [..., V]."""
+    """The model's logits, ``lm_head(norm(hidden))`` then the model's own scale or soft cap, computed in
+    fp32 (the vocabulary in chunks, so a 7B head is never copied whole): [..., V]."""
     norm32 = copy.deepcopy(norm).float()
     x = norm32(hidden.float())
     head = model.lm_head if hasattr(model, "lm_head") else model.get_output_embeddings()
@@ -49,10 +49,8 @@ def head_fp32(model, norm: torch.nn.Module, hidden: torch.Tensor, chunk: int = 8
     parts = [torch.nn.functional.linear(x, w[i:i + chunk].float(), None if b is None else b[i:i + chunk].float())
              for i in range(0, w.shape[0], chunk)]
     logits = torch.cat(parts, -1)
-    scale = getattr(compat.text_config(model.config), "final_logit_softcapping", None)
-    if scale:  # Gemma-style soft capping, applied where the model applies it
-        logits = torch.tanh(logits / scale) * scale
-    return logits
+    # Cohere's logit scale, Gemma's soft capping: where the model's own forward applies them
+    return compat.apply_logit_transform(logits, compat.logit_transform(model))
 
 
 def _text_layout(model, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:

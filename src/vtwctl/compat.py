@@ -58,6 +58,33 @@ def text_config(config: Any) -> Any:
     return getter() if callable(getter) else getattr(config, "text_config", config)
 
 
+def logit_transform(model: Any) -> tuple[float | None, float | None]:
+    """(scale, softcap): what the model's own ``forward`` does to ``lm_head(norm(h))`` -- Cohere's
+    ``logits * logit_scale``, Gemma's ``tanh(logits / cap) * cap`` -- or None for each it does not do.
+
+    Read from the forward's source, not from the config alone: whether the wrapper applies the text
+    config's value changes between classes and releases (Aya Vision's forward applies ``logit_scale``
+    from transformers 5.25 on, Cohere2 Vision's does not; Gemma 3's wrapper does not soft-cap)."""
+    try:
+        source = inspect.getsource(type(model).forward)
+    except (OSError, TypeError):
+        source = ""
+    config = text_config(model.config)
+    scale = getattr(config, "logit_scale", None) if "logit_scale" in source else None
+    cap = getattr(config, "final_logit_softcapping", None) if "final_logit_softcapping" in source else None
+    return scale, cap
+
+
+def apply_logit_transform(logits: Any, transform: tuple[float | None, float | None]) -> Any:
+    """``logits`` as the model's forward returns them, given ``logit_transform(model)``."""
+    scale, cap = transform
+    if scale is not None:
+        logits = logits * scale
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
 def attn_implementation(model_or_config: Any) -> str:
     """The attention implementation the language model runs ('sdpa' when unset)."""
     config = getattr(model_or_config, "config", model_or_config)

@@ -18,7 +18,8 @@ token per row. So, as in gpt-fast:
 
 ``k == N`` runs the same code with every layer in the stock group: the stock model compiled the same
 way, which is what the bench compares against (bench/compiled_decode.py). Families whose head or
-positions differ from the plain ``lm_head(norm(h))`` at ``max(prefill positions) + 1`` are refused
+positions differ from ``lm_head(norm(h))`` (then the scale or soft cap the model's forward applies,
+``compat.logit_transform``) at ``max(prefill positions) + 1`` are refused
 (``FAMILIES`` lists the verified ones; tests/test_compiled.py checks each against the engine and the
 stock model). See docs/engine.md, "The compiled fast path".
 """
@@ -107,6 +108,7 @@ class CompiledDecoder:
         self.windows = [window if t == "sliding_attention" else None for t in self.types]
         self.embed = model.get_input_embeddings()
         self.head = model.get_output_embeddings()
+        self.logit_transform = compat.logit_transform(model)
         self.cache_name = compat.cache_kwarg(self.layers[0].forward)
         self.model_cache_name = compat.cache_kwarg(model.forward)
         # the prefill computes the prompt's last logits only (not [B, S, V]) where the model can
@@ -226,7 +228,8 @@ class CompiledDecoder:
         n_full.add_(1)
         n_text.add_(1)
         pos.add_(1)
-        logits = self.head(self.text.norm(hidden)[:, -1]).float() + self.bias
+        logits = self.head(self.text.norm(hidden)[:, -1]).float()
+        logits = compat.apply_logit_transform(logits, self.logit_transform) + self.bias
         return logits.argmax(-1, keepdim=True), logits
 
     def _step_for(self, state: Decoding):
