@@ -1,4 +1,4 @@
-"""The compiled fast path (vtwctl.compiled) against the masked reference and the stock model.
+"""The compiled fast path (vtwctl.engine.compiled) against the masked reference and the stock model.
 
 Every step's logits are compared with the reference recomputing the whole sequence (tests/reference.py,
 which shares no code with vtwctl), on padded batches with a text-only row; K = N against the stock
@@ -14,7 +14,7 @@ import torch._dynamo
 
 from reference import extend, reference_logits
 from tiny import SUPPRESS, model_for, rows_for
-from vtwctl.compiled import FAMILIES, CompiledDecoder
+from vtwctl.engine.compiled import FAMILIES, CompiledDecoder
 from vtwctl.errors import VTWError
 from vtwctl.testing import tiny_inputs
 
@@ -247,7 +247,7 @@ def test_decoder_for_keeps_one_decoder_per_model_and_k_and_frees_it_with_the_mod
     import gc
     import weakref
 
-    from vtwctl.compiled import decoder_for
+    from vtwctl.engine.compiled import decoder_for
     from vtwctl.testing import tiny_model
 
     model = tiny_model("llava")
@@ -276,7 +276,7 @@ def test_one_decoder_compiles_each_buffer_shape_on_its_own():
 def test_decoder_for_follows_the_attention_implementation():
     """decoder_for keys on the attention implementation too: after sdpa -> eager the model gets a decoder for
     eager (the first token as the masked reference's under eager), and the sdpa decoder refuses to run."""
-    from vtwctl.compiled import decoder_for
+    from vtwctl.engine.compiled import decoder_for
 
     model = model_for("llava", impl="sdpa")
     x = tiny_inputs(model, rows_for("llava"))

@@ -340,8 +340,8 @@ def test_runner_loglikelihood_equals_generate_scores(demo, rows):
     one-forward scoring), and it is greedy; a longer wrong continuation scores worse."""
     import torch
 
+    from vtwctl.engine.hooks import withdraw
     from vtwctl.lmms_eval_model import Item
-    from vtwctl.withdraw import withdraw
 
     runner, _ = _runner(demo, k=3)
     tok = demo.processor.tokenizer

@@ -1,4 +1,4 @@
-"""Selection policies over one engine (vtwctl.policies): the public interface is enough to write a new
+"""Selection policies over one engine (vtwctl.engine.policies): the public interface is enough to write a new
 method in a few lines, and what the engine runs equals the independent masked reference with the
 policy's tokens hidden from layers >= K."""
 
@@ -9,9 +9,9 @@ import torch
 
 from reference import reference_logits
 from vtwctl import policies
-from vtwctl.policies import Policy, Tokens
+from vtwctl.engine.hooks import apply
+from vtwctl.engine.policies import Policy, Tokens
 from vtwctl.testing import IMAGE_ID, tiny_inputs, tiny_model
-from vtwctl.withdraw import apply
 
 ROWS = [{"pre": 3, "post": 5, "image": (32, 64)}, {"pre": 4, "post": 3, "image": (32, 32)}, {"pre": 2, "post": 6}]
 

@@ -13,9 +13,9 @@ import torch
 
 
 def test_importing_vtwctl_changes_no_torch_or_dynamo_setting():
-    modules = ["vtwctl", "vtwctl.withdraw", "vtwctl.compiled", "vtwctl.fastv", "vtwctl.methods", "vtwctl.infer",
-               "vtwctl.attention", "vtwctl.calibrate", "vtwctl.evaluate", "vtwctl.measure", "vtwctl.loading",
-               "vtwctl.lmms_eval_model", "vtwctl.spec"]
+    modules = ["vtwctl", "vtwctl.withdraw", "vtwctl.engine.hooks", "vtwctl.engine.compiled", "vtwctl.fastv",
+               "vtwctl.methods", "vtwctl.infer", "vtwctl.attention", "vtwctl.calibrate", "vtwctl.evaluate",
+               "vtwctl.measure", "vtwctl.loading", "vtwctl.lmms_eval_model", "vtwctl.spec"]
     code = ("import torch, torch._dynamo\n"
             "before = torch._dynamo.config.get_config_copy()\n"
             "threads, grad, rng = torch.get_num_threads(), torch.is_grad_enabled(), torch.get_rng_state()\n"
@@ -68,10 +68,10 @@ def test_nothing_is_added_to_the_model():
     import gc
     import weakref
 
-    from vtwctl.compiled import decoder_for
+    from vtwctl.engine.compiled import decoder_for
+    from vtwctl.engine.hooks import withdraw
     from vtwctl.methods import context
     from vtwctl.testing import tiny_model
-    from vtwctl.withdraw import withdraw
 
     model = tiny_model("llava")
     before = set(model.__dict__)

@@ -41,9 +41,9 @@ def test_resolve_layers_and_stock():
 
 
 def test_argument_errors_are_value_errors_and_vtw_errors():
+    from vtwctl.engine.hooks import withdraw
     from vtwctl.errors import ArgumentError
     from vtwctl.testing import tiny_model
-    from vtwctl.withdraw import withdraw
 
     model = tiny_model("llava")  # 6 decoder layers
     for k in (7, -1, "3"):

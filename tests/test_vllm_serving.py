@@ -7,7 +7,7 @@ processor and an offline word-level tokenizer (``vtwctl.serving.fixtures``); one
 after 2, 0 and 9 text tokens (three image sizes; a video of 2, 1 and 3 frames for LLaVA-NeXT-Video,
 which vLLM serves for video only), a text-only prompt and, for Qwen2-VL, a video.
 Control: stock vLLM (plugin not loaded) equals transformers' ``generate``. Then vLLM with the plugin
-equals ``vtwctl.withdraw.withdraw(model, k)`` + ``generate``, greedy, for K in {1, N/2, N-1},
+equals ``vtwctl.engine.hooks.withdraw(model, k)`` + ``generate``, greedy, for K in {1, N/2, N-1},
 without chunked prefill and with 8-token chunks (images split across chunks, chunks without text,
 prefill and decode rows in one step), eager and in vLLM's default CPU compile mode. The fixtures
 are built so that the tokens tell VTW from the stock model and original positions from renumbered
@@ -135,8 +135,8 @@ def reference(case):
     import transformers as tf
     from PIL import Image
 
+    from vtwctl.engine.hooks import withdraw
     from vtwctl.testing import IMAGE_ID, VIDEO_ID
-    from vtwctl.withdraw import withdraw
 
     model = getattr(tf, case["arch"]).from_pretrained(case["model"], dtype=torch.float32).eval()
     model.generation_config.eos_token_id = None
@@ -358,7 +358,7 @@ def _reference_at(case, k: int, dtype) -> list[list[int]]:
     import transformers as tf
     from PIL import Image
 
-    from vtwctl.withdraw import withdraw
+    from vtwctl.engine.hooks import withdraw
 
     model = getattr(tf, case["arch"]).from_pretrained(case["model"], dtype=dtype).eval()
     model.generation_config.eos_token_id = None
@@ -510,7 +510,7 @@ def test_serve_demo_answers_like_withdraw(tmp_path):
 
     import vtwctl
     from vtwctl.demo import shapes
-    from vtwctl.withdraw import withdraw
+    from vtwctl.engine.hooks import withdraw
 
     loaded = vtwctl.load("demo", device="cpu", dtype="float32")
     expected, lengths = [], []

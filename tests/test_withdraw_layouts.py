@@ -8,9 +8,9 @@ import torch
 
 from reference import reference_forward, reference_greedy, reference_logits
 from tiny import SUPPRESS, model_for, rows_for, sizes, text_positions
+from vtwctl.engine.hooks import withdraw
 from vtwctl.errors import VTWError
 from vtwctl.testing import IMAGE_ID, VIDEO_ID, tiny_inputs, tiny_model
-from vtwctl.withdraw import withdraw
 
 WINDOWED = ["gemma3", "mistral3", "cohere2_vision", "idefics2"]
 
@@ -119,7 +119,7 @@ def test_refusals_are_one_clear_error():
 
 def test_a_family_without_an_entry_gets_the_generic_adapter():
     """A family the adapters do not list, but whose config names its image token, works unchanged."""
-    from vtwctl.families import ADAPTERS, adapter_for
+    from vtwctl.engine.families import ADAPTERS, adapter_for
 
     model = model_for("internvl")
     saved = ADAPTERS.pop("internvl")

@@ -25,10 +25,10 @@ from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
-from . import compat, plan
+from .engine import compat, plan
+from .engine.families import adapter_for, vision_mask
+from .engine.support import carries_visual, check_prompt_end
 from .errors import ArgumentError, VTWError, check_k
-from .families import adapter_for, vision_mask
-from .withdraw import carries_visual, check_prompt_end
 
 
 def kl_vtw_base(vtw_logits: torch.Tensor, base_logits: torch.Tensor) -> torch.Tensor:

@@ -13,9 +13,9 @@ from collections.abc import Iterator
 
 from torch import nn
 
+from .engine.hooks import apply
+from .engine.policies.fastv import FastV, last_token_attention  # noqa: F401  (re-exported)
 from .errors import ArgumentError
-from .policies.fastv import FastV, last_token_attention  # noqa: F401  (re-exported)
-from .withdraw import apply
 
 
 @contextlib.contextmanager

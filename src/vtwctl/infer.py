@@ -72,7 +72,7 @@ def generate(loaded, inputs: dict, spec: RunSpec | None = None, *, seeds: list[i
     an answer (lmms-eval's ``until``), ``max_new_tokens`` (default 32). ``seed`` seeds sampling without
     touching the caller's random generator.
 
-    ``compiled``: greedy decoding through ``vtwctl.compiled`` (static caches, one compiled graph per step;
+    ``compiled``: greedy decoding through ``vtwctl.engine.compiled`` (static caches, one compiled graph per step;
     the first call per model, K and shape compiles); VTW or the stock model, positions "keep". Stop strings
     cut the answer afterwards (decoding runs to an end-of-sequence token or ``max_new_tokens``).
     """
@@ -155,7 +155,7 @@ def _answers(new, eos: set[int], tok, stop: list[str] | None) -> tuple[list, lis
 
 
 def _compiled(loaded, inputs: dict, k: int, max_new_tokens: int, stop: list[str] | None, layout: dict) -> Generation:
-    from .compiled import decoder_for
+    from .engine.compiled import decoder_for
     from .measure import cache_bytes
 
     model = loaded.model

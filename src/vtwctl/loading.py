@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from . import profiles
+from .engine.families import Adapter, adapter_for
 from .errors import ArgumentError, VTWError
-from .families import Adapter, adapter_for
 from .spec import PROMPT_STYLES
 
 DTYPE_NAMES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
@@ -330,7 +330,7 @@ class Loaded:
         """Per row: vision tokens and text tokens (padding excluded)."""
         import torch
 
-        from .families import vision_mask
+        from .engine.families import vision_mask
 
         ids = input_ids
         valid = attention_mask.bool() if attention_mask is not None else torch.ones_like(ids, dtype=torch.bool)
@@ -360,8 +360,8 @@ def load(spec: str = "demo", device: str = "auto", dtype: str = "auto",
     flash_attention_2, or None for the transformers default. ``prompt_style``: "hf" (the model's chat
     template) or "paper" (the authors' LLaVA conversation template, with its system prompt).
     """
-    from .compat import ATTENTION_IMPLEMENTATIONS, check_transformers
-    from .compat import attn_implementation as impl_of
+    from .engine.compat import ATTENTION_IMPLEMENTATIONS, check_transformers
+    from .engine.compat import attn_implementation as impl_of
 
     check_prompt_style(prompt_style)
     check_transformers()

@@ -11,7 +11,7 @@
   token's); withdrawn positions get that state, not zeros.
 * ``fastv``      FastV's attention-ranked vision tokens (``fastv.py``), at its own K (2 by default).
 
-Each but ``stock`` is a small policy class in ``vtwctl.policies`` (one file each); ``context`` runs one
+Each but ``stock`` is a small policy class in ``vtwctl.engine.policies`` (one file each); ``context`` runs one
 over a stock model, and the engine never learns which policy it runs.
 """
 
@@ -22,11 +22,11 @@ from collections.abc import Iterator, Sequence
 
 from torch import nn
 
-from .policies.rand import Rand
-from .policies.vtw_random import RANDOM_K_SPAN, random_k, sample_seed  # noqa: F401  (re-exported)
+from .engine.hooks import apply, num_layers
+from .engine.policies.rand import Rand
+from .engine.policies.vtw_random import RANDOM_K_SPAN, random_k, sample_seed  # noqa: F401  (re-exported)
 from .spec import METHOD_ALIASES as ALIASES  # noqa: F401  (re-exported)
 from .spec import METHODS, canonical, runs_stock  # noqa: F401  (re-exported)
-from .withdraw import apply, num_layers
 
 
 @contextlib.contextmanager
@@ -45,7 +45,7 @@ def context(model: nn.Module, method: str, k: int | None = None, positions: str 
     if runs_stock(method, k, n):
         return contextlib.nullcontext(model)
     if method in ("vtw", "vtw-random"):
-        from .withdraw import withdraw
+        from .engine.hooks import withdraw
 
         return withdraw(model, k, positions)
     if method == "fastv":

@@ -62,7 +62,7 @@ def models(
 
 
 def _families(json_out: bool) -> None:
-    from ..families import known_families
+    from ..engine.families import known_families
 
     rows = known_families()
     if json_out:

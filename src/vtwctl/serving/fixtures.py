@@ -267,7 +267,7 @@ def _tiny_from_config(family: str, seed: int, edit=None, **kw):
     import torch
     import transformers as tf
 
-    from ..families import adapter_for
+    from ..engine.families import adapter_for
     from ..testing import PAD_ID, tiny_config
 
     config = tiny_config(family, **kw)
@@ -294,7 +294,7 @@ def _sharpen(model, qk: float = 4.0, out: float = 6.0) -> None:
     give the same greedy tokens; scaled like this they do not (the tests check it)."""
     import torch
 
-    from ..families import adapter_for
+    from ..engine.families import adapter_for
 
     with torch.no_grad():
         for layer in adapter_for(model).text_model(model).layers:

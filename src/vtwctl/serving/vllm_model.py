@@ -19,7 +19,7 @@ and encoder are vLLM's) and adds ``_VTW``. With ``vtw_k = K`` in the model confi
   final norm on the text rows only, with their original positions ("Keep", Table 6; Qwen's M-RoPE
   rows keep their 3 components). Both halves are vLLM ``@support_torch_compile`` modules with a
   dynamic row count, compiled during vLLM's warm-up in its compile mode, eager with
-  ``enforce_eager``. Vision rows leave with zeros, as in ``vtwctl.withdraw``.
+  ``enforce_eager``. Vision rows leave with zeros, as in ``vtwctl.engine.hooks``.
 
 Without ``vtw_k`` (or with K = N, the stock model) the class is vLLM's own.
 

@@ -48,7 +48,7 @@ def tiny_model(family: str, attn_implementation: str = "sdpa", seed: int = 0, **
     import torch
     import transformers as tf
 
-    from ..families import adapter_for
+    from ..engine.families import adapter_for
 
     config = tiny_config(family, **kw)
     torch.manual_seed(seed)
@@ -69,7 +69,7 @@ def count_vision_tokens(model, pixels: dict, video: bool = False) -> int:
 
     import torch
 
-    from ..families import adapter_for
+    from ..engine.families import adapter_for
 
     mm = adapter_for(model).multimodal_model(model)
     fn = mm.get_video_features if video else mm.get_image_features

@@ -1,6 +1,6 @@
 """The compiled fast path: greedy VTW decoding over static KV buffers, one compiled graph per step.
 
-The hooks of ``vtwctl.withdraw`` are general (any batch layout, any call) and Python-heavy, which is
+The hooks of ``vtwctl.engine.hooks`` are general (any batch layout, any call) and Python-heavy, which is
 what makes them correct everywhere and slow under ``torch.compile`` (dynamo breaks its graph at every
 host read). Decoding does not need that generality: after the prefill, every step appends one text
 token per row. So, as in gpt-fast:
@@ -36,10 +36,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import ArgumentError, VTWError, check_k
 from . import compat, plan
-from .errors import ArgumentError, VTWError, check_k
 from .families import adapter_for, vision_mask
-from .withdraw import Engine, active, carries_visual, check_supported, num_layers
+from .hooks import Engine, active
+from .support import carries_visual, check_supported, num_layers
 
 # verified against the engine and the stock model (tests/test_compiled.py); others are refused
 FAMILIES = ("llava", "llava_next", "llava_onevision", "video_llava", "vipllava", "mistral3", "aya_vision",

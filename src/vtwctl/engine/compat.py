@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from .errors import VTWError
+from ..errors import VTWError
 
 # The releases the test suite runs on (nox -s "tests-transformers-range"): keep both ends tested.
 TRANSFORMERS_MIN = (5, 19, 0)

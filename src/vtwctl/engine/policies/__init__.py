@@ -1,6 +1,6 @@
 """Selection policies: which tokens leave the sequence at which layer (Table 2's rows).
 
-The engine (``vtwctl.withdraw.Engine``) owns the hooks, the plan, the masks, the rotary tables and the
+The engine (``vtwctl.engine.hooks.Engine``) owns the hooks, the plan, the masks, the rotary tables and the
 caches; a policy only says which tokens of a forward call leave before its layer ``k``. A policy is a
 small class with one method, ``select(tokens) -> [B, q] bool``, over the public ``Tokens`` view of the
 call; the engine never learns which policy it runs. Adding a method is adding one file here and one
@@ -25,8 +25,8 @@ from typing import Any, ClassVar
 
 import torch
 
-REGISTRY = {"vtw": "vtwctl.policies.vtw:VTW", "vtw-random": "vtwctl.policies.vtw_random:VTWRandom",
-            "rand": "vtwctl.policies.rand:Rand", "fastv": "vtwctl.policies.fastv:FastV"}
+REGISTRY = {"vtw": "vtwctl.engine.policies.vtw:VTW", "vtw-random": "vtwctl.engine.policies.vtw_random:VTWRandom",
+            "rand": "vtwctl.engine.policies.rand:Rand", "fastv": "vtwctl.engine.policies.fastv:FastV"}
 
 
 @dataclass(frozen=True)

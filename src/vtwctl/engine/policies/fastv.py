@@ -18,7 +18,7 @@ def last_token_attention(attn: nn.Module, hidden: torch.Tensor, cos: torch.Tenso
     ``hidden`` is the attention input (after the input layer norm), ``cos``/``sin`` [B, S, D] the
     rotary tables the layer receives, ``mask`` the layer's 4D mask or None (plain causal).
     """
-    from ..attention import last_query_attention, project, rotate
+    from ...attention import last_query_attention, project, rotate
 
     keys = rotate(project(attn, "k", hidden), cos, sin)
     row = mask[:, :, -1:, :] if isinstance(mask, torch.Tensor) and mask.ndim == 4 else None

@@ -3,7 +3,7 @@
 Shapes: B batch rows, q tokens in the stock call, Qc compressed slots, W keys a layer attends to.
 "Original index" is a token's index in the stock sequence (prompt and generated tokens, padding
 included), which is what causality and sliding windows are measured in; -1 marks a fill slot.
-The engine (``vtwctl.withdraw``) only wires these to the model's hooks.
+The engine (``vtwctl.engine.hooks``) only wires these to the model's hooks.
 """
 
 from __future__ import annotations

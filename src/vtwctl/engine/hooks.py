@@ -7,10 +7,11 @@ embeddings, position ids and attention mask are gathered down to the kept tokens
 padding), so layers K..N-1 compute, attend and cache kept tokens only. Decoding steps then never
 touch vision keys again: the KV cache of layers >= K holds text positions only.
 
-Which tokens leave is a policy's choice (``vtwctl.policies``: VTW, VTW†, Rand, FastV; ``apply(model,
-policy)`` runs any of them). The hook class only wires the pure functions of ``vtwctl.plan`` (packing, key maps, masks,
-position shifts) to the model; every transformers internal it relies on is in ``vtwctl.compat``,
-every family difference in ``vtwctl.families``. See docs/engine.md.
+Which tokens leave is a policy's choice (``vtwctl.engine.policies``: VTW, VTW†, Rand, FastV;
+``apply(model, policy)`` runs any of them). The hook class only wires the pure functions of
+``vtwctl.engine.plan`` (packing, key maps, masks, position shifts) to the model; every transformers
+internal it relies on is in ``vtwctl.engine.compat``, every family difference in
+``vtwctl.engine.families``. See docs/engine.md.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import ArgumentError, check_k
 from . import compat, plan
-from .errors import ArgumentError, check_k
 from .families import adapter_for, vision_mask
 from .policies import Policy, Tokens
 from .policies.vtw import VTW
@@ -72,7 +73,7 @@ class _Call:
 
 
 class Engine:
-    """Hooks that drop the tokens a policy selects before its layer ``k`` (``vtwctl.policies``; an int
+    """Hooks that drop the tokens a policy selects before its layer ``k`` (``vtwctl.engine.policies``; an int
     ``policy`` is VTW at that layer: every vision token).
 
     Layers ``start..N-1`` (``start = max(k, 1)``) run on the packed kept tokens. At ``k = 0`` layer
@@ -428,7 +429,7 @@ def withdraw(model: nn.Module, k: int, positions: str = "keep") -> Iterator[nn.M
 @contextlib.contextmanager
 def apply(model: nn.Module, policy: Policy, positions: str = "keep", lo: int = 0,
           what: str = "K") -> Iterator[Engine]:
-    """Run ``policy`` (``vtwctl.policies``) on ``model`` inside the block: its K checked (``lo``..N, named
+    """Run ``policy`` (``vtwctl.engine.policies``) on ``model`` inside the block: its K checked (``lo``..N, named
     ``what``), the model checked where the policy withdraws anything, the engine's hooks installed."""
     n = num_layers(model)
     check_k(policy.k, n, lo=lo, what=what)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import ENDS_ON_VISION, VTWError
 from . import compat
-from .errors import ENDS_ON_VISION, VTWError
 from .families import adapter_for
 
 VISUAL_KWARGS = ("pixel_values", "pixel_values_images", "pixel_values_videos", "mm_encoder_outputs")
