@@ -1,0 +1,5 @@
+"""Moved to ``vtwctl.engine.compiled``; this path stays importable and is that very module (``vtwctl._moved``)."""
+
+from vtwctl._moved import alias
+
+alias(__name__, "vtwctl.engine.compiled")
