@@ -18,7 +18,7 @@ from PIL import Image
 from shipped import demo_k, profile
 from vtwctl import records
 from vtwctl.errors import VTWError
-from vtwctl.lmms_eval_args import (
+from vtwctl.integrations.lmms_eval.args import (
     apply_until,
     content_for,
     dataset_for_task,
@@ -219,14 +219,14 @@ def rows():
 
 
 def _runner(demo, **args):
-    from vtwctl.lmms_eval_model import Runner
+    from vtwctl.integrations.lmms_eval.model import Runner
 
     notes = []
     return Runner(parse_model_args({"pretrained": "demo", **args}), loaded=demo, warn=notes.append), notes
 
 
 def _items(rows, task="vtwctl_shapes", **gen):
-    from vtwctl.lmms_eval_model import Item
+    from vtwctl.integrations.lmms_eval.model import Item
 
     kw = {"max_new_tokens": 4, "temperature": 0, "until": [], **gen}
     return [Item(r["question"], [r["image"]], task, kw, "test") for r in rows]
@@ -271,7 +271,7 @@ def test_runner_answers_as_the_masked_reference(demo, rows):
 
 def test_runner_refuses_a_video_for_an_image_only_model(demo):
     """The demo (LLaVA) takes images only: a video request is refused with the reason, not run."""
-    from vtwctl.lmms_eval_model import Item
+    from vtwctl.integrations.lmms_eval.model import Item
 
     assert not demo.takes_video
     runner, _ = _runner(demo, k=3)
@@ -296,7 +296,7 @@ def test_runner_orders_groups_and_cuts(demo, rows):
 
 def test_runner_several_images_in_order(demo, rows):
     """Two images in one request: twice the demo's vision tokens, pixels in the request's order."""
-    from vtwctl.lmms_eval_model import Item
+    from vtwctl.integrations.lmms_eval.model import Item
 
     prof = profile("demo")
     per_image = prof["vision"]["tokens_per_image"]
@@ -341,7 +341,7 @@ def test_runner_loglikelihood_equals_generate_scores(demo, rows):
     import torch
 
     from vtwctl.engine.hooks import withdraw
-    from vtwctl.lmms_eval_model import Item
+    from vtwctl.integrations.lmms_eval.model import Item
 
     runner, _ = _runner(demo, k=3)
     tok = demo.processor.tokenizer
@@ -391,8 +391,8 @@ def test_entry_point_and_lazy_import():
     from importlib.metadata import entry_points
 
     eps = {ep.name: ep.value for ep in entry_points(group="lmms_eval.models")}
-    assert eps.get("vtw") == "vtwctl.lmms_eval_model:manifests"
-    code = ("import sys, vtwctl, vtwctl.lmms_eval_model, vtwctl.lmms_eval_shapes; "
+    assert eps.get("vtw") == "vtwctl.integrations.lmms_eval.model:manifests"
+    code = ("import sys, vtwctl, vtwctl.integrations.lmms_eval.model, vtwctl.integrations.lmms_eval.shapes; "
             "print('lmms_eval' in sys.modules, 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.split() == ["False", "False"], out.stderr
@@ -421,7 +421,7 @@ def test_export_writes_the_lmms_eval_task(tmp_path):
     assert cfg["task"] == "vtwctl_shapes" and cfg["test_split"] == shapes_task.test_split
     assert cfg["generation_kwargs"]["max_new_tokens"] == shapes_task.max_new_tokens
     assert cfg["dataset_kwargs"]["data_files"]["test"] == "test.parquet"
-    import vtwctl.lmms_eval_shapes as mod
+    import vtwctl.integrations.lmms_eval.shapes as mod
 
     for value in (cfg["doc_to_visual"], cfg["doc_to_text"], cfg["process_results"],
                   *(m["aggregation"] for m in cfg["metric_list"])):
@@ -429,7 +429,7 @@ def test_export_writes_the_lmms_eval_task(tmp_path):
 
 
 def test_shapes_process_results_and_metrics():
-    from vtwctl import lmms_eval_shapes as m
+    from vtwctl.integrations.lmms_eval import shapes as m
 
     docs = [dict(id="a", format="mc", answer="B", chance=0.25), dict(id="b", format="mc", answer="C", chance=0.25),
             dict(id="c", format="yesno", answer="no", chance=0.5), dict(id="d", format="short", answer="red",

@@ -15,7 +15,7 @@ import torch
 def test_importing_vtwctl_changes_no_torch_or_dynamo_setting():
     modules = ["vtwctl", "vtwctl.withdraw", "vtwctl.engine.hooks", "vtwctl.engine.compiled", "vtwctl.fastv",
                "vtwctl.methods", "vtwctl.infer", "vtwctl.attention", "vtwctl.calibrate", "vtwctl.evaluate",
-               "vtwctl.measure", "vtwctl.loading", "vtwctl.lmms_eval_model", "vtwctl.spec"]
+               "vtwctl.measure", "vtwctl.loading", "vtwctl.integrations.lmms_eval.model", "vtwctl.spec"]
     code = ("import torch, torch._dynamo\n"
             "before = torch._dynamo.config.get_config_copy()\n"
             "threads, grad, rng = torch.get_num_threads(), torch.is_grad_enabled(), torch.get_rng_state()\n"

@@ -67,7 +67,7 @@ def user_store(tmp_path):
 
 
 def test_one_auto_rule_for_every_entry_point(user_store, tmp_path):
-    from vtwctl.lmms_eval_args import parse_model_args, resolve_k
+    from vtwctl.integrations.lmms_eval.args import parse_model_args, resolve_k
     from vtwctl.serving.config import choose_record, k_from_config
 
     def lmms(task, **kw):

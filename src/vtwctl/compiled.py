@@ -1,4 +1,4 @@
-"""Moved to ``vtwctl.engine.compiled``; this path stays importable and is that very module (``vtwctl._moved``)."""
+"""Old path of ``vtwctl.engine.compiled``: the same module object (``vtwctl._moved``)."""
 
 from vtwctl._moved import alias
 

@@ -4,7 +4,7 @@
 the model's calibration record for the matching vtwctl dataset); ``generation_settings`` maps a
 request's ``generation_kwargs``; ``split_visuals``/``content_for`` turn ``doc_to_visual`` output and
 the context into ``Loaded.build_inputs`` arguments; ``plan_batches`` groups requests into batches.
-Used by ``vtwctl.lmms_eval_model``.
+Used by ``vtwctl.integrations.lmms_eval.model``.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from .errors import VTWError, check_k
-from .spec import AUTO, STOCK, Generation, K, RunSpec
+from ...errors import VTWError, check_k
+from ...spec import AUTO, STOCK, Generation, K, RunSpec
 
 METHODS = ("vtw", "fastv", "baseline")
 ALIASES = {"max_frames_num": "frames", "attn": "attn_implementation", "model": "pretrained"}
@@ -259,7 +259,7 @@ def split_visuals(visuals: Any, frames: int = 8) -> tuple[list, Any]:
     import numpy as np
     from PIL import Image
 
-    from .media import read_image, read_video
+    from ...media import read_image, read_video
 
     if visuals is None:
         return [], None

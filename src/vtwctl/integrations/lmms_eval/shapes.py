@@ -1,7 +1,7 @@
 """The demo benchmark "shapes" as an lmms-eval task: the functions its YAML points at.
 
 ``data/lmms_tasks/vtwctl_shapes.yaml`` (written next to the parquet files by
-``vtwctl data export shapes DIR --lmms-eval``) names these with ``!function vtwctl.lmms_eval_shapes.*``.
+``vtwctl data export shapes DIR --lmms-eval``) names these with ``!function vtwctl.integrations.lmms_eval.shapes.*``.
 Scoring is vtwctl's own: the answer is the stripped output (the task's parse) and
 ``shapes.score(format, parsed, answer)`` decides; the metrics are the ones ``vtwctl run --dataset
 shapes`` reports (accuracy overall and per format, and the chance level).
@@ -17,7 +17,7 @@ FORMATS = ("mc", "yesno", "short")
 
 def task_yaml() -> Path:
     """The shipped task YAML."""
-    return Path(__file__).resolve().parent / "data" / "lmms_tasks" / f"{TASK_NAME}.yaml"
+    return Path(__file__).resolve().parents[2] / "data" / "lmms_tasks" / f"{TASK_NAME}.yaml"
 
 
 def write_task(out_dir: str | Path) -> Path:
@@ -37,7 +37,7 @@ def doc_to_text(doc: dict, lmms_eval_specific_kwargs: dict | None = None) -> str
 
 
 def process_results(doc: dict, results: list[str]) -> dict:
-    from .demo import shapes
+    from ...demo import shapes
 
     parsed = results[0].strip()
     item = {"id": doc["id"], "format": doc["format"], "parsed": parsed, "chance": float(doc["chance"]),

@@ -4,7 +4,7 @@ The model ``vtw`` is registered through lmms-eval's entry-point group ``lmms_eva
 (``pip install -e ".[lmms]"``); lmms-eval imports this module only when it lists its models, and
 ``import vtwctl`` never imports lmms-eval. The lmms-eval class (``VTW``, a "simple" model: prompts
 from ``doc_to_text``, visuals from ``doc_to_visual``) is built on first access; everything it does
-is in ``Runner`` and in ``vtwctl.lmms_eval_args``, which need no lmms-eval and are tested alone.
+is in ``Runner`` and in ``vtwctl.integrations.lmms_eval.args``, which need no lmms-eval and are tested alone.
 
 Model arguments (``--model_args key=value,...``; see docs/lmms-eval.md):
 ``pretrained`` (short name, hub id or local directory; default ``demo``), ``k`` (``INT``, ``auto``
@@ -22,8 +22,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .errors import VTWError
-from .lmms_eval_args import (
+from ...errors import VTWError
+from ...spec import STOCK, K
+from .args import (
     Options,
     apply_until,
     content_for,
@@ -34,10 +35,9 @@ from .lmms_eval_args import (
     run_spec,
     split_visuals,
 )
-from .spec import STOCK, K
 
 MODEL_ID = "vtw"
-CLASS_PATH = "vtwctl.lmms_eval_model.VTW"
+CLASS_PATH = "vtwctl.integrations.lmms_eval.model.VTW"
 
 
 def manifests() -> list:
@@ -83,7 +83,7 @@ class Runner:
     def __init__(self, opts: Options, loaded: Any = None, warn: Callable[[str], None] | None = None):
         self.opts = opts
         if loaded is None:
-            from .loading import load
+            from ...loading import load
 
             loaded = load(opts.pretrained, device=opts.device, dtype=opts.dtype,
                           attn_implementation=opts.attn_implementation, trust_remote_code=opts.trust_remote_code)
@@ -111,7 +111,7 @@ class Runner:
 
     def _engine(self, task: str):
         """The context manager a forward call of ``task`` runs in (``methods.context``)."""
-        from .methods import context
+        from ...methods import context
 
         spec = self.spec_for(task)
         k = spec.layer(self.loaded.num_layers)
@@ -132,7 +132,7 @@ class Runner:
         return prompts, images, videos
 
     def generate(self, items: list[Item], progress: Callable[[int], None] | None = None) -> list[Answer]:
-        from .infer import generate
+        from ...infer import generate
 
         out: list[Answer | None] = [None] * len(items)
         keys = [(it.task, it.split, it.gen_kwargs) for it in items]
