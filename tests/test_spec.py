@@ -68,7 +68,7 @@ def user_store(tmp_path):
 
 def test_one_auto_rule_for_every_entry_point(user_store, tmp_path):
     from vtwctl.integrations.lmms_eval.args import parse_model_args, resolve_k
-    from vtwctl.serving.config import choose_record, k_from_config
+    from vtwctl.integrations.vllm.config import choose_record, k_from_config
 
     def lmms(task, **kw):
         return resolve_k(parse_model_args({"k": "auto", "profile_dir": str(user_store), **kw}), "llava-1.5-7b",

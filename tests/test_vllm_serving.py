@@ -3,7 +3,7 @@
 For each family the plugin registers (LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision, LLaVA-NeXT-Video,
 Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Qwen3-VL-MoE, HF-format InternVL, Mistral 3, Idefics3, SmolVLM): a
 tiny random model (6 layers, head_dim 32) saved with ``save_pretrained`` with the family's own
-processor and an offline word-level tokenizer (``vtwctl.serving.fixtures``); one batch of an image
+processor and an offline word-level tokenizer (``vtwctl.testing.checkpoints``); one batch of an image
 after 2, 0 and 9 text tokens (three image sizes; a video of 2, 1 and 3 frames for LLaVA-NeXT-Video,
 which vLLM serves for video only), a text-only prompt and, for Qwen2-VL, a video.
 Control: stock vLLM (plugin not loaded) equals transformers' ``generate``. Then vLLM with the plugin
@@ -17,7 +17,7 @@ only; Mistral 3: [IMG_BREAK]/[IMG_END] rows between the [IMG] rows are text; Ide
 <fake_token_around_image>/<row_i_col_j>/<global-img> rows between the tiles' <image> rows are text).
 Gemma 3 is refused, and tested to be (stock vLLM on CPU ignores its bidirectional image attention). A
 sliding window that never binds (>= max_model_len) is served; a smaller one is refused. Each vLLM engine
-runs in its own process (``vtwctl.serving.probe``). Install: ``nox -s vllm`` (docs/serving.md).
+runs in its own process (``vtwctl.integrations.vllm.probe``). Install: ``nox -s vllm`` (docs/serving.md).
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ def _make_case(family: str, root) -> dict:
     import numpy as np
     from PIL import Image
 
-    from vtwctl.serving.fixtures import prompt, save_tiny
+    from vtwctl.testing.checkpoints import prompt, save_tiny
 
     if family == "smolvlm":  # transformers' SmolVLMProcessor (vLLM's too) refuses to start without it
         pytest.importorskip("num2words", reason="SmolVLM's processor needs num2words (nox -s vllm installs it)")
@@ -173,8 +173,8 @@ def probe(case, name: str, k, engine: dict, env: dict | None = None, check: bool
             "engine": {**ENGINE, **limits, **engine}, **extra}
     path = case["root"] / f"{name}.json"
     path.write_text(json.dumps(spec))
-    done = subprocess.run([sys.executable, "-m", "vtwctl.serving.probe", str(path)], capture_output=True, text=True,
-                          timeout=900, env={**os.environ, **ENV, **(env or {})})
+    done = subprocess.run([sys.executable, "-m", "vtwctl.integrations.vllm.probe", str(path)], capture_output=True,
+                          text=True, timeout=900, env={**os.environ, **ENV, **(env or {})})
     if not check:
         return done
     assert done.returncode == 0, done.stderr[-3000:]
@@ -384,7 +384,7 @@ def test_every_cpu_attention_kernel(case, reference, kernel, tmp_path):
     _only(case, "llava")
     k = KS[1]
     if kernel == "vec16":
-        from vtwctl.serving.fixtures import save_tiny
+        from vtwctl.testing.checkpoints import save_tiny
 
         model = save_tiny("llava", tmp_path / "head80", num_layers=N, head_dim=80)
         case80 = {**case, "model": str(model), "root": tmp_path}
@@ -407,7 +407,7 @@ def test_register_is_idempotent():
     code = """
 import importlib
 from vllm import ModelRegistry
-from vtwctl.serving import ARCHITECTURES, MODULE, register, targets
+from vtwctl.integrations.vllm import ARCHITECTURES, MODULE, register, targets
 stock = {arch: (m.module_name, m.class_name) for arch, m in ModelRegistry.models.items()}  # vLLM's own
 assert set(ARCHITECTURES) <= set(stock)
 assert sorted(register()) == sorted(a for a in targets() if a in stock)
@@ -434,8 +434,8 @@ def test_unverified_architectures_refuse_vtw():
     code = """
 from types import SimpleNamespace
 from vtwctl.errors import VTWError
-from vtwctl.serving import GUARD_PREFIX, UNVERIFIED
-import vtwctl.serving.vllm_model as vm
+from vtwctl.integrations.vllm import GUARD_PREFIX, UNVERIFIED
+import vtwctl.integrations.vllm.model as vm
 for arch in UNVERIFIED:
     config = SimpleNamespace(model_config=SimpleNamespace(hf_config=SimpleNamespace(vtw_k=3)))
     try:

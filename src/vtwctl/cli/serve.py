@@ -101,7 +101,7 @@ def _architecture_and_layers(res) -> tuple[str | None, int | None]:
 def check_architecture(arch: str | None, name: str) -> None:
     """Refuse an architecture VTW is not verified on in vLLM (one VTWError); None (unknown) passes."""
     from ..errors import VTWError
-    from ..serving import ARCHITECTURES, WHY_UNVERIFIED
+    from ..integrations.vllm import ARCHITECTURES, WHY_UNVERIFIED
 
     if arch is not None and arch not in ARCHITECTURES:
         why = WHY_UNVERIFIED.get(arch)
@@ -113,8 +113,8 @@ def build_command(model: str, k: str, extra: list[str], dataset: str | None = No
                   profile_dir: Path | None = None, max_text_len: int | None = None) -> tuple[list[str], dict]:
     """The ``vllm serve`` argv and what was chosen (model source, K, record), checked before any load."""
     from ..errors import VTWError
+    from ..integrations.vllm.kv_names import SCHEDULER
     from ..loading import resolve
-    from ..serving.kv_names import SCHEDULER
     from ..spec import K
 
     res = resolve(model)

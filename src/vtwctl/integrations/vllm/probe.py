@@ -1,6 +1,6 @@
 """Greedy tokens from vLLM for one K in one engine (the tests' and bench's vLLM side).
 
-``python -m vtwctl.serving.probe SPEC.json`` reads ``{"model", "prompts": [{"prompt", "image"}],
+``python -m vtwctl.integrations.vllm.probe SPEC.json`` reads ``{"model", "prompts": [{"prompt", "image"}],
 "k": K or null, "max_tokens", "engine": {LLM kwargs}}`` (``image`` is a PNG path or null; an
 optional ``video`` is a ``.npy`` of frames [T, H, W, 3] uint8), builds one ``vllm.LLM`` in this
 process (``VLLM_ENABLE_V1_MULTIPROCESSING=0`` unless set) with ``vtw_k`` = K through

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 
-# stock vLLM architecture name -> vtwctl class in vtwctl.serving.vllm_model
+# stock vLLM architecture name -> vtwctl class in MODULE
 ARCHITECTURES = {
     "LlavaForConditionalGeneration": "VTWLlavaForConditionalGeneration",
     "LlavaNextForConditionalGeneration": "VTWLlavaNextForConditionalGeneration",
@@ -30,7 +30,7 @@ ARCHITECTURES = {
     "Qwen3VLMoeForConditionalGeneration": "VTWQwen3VLMoeForConditionalGeneration",
     "InternVLForConditionalGeneration": "VTWInternVLForConditionalGeneration",  # HF format; vLLM's InternS1 class
 }
-MODULE = "vtwctl.serving.vllm_model"
+MODULE = "vtwctl.integrations.vllm.model"
 # vision-language architectures vLLM serves on which VTW is not verified: with vtw_k they refuse to start
 # (without vtw_k they are vLLM's classes); vtwctl serve refuses them before anything loads
 UNVERIFIED = (

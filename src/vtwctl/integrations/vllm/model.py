@@ -24,7 +24,7 @@ and encoder are vLLM's) and adds ``_VTW``. With ``vtw_k = K`` in the model confi
 Without ``vtw_k`` (or with K = N, the stock model) the class is vLLM's own.
 
 The classes (module attributes ``VTW`` + vLLM's architecture name; ``VTWUnverified_`` + the name for
-the guards of ``vtwctl.serving.UNVERIFIED``) are built on first access (module ``__getattr__``), so
+the guards of ``vtwctl.integrations.vllm.UNVERIFIED``) are built on first access (module ``__getattr__``), so
 that serving one family imports only its own vLLM module. Their ``__name__`` is vLLM's class name
 (vLLM dispatches on it), their ``__qualname__`` the attribute name.
 """
@@ -47,7 +47,7 @@ from vllm.sequence import IntermediateTensors
 from vllm.v1.attention.backend import subclass_attention_backend
 from vllm.v1.kv_cache_interface import replace_as
 
-from ..errors import VTWError
+from ...errors import VTWError
 from .config import k_from_config, refusals
 from .kv import SCHEDULER, TextKVSpec, is_vtw_scheduler
 from .plan import TextPlan, VisionLedger, plan_step
@@ -471,7 +471,7 @@ def _check_prompt(model_config, out) -> None:
     (with ``vtw_max_text_len``) holds more text tokens than the text-only KV cache was sized for."""
     from vllm.exceptions import VLLMValidationError
 
-    from ..errors import ENDS_ON_VISION
+    from ...errors import ENDS_ON_VISION
     from .plan import VisionLayout
 
     hf = model_config.hf_config

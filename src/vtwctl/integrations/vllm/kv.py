@@ -12,7 +12,7 @@
   is on), which hands its request table to the text managers: a manager only sees request ids.
   vLLM's ``scheduler_cls`` option selects it (``vtwctl serve`` passes it).
 
-Both are registered with ``KVCacheSpecRegistry`` by ``vtwctl.serving.register`` in every vLLM
+Both are registered with ``KVCacheSpecRegistry`` by ``vtwctl.integrations.vllm.register`` in every vLLM
 process; nothing in vLLM is patched.
 """
 

@@ -1,3 +1,3 @@
 """Names of the vLLM-side classes, importable without vLLM (``vtwctl serve`` and the refusals use them)."""
 
-SCHEDULER = "vtwctl.serving.kv.VTWScheduler"
+SCHEDULER = "vtwctl.integrations.vllm.kv.VTWScheduler"

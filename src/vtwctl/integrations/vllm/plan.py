@@ -15,7 +15,7 @@ step starts at token 0 (a new request, or one that was preempted and is recomput
 continuing step is checked against the position where the previous one ended, so a stale or
 foreign entry is an error, not a wrong answer.
 
-Everything here is plain tensor code on the CPU; ``vllm_model`` turns a ``TextPlan`` into the
+Everything here is plain tensor code on the CPU; ``model`` turns a ``TextPlan`` into the
 attention metadata of vLLM's backend, and ``kv`` uses ``VisionLayout`` in vLLM's KV-cache manager.
 """
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import VTWError, check_k
-from ..spec import AUTO, K
+from ...errors import VTWError, check_k
+from ...spec import AUTO, K
 
 CONFIG_KEYS = ("vtw_k", "vtw_dataset", "vtw_eta", "vtw_model", "vtw_profile_dir")
 
@@ -19,7 +19,7 @@ CONFIG_KEYS = ("vtw_k", "vtw_dataset", "vtw_eta", "vtw_model", "vtw_profile_dir"
 def choose_record(model: str, dataset: str | None = None, eta: float | None = None,
                   profile_dir: str | None = None) -> dict[str, Any] | None:
     """The calibration record ``--k auto`` uses: the one rule of every command (``vtwctl.records.auto_k``)."""
-    from ..records import auto_k
+    from ...records import auto_k
 
     return auto_k(model, dataset, profile_dir, eta=eta)
 

@@ -29,7 +29,7 @@ small enough for a quick test:
 - ``gemma3``: Gemma 3, 32x32 images of 16 ``<image_soft_token>`` rows between ``<start_of_image>``
   and ``<end_of_image>`` (and the ``\n\n`` tokens vLLM's processor looks up), sliding window
   ``GEMMA_WINDOW`` (256) on layers 0, 1, 3, 4, a random image projection (transformers starts it at
-  zero). VTW is refused on it (``vtwctl.serving.WHY_UNVERIFIED``).
+  zero). VTW is refused on it (``vtwctl.integrations.vllm.WHY_UNVERIFIED``).
 
 The text layers' attention is sharpened (q/k x4, output x6; where q and k are normalised per head,
 Qwen3 and Gemma 3, the norms' gains x4 instead) and Qwen's vision merger outputs (Qwen3: and its
@@ -87,7 +87,7 @@ def tokenizer(family: str = "llava", vocab_size: int | None = None):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    from ..testing import BOS_ID, EOS_ID, IMAGE_ID, PAD_ID, VEND_ID, VIDEO_ID, VOCAB, VSTART_ID
+    from . import BOS_ID, EOS_ID, IMAGE_ID, PAD_ID, VEND_ID, VIDEO_ID, VOCAB, VSTART_ID
 
     if _qwen(family):
         specials = {"<|image_pad|>": IMAGE_ID, "<|video_pad|>": VIDEO_ID, "<|vision_start|>": VSTART_ID,
@@ -195,7 +195,7 @@ def save_tiny(family: str, path: str | Path, num_layers: int = 6, seed: int = 0,
     import torch
     from safetensors.torch import load_file, save_file
 
-    from ..testing import tiny_model
+    from . import tiny_model
 
     if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}; expected one of {', '.join(FAMILIES)}")
@@ -268,7 +268,7 @@ def _tiny_from_config(family: str, seed: int, edit=None, **kw):
     import transformers as tf
 
     from ..engine.families import adapter_for
-    from ..testing import PAD_ID, tiny_config
+    from . import PAD_ID, tiny_config
 
     config = tiny_config(family, **kw)
     if edit is not None:
@@ -332,7 +332,7 @@ def save_bench_llava(path: str | Path, num_layers: int = 8, hidden: int = 1024, 
     import transformers as tf
     from safetensors.torch import load_file, save_file
 
-    from ..testing import BOS_ID, EOS_ID, IMAGE_ID, PAD_ID
+    from . import BOS_ID, EOS_ID, IMAGE_ID, PAD_ID
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
