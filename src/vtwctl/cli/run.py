@@ -105,7 +105,7 @@ def run(
             raise VTWError("say which K: --k K, --k auto (from the calibration record) or --no-withdraw")
         if image is not None or video is not None or prompt is not None or example is not None:
             raise VTWError("--dataset brings its own inputs: drop --image/--video/--prompt/--example")
-        from .evaluate import run_dataset
+        from .dataset import run_dataset
 
         run_dataset(spec, dataset, split=split, limit=limit, output=output, data_dir=data_dir, judge_url=judge_url,
                     judge_model=judge_model, calibration_dir=profile_dir, json_out=json_out)

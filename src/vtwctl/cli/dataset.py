@@ -1,15 +1,12 @@
-"""``vtwctl run --dataset`` (a whole benchmark) and ``vtwctl merge`` (shard files -> one summary)."""
+"""``vtwctl run --dataset``: a whole benchmark, sharded or under torchrun/accelerate; ``render`` shows its summary
+(``vtwctl merge`` too)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-import typer
-
-from . import app
 from .common import (
-    JSON,
     Progress,
     check_device,
     emit_json,
@@ -118,20 +115,3 @@ def render(summary, json_out: bool) -> None:
     console.print(t)
     if summary.output:
         console.print(f"[dim]records: {summary.output}[/dim]", soft_wrap=True)
-
-
-@app.command("merge")
-def merge_cmd(
-    files: list[Path] = typer.Argument(..., help="Results files (JSONL) of the shards of one run."),
-    output: Path | None = typer.Option(None, "--output", "-o", help="Also write the merged records here."),
-    partial: bool = typer.Option(False, "--partial", help="Summarise the shards present even if some are missing."),
-    json_out: bool = JSON,
-) -> None:
-    """Combine the shard files of one `run --dataset` into one summary."""
-    from ..evaluate import merge
-
-    summary = merge([str(f) for f in files], output, partial=partial)
-    if summary.missing_shards:
-        stderr_console().print(f"[yellow]partial: shard{'s' if len(summary.missing_shards) > 1 else ''} "
-                               f"{', '.join(summary.missing_shards)} missing from this summary[/yellow]")
-    render(summary, json_out)
