@@ -1,6 +1,8 @@
 """The withdrawal engine: hooks on a stock transformers model, and what they rely on.
 
 - ``hooks``     the hook class ``Engine`` and ``withdraw``/``apply``/``active`` (the public entry points)
+- ``state``     what the hooks remember: the current call, and each KV cache's key slots (original indices)
+- ``ops``       the tensor work for the layers >= K: masks, rotary tables and positions, deepstack, scatter
 - ``plan``      pure tensor functions of the compressed layout (packing, key maps, masks, position shifts)
 - ``policies``  which tokens leave where (VTW, VTW†, Rand, FastV), one small file each
 - ``support``   what the engine refuses, checked at entry and per call

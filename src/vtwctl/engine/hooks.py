@@ -8,10 +8,11 @@ padding), so layers K..N-1 compute, attend and cache kept tokens only. Decoding 
 touch vision keys again: the KV cache of layers >= K holds text positions only.
 
 Which tokens leave is a policy's choice (``vtwctl.engine.policies``: VTW, VTW†, Rand, FastV;
-``apply(model, policy)`` runs any of them). The hook class only wires the pure functions of
-``vtwctl.engine.plan`` (packing, key maps, masks, position shifts) to the model; every transformers
-internal it relies on is in ``vtwctl.engine.compat``, every family difference in
-``vtwctl.engine.families``. See docs/engine.md.
+``apply(model, policy)`` runs any of them). The hook class only wires the model to the tensor
+functions of ``vtwctl.engine.ops`` (masks, rotary tables and positions, deepstack, scatter) and
+``vtwctl.engine.plan`` (packing, key maps, position shifts), and keeps the current call and each KV
+cache's bookkeeping (``vtwctl.engine.state``); every transformers internal it relies on is in
+``vtwctl.engine.compat``, every family difference in ``vtwctl.engine.families``. See docs/engine.md.
 """
 
 from __future__ import annotations
@@ -19,66 +20,31 @@ from __future__ import annotations
 import contextlib
 import weakref
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch import nn
 
 from ..errors import ArgumentError, check_k
-from . import compat, plan
+from . import compat, ops, plan
 from .families import adapter_for, vision_mask
 from .policies import Policy, Tokens
 from .policies.vtw import VTW
+from .state import Call, Streams
 from .support import VISUAL_KWARGS, carries_visual, check_prompt_end, check_supported, num_layers  # noqa: F401
 
 _ACTIVE: weakref.WeakSet = weakref.WeakSet()  # models inside a withdraw()/fastv() block (blocks do not nest)
 _TOKEN_KWARGS = ("token_type_ids", "mm_token_type_ids", "moe_mm_token_type_ids")
 
 
-@dataclass
-class _Stream:
-    """Withdrawal bookkeeping for one sequence batch (one KV cache, or one cache-less call)."""
-
-    kv_map: torch.Tensor  # [B, Lc] original index of each compressed key slot, -1 for fill
-    full_map: torch.Tensor  # [B, L] original index of each stock key slot, -1 if withdrawn (K = 0's layer 0)
-    full_len: int = 0  # stock sequence length seen so far
-    kv_block: torch.Tensor | None = None  # [B, Lc] bidirectional block of each compressed slot (-1: none)
-    full_block: torch.Tensor | None = None  # [B, L] the same per stock slot
-    offset: torch.Tensor | None = None  # [B] rearrange: position shift of the latest text token
-    pending: torch.Tensor | None = None  # [B] rearrange: start position of a withdrawn run at the end
-
-
-@dataclass
-class _Call:
-    """One forward call's plan, built at the multimodal model's entry and at layer K."""
-
-    vision: torch.Tensor  # [B, q] vision tokens of a visual call (VTW's candidates)
-    valid: torch.Tensor  # [B, q] not padding
-    past: int  # stock tokens before this call
-    stream: _Stream
-    cache: Any = None
-    visual: bool = False
-    block: torch.Tensor | None = None  # [B, q] bidirectional block ids (PaliGemma, Gemma 3), -1 outside
-    q_idx: torch.Tensor | None = None  # [B, Qc] index into the call's tokens, -1 for fill
-    selected: torch.Tensor | None = None  # [B, q] tokens the policy withdrew (vision for VTW)
-    kv_map: torch.Tensor | None = None  # [B, Lc] compressed key slots after this call
-    full_map: torch.Tensor | None = None  # [B, L] stock key slots after this call (masked layer)
-    kv_block: torch.Tensor | None = None
-    full_block: torch.Tensor | None = None
-    positions: torch.Tensor | None = None  # stock rotary position ids (from the rotary hook)
-    deep: tuple | None = None  # deepstack: (visual_pos_masks, embeds of layers >= start)
-    compressed: set = field(default_factory=set)  # ids of compressed layer outputs
-    derived: dict = field(default_factory=dict)  # what every layer >= K reuses: (what, *key) -> value
-
-
 class Engine:
-    """Hooks that drop the tokens a policy selects before its layer ``k`` (``vtwctl.engine.policies``; an int
-    ``policy`` is VTW at that layer: every vision token).
+    """Hooks that drop the tokens a policy selects before its layer ``k`` (``vtwctl.engine.policies``; an
+    int ``policy`` is VTW at that layer: every vision token).
 
     Layers ``start..N-1`` (``start = max(k, 1)``) run on the packed kept tokens. At ``k = 0`` layer
     0 still runs on the full sequence, with withdrawn keys masked out, so that the cache keeps its
-    stock length at layer 0, from which transformers derives positions and mask sizes.
+    stock length at layer 0, from which transformers derives positions and mask sizes. The hooks keep
+    the current call (``state.Call``) and each cache's stream (``state.Streams``); the tensor work is
+    in ``vtwctl.engine.ops`` and ``vtwctl.engine.plan``.
     """
 
     def __init__(self, model: nn.Module, policy: Policy | int, positions: str):
@@ -97,11 +63,11 @@ class Engine:
         # sdpa runs its causal kernel for a None mask only where the module says it is causal (not PaliGemma)
         self.causal_kernel = all(getattr(layer.self_attn, "is_causal", True) for layer in self.layers)
         self.vision_ids = self.adapter.vision_token_ids(model.config)
-        self.streams: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-        self.call: _Call | None = None
+        self.streams = Streams()
+        self.call: Call | None = None
         self.handles: list = []
 
-    # -- hooks ---------------------------------------------------------------------------------
+    # -- wiring ----------------------------------------------------------------------------------
     def install(self) -> None:
         # pre-hooks run in registration order, forward hooks too: the multimodal model's come first and
         # last, so that a family whose multimodal model is its language model (Chameleon) works as well
@@ -133,6 +99,27 @@ class Engine:
             return None
         return call.full_map if layer < self.start else call.kv_map
 
+    def _hook_layer(self, idx: int):
+        def hook(module, args, kwargs):
+            return self._on_layer(idx, args, kwargs)
+        return hook
+
+    def _hook_layer_out(self, idx: int):
+        def hook(module, args, output):
+            return self._on_layer_out(idx, output)
+        return hook
+
+    def _hook_observe(self, idx: int):
+        def hook(module, args, kwargs):
+            call = self.call
+            if call is None or not bool(call.vision.any()):  # policies observe calls with vision tokens only
+                return
+            hidden = args[0] if args else kwargs["hidden_states"]
+            cos, sin = compat.rotary_tables(kwargs["position_embeddings"], self.model.config)
+            self.policy.observe(idx, module, hidden, cos, sin, kwargs.get("attention_mask"))
+        return hook
+
+    # -- a call: entry and end -------------------------------------------------------------------
     def _on_call(self, module, args, kwargs):
         input_ids = kwargs.get("input_ids", args[0] if args else None)
         embeds = kwargs.get("inputs_embeds")
@@ -148,7 +135,7 @@ class Engine:
             raise ValueError("withdraw: the model was called without input_ids or inputs_embeds")
         b, q = vision.shape
         cache = compat.cache_from(kwargs)
-        stream = self._stream(cache, b, vision.device)
+        stream = self.streams.for_call(cache, b, vision.device)
         valid = compat.valid_tokens(kwargs.get("attention_mask"), q, cache, stream.full_len, self.types[0])
         valid = torch.ones_like(vision) if valid is None else valid.to(vision.device)
         if visual:
@@ -157,38 +144,13 @@ class Engine:
         tt = kwargs.get("token_type_ids")
         if tt is not None and (visual or stream.full_len == 0):  # as the stock models: prefill only
             block = self.adapter.attention_blocks(tt[:, -q:], valid)
-        self.call = _Call(vision=vision, valid=valid, past=stream.full_len, stream=stream, cache=cache,
-                          visual=visual, block=block)
-
-    def _stream(self, cache, b: int, device) -> _Stream:
-        empty = torch.empty(b, 0, dtype=torch.long, device=device)
-        if cache is None:
-            return _Stream(kv_map=empty, full_map=empty)
-        stream = self.streams.get(cache)
-        seen = compat.cached_tokens(cache, 0)  # layer 0 is never compressed: the stock length
-        if stream is None and seen == 0:
-            stream = self.streams[cache] = _Stream(kv_map=empty, full_map=empty)
-        if stream is None or stream.full_len != seen:
-            raise RuntimeError("withdraw: this KV cache was filled outside the withdraw() block (or edited); "
-                               "start generation inside the block")
-        if stream.kv_map.shape[0] != b:  # beam search / batch expansion after prefill
-            rep = b // stream.kv_map.shape[0]
-            for name in ("kv_map", "full_map", "kv_block", "full_block", "offset", "pending"):
-                val = getattr(stream, name)
-                if val is not None:
-                    setattr(stream, name, val.repeat_interleave(rep, 0))
-        return stream
+        self.call = Call(vision=vision, valid=valid, past=stream.full_len, stream=stream, cache=cache,
+                         visual=visual, block=block)
 
     def _on_call_end(self, module, args, kwargs, output):
         call, self.call = self.call, None
-        if call is None or call.cache is None:
-            return
-        stream = call.stream
-        if call.kv_map is not None:
-            stream.kv_map, stream.kv_block = call.kv_map, call.kv_block
-        if call.full_map is not None:
-            stream.full_map, stream.full_block = call.full_map, call.full_block
-        stream.full_len = call.past + call.vision.shape[1]
+        if call is not None and call.cache is not None:
+            call.stream.commit(call)
 
     def _on_rotary(self, module, args, kwargs):
         pos = args[1] if len(args) > 1 else kwargs.get("position_ids")
@@ -204,53 +166,25 @@ class Engine:
         self.call.deep = (kwargs.get("visual_pos_masks"), list(embeds[self.start :]))
         return args, {**kwargs, "deepstack_visual_embeds": list(embeds[: self.start])}
 
-    def _hook_observe(self, idx: int):
-        def hook(module, args, kwargs):
-            call = self.call
-            if call is None or not bool(call.vision.any()):  # policies observe calls with vision tokens only
-                return
-            hidden = args[0] if args else kwargs["hidden_states"]
-            cos, sin = compat.rotary_tables(kwargs["position_embeddings"], self.model.config)
-            self.policy.observe(idx, module, hidden, cos, sin, kwargs.get("attention_mask"))
-        return hook
-
     def _on_text_out(self, module, args, kwargs, output):
         call = self.call
         if call is None or call.q_idx is None:
             return output
+        q = call.vision.shape[1]
         last = compat.output_hidden(output)
-        full = self._scatter(call, last)
+        full = ops.scatter(last, call.q_idx, q)
         if self.policy.fill == "last_kept" and bool(call.vision.any()):
-            full = _last_kept(full, ~call.selected.to(full.device) & call.valid.to(full.device))
+            full = ops.last_kept(full, ~call.selected.to(full.device) & call.valid.to(full.device))
         hidden_states = getattr(output, "hidden_states", None)
         if hidden_states:
-            output.hidden_states = tuple(self._scatter(call, h) if id(h) in call.compressed or h is last else h
-                                         for h in hidden_states)
+            output.hidden_states = tuple(ops.scatter(h, call.q_idx, q) if id(h) in call.compressed or h is last
+                                         else h for h in hidden_states)
         if isinstance(output, tuple):
             return (full, *output[1:])
         output.last_hidden_state = full
         return output
 
-    def _scatter(self, call: _Call, hidden: torch.Tensor) -> torch.Tensor:
-        """Compressed [B, Qc, H] back to the stock layout [B, q, H]; withdrawn positions are zero."""
-        b, q = call.vision.shape
-        q_idx = call.q_idx.to(hidden.device)
-        full = hidden.new_zeros(b, q, hidden.shape[-1])
-        valid = q_idx >= 0
-        rows = torch.arange(b, device=hidden.device)[:, None].expand_as(q_idx)
-        full[rows[valid], q_idx[valid]] = hidden[valid]
-        return full
-
-    def _hook_layer(self, idx: int):
-        def hook(module, args, kwargs):
-            return self._on_layer(idx, args, kwargs)
-        return hook
-
-    def _hook_layer_out(self, idx: int):
-        def hook(module, args, output):
-            return self._on_layer_out(idx, output)
-        return hook
-
+    # -- a layer >= K: its inputs and output -----------------------------------------------------
     def _on_layer(self, idx: int, args, kwargs):
         call = self.call
         if call is None:
@@ -259,12 +193,12 @@ class Engine:
         cache = compat.cache_from(kwargs)
         if cache is not None and call.cache is None:  # a cache the language model created for this call
             call.cache = cache
-            self.streams[cache] = call.stream
+            self.streams.adopt(cache, call.stream)
         if idx < self.start:  # K = 0: layer 0 on the full sequence, withdrawn keys masked
             if call.full_map is None:
-                q_all = self._full_q(call)
+                q_all = ops.full_queries(call.vision, call.valid)
                 call.full_map = torch.cat([call.stream.full_map, plan.chunk_map(q_all, call.past)], 1)
-                call.full_block = _blocks(call.block, q_all, call.stream.full_block, call.stream.full_map)
+                call.full_block = ops.key_blocks(call.block, q_all, call.stream.full_block, call.stream.full_map)
             return args, {**kwargs, "attention_mask": self._mask(call, cache, idx, hidden, masked=True)}
         if call.q_idx is None:  # layer `start`: withdraw
             self._plan(call, hidden)
@@ -273,19 +207,19 @@ class Engine:
         new = dict(kwargs)
         new["attention_mask"] = self._mask(call, cache, idx, hidden, masked=False)
         if "position_embeddings" in kwargs:
-            new["position_embeddings"] = self._once(call, ("rotary", self.types[idx]),
-                                                    lambda: self._rotary(call, kwargs["position_embeddings"],
-                                                                         hidden, self.types[idx]))
+            layer_type = self.types[idx]
+            new["position_embeddings"] = call.once(("rotary", layer_type), lambda: self._rotary(
+                call, kwargs["position_embeddings"], hidden, layer_type))
         if isinstance(kwargs.get("position_ids"), torch.Tensor):
-            new["position_ids"] = self._once(call, ("position_ids",),
-                                             lambda: self._position_ids(call, kwargs["position_ids"]))
+            new["position_ids"] = call.once(("position_ids",), lambda: ops.position_ids(
+                kwargs["position_ids"], call.q_idx, self._shift(call)))
         if kwargs.get("cache_position") is not None:  # transformers < 5.x: where static caches write
             past = call.kv_map.shape[1] - call.q_idx.shape[1]
             new["cache_position"] = torch.arange(past, past + call.q_idx.shape[1], device=hidden.device)
         for name in _TOKEN_KWARGS:
             if isinstance(kwargs.get(name), torch.Tensor):
-                new[name] = self._once(call, ("token_kwarg", name),
-                                       lambda n=name: plan.gather_seq(kwargs[n], call.q_idx, -1, -2))
+                new[name] = call.once(("token_kwarg", name),
+                                      lambda n=name: plan.gather_seq(kwargs[n], call.q_idx, -1, -2))
         return compat.with_layer_hidden(args, new, hidden)
 
     def _on_layer_out(self, idx: int, output):
@@ -295,38 +229,13 @@ class Engine:
         hidden = compat.output_hidden(output)
         call.compressed.add(id(hidden))
         if call.deep is not None and idx - self.start < len(call.deep[1]):
-            hidden = self._deepstack(call, hidden, call.deep[1][idx - self.start])
+            hidden = ops.add_deepstack(hidden, call.deep[0], call.q_idx, call.deep[1][idx - self.start])
             output = hidden if isinstance(output, torch.Tensor) else (hidden, *output[1:])
         call.compressed.add(id(hidden))
         return output
 
-    def _deepstack(self, call: _Call, hidden: torch.Tensor, embeds: torch.Tensor) -> torch.Tensor:
-        """Add a deepstack level's features to the kept vision tokens (none under VTW)."""
-        masks = call.deep[0].to(hidden.device)  # [B, q] the stock vision positions, in feature order
-        rank = masks.flatten().long().cumsum(0).view_as(masks) - 1
-        at = plan.gather_seq(masks, call.q_idx, 1) & (call.q_idx >= 0).to(hidden.device)
-        if not bool(at.any()):
-            return hidden
-        rows = plan.gather_seq(rank, call.q_idx, 1)[at]
-        hidden = hidden.clone()
-        hidden[at] = hidden[at] + embeds.to(hidden.device, hidden.dtype)[rows]
-        return hidden
-
-    @staticmethod
-    def _once(call: _Call, key: tuple, fn):
-        """``fn()`` computed once per call for ``key``: every layer >= K gets the same gathered tensors."""
-        if key not in call.derived:
-            call.derived[key] = fn()
-        return call.derived[key]
-
-    # -- planning ------------------------------------------------------------------------------
-    def _full_q(self, call: _Call) -> torch.Tensor:
-        """Masked layer (K = 0): every token of the call, withdrawn ones as -1 (they attend to themselves)."""
-        q = call.vision.shape[1]
-        idx = torch.arange(q, device=call.vision.device).expand_as(call.vision)
-        return torch.where(call.valid & ~call.vision, idx, torch.full_like(idx, -1))
-
-    def _plan(self, call: _Call, hidden: torch.Tensor) -> None:
+    # -- per call: the plan, and what every layer >= K gets ----------------------------------------
+    def _plan(self, call: Call, hidden: torch.Tensor) -> None:
         call.selected = self.policy.select(Tokens(vision=call.vision, valid=call.valid, hidden=hidden,
                                                   past=call.past)).to(hidden.device)
         keep = ~call.selected & call.valid.to(hidden.device)
@@ -334,82 +243,39 @@ class Engine:
         call.q_idx = plan.pack(keep, width=keep.shape[1] if decode else None)
         stream = call.stream
         call.kv_map = torch.cat([stream.kv_map.to(hidden.device), plan.chunk_map(call.q_idx, call.past)], 1)
-        call.kv_block = _blocks(call.block, call.q_idx, stream.kv_block, stream.kv_map)
+        call.kv_block = ops.key_blocks(call.block, call.q_idx, stream.kv_block, stream.kv_map)
 
-    # -- per-argument compression --------------------------------------------------------------
-    def _mask(self, call: _Call, cache, idx: int, hidden: torch.Tensor, masked: bool):
+    def _mask(self, call: Call, cache, idx: int, hidden: torch.Tensor, masked: bool):
         window = self.windows[idx]
-        keys = call.full_map if masked else call.kv_map
-        q_idx = self._full_q(call) if masked else call.q_idx
+        q_idx = ops.full_queries(call.vision, call.valid) if masked else call.q_idx
         qlen = q_idx.shape[1]
-        past_slots = keys.shape[1] - qlen
         kv_length, kv_offset = compat.mask_sizes(cache, qlen, idx) if cache is not None else (qlen, 0)
+        return call.once(("mask", masked, window, kv_length, kv_offset), lambda: ops.layer_mask(
+            call.full_map if masked else call.kv_map, q_idx, call.past, kv_length=kv_length, kv_offset=kv_offset,
+            window=window, block_map=call.full_block if masked else call.kv_block, impl=self.impl,
+            dtype=hidden.dtype, causal_kernel=self.causal_kernel, device=hidden.device))
 
-        def build():
-            key_pos = plan.key_window(keys.to(hidden.device), kv_offset, kv_length)
-            query_pos = plan.chunk_map(q_idx.to(hidden.device), call.past)
-            self_slot = past_slots - kv_offset + torch.arange(qlen, device=hidden.device)
-            blocks = {}
-            block_map = call.full_block if masked else call.kv_block
-            if block_map is not None:
-                blocks = dict(key_block=plan.key_window(block_map, kv_offset, kv_length),
-                              query_block=block_map[:, past_slots:])
-            allowed = plan.allowed_keys(key_pos, query_pos, self_slot, window, **blocks)
-            trivial = (self.impl == "sdpa" and window is None and not blocks and self.causal_kernel
-                       and (qlen == 1 or kv_length == qlen)
-                       and bool((key_pos >= 0).all() & (query_pos >= 0).all()))
-            return compat.format_mask(allowed, self.impl, hidden.dtype, trivial, key_valid=key_pos >= 0)
-
-        return self._once(call, ("mask", masked, window, kv_length, kv_offset), build)
-
-    def _position_ids(self, call: _Call, value: torch.Tensor) -> torch.Tensor:
-        out = plan.gather_seq(value, call.q_idx, -1, -2)
-        if self.positions == "rearrange":
-            out = out - self._shift(call).to(out.device, out.dtype)
-        return out
-
-    def _rotary(self, call: _Call, value, hidden, layer_type: str):
+    def _rotary(self, call: Call, value, hidden: torch.Tensor, layer_type: str):
         """cos/sin [B, q, D] -> [B, Qc, D]; recomputed from shifted positions for "rearrange"."""
         if self.positions == "keep":
-            return plan.map_tensors(value, lambda t: plan.gather_seq(t, call.q_idx, -2, -3))
+            return ops.rotary(value, call.q_idx)
         if call.positions is None:
             raise RuntimeError("withdraw(positions='rearrange'): rotary position ids were not observed")
-        pos = plan.gather_seq(call.positions, call.q_idx, -1, -2)  # [B, Qc] or [3, B, Qc]
-        pos = pos - self._shift(call).to(pos.device, pos.dtype)
+        pos = ops.position_ids(call.positions, call.q_idx, self._shift(call))  # [B, Qc] or [3, B, Qc]
         return compat.call_rotary(self.text.rotary_emb, hidden, pos, layer_type)
 
-    def _shift(self, call: _Call) -> torch.Tensor:
-        """Rearrange: how far each compressed slot's position moves down, [B, Qc] (see plan.rearrange_shift)."""
-        if ("shift",) not in call.derived:
-            pos = call.positions
-            pos = pos[0] if pos.ndim == 3 else pos  # M-RoPE: a text token has the same id in all components
-            b, q = call.vision.shape
-            pos = pos.expand(b, q) if pos.shape[0] == 1 else pos
+    def _shift(self, call: Call) -> torch.Tensor | None:
+        """Rearrange: how far each compressed slot's position moves down, [B, Qc] (None under "keep")."""
+        if self.positions != "rearrange":
+            return None
+
+        def shift():
             stream = call.stream
-            total, stream.offset, stream.pending = plan.rearrange_shift(pos, call.selected.to(pos.device),
+            out, stream.offset, stream.pending = ops.rearrange_shift(call.positions, call.selected, call.q_idx,
                                                                         stream.offset, stream.pending)
-            call.derived["shift",] = plan.gather_seq(total, call.q_idx, 1)
-        return call.derived["shift",]
+            return out
 
-
-def _last_kept(full: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
-    """[B, q, H] with each position's hidden state replaced by the last kept position's at or before it
-    (a policy's ``fill = "last_kept"``: what a shortened sequence gives)."""
-    b, q = kept.shape
-    idx = torch.arange(q, device=full.device).expand(b, q)
-    last = torch.where(kept, idx, torch.full_like(idx, -1)).cummax(1).values.clamp(min=0)
-    return full.gather(1, last[..., None].expand(-1, -1, full.shape[-1]))
-
-
-def _blocks(block, q_idx, old, old_map) -> torch.Tensor | None:
-    """Bidirectional-block id of each key slot after this call (None when the family has none)."""
-    if block is None and old is None:
-        return None
-    if block is None:
-        block = torch.full(q_idx.shape, -1, dtype=torch.long, device=q_idx.device)
-    chunk = torch.where(q_idx >= 0, plan.gather_seq(block.to(q_idx.device), q_idx, 1), -1)
-    old = old if old is not None else torch.full_like(old_map, -1)
-    return torch.cat([old.to(q_idx.device), chunk], 1)
+        return call.once(("shift",), shift)
 
 
 @contextlib.contextmanager
@@ -429,8 +295,8 @@ def withdraw(model: nn.Module, k: int, positions: str = "keep") -> Iterator[nn.M
 @contextlib.contextmanager
 def apply(model: nn.Module, policy: Policy, positions: str = "keep", lo: int = 0,
           what: str = "K") -> Iterator[Engine]:
-    """Run ``policy`` (``vtwctl.engine.policies``) on ``model`` inside the block: its K checked (``lo``..N, named
-    ``what``), the model checked where the policy withdraws anything, the engine's hooks installed."""
+    """Run ``policy`` (``vtwctl.engine.policies``) on ``model`` inside the block: its K checked (``lo``..N,
+    named ``what``), the model checked where the policy withdraws anything, the engine's hooks installed."""
     n = num_layers(model)
     check_k(policy.k, n, lo=lo, what=what)
     if positions not in ("keep", "rearrange"):
