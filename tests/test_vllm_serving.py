@@ -448,6 +448,22 @@ for arch in UNVERIFIED:
     subprocess.run([sys.executable, "-c", code], check=True, timeout=300, env={**os.environ, **ENV})
 
 
+def test_old_serving_paths_are_the_plugin_modules():
+    """The plugin's old paths (vtwctl.serving.kv, .vllm_model) are the moved modules themselves, with vLLM
+    imported: a class vLLM resolves by either name (--scheduler-cls, module:Class) is one class."""
+    code = """
+import vtwctl.integrations.vllm.kv as kv, vtwctl.integrations.vllm.model as model
+import vtwctl.serving.kv as old_kv, vtwctl.serving.vllm_model as old_model
+from vllm.utils.import_utils import resolve_obj_by_qualname
+assert old_kv is kv and old_model is model
+assert resolve_obj_by_qualname("vtwctl.serving.kv.VTWScheduler") is resolve_obj_by_qualname(kv.SCHEDULER)
+assert kv.is_vtw_scheduler("vtwctl.serving.kv.VTWScheduler") and kv.is_vtw_scheduler(kv.SCHEDULER)
+name = "VTWLlavaForConditionalGeneration"
+assert resolve_obj_by_qualname("vtwctl.serving.vllm_model." + name) is getattr(model, name)
+"""
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300, env={**os.environ, **ENV})
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
