@@ -65,8 +65,9 @@ def logit_transform(model: Any) -> tuple[float | None, float | None]:
     Read from the forward's source, not from the config alone: whether the wrapper applies the text
     config's value changes between classes and releases (Aya Vision's forward applies ``logit_scale``
     from transformers 5.25 on, Cohere2 Vision's does not; Gemma 3's wrapper does not soft-cap)."""
+    forward = getattr(type(model), "forward", None)  # (none: a stand-in holding only lm_head and config)
     try:
-        source = inspect.getsource(type(model).forward)
+        source = inspect.getsource(forward) if forward is not None else ""
     except (OSError, TypeError):
         source = ""
     config = text_config(model.config)
