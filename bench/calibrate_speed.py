@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 
 from vtwctl.calibrate import sweep_sample
+from vtwctl.engine.hooks import withdraw
 from vtwctl.env import environment
 from vtwctl.files import dumps  # strict JSON (NaN -> null)
-from vtwctl.withdraw import withdraw
 
 
 def llava_shaped(layers: int, hidden: int, image: int = 336, patch: int = 14, vocab: int = 32064):

@@ -1,6 +1,6 @@
 """The compiled fast path: VTW decode vs the stock model, both compiled the same way, static caches.
 
-``vtwctl.compiled.CompiledDecoder`` at K = N/2 and at K = N (every layer in the stock group: the stock
+``vtwctl.engine.compiled.CompiledDecoder`` at K = N/2 and at K = N (every layer in the stock group: the stock
 model through the same compiled step) decode side by side: after one prefill each and a warm-up (the
 compile), their steps alternate, each timed on its own (``torch.cuda.synchronize`` on a GPU), so drift
 hits both alike; up to three attempts until the spread (p90 - p10) / median is at most 10 %, else
@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from calibrate_speed import batch_inputs, llava_shaped  # noqa: E402
 
-from vtwctl.compiled import CompiledDecoder  # noqa: E402
+from vtwctl.engine.compiled import CompiledDecoder  # noqa: E402
 from vtwctl.env import environment  # noqa: E402
 from vtwctl.measure import Stat, cache_bytes, spread  # noqa: E402
 

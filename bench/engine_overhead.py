@@ -1,7 +1,7 @@
 """The engine's own cost per decode step: time spent inside VTW's hooks (planning, gathering, masks,
 scatter) as a fraction of a stock decode step, at batch 1 on the bench model (CPU).
 
-A subclass of ``vtwctl.withdraw.Engine`` times each hook method (wall clock around the Python call;
+A subclass of ``vtwctl.engine.hooks.Engine`` times each hook method (wall clock around the Python call;
 the hooks launch only small index ops). Decode steps are the generate calls' steps after the first
 token; the prefill's planning is reported apart. Target: <= 3 % of a stock decode step.
 """
@@ -20,9 +20,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from calibrate_speed import llava_shaped, one_image_prompt  # noqa: E402
 
+from vtwctl.engine.hooks import Engine, active  # noqa: E402
 from vtwctl.env import environment  # noqa: E402
 from vtwctl.measure import measure_many  # noqa: E402
-from vtwctl.withdraw import Engine, active  # noqa: E402
 
 HOOKS = ("_on_call", "_on_layer", "_on_layer_out", "_on_text_out", "_on_call_end")
 

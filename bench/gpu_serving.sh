@@ -19,7 +19,7 @@ OUT_JSON="${OUT:-bench/results}/vllm_serve_load-gpu.json"
 if ! command -v nvidia-smi >/dev/null || ! nvidia-smi >/dev/null 2>&1; then
     echo "error: no NVIDIA GPU visible (nvidia-smi)" >&2; exit 2
 fi
-if ! python -c "import vllm, vtwctl.serving" 2>/dev/null; then
+if ! python -c "import vllm, vtwctl.integrations.vllm" 2>/dev/null; then
     echo "error: vLLM (a CUDA build) and vtwctl must be importable here: pip install 'vtwctl[vllm]'" >&2; exit 2
 fi
 echo "== 1/3 environment"

@@ -53,9 +53,9 @@ def main(argv: list[str] | None = None) -> dict:
     per: dict[str, list[dict]] = {}
     for i, s in enumerate(samples):
         inputs = loaded.build_inputs(s.prompt, images=s.images, videos=[s.video] if s.video is not None else None)
-        rows, _, tokens = measured_rows(loaded, inputs, [args.k], args.fastv_k, args.fastv_ratio, method="exact",
-                                        max_new_tokens=args.max_new_tokens, warmup=args.warmup, repeats=args.repeats,
-                                        rows=("stock", "fastv", "vtw"))
+        rows, _, tokens = measured_rows(loaded, inputs, [args.k], fastv_k=args.fastv_k, fastv_ratio=args.fastv_ratio,
+                                        method="exact", max_new_tokens=args.max_new_tokens, warmup=args.warmup,
+                                        repeats=args.repeats, rows=("stock", "fastv", "vtw"))
         for r in rows:
             per.setdefault(r.method, []).append({**r.to_dict(), **tokens, "id": s.id})
         print(f"{time.perf_counter() - start:7.1f} s  sample {i + 1}/{len(samples)}", file=sys.stderr)

@@ -1,6 +1,6 @@
 """VTW vs stock behind vLLM's OpenAI server, under load: throughput ratios measured side by side.
 
-A LLaVA-1.5-shaped model with random weights (``vtwctl.serving.fixtures.save_bench_llava``: 576 vision
+A LLaVA-1.5-shaped model with random weights (``vtwctl.testing.checkpoints.save_bench_llava``: 576 vision
 tokens per 336-pixel image, a Llama text model of ``--layers`` x ``--hidden``, a 32,000-token vocabulary)
 is served twice at once through ``vtwctl serve`` on loopback: stock (``--k N``) and VTW (``--k K``), with
 the same engine options and the same KV-cache memory. Both servers are up during a mode; a client drives
@@ -202,7 +202,7 @@ def main() -> None:
     if args.report:
         print(report(json.loads(Path(args.report).read_text())))
         return
-    from vtwctl.serving.fixtures import save_bench_llava
+    from vtwctl.testing.checkpoints import save_bench_llava
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,7 @@ The stock forward runs unchanged (its own embeddings, rotary positions, deepstac
 for sliding windows, image blocks or prefixes); a pre-hook on each layer >= K only replaces the
 layer's attention mask by the stock mask with every vision key removed. Text tokens then compute
 exactly what VTW computes, without any sequence slicing, packing or cache bookkeeping; the
-reference shares no code with ``vtwctl.withdraw``.
+reference shares no code with the engine (``vtwctl.engine``).
 """
 
 from __future__ import annotations

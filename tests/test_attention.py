@@ -11,7 +11,7 @@ from vtwctl.testing import IMAGE_ID, VEND_ID, VIDEO_ID, VSTART_ID, tiny_inputs, 
 
 class _Loaded:
     def __init__(self, model):
-        from vtwctl.families import adapter_for
+        from vtwctl.engine.families import adapter_for
 
         self.model = model
         self.vision_token_ids = adapter_for(model).vision_token_ids(model.config)

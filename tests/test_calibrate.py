@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from vtwctl.calibrate import choose_k, kl_vtw_base, sweep_sample, teacher_forced
+from vtwctl.engine.hooks import withdraw
 from vtwctl.errors import VTWError
 from vtwctl.testing import tiny_inputs, tiny_model
-from vtwctl.withdraw import withdraw
 
 FAMILIES = ["llava", "llava_next", "qwen2_vl"]
 # families whose text-only tail differs: a sliding window shorter than the prompt (Gemma 3, Mistral 3),

@@ -1,4 +1,4 @@
-"""The compiled fast path (vtwctl.compiled) against the masked reference and the stock model.
+"""The compiled fast path (vtwctl.engine.compiled) against the masked reference and the stock model.
 
 Every step's logits are compared with the reference recomputing the whole sequence (tests/reference.py,
 which shares no code with vtwctl), on padded batches with a text-only row; K = N against the stock
@@ -14,7 +14,7 @@ import torch._dynamo
 
 from reference import extend, reference_logits
 from tiny import SUPPRESS, model_for, rows_for
-from vtwctl.compiled import FAMILIES, CompiledDecoder
+from vtwctl.engine.compiled import FAMILIES, CompiledDecoder
 from vtwctl.errors import VTWError
 from vtwctl.testing import tiny_inputs
 
@@ -247,7 +247,7 @@ def test_decoder_for_keeps_one_decoder_per_model_and_k_and_frees_it_with_the_mod
     import gc
     import weakref
 
-    from vtwctl.compiled import decoder_for
+    from vtwctl.engine.compiled import decoder_for
     from vtwctl.testing import tiny_model
 
     model = tiny_model("llava")
@@ -257,3 +257,36 @@ def test_decoder_for_keeps_one_decoder_per_model_and_k_and_frees_it_with_the_mod
     del model, first
     gc.collect()
     assert ref() is None
+
+
+def test_one_decoder_compiles_each_buffer_shape_on_its_own():
+    """A decoder meets more buffer shapes than dynamo compiles per code object (recompile_limit, 8 by
+    default; 1 here): each shape has its own compiled step, and every one decodes as the masked reference."""
+    from reference import reference_greedy
+
+    model = model_for("llava")
+    x = tiny_inputs(model, rows_for("llava", batch=False))
+    fast = CompiledDecoder(model, 2, compile=True, backend="eager", bucket=1, suppress_tokens=SUPPRESS)
+    with torch._dynamo.config.patch(recompile_limit=1):
+        for steps in (2, 3, 4, 2):
+            want = reference_greedy(model, x, 2, steps, suppress=SUPPRESS)
+            assert torch.equal(fast.generate(x, steps), want), steps
+
+
+def test_decoder_for_follows_the_attention_implementation():
+    """decoder_for keys on the attention implementation too: after sdpa -> eager the model gets a decoder for
+    eager (the first token as the masked reference's under eager), and the sdpa decoder refuses to run."""
+    from vtwctl.engine.compiled import decoder_for
+
+    model = model_for("llava", impl="sdpa")
+    x = tiny_inputs(model, rows_for("llava"))
+    first = decoder_for(model, 2)
+    model.set_attn_implementation("eager")
+    second = decoder_for(model, 2)
+    assert second is not first and (first.impl, second.impl) == ("sdpa", "eager")
+    assert decoder_for(model, 2) is second
+    with pytest.raises(VTWError, match="attention implementation changed from sdpa to eager"):
+        first.prefill(x, 2)
+    state = second.prefill(x, 2)
+    ref = reference_logits(model, x, 2)[:, -1]
+    torch.testing.assert_close(state.logits[:, KEEP], ref[:, KEEP].float(), atol=1e-4, rtol=1e-4)

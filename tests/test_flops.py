@@ -215,8 +215,8 @@ def test_decode_step_matches_counter(k):
     import torch
 
     from reference import cache_kwargs
+    from vtwctl.engine.hooks import withdraw
     from vtwctl.measure import cache_of
-    from vtwctl.withdraw import withdraw
 
     model, inputs = _tiny("llava")
     d = F.Dims.from_config(model.config)

@@ -18,7 +18,7 @@ from PIL import Image
 from shipped import demo_k, profile
 from vtwctl import records
 from vtwctl.errors import VTWError
-from vtwctl.lmms_eval_args import (
+from vtwctl.integrations.lmms_eval.args import (
     apply_until,
     content_for,
     dataset_for_task,
@@ -28,6 +28,7 @@ from vtwctl.lmms_eval_args import (
     resolve_k,
     split_visuals,
 )
+from vtwctl.spec import AUTO, STOCK, K
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,18 +39,18 @@ def test_model_args_values_as_lmms_eval_parses_them():
     o = parse_model_args({"pretrained": "llava-hf/llava-1.5-7b-hf", "k": 16, "batch_size": "4", "device": None,
                           "max_batch_size": None, "eta": 0.003, "trust_remote_code": True, "max_frames_num": 16})
     assert (o.pretrained, o.k, o.batch_size, o.device, o.eta, o.trust_remote_code, o.frames) == (
-        "llava-hf/llava-1.5-7b-hf", 16, 4, "auto", 0.003, True, 16)
+        "llava-hf/llava-1.5-7b-hf", K(16), 4, "auto", 0.003, True, 16)
     assert (o.method, o.positions, o.use_until, o.max_new_tokens) == ("vtw", "keep", True, 1024)
-    assert parse_model_args({"k": "AUTO"}).k == "auto"
-    assert parse_model_args({"k": "none"}).k == "none"
+    assert parse_model_args({"k": "AUTO"}).k == AUTO
+    assert parse_model_args({"k": "none"}).k == STOCK
     assert parse_model_args({"k": 0, "positions": "rearrange"}).positions == "rearrange"
 
 
 def test_model_args_methods():
-    assert parse_model_args({"method": "fastv"}).k == 2  # FastV's default layer
+    assert parse_model_args({"method": "fastv"}).k == K(2)  # FastV's default layer
     fv = parse_model_args({"method": "fastv", "k": 3, "ratio": 0.75})
-    assert (fv.k, fv.ratio) == (3, 0.75)
-    assert parse_model_args({"method": "baseline"}).k is None
+    assert (fv.k, fv.ratio) == (K(3), 0.75)
+    assert parse_model_args({"method": "baseline"}).k == STOCK
 
 
 @pytest.mark.parametrize("args, words", [
@@ -218,33 +219,65 @@ def rows():
 
 
 def _runner(demo, **args):
-    from vtwctl.lmms_eval_model import Runner
+    from vtwctl.integrations.lmms_eval.model import Runner
 
     notes = []
     return Runner(parse_model_args({"pretrained": "demo", **args}), loaded=demo, warn=notes.append), notes
 
 
 def _items(rows, task="vtwctl_shapes", **gen):
-    from vtwctl.lmms_eval_model import Item
+    from vtwctl.integrations.lmms_eval.model import Item
 
     kw = {"max_new_tokens": 4, "temperature": 0, "until": [], **gen}
     return [Item(r["question"], [r["image"]], task, kw, "test") for r in rows]
 
 
-def test_runner_matches_vtwctl_generate(demo, rows):
-    """The answers of vtwctl's own generate (as `vtwctl run --dataset` calls it), batch by batch."""
-    from vtwctl.infer import generate
+def _reference_answer(demo, question, image, k, steps):
+    """Greedy answer of VTW at ``k`` (None: stock) by the masked reference (tests/reference.py: the stock
+    model recomputed at every step with vision keys hidden from layers >= k; no vtwctl engine, no batching)."""
+    import torch
 
+    from reference import extend, reference_logits
+
+    n = demo.num_layers
+    cur = demo.build_inputs(question, images=[image])
+    vision = cur["input_ids"] == demo.model.config.image_token_index
+    eos = demo.model.generation_config.eos_token_id
+    eos = {eos} if isinstance(eos, int) else set(eos)
+    new = []
+    for _ in range(steps):
+        logits = reference_logits(demo.model, cur, n if k is None else k, drop=vision)[:, -1]
+        tok = logits.argmax(-1, keepdim=True)
+        if int(tok) in eos:
+            break
+        new.append(int(tok))
+        cur = extend(cur, tok)
+        vision = torch.cat([vision, torch.zeros_like(tok, dtype=torch.bool)], 1)
+    return demo.processor.tokenizer.decode(new, skip_special_tokens=True).strip()
+
+
+def test_runner_answers_as_the_masked_reference(demo, rows):
+    """The Runner's batched answers (padded batches of 4) equal the independent masked reference's, row by
+    row, with VTW at K=3 and for the stock model (k=none); and VTW changes some answer at K=0, so the
+    comparison can fail."""
     for args, k in (({"k": 3}, 3), ({"k": "none"}, None)):
         runner, notes = _runner(demo, batch_size=4, **args)
         got = [a.text.strip() for a in runner.generate(_items(rows))]
-        want = []
-        for s in range(0, len(rows), 4):
-            batch = rows[s:s + 4]
-            inputs = demo.build_inputs([r["question"] for r in batch], images=[r["image"] for r in batch])
-            want += generate(demo, inputs, k=k, max_new_tokens=4).answers
-        assert got == want
+        assert got == [_reference_answer(demo, r["question"], r["image"], k, 4) for r in rows]
         assert any("K=" in n for n in notes)
+    stock = [_reference_answer(demo, r["question"], r["image"], None, 4) for r in rows]
+    assert [_reference_answer(demo, r["question"], r["image"], 0, 4) for r in rows] != stock
+
+
+def test_runner_refuses_a_video_for_an_image_only_model(demo):
+    """The demo (LLaVA) takes images only: a video request is refused with the reason, not run."""
+    from vtwctl.integrations.lmms_eval.model import Item
+
+    assert not demo.takes_video
+    runner, _ = _runner(demo, k=3)
+    clip = np.zeros((4, 8, 8, 3), np.uint8)  # [T, H, W, 3]: a video
+    with pytest.raises(VTWError, match="does not take videos"):
+        runner.generate([Item("What happens?", [clip], "videomme", {"max_new_tokens": 2}, "test")])
 
 
 def test_runner_orders_groups_and_cuts(demo, rows):
@@ -263,7 +296,7 @@ def test_runner_orders_groups_and_cuts(demo, rows):
 
 def test_runner_several_images_in_order(demo, rows):
     """Two images in one request: twice the demo's vision tokens, pixels in the request's order."""
-    from vtwctl.lmms_eval_model import Item
+    from vtwctl.integrations.lmms_eval.model import Item
 
     prof = profile("demo")
     per_image = prof["vision"]["tokens_per_image"]
@@ -307,8 +340,8 @@ def test_runner_loglikelihood_equals_generate_scores(demo, rows):
     one-forward scoring), and it is greedy; a longer wrong continuation scores worse."""
     import torch
 
-    from vtwctl.lmms_eval_model import Item
-    from vtwctl.withdraw import withdraw
+    from vtwctl.engine.hooks import withdraw
+    from vtwctl.integrations.lmms_eval.model import Item
 
     runner, _ = _runner(demo, k=3)
     tok = demo.processor.tokenizer
@@ -358,8 +391,8 @@ def test_entry_point_and_lazy_import():
     from importlib.metadata import entry_points
 
     eps = {ep.name: ep.value for ep in entry_points(group="lmms_eval.models")}
-    assert eps.get("vtw") == "vtwctl.lmms_eval_model:manifests"
-    code = ("import sys, vtwctl, vtwctl.lmms_eval_model, vtwctl.lmms_eval_shapes; "
+    assert eps.get("vtw") == "vtwctl.integrations.lmms_eval.model:manifests"
+    code = ("import sys, vtwctl, vtwctl.integrations.lmms_eval.model, vtwctl.integrations.lmms_eval.shapes; "
             "print('lmms_eval' in sys.modules, 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.split() == ["False", "False"], out.stderr
@@ -388,7 +421,7 @@ def test_export_writes_the_lmms_eval_task(tmp_path):
     assert cfg["task"] == "vtwctl_shapes" and cfg["test_split"] == shapes_task.test_split
     assert cfg["generation_kwargs"]["max_new_tokens"] == shapes_task.max_new_tokens
     assert cfg["dataset_kwargs"]["data_files"]["test"] == "test.parquet"
-    import vtwctl.lmms_eval_shapes as mod
+    import vtwctl.integrations.lmms_eval.shapes as mod
 
     for value in (cfg["doc_to_visual"], cfg["doc_to_text"], cfg["process_results"],
                   *(m["aggregation"] for m in cfg["metric_list"])):
@@ -396,7 +429,7 @@ def test_export_writes_the_lmms_eval_task(tmp_path):
 
 
 def test_shapes_process_results_and_metrics():
-    from vtwctl import lmms_eval_shapes as m
+    from vtwctl.integrations.lmms_eval import shapes as m
 
     docs = [dict(id="a", format="mc", answer="B", chance=0.25), dict(id="b", format="mc", answer="C", chance=0.25),
             dict(id="c", format="yesno", answer="no", chance=0.5), dict(id="d", format="short", answer="red",

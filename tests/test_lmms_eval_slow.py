@@ -113,8 +113,8 @@ dataset_kwargs:
     test: greedy.parquet
 test_split: test
 output_type: multiple_choice
-doc_to_visual: !function vtwctl.lmms_eval_shapes.doc_to_visual
-doc_to_text: !function vtwctl.lmms_eval_shapes.doc_to_text
+doc_to_visual: !function vtwctl.integrations.lmms_eval.shapes.doc_to_visual
+doc_to_text: !function vtwctl.integrations.lmms_eval.shapes.doc_to_text
 doc_to_choice: ll_choices
 doc_to_target: greedy
 target_delimiter: ""
@@ -138,8 +138,8 @@ def test_loglikelihood_requests(lmms_eval, data, tmp_path):
     from lmms_eval.tasks import TaskManager
 
     import vtwctl
-    from vtwctl.lmms_eval_args import parse_model_args
-    from vtwctl.lmms_eval_model import Item, Runner
+    from vtwctl.integrations.lmms_eval.args import parse_model_args
+    from vtwctl.integrations.lmms_eval.model import Item, Runner
 
     ds = datasets.load_dataset("parquet", data_files={"test": str(data / "test.parquet")}, split="test")
     ds = ds.select(range(12))

@@ -84,12 +84,12 @@ def test_directory_without_config(tmp_path):
 def test_calibration_records_round_trip(tmp_path):
     rec = {"dataset": "sqa", "eta": 0.003, "k": 14, "samples": 20}
     records.save_record("llava-1.5-7b", rec, tmp_path)
-    got = records.k_for("llava-1.5-7b", "sqa", profile_dir=tmp_path)
+    got = records.auto_k("llava-1.5-7b", "sqa", profile_dir=tmp_path)
     assert got["k"] == 14  # the user's record wins over the shipped paper record (K=15)
-    assert records.k_for("llava-1.5-7b", "sqa", profile_dir=tmp_path / "empty")["k"] == 15
+    assert records.auto_k("llava-1.5-7b", "sqa", profile_dir=tmp_path / "empty")["k"] == 15
     # no pope record: the shipped record for every dataset ("*", the paper's hand-set K=16), as --k auto does
-    assert records.k_for("llava-1.5-7b", "pope", profile_dir=tmp_path / "empty")["dataset"] == "*"
-    assert records.k_for("qwen2-vl-7b", "pope", profile_dir=tmp_path / "empty") is None
+    assert records.auto_k("llava-1.5-7b", "pope", profile_dir=tmp_path / "empty")["dataset"] == "*"
+    assert records.auto_k("qwen2-vl-7b", "pope", profile_dir=tmp_path / "empty") is None
 
 
 @pytest.mark.slow

@@ -170,3 +170,40 @@ def test_decode_is_timed_step_by_step(demo_loaded):
     every = all(spread(m.prefill) <= 0 and spread(m.decode) <= 0 for m in ms)
     assert all(m.stable == every for m in ms)
     assert spread(Stat.of([1.0, 2.0, 3.0])) == pytest.approx(1.0)  # (p90 - p10) / median by hand: (3 - 1) / 2
+
+
+def test_nvml_reads_the_gpu_torch_means_and_initialises_once(monkeypatch):
+    """NVML numbers GPUs physically; torch numbers the visible ones: cuda:1 under CUDA_VISIBLE_DEVICES=5,2 is
+    NVML's GPU 2 (or its UUID where torch reports one). nvmlInit runs once per process."""
+    import sys
+    from types import SimpleNamespace
+
+    from vtwctl import measure
+
+    used = {("index", 1): 111, ("index", 2): 222, ("uuid", "GPU-feed"): 333, ("uuid", "MIG-abc"): 444}
+    calls = {"init": 0}
+
+    def init():
+        calls["init"] += 1
+
+    fake = SimpleNamespace(nvmlInit=init, nvmlDeviceGetHandleByIndex=lambda i: ("index", i),
+                           nvmlDeviceGetHandleByUUID=lambda u: ("uuid", u),
+                           nvmlDeviceGetMemoryInfo=lambda h: SimpleNamespace(used=used[h]))
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    monkeypatch.setattr(measure, "_NVML", {})
+
+    def no_uuid(index):
+        raise AttributeError("uuid")
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", no_uuid)
+    gpu1 = torch.device("cuda", 1)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5,2")
+    assert measure.nvml_used_bytes(gpu1) == 222
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,MIG-abc")
+    assert measure.nvml_used_bytes(gpu1) == 444
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert measure.nvml_used_bytes(gpu1) == 111
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: SimpleNamespace(uuid="feed"))
+    assert measure.nvml_used_bytes(gpu1) == 333  # the UUID wins over any numbering
+    assert calls["init"] == 1
+    assert measure.visible_device(0, "3, 1") == 3 and measure.visible_device(1, "") == 1

@@ -65,7 +65,7 @@ import vtwctl.withdraw, vtwctl.calibrate
 from vtwctl.calibrate import Calibration
 from vtwctl import withdraw
 assert callable(vtwctl.withdraw) and withdraw is vtwctl.withdraw and Calibration.__name__ == "Calibration"
-assert vtwctl.withdraw.__module__ == "vtwctl.withdraw" and vtwctl.calibrate.__module__ == "vtwctl.calibrate"
+assert vtwctl.withdraw.__module__ == "vtwctl.engine.hooks" and vtwctl.calibrate.__module__ == "vtwctl.calibrate"
 print("OK")
 """
     res = _run(code, tmp_path)

@@ -14,8 +14,8 @@ import torch
 
 from shipped import demo_k
 from vtwctl.errors import VTWError
-from vtwctl.serving.config import parse_k, refusals
-from vtwctl.serving.plan import LedgerError, VisionLayout, VisionLedger, plan_step
+from vtwctl.integrations.vllm.config import parse_k, refusals
+from vtwctl.integrations.vllm.plan import LedgerError, VisionLayout, VisionLedger, plan_step
 
 BS = 4
 
@@ -139,7 +139,7 @@ def test_refusals_name_each_problem():
     text = " | ".join(got)
     assert len(got) == 5
     for word in ("prefix caching", "pipeline parallelism", "speculative decoding", "hybrid KV cache manager",
-                 "--scheduler-cls vtwctl.serving.kv.VTWScheduler"):
+                 "--scheduler-cls vtwctl.integrations.vllm.kv.VTWScheduler"):
         assert word in text
 
 
@@ -172,7 +172,7 @@ def _flag(argv, name):
 
 def test_serve_adds_what_vtw_needs_and_safe_defaults():
     argv = _argv("--model", "demo", "--k", "3")["argv"]
-    assert _flag(argv, "--scheduler-cls") == ["vtwctl.serving.kv.VTWScheduler"]
+    assert _flag(argv, "--scheduler-cls") == ["vtwctl.integrations.vllm.kv.VTWScheduler"]
     assert _flag(argv, "--host") == ["127.0.0.1"]  # loopback unless the user says otherwise
     assert _flag(argv, "--shutdown-timeout") == ["30"] and _flag(argv, "--mm-processor-cache-gb") == ["0"]
     given = _argv("--model", "demo", "--k", "3", "--host", "0.0.0.0", "--shutdown-timeout", "5",
@@ -269,7 +269,9 @@ def test_k_range_of_a_hub_model_comes_from_its_profile():
 
 
 def test_importing_vtwctl_never_imports_vllm():
-    code = ("import sys, vtwctl, vtwctl.serving, vtwctl.serving.config, vtwctl.serving.plan, vtwctl.cli.serve; "
+    code = ("import sys, vtwctl, vtwctl.integrations.vllm, vtwctl.integrations.vllm.config, "
+            "vtwctl.integrations.vllm.plan, vtwctl.integrations.vllm.kv_names, vtwctl.cli.serve, "
+            "vtwctl.serving, vtwctl.serving.config, vtwctl.serving.plan; "
             "assert not any(m == 'vllm' or m.startswith('vllm.') for m in sys.modules), 'vllm imported'")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
@@ -278,16 +280,16 @@ def test_plugin_entry_point_is_declared():
     from importlib.metadata import entry_points
 
     found = {e.name: e.value for e in entry_points(group="vllm.general_plugins")}
-    assert found.get("vtwctl") == "vtwctl.serving:register"
+    assert found.get("vtwctl") == "vtwctl.integrations.vllm:register"
 
 
 def test_servable_fixtures_load_back_with_their_own_config(tmp_path):
-    """The vLLM tests' tiny checkpoints (vtwctl.serving.fixtures) reload with stock transformers: weights and
+    """The vLLM tests' tiny checkpoints (vtwctl.testing.checkpoints) reload with stock transformers: weights and
     config agree (head_dim 32, as vLLM's CPU attention needs). A merge once left the config saying 32 while
     the weights were built with 16, which only the slow vLLM tests saw."""
     import transformers as tf
 
-    from vtwctl.serving.fixtures import save_tiny
+    from vtwctl.testing.checkpoints import save_tiny
 
     for family in ("llava", "llava_next"):  # (the Qwen processors need torchvision: the vLLM venv only)
         path = save_tiny(family, tmp_path / family, num_layers=2)

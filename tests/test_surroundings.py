@@ -44,7 +44,7 @@ def test_everything_is_checked_before_the_model_loads(bad_places):
     root, stores = bad_places
     f = root / "a-file"
     cases = [
-        ({"argv": ["calibrate", *BIG], "env": {"VTWCTL_PROFILE_DIR": f}}, f"profile store {f}"),
+        ({"argv": ["calibrate", *BIG], "env": {"VTWCTL_PROFILE_DIR": f}}, f"calibration store {f}"),
         ({"argv": ["calibrate", *BIG, "--profile-dir", stores["corrupt"]]},
          f"calibration store {stores['corrupt'] / 'llava-1.5-7b.json'} is not valid JSON"),
         ({"argv": ["calibrate", *BIG, "--profile-dir", stores["array"]]},

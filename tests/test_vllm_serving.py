@@ -3,11 +3,11 @@
 For each family the plugin registers (LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision, LLaVA-NeXT-Video,
 Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Qwen3-VL-MoE, HF-format InternVL, Mistral 3, Idefics3, SmolVLM): a
 tiny random model (6 layers, head_dim 32) saved with ``save_pretrained`` with the family's own
-processor and an offline word-level tokenizer (``vtwctl.serving.fixtures``); one batch of an image
+processor and an offline word-level tokenizer (``vtwctl.testing.checkpoints``); one batch of an image
 after 2, 0 and 9 text tokens (three image sizes; a video of 2, 1 and 3 frames for LLaVA-NeXT-Video,
 which vLLM serves for video only), a text-only prompt and, for Qwen2-VL, a video.
 Control: stock vLLM (plugin not loaded) equals transformers' ``generate``. Then vLLM with the plugin
-equals ``vtwctl.withdraw.withdraw(model, k)`` + ``generate``, greedy, for K in {1, N/2, N-1},
+equals ``vtwctl.engine.hooks.withdraw(model, k)`` + ``generate``, greedy, for K in {1, N/2, N-1},
 without chunked prefill and with 8-token chunks (images split across chunks, chunks without text,
 prefill and decode rows in one step), eager and in vLLM's default CPU compile mode. The fixtures
 are built so that the tokens tell VTW from the stock model and original positions from renumbered
@@ -17,7 +17,7 @@ only; Mistral 3: [IMG_BREAK]/[IMG_END] rows between the [IMG] rows are text; Ide
 <fake_token_around_image>/<row_i_col_j>/<global-img> rows between the tiles' <image> rows are text).
 Gemma 3 is refused, and tested to be (stock vLLM on CPU ignores its bidirectional image attention). A
 sliding window that never binds (>= max_model_len) is served; a smaller one is refused. Each vLLM engine
-runs in its own process (``vtwctl.serving.probe``). Install: ``nox -s vllm`` (docs/serving.md).
+runs in its own process (``vtwctl.integrations.vllm.probe``). Install: ``nox -s vllm`` (docs/serving.md).
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ def _make_case(family: str, root) -> dict:
     import numpy as np
     from PIL import Image
 
-    from vtwctl.serving.fixtures import prompt, save_tiny
+    from vtwctl.testing.checkpoints import prompt, save_tiny
 
     if family == "smolvlm":  # transformers' SmolVLMProcessor (vLLM's too) refuses to start without it
         pytest.importorskip("num2words", reason="SmolVLM's processor needs num2words (nox -s vllm installs it)")
@@ -135,8 +135,8 @@ def reference(case):
     import transformers as tf
     from PIL import Image
 
+    from vtwctl.engine.hooks import withdraw
     from vtwctl.testing import IMAGE_ID, VIDEO_ID
-    from vtwctl.withdraw import withdraw
 
     model = getattr(tf, case["arch"]).from_pretrained(case["model"], dtype=torch.float32).eval()
     model.generation_config.eos_token_id = None
@@ -173,8 +173,8 @@ def probe(case, name: str, k, engine: dict, env: dict | None = None, check: bool
             "engine": {**ENGINE, **limits, **engine}, **extra}
     path = case["root"] / f"{name}.json"
     path.write_text(json.dumps(spec))
-    done = subprocess.run([sys.executable, "-m", "vtwctl.serving.probe", str(path)], capture_output=True, text=True,
-                          timeout=900, env={**os.environ, **ENV, **(env or {})})
+    done = subprocess.run([sys.executable, "-m", "vtwctl.integrations.vllm.probe", str(path)], capture_output=True,
+                          text=True, timeout=900, env={**os.environ, **ENV, **(env or {})})
     if not check:
         return done
     assert done.returncode == 0, done.stderr[-3000:]
@@ -358,7 +358,7 @@ def _reference_at(case, k: int, dtype) -> list[list[int]]:
     import transformers as tf
     from PIL import Image
 
-    from vtwctl.withdraw import withdraw
+    from vtwctl.engine.hooks import withdraw
 
     model = getattr(tf, case["arch"]).from_pretrained(case["model"], dtype=dtype).eval()
     model.generation_config.eos_token_id = None
@@ -384,7 +384,7 @@ def test_every_cpu_attention_kernel(case, reference, kernel, tmp_path):
     _only(case, "llava")
     k = KS[1]
     if kernel == "vec16":
-        from vtwctl.serving.fixtures import save_tiny
+        from vtwctl.testing.checkpoints import save_tiny
 
         model = save_tiny("llava", tmp_path / "head80", num_layers=N, head_dim=80)
         case80 = {**case, "model": str(model), "root": tmp_path}
@@ -407,7 +407,7 @@ def test_register_is_idempotent():
     code = """
 import importlib
 from vllm import ModelRegistry
-from vtwctl.serving import ARCHITECTURES, MODULE, register, targets
+from vtwctl.integrations.vllm import ARCHITECTURES, MODULE, register, targets
 stock = {arch: (m.module_name, m.class_name) for arch, m in ModelRegistry.models.items()}  # vLLM's own
 assert set(ARCHITECTURES) <= set(stock)
 assert sorted(register()) == sorted(a for a in targets() if a in stock)
@@ -434,8 +434,8 @@ def test_unverified_architectures_refuse_vtw():
     code = """
 from types import SimpleNamespace
 from vtwctl.errors import VTWError
-from vtwctl.serving import GUARD_PREFIX, UNVERIFIED
-import vtwctl.serving.vllm_model as vm
+from vtwctl.integrations.vllm import GUARD_PREFIX, UNVERIFIED
+import vtwctl.integrations.vllm.model as vm
 for arch in UNVERIFIED:
     config = SimpleNamespace(model_config=SimpleNamespace(hf_config=SimpleNamespace(vtw_k=3)))
     try:
@@ -444,6 +444,22 @@ for arch in UNVERIFIED:
         assert f"{arch} is not verified with VTW in vLLM" in str(exc), exc
     else:
         raise AssertionError(arch)
+"""
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300, env={**os.environ, **ENV})
+
+
+def test_old_serving_paths_are_the_plugin_modules():
+    """The plugin's old paths (vtwctl.serving.kv, .vllm_model) are the moved modules themselves, with vLLM
+    imported: a class vLLM resolves by either name (--scheduler-cls, module:Class) is one class."""
+    code = """
+import vtwctl.integrations.vllm.kv as kv, vtwctl.integrations.vllm.model as model
+import vtwctl.serving.kv as old_kv, vtwctl.serving.vllm_model as old_model
+from vllm.utils.import_utils import resolve_obj_by_qualname
+assert old_kv is kv and old_model is model
+assert resolve_obj_by_qualname("vtwctl.serving.kv.VTWScheduler") is resolve_obj_by_qualname(kv.SCHEDULER)
+assert kv.is_vtw_scheduler("vtwctl.serving.kv.VTWScheduler") and kv.is_vtw_scheduler(kv.SCHEDULER)
+name = "VTWLlavaForConditionalGeneration"
+assert resolve_obj_by_qualname("vtwctl.serving.vllm_model." + name) is getattr(model, name)
 """
     subprocess.run([sys.executable, "-c", code], check=True, timeout=300, env={**os.environ, **ENV})
 
@@ -510,7 +526,7 @@ def test_serve_demo_answers_like_withdraw(tmp_path):
 
     import vtwctl
     from vtwctl.demo import shapes
-    from vtwctl.withdraw import withdraw
+    from vtwctl.engine.hooks import withdraw
 
     loaded = vtwctl.load("demo", device="cpu", dtype="float32")
     expected, lengths = [], []

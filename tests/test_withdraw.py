@@ -14,10 +14,10 @@ import torch
 
 from reference import cache_kwargs, extend, reference_greedy, reference_logits
 from tiny import SUPPRESS, impls, inputs_for, model_for, row_alone, rows_for, text_positions
+from vtwctl.engine.hooks import Engine, active, withdraw
 from vtwctl.errors import VTWError
 from vtwctl.measure import cache_of
 from vtwctl.testing import IMAGE_ID, VIDEO_ID, WITHDRAWABLE, tiny_inputs
-from vtwctl.withdraw import Engine, active, withdraw
 
 # Default run: every family in its primary attention implementation, and eager attention for families
 # whose masks differ in structure; the rest of the family x implementation matrix is marked slow.

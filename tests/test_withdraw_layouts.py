@@ -8,9 +8,9 @@ import torch
 
 from reference import reference_forward, reference_greedy, reference_logits
 from tiny import SUPPRESS, model_for, rows_for, sizes, text_positions
+from vtwctl.engine.hooks import withdraw
 from vtwctl.errors import VTWError
 from vtwctl.testing import IMAGE_ID, VIDEO_ID, tiny_inputs, tiny_model
-from vtwctl.withdraw import withdraw
 
 WINDOWED = ["gemma3", "mistral3", "cohere2_vision", "idefics2"]
 
@@ -119,7 +119,7 @@ def test_refusals_are_one_clear_error():
 
 def test_a_family_without_an_entry_gets_the_generic_adapter():
     """A family the adapters do not list, but whose config names its image token, works unchanged."""
-    from vtwctl.families import ADAPTERS, adapter_for
+    from vtwctl.engine.families import ADAPTERS, adapter_for
 
     model = model_for("internvl")
     saved = ADAPTERS.pop("internvl")
@@ -140,27 +140,52 @@ def test_a_family_without_an_entry_gets_the_generic_adapter():
 
 
 def test_a_compiled_model_sees_the_hooks_inside_and_not_after_the_block():
-    """torch.compile (dynamo; the eager backend, so no code generation): a graph compiled and run before the
-    block must not run in place of withdrawal inside it, nor the other way round after it. Dynamo skips
-    module-hook guards by default, which gave the stock logits inside the block, silently."""
+    """torch.compile (dynamo; the eager backend, so no code generation). Dynamo skips module-hook guards by
+    default, so a graph compiled before the block would run in place of withdrawal inside it (the stock logits,
+    silently): such a wrapper is refused at the block's entry. With the guards on (the user's choice, made
+    before compiling) it recompiles inside the block (the masked reference's logits) and after it (stock). A
+    graph first traced inside the block is guarded on the hooks there (vtwctl turns the guards on for the
+    block only), so after the block it recompiles and gives the stock logits. The setting is left as it was."""
     from tiny import inputs_for
 
     torch._dynamo.reset()
+    default = torch._dynamo.config.skip_nnmodule_hook_guards
     model, x = inputs_for("llava", "sdpa")
     text = text_positions(x)
     ref = reference_logits(model, x, 2)
-    with torch.no_grad():
-        stock = model(**x).logits
-        compiled = torch.compile(model, backend="eager")
-        before = compiled(**x).logits
-        with withdraw(model, 2):
-            inside = compiled(**x).logits
-        after = compiled(**x).logits
-    torch._dynamo.reset()
-    torch.testing.assert_close(before, stock, atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(inside[text], ref[text], atol=1e-4, rtol=1e-4)
-    assert (inside[text] - stock[text]).abs().max() > 1e-3  # withdrawal changed them: the check can fail
-    torch.testing.assert_close(after, stock, atol=1e-4, rtol=1e-4)
+    try:
+        with torch.no_grad():
+            stock = model(**x).logits
+            compiled = torch.compile(model, backend="eager")
+            torch.testing.assert_close(compiled(**x).logits, stock, atol=1e-4, rtol=1e-4)
+            with pytest.raises(VTWError, match=r"torch.compile\(LlavaForConditionalGeneration\) exists"):
+                with withdraw(model, 2):
+                    pass
+            del compiled
+            torch._dynamo.reset()
+            with torch._dynamo.config.patch(skip_nnmodule_hook_guards=False):  # the user's choice
+                compiled = torch.compile(model, backend="eager")
+                before = compiled(**x).logits
+                with withdraw(model, 2):
+                    inside = compiled(**x).logits
+                after = compiled(**x).logits
+            torch.testing.assert_close(before, stock, atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(inside[text], ref[text], atol=1e-4, rtol=1e-4)
+            assert (inside[text] - stock[text]).abs().max() > 1e-3  # withdrawal changed them: the check can fail
+            torch.testing.assert_close(after, stock, atol=1e-4, rtol=1e-4)
+            del compiled
+            torch._dynamo.reset()
+            assert torch._dynamo.config.skip_nnmodule_hook_guards == default
+            with withdraw(model, 2):  # traced inside the block only
+                compiled = torch.compile(model, backend="eager")
+                inside = compiled(**x).logits
+            assert torch._dynamo.config.skip_nnmodule_hook_guards == default
+            after = compiled(**x).logits
+            torch.testing.assert_close(inside[text], ref[text], atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(after, stock, atol=1e-4, rtol=1e-4)
+            del compiled
+    finally:
+        torch._dynamo.reset()
 
 
 def test_compiled_parts_of_the_model_are_refused():

@@ -10,14 +10,22 @@ Public API (imports are lazy, so ``import vtwctl`` does not load torch):
 - ``evaluate(loaded, task, k, ...)`` -> a benchmark run (JSONL records, resumable) and its summary.
 - ``CompiledDecoder(model, k, compile=True)`` -> greedy VTW decoding, static KV buffers, one compiled
   graph per step: ``.generate(inputs, max_new_tokens)`` -> tokens [B, n] (``k = N``: the stock model).
-- ``VTWError`` -> raised for bad user input.
+- ``RunSpec`` / ``K`` -> one run specification (model, K, method and its settings, positions, prompt style,
+  image mode, scoring, generation, batch, shard), checked when built; the one K type (layer | auto | stock).
+  ``generate``/``evaluate`` take a ``RunSpec`` (keywords change its fields).
+- ``VTWError`` -> raised for bad user input (``ArgumentError``, a ``VTWError`` and a ``ValueError``, for bad
+  arguments).
 
-Several of these share their name with the module that defines them (``vtwctl.withdraw`` the
-function lives in the module ``vtwctl.withdraw``). Importing a submodule normally rebinds the
-package attribute to the module, so ``vtwctl.withdraw`` would turn into a module as soon as
-anything imported it. The package refuses that rebinding: ``vtwctl.withdraw`` is always the
-function; the module stays reachable as ``sys.modules["vtwctl.withdraw"]`` and through
+Several of these share their name with a module (``vtwctl.withdraw`` the function lives in
+``vtwctl.engine.hooks``, which the old path ``vtwctl.withdraw`` also names). Importing a submodule
+normally rebinds the package attribute to the module, so ``vtwctl.withdraw`` would turn into a
+module as soon as anything imported it. The package refuses that rebinding: ``vtwctl.withdraw`` is
+always the function; the module stays reachable as ``sys.modules["vtwctl.withdraw"]`` and through
 ``from vtwctl.withdraw import ...``.
+
+The engine's modules live in ``engine/`` (hooks, plan, compat, families, policies, support, compiled;
+docs/engine.md). Their old paths (``vtwctl.withdraw``, ``vtwctl.plan``, ...) still import, as the very
+same module objects (``vtwctl._moved``).
 """
 
 from __future__ import annotations
@@ -27,15 +35,18 @@ import types
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["load", "withdraw", "generate", "calibrate", "evaluate", "CompiledDecoder", "VTWError", "__version__"]
+__all__ = ["load", "withdraw", "generate", "calibrate", "evaluate", "CompiledDecoder", "RunSpec", "K", "VTWError",
+           "__version__"]
 
 _LAZY = {
     "load": ("vtwctl.loading", "load"),
-    "withdraw": ("vtwctl.withdraw", "withdraw"),
+    "withdraw": ("vtwctl.engine.hooks", "withdraw"),
     "generate": ("vtwctl.infer", "generate"),
     "calibrate": ("vtwctl.calibrate", "calibrate"),
     "evaluate": ("vtwctl.evaluate", "evaluate"),
-    "CompiledDecoder": ("vtwctl.compiled", "CompiledDecoder"),
+    "CompiledDecoder": ("vtwctl.engine.compiled", "CompiledDecoder"),
+    "RunSpec": ("vtwctl.spec", "RunSpec"),
+    "K": ("vtwctl.spec", "K"),
     "VTWError": ("vtwctl.errors", "VTWError"),
 }
 
@@ -59,8 +70,8 @@ class _Package(types.ModuleType):
     """The ``vtwctl`` module: a public name is never replaced by the submodule of the same name."""
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if name in _LAZY and isinstance(value, types.ModuleType) and value.__name__ == f"{__name__}.{name}":
-            return  # the import system binding the submodule vtwctl.<name>: keep the public function
+        if name in _LAZY and isinstance(value, types.ModuleType):
+            return  # the import system binding the submodule vtwctl.<name> (or an alias): keep the public name
         super().__setattr__(name, value)
 
 

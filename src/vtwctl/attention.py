@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .compat import rotary_tables
+from .engine.compat import rotary_tables
+from .engine.families import adapter_for, vision_mask
 from .errors import VTWError
-from .families import adapter_for, vision_mask
 
 TYPES = ("system", "vision", "instruction", "output")
 
@@ -140,7 +140,8 @@ class AttentionRecorder:
 def record(loaded, inputs: dict, max_new_tokens: int = 16, k: int | None = None) -> torch.Tensor:
     """beta [B, T, L, 4] for each generated token t (greedy, up to and including the end-of-sequence
     token: nothing past it), layer l and token type (TYPES)."""
-    from .withdraw import Engine, active, carries_visual, check_supported
+    from .engine.hooks import Engine, active
+    from .engine.support import carries_visual, check_supported
 
     model = loaded.model
     visual = carries_visual(inputs)

@@ -21,14 +21,14 @@ import datetime as _dt
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
-from . import compat, plan
-from .errors import VTWError, check_k
-from .families import adapter_for, vision_mask
-from .withdraw import carries_visual, check_prompt_end
+from .engine import compat, plan
+from .engine.families import adapter_for, vision_mask
+from .engine.support import carries_visual, check_prompt_end
+from .errors import ArgumentError, VTWError, check_k
 
 
 def kl_vtw_base(vtw_logits: torch.Tensor, base_logits: torch.Tensor) -> torch.Tensor:
@@ -232,11 +232,34 @@ def choose_k(kl_mean: dict[int, float], eta: float, num_layers: int) -> int:
     return num_layers
 
 
-def calibrate(loaded, task, etas: list[float], k_min: int = 5, samples: int = 20, seed: int = 0,
-              split: str | None = None, tokens: int = 1, accuracy: int = 0, source: str | None = None,
-              progress: Callable[[str, int, int], None] | None = None, first: int | None = None,
-              batch_size: int = 1) -> Calibration:
-    """Sweep K over ``samples`` samples of ``task``'s calibration split and choose K per eta.
+@dataclass(frozen=True)
+class Sweep:
+    """How the KL sweep runs: K from ``k_min`` to N-1, on ``samples`` samples drawn with ``seed`` (or the
+    ``first`` N documents: the authors' protocol), averaged over ``tokens`` teacher-forced output tokens,
+    ``batch_size`` samples per padded prefill; ``accuracy``: also score that many samples at every K."""
+
+    k_min: int = 5
+    samples: int = 20
+    seed: int = 0
+    tokens: int = 1
+    accuracy: int = 0
+    first: int | None = None
+    batch_size: int = 1
+
+    def __post_init__(self) -> None:
+        if self.samples < 1 or self.tokens < 1 or self.accuracy < 0:
+            raise ArgumentError("--samples and --tokens must be at least 1, --accuracy at least 0")
+        if self.batch_size < 1:
+            raise ArgumentError("--batch-size must be at least 1")
+        if self.first is not None and self.first < 1:
+            raise ArgumentError(f"--first must be at least 1, got {self.first}")
+
+
+def calibrate(loaded, task, etas: list[float], sweep: Sweep | None = None, *, split: str | None = None,
+              source: str | None = None, progress: Callable[[str, int, int], None] | None = None,
+              **settings) -> Calibration:
+    """Sweep K over ``sweep.samples`` samples of ``task``'s calibration split and choose K per eta
+    (``settings`` change ``sweep``'s fields: ``calibrate(m, task, [0.003], k_min=1, samples=4)``).
 
     The samples are a random subset drawn with ``seed`` (recorded by id). ``first=N`` takes the first N
     documents instead and may read the test split: the authors' protocol (``lmms_eval --limit 20
@@ -245,14 +268,13 @@ def calibrate(loaded, task, etas: list[float], k_min: int = 5, samples: int = 20
     """
     from .env import environment
 
+    sweep = replace(sweep or Sweep(), **settings)
+    k_min, samples, seed, tokens = sweep.k_min, sweep.samples, sweep.seed, sweep.tokens
+    accuracy, first, batch_size = sweep.accuracy, sweep.first, sweep.batch_size
     n = loaded.num_layers
     if not etas or any(not e > 0 or not math.isfinite(e) for e in etas):
-        raise VTWError(f"eta must be a finite number > 0, got {', '.join(map(str, etas)) or 'nothing'}")
+        raise ArgumentError(f"eta must be a finite number > 0, got {', '.join(map(str, etas)) or 'nothing'}")
     check_k(k_min, n, hi=n - 1, what="k_min")
-    if samples < 1 or tokens < 1 or accuracy < 0:
-        raise VTWError("--samples and --tokens must be at least 1, --accuracy at least 0")
-    if batch_size < 1:
-        raise VTWError("--batch-size must be at least 1")
     split = split or task.calibration_split
     warning = None
     if split == task.test_split:
@@ -261,8 +283,6 @@ def calibrate(loaded, task, etas: list[float], k_min: int = 5, samples: int = 20
                            "(--split test --first N reproduces the authors' protocol)")
         warning = (f"calibrated on the first {first} documents of the test split of {task.name} (the authors' "
                    "protocol): test numbers on this split are not held out")
-    if first is not None and first < 1:
-        raise VTWError(f"--first must be at least 1, got {first}")
     pool = task.open(split, source, seed)
     chosen = pool.first(first) if first is not None else pool.sample(samples, seed)  # seeded subset (recorded)
     data = list(chosen)

@@ -6,7 +6,7 @@ real model through the measurement protocol of ``measure.py`` and adds the FLOPs
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from .errors import VTWError
@@ -133,14 +133,22 @@ def flops_rows(dims, vision: int, text: int, ks: list[int], fastv_k: int = 2, fa
     return out, sweep
 
 
-def measured_rows(loaded, inputs: dict, ks: list[int], fastv_k: int = 2, fastv_ratio: float = 0.5,
-                  method: str = "exact", count: str = "all", max_new_tokens: int = 16, warmup: int = 1,
-                  repeats: int = 5, positions: str = "keep", progress=None, rows: tuple[str, ...] = ROWS,
-                  seed: int = 0) -> tuple[list[Row], list[Row], dict]:
+def measured_rows(loaded, inputs: dict, ks: list[int], spec=None, protocol=None, *, method: str = "exact",
+                  count: str = "all", rows: tuple[str, ...] = ROWS, progress=None,
+                  **settings: Any) -> tuple[list[Row], list[Row], dict]:
     """Measure the ``rows`` (VTW at each K) on ``inputs``, side by side; FLOPs of each row by ``method``.
 
-    Rand draws its tokens from ``seed``; VTW† is measured at the K it draws for this input (and its
-    FLOPs are the average over its K range)."""
+    ``spec`` (a ``RunSpec``; ``settings`` change its fields or the ``measure.Protocol``'s): FastV's
+    settings, positions, and the seed Rand draws its tokens from; VTW† is measured at the K it draws for
+    this input (and its FLOPs are the average over its K range)."""
+    from .measure import Protocol
+    from .spec import RunSpec
+
+    names = set(Protocol.__dataclass_fields__)
+    protocol = replace(protocol or Protocol(), **{k: settings.pop(k) for k in list(settings) if k in names})
+    spec = RunSpec.of(spec, **settings)
+    fastv_k, fastv_ratio, positions, seed = spec.fastv_k, spec.fastv_ratio, spec.positions, spec.seed or 0
+    max_new_tokens, warmup = protocol.max_new_tokens, protocol.warmup
     from .flops import Dims, counted_flops, vision_text_counts
     from .measure import measure_many
     from .methods import random_k
@@ -167,8 +175,7 @@ def measured_rows(loaded, inputs: dict, ks: list[int], fastv_k: int = 2, fastv_r
             plan += [("vtw", k) for k in ks]
         else:
             plan.append((row, drawn if row == "vtw-random" else (None if row in ("stock", "fastv") else ks[0])))
-    ms = measure_many(loaded, inputs, plan, fastv_k, fastv_ratio, max_new_tokens, warmup, repeats, positions,
-                      progress=progress, seed=seed)
+    ms = measure_many(loaded, inputs, plan, replace(spec, seed=seed), protocol, progress=progress)
     measured: list[Row] = []
     for (row, k), m in zip(plan, ms):
         f = tflops(row, ks[0] if row == "vtw-random" else k)

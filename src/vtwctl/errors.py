@@ -7,6 +7,11 @@ class VTWError(Exception):
     """A problem with the user's input or environment (bad option, missing file, unknown model)."""
 
 
+class ArgumentError(VTWError, ValueError):
+    """A bad argument to a library function (K out of range, an unknown setting): a ``VTWError`` for the
+    command line (one line, exit 2) and a ``ValueError`` for Python callers."""
+
+
 # why a prompt whose last token is a vision token cannot run with VTW (the engine and the vLLM plugin say it alike)
 ENDS_ON_VISION = ("ends with a vision token: after withdrawal no text token is left to predict the next one from; "
                   "put the instruction (or the chat template's prompt) after it")
@@ -22,5 +27,5 @@ def check_k(k: int | None, num_layers: int, lo: int = 0, hi: int | None = None, 
     if k is None:
         return
     if isinstance(k, bool) or not isinstance(k, int) or not lo <= k <= hi:
-        raise VTWError(f"{what}={k!r} is out of range: the model has {num_layers} decoder layers, "
+        raise ArgumentError(f"{what}={k!r} is out of range: the model has {num_layers} decoder layers, "
                        f"so {what} must be an integer in {lo}..{hi}")

@@ -11,17 +11,17 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .errors import VTWError
+from .errors import ArgumentError, VTWError
 from .results import append as _append
 from .results import dedupe, locked, read_records
+from .spec import IMAGE_MODES, K, RunSpec, runs_stock  # noqa: F401  (IMAGE_MODES: re-exported)
 
 __all__ = ["evaluate", "merge", "summarize", "read_records", "parse_shard", "Summary", "IMAGE_MODES"]
 
-IMAGE_MODES = ("normal", "blank", "none")
 
 
 def prompt_hash(text: str) -> str:
@@ -35,9 +35,9 @@ def parse_shard(text: str | None) -> tuple[int, int]:
     try:
         i, n = (int(x) for x in text.split("/"))
     except ValueError:
-        raise VTWError(f"--shard must look like I/N (e.g. 0/4), got {text!r}") from None
+        raise ArgumentError(f"--shard must look like I/N (e.g. 0/4), got {text!r}") from None
     if n < 1 or not 0 <= i < n:
-        raise VTWError(f"--shard {text}: need 0 <= I < N")
+        raise ArgumentError(f"--shard {text}: need 0 <= I < N")
     return i, n
 
 
@@ -132,59 +132,52 @@ def select(task, split: str | None = None, source: str | None = None, limit: int
     return samples
 
 
-def evaluate(loaded, task, k: int | None, positions: str = "keep", split: str | None = None,
-             limit: int | None = None, batch_size: int = 1, output: str | Path | None = None,
-             shard: tuple[int, int] = (0, 1), image_mode: str = "normal", max_new_tokens: int | None = None,
-             source: str | None = None, progress: Callable[[int, int], None] | None = None,
-             scoring: str = "lmms-eval", judge=None, samples=None, method: str = "vtw", seed: int = 0,
-             fastv_k: int = 2, fastv_ratio: float = 0.5) -> Summary:
-    """Run ``task`` through the model (VTW at ``k``; None = stock), score each answer as ``scoring``
-    reads it (``lmms-eval``: lmms-eval's own rules; ``lenient``) and summarise.
+def evaluate(loaded, task, spec: RunSpec | None = None, *, split: str | None = None, limit: int | None = None,
+             source: str | None = None, samples=None, output: str | Path | None = None, judge=None,
+             progress: Callable[[int, int], None] | None = None, **settings: Any) -> Summary:
+    """Run ``task`` through the model as ``spec`` says (a ``RunSpec``, or shorthand for its K; ``settings``
+    change its fields), score each answer as ``spec.scoring`` reads it (``lmms-eval``: lmms-eval's own
+    rules; ``lenient``) and summarise.
 
     ``samples``: what ``select`` returned (the CLI selects before loading the model); by default the
-    selection of ``split``, ``limit``, ``shard`` and ``source``. ``judge``: an answer matcher for the
+    selection of ``split``, ``limit``, ``spec.shard`` and ``source``. ``judge``: an answer matcher for the
     tasks lmms-eval scores with a GPT judge (``tasks.judge.OpenAIJudge``; MMBench).
-    ``method`` (Table 2's rows, ``methods.METHODS``): ``vtw`` at ``k``; ``vtw-random`` at a K drawn per
-    sample around ``k`` (recorded as ``k_drawn``); ``rand`` (random tokens at ``k``) and
-    ``vtw-random`` draw from ``seed`` and the sample id; ``fastv`` at ``fastv_k``; ``stock``.
-    One run holds ``output`` at a time: a second one is refused, never interleaved.
+    ``spec.method`` (Table 2's rows, ``spec.METHODS``): ``vtw`` at K; ``vtw-random`` at a K drawn per
+    sample around K (recorded as ``k_drawn``); ``rand`` (random tokens at K) and ``vtw-random`` draw from
+    ``spec.seed`` and the sample id; ``fastv`` at ``fastv_k``; ``stock``. ``max_new_tokens`` None: the
+    task's. One run holds ``output`` at a time: a second one is refused, never interleaved.
     """
-    from .methods import canonical
-
-    method = canonical(method)
-    if method == "stock" or (method == "vtw" and (k is None or k >= loaded.num_layers)):
-        method, k = "stock", None
-    if image_mode not in IMAGE_MODES:
-        raise VTWError(f"--image-mode must be one of {', '.join(IMAGE_MODES)}, got {image_mode!r}")
-    if batch_size < 1:
-        raise VTWError("--batch-size must be at least 1")
-    if scoring not in task.parsers:
-        raise VTWError(f"--scoring must be one of {', '.join(task.parsers)}, got {scoring!r}")
+    spec = RunSpec.of(spec, **settings)
+    if spec.scoring not in task.parsers:
+        raise ArgumentError(f"--scoring must be one of {', '.join(task.parsers)}, got {spec.scoring!r}")
     split = split or task.test_split
     if samples is None:
-        samples = select(task, split, source, limit, shard)
+        samples = select(task, split, source, limit, spec.shard)
     path = Path(output) if output else None
     with locked(path):
-        return _evaluate(loaded, task, k, positions, split, batch_size, path, shard, image_mode, max_new_tokens,
-                         progress, scoring, judge, samples, method, seed, fastv_k, fastv_ratio)
+        return _evaluate(loaded, task, spec, split, samples, path, judge, progress)
 
 
-def _evaluate(loaded, task, k, positions, split, batch_size, path, shard, image_mode, max_new_tokens, progress,
-              scoring, judge, samples, method, seed, fastv_k, fastv_ratio) -> Summary:
+def _evaluate(loaded, task, spec: RunSpec, split, samples, path, judge, progress) -> Summary:
     from .env import environment
     from .infer import generate
     from .methods import random_k, sample_seed
 
-    index, count = shard
+    index, count = spec.shard
     n = loaded.num_layers
+    k = spec.layer(n, loaded.name, task.name)
+    method = spec.method
+    if method == "vtw" and runs_stock(method, k, n):
+        method = "stock"
+    seed = spec.seed or 0
     judge_model = getattr(judge, "name", None) if judge is not None and task.judge_parser is not None else None
     config = {"model": loaded.name, "dataset": task.name, "split": split, "k": k if k is not None else n,
-              "method": method, "positions": positions, "image_mode": image_mode, "scoring": scoring,
-              "judge_model": judge_model, "prompt_style": loaded.prompt_style}
+              "method": method, "positions": spec.positions, "image_mode": spec.image_mode,
+              "scoring": spec.scoring, "judge_model": judge_model, "prompt_style": loaded.prompt_style}
     if method in ("rand", "vtw-random"):
         config["seed"] = seed
     if method == "fastv":
-        config.update(k=fastv_k, fastv_ratio=fastv_ratio)
+        config.update(k=spec.fastv_k, fastv_ratio=spec.fastv_ratio)
     existing: list[dict] = []
     if path is not None:
         existing = dedupe(read_records(path))
@@ -195,22 +188,22 @@ def _evaluate(loaded, task, k, positions, split, batch_size, path, shard, image_
     finished = len(samples) - len(todo)
     if progress:
         progress(finished, len(samples))
-    tokens = max_new_tokens or task.max_new_tokens
+    run = RunSpec.of(spec, method=method, k=k, seed=seed, stop=tuple(task.until or ()),
+                     max_new_tokens=spec.max_new_tokens or task.max_new_tokens)
     new = 0
-    for start in range(0, len(todo), batch_size):
-        batch = list(todo[start:start + batch_size])
+    for start in range(0, len(todo), spec.batch_size):
+        batch = list(todo[start:start + spec.batch_size])
         drawn = [random_k(seed, s.id, k if k is not None else n, n) for s in batch] if method == "vtw-random" else None
         out = []
         # rows of one generate call share a K: VTW† runs each drawn K as its own sub-batch
         for ks, rows in _by_k(batch, drawn):
-            images = [_visuals(s, image_mode) for s in rows]
-            videos = [s.video if image_mode == "normal" else None for s in rows]
+            images = [_visuals(s, spec.image_mode) for s in rows]
+            videos = [s.video if spec.image_mode == "normal" else None for s in rows]
             inputs = loaded.build_inputs([s.prompt for s in rows], images=images, videos=videos)
-            gen = generate(loaded, inputs, k=ks if ks is not None else k, positions=positions, max_new_tokens=tokens,
-                           stop=task.until, method=method, seeds=[sample_seed(seed, s.id) for s in rows],
-                           fastv_k=fastv_k, fastv_ratio=fastv_ratio)
+            gen = generate(loaded, inputs, replace(run, k=K(ks)) if ks is not None else run,
+                           seeds=[sample_seed(seed, s.id) for s in rows])
             for j, s in enumerate(rows):
-                result = task.process(s, gen.answers[j], scoring, judge)
+                result = task.process(s, gen.answers[j], spec.scoring, judge)
                 rec = {
                     "id": s.id, **config, "prompt_hash": prompt_hash(s.prompt), "answer": gen.answers[j],
                     "parsed": result["parsed"], "target": s.answer, "correct": result["correct"],

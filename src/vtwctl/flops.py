@@ -354,7 +354,7 @@ def calflops_flops(dims: Dims, vision: int, text: int, k: int | None = None, fas
 # -- 3. operator counters ------------------------------------------------------------------------------------
 def vision_text_counts(model: Any, input_ids: Any) -> tuple[int, int]:
     """(vision, text) token counts of the first row of ``input_ids``: vision = the config's image/video ids."""
-    from .families import adapter_for, vision_mask
+    from .engine.families import adapter_for, vision_mask
 
     row = input_ids[0] if input_ids.ndim == 2 else input_ids
     vision = int(vision_mask(row, adapter_for(model).vision_token_ids(model.config)).sum())
@@ -362,7 +362,7 @@ def vision_text_counts(model: Any, input_ids: Any) -> tuple[int, int]:
 
 
 def _module_names(model: Any) -> tuple[str, str]:
-    from .families import adapter_for
+    from .engine.families import adapter_for
 
     text = adapter_for(model).text_model(model)
     head = model.get_output_embeddings()
@@ -404,7 +404,7 @@ def _encoder_outputs(model: Any, inputs: dict) -> dict:
     """Run ``model`` once (untraced) and keep what its image/video feature functions returned."""
     import torch
 
-    from .families import adapter_for
+    from .engine.families import adapter_for
 
     mm = adapter_for(model).multimodal_model(model)
     seen: dict = {}
@@ -435,7 +435,7 @@ def _fvcore_counts(model: Any, inputs: dict, forward_kwargs: dict, k: int | None
     import torch
     from fvcore.nn import FlopCountAnalysis
 
-    from .withdraw import withdraw
+    from .engine.hooks import withdraw
 
     inputs = dict(inputs)
     if part == "language":
@@ -495,7 +495,7 @@ def counted_flops(model: Any, inputs: dict, k: int | None = None, backend: str =
     """
     import torch
 
-    from .withdraw import withdraw
+    from .engine.hooks import withdraw
 
     if part not in ("language", "vision", "all"):
         raise ValueError(f"part must be 'language', 'vision' or 'all', got {part!r}")

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from .errors import VTWError, check_k
+from .errors import VTWError
+from .spec import RunSpec, runs_stock
 
 
 def sync(device: Any) -> None:
@@ -56,58 +59,58 @@ class Generation:
         return asdict(self)
 
 
-def generate(loaded, inputs: dict, k: int | None = None, positions: str = "keep", max_new_tokens: int = 32,
-             do_sample: bool = False, temperature: float = 1.0, seed: int | None = None,
-             stop: list[str] | None = None, method: str = "vtw", seeds: list[int] | None = None,
-             fastv_k: int = 2, fastv_ratio: float = 0.5, top_p: float | None = None,
-             top_k: int | None = None, compiled: bool = False) -> Generation:
-    """Generate for a batch of inputs; ``k=None`` (or N) is the stock model.
+def generate(loaded, inputs: dict, spec: RunSpec | None = None, *, seeds: list[int] | None = None,
+             **settings: Any) -> Generation:
+    """Generate for a batch of inputs as ``spec`` says (a ``RunSpec``; ``settings`` change its fields, as in
+    ``generate(m, inputs, k=6, max_new_tokens=8)``). K stock (None) or N is the stock model.
 
-    ``method`` (``methods.METHODS``): ``vtw`` (and ``vtw-random`` with its drawn ``k``) withdraws the
-    vision tokens at ``k``; ``rand`` drops as many random prompt tokens at ``k``, drawn from ``seeds``
-    (one per row); ``fastv`` prunes at ``fastv_k`` (``fastv_ratio`` of the vision tokens dropped);
-    ``stock`` is the stock model.
+    ``method`` (``spec.METHODS``): ``vtw`` (and ``vtw-random`` at its drawn K) withdraws the vision tokens
+    at K; ``rand`` drops as many random prompt tokens at K, drawn from ``seeds`` (one per row; default: the
+    spec's seed for every row); ``fastv`` prunes at ``fastv_k`` (``fastv_ratio`` of the vision tokens
+    dropped); ``stock`` is the stock model. Generation settings (``spec.generation``): greedy unless
+    ``do_sample`` (``top_p``/``top_k`` only then; None: the model's generation config), ``stop`` strings end
+    an answer (lmms-eval's ``until``), ``max_new_tokens`` (default 32). ``seed`` seeds sampling without
+    touching the caller's random generator.
 
-    ``stop``: strings that end an answer (lmms-eval's ``until``): generation of a row stops once one
-    appears and the answer is cut before it. ``top_p``/``top_k`` only apply when sampling (None: the
-    model's generation config).
-
-    ``compiled``: greedy decoding through ``vtwctl.compiled`` (static caches, one compiled graph per step;
+    ``compiled``: greedy decoding through ``vtwctl.engine.compiled`` (static caches, one compiled graph per step;
     the first call per model, K and shape compiles); VTW or the stock model, positions "keep". Stop strings
     cut the answer afterwards (decoding runs to an end-of-sequence token or ``max_new_tokens``).
     """
     import torch
 
+    spec = RunSpec.of(spec, **settings)
+    gen_settings = spec.generation
+    max_new_tokens = gen_settings.max_new_tokens or 32
     model = loaded.model
     n = loaded.num_layers
-    check_k(k, n)
+    k = spec.layer(n, loaded.name)
     limit = loaded.max_positions
     length = int(inputs["input_ids"].shape[1])
     if limit is not None and length + max_new_tokens > limit:
         raise VTWError(f"prompt too long: {length} tokens + {max_new_tokens} new tokens exceeds the model's "
                        f"{limit} positions")
     layout = loaded.layout(inputs["input_ids"], inputs.get("attention_mask"))
-    if compiled:
-        check_compiled(method, do_sample, positions)
+    stop = list(gen_settings.stop) or None
+    if spec.compiled:
         return _compiled(loaded, inputs, k if k is not None else n, max_new_tokens, stop, layout)
-    kw: dict[str, Any] = dict(max_new_tokens=max_new_tokens, do_sample=do_sample)
-    if do_sample:
-        kw["temperature"] = temperature
-        kw.update({name: val for name, val in (("top_p", top_p), ("top_k", top_k)) if val is not None})
+    kw: dict[str, Any] = dict(max_new_tokens=max_new_tokens, do_sample=gen_settings.do_sample)
+    if gen_settings.do_sample:
+        kw["temperature"] = gen_settings.temperature
+        kw.update({name: val for name, val in (("top_p", gen_settings.top_p), ("top_k", gen_settings.top_k))
+                   if val is not None})
     else:
         kw.update(temperature=None, top_p=None, top_k=None)
     tok = getattr(loaded.processor, "tokenizer", loaded.processor)
     if stop:
         kw["stopping_criteria"] = [_stop_on(tok, stop, length)]
-    if seed is not None:
-        torch.manual_seed(seed)
     clock = _Clock(loaded.device)
     from .methods import context
 
-    if method == "rand" and seeds is None:
-        seeds = [seed or 0] * int(inputs["input_ids"].shape[0])
-    ctx = context(model, method, k, positions, fastv_k=fastv_k, fastv_ratio=fastv_ratio, seeds=seeds)
-    with ctx, torch.inference_mode():
+    if spec.method == "rand" and seeds is None:
+        seeds = [spec.seed or 0] * int(inputs["input_ids"].shape[0])
+    ctx = context(model, spec.method, k, spec.positions, fastv_k=spec.fastv_k, fastv_ratio=spec.fastv_ratio,
+                  seeds=seeds)
+    with seeded(spec.seed), ctx, torch.inference_mode():
         sync(loaded.device)
         start = time.perf_counter()
         result = model.generate(**inputs, streamer=clock, return_dict_in_generate=True, **kw)
@@ -122,7 +125,22 @@ def generate(loaded, inputs: dict, k: int | None = None, positions: str = "keep"
                       num_vision_tokens=layout["num_vision_tokens"], num_text_tokens=layout["num_text_tokens"],
                       prefill_s=first - start, decode_s=end - first, total_s=end - start,
                       k=k if k is not None else n, kv_bytes=cache_bytes(cache) if cache is not None else None,
-                      method=method if k is not None and k < n or method in ("fastv", "rand") else "stock")
+                      method="stock" if runs_stock(spec.method, k, n) else spec.method)
+
+
+@contextlib.contextmanager
+def seeded(seed: int | None) -> Iterator[None]:
+    """torch's random generators seeded with ``seed`` inside the block and given back as they were after it
+    (the CPU's and every initialised CUDA device's): sampling is reproducible, the caller's RNG untouched."""
+    if seed is None:
+        yield
+        return
+    import torch
+
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
 
 
 def _answers(new, eos: set[int], tok, stop: list[str] | None) -> tuple[list, list, list]:
@@ -136,15 +154,8 @@ def _answers(new, eos: set[int], tok, stop: list[str] | None) -> tuple[list, lis
     return seqs, counts, [cut_at(tok.decode(s, skip_special_tokens=True), stop).strip() for s in seqs]
 
 
-def check_compiled(method: str, do_sample: bool, positions: str) -> None:
-    """What the compiled fast path decodes: greedy, VTW or the stock model, original positions."""
-    if method not in ("vtw", "stock") or do_sample or positions != "keep":
-        raise VTWError("--compile decodes greedily with VTW or the stock model at the original positions: "
-                       "drop --sample, --method other than vtw/stock and --positions rearrange")
-
-
 def _compiled(loaded, inputs: dict, k: int, max_new_tokens: int, stop: list[str] | None, layout: dict) -> Generation:
-    from .compiled import decoder_for
+    from .engine.compiled import decoder_for
     from .measure import cache_bytes
 
     model = loaded.model
@@ -163,14 +174,15 @@ def _compiled(loaded, inputs: dict, k: int, max_new_tokens: int, stop: list[str]
     return Generation(answers=answers, tokens=seqs, new_tokens=counts,
                       num_vision_tokens=layout["num_vision_tokens"], num_text_tokens=layout["num_text_tokens"],
                       prefill_s=first - start, decode_s=end - first, total_s=end - start, k=k,
-                      kv_bytes=cache_bytes(state.cache), method="vtw" if k < loaded.num_layers else "stock")
+                      kv_bytes=cache_bytes(state.cache), method="stock" if runs_stock("vtw", k, loaded.num_layers)
+                      else "vtw")
 
 
-def compare(loaded, inputs: dict, k: int, positions: str = "keep", max_new_tokens: int = 32,
-            stop: list[str] | None = None) -> dict[str, Generation]:
-    """The paper's Fig. 6: the same inputs answered by the stock model and with VTW at ``k``."""
-    return {"stock": generate(loaded, inputs, None, positions, max_new_tokens, stop=stop),
-            "vtw": generate(loaded, inputs, k, positions, max_new_tokens, stop=stop)}
+def compare(loaded, inputs: dict, spec: RunSpec | None = None, **settings: Any) -> dict[str, Generation]:
+    """The paper's Fig. 6: the same inputs answered by the stock model and with VTW at ``spec``'s K."""
+    spec = RunSpec.of(spec, **settings)
+    return {"stock": generate(loaded, inputs, replace(spec, method="stock")),
+            "vtw": generate(loaded, inputs, replace(spec, method="vtw"))}
 
 
 def _stop_on(tokenizer, stop: list[str], start: int):

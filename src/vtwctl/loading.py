@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from . import profiles
-from .errors import VTWError
-from .families import Adapter, adapter_for
+from .engine.families import Adapter, adapter_for
+from .errors import ArgumentError, VTWError
+from .spec import PROMPT_STYLES
 
 DTYPE_NAMES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
                "half": "float16", "bfloat16": "bfloat16", "bf16": "bfloat16"}
@@ -43,13 +44,12 @@ PAPER_SYSTEMS = {
     "llava_v1": ("A chat between a curious human and an artificial intelligence assistant. "
                  "The assistant gives helpful, detailed, and polite answers to the human's questions."),
 }
-PROMPT_STYLES = ("hf", "paper")
 
 
 def check_prompt_style(style: str) -> None:
     """A VTWError unless ``style`` is a prompt style ("hf" or "paper")."""
     if style not in PROMPT_STYLES:
-        raise VTWError(f"--prompt-style must be hf or paper, got {style!r}")
+        raise ArgumentError(f"--prompt-style must be hf or paper, got {style!r}")
 
 
 def paper_template(profile: dict | None, family: str, text_model_type: str | None) -> str | None:
@@ -165,7 +165,7 @@ def pick_device(device: str = "auto") -> str:
         if mps is None or not mps.is_available():
             raise VTWError("device mps requested but MPS (Apple GPU) is not available on this machine")
     if device not in ("cpu", "map", "mps") and not device.startswith("cuda"):
-        raise VTWError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N, mps or map (device_map='auto')")
+        raise ArgumentError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N, mps or map (device_map='auto')")
     return device
 
 
@@ -177,7 +177,7 @@ def pick_dtype(dtype: str, device: str):
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.float32
     if dtype not in DTYPE_NAMES:
-        raise VTWError(f"unknown dtype {dtype!r}; use auto, float32, float16 or bfloat16")
+        raise ArgumentError(f"unknown dtype {dtype!r}; use auto, float32, float16 or bfloat16")
     return getattr(torch, DTYPE_NAMES[dtype])
 
 
@@ -298,12 +298,16 @@ class Loaded:
         if vids:
             kwargs["videos"] = vids
         tok = getattr(self.processor, "tokenizer", None)
+        side = getattr(tok, "padding_side", None)
         if tok is not None:
-            tok.padding_side = "left"
+            tok.padding_side = "left"  # for this call only: the caller's tokenizer is given back as it was
         try:
             batch = self.processor(**kwargs)
         except ImportError as exc:  # e.g. transformers' video processors need torchvision
             raise VTWError(f"the {self.family} processor cannot run here: {str(exc).strip().splitlines()[0]}") from None
+        finally:
+            if tok is not None and side is not None:
+                tok.padding_side = side
         return self.to_device(dict(batch))
 
     def sample_inputs(self, sample) -> dict:
@@ -326,7 +330,7 @@ class Loaded:
         """Per row: vision tokens and text tokens (padding excluded)."""
         import torch
 
-        from .families import vision_mask
+        from .engine.families import vision_mask
 
         ids = input_ids
         valid = attention_mask.bool() if attention_mask is not None else torch.ones_like(ids, dtype=torch.bool)
@@ -356,13 +360,13 @@ def load(spec: str = "demo", device: str = "auto", dtype: str = "auto",
     flash_attention_2, or None for the transformers default. ``prompt_style``: "hf" (the model's chat
     template) or "paper" (the authors' LLaVA conversation template, with its system prompt).
     """
-    from .compat import ATTENTION_IMPLEMENTATIONS, check_transformers
-    from .compat import attn_implementation as impl_of
+    from .engine.compat import ATTENTION_IMPLEMENTATIONS, check_transformers
+    from .engine.compat import attn_implementation as impl_of
 
     check_prompt_style(prompt_style)
     check_transformers()
     if attn_implementation is not None and attn_implementation not in ATTENTION_IMPLEMENTATIONS:
-        raise VTWError(f"unknown attention implementation {attn_implementation!r}; "
+        raise ArgumentError(f"unknown attention implementation {attn_implementation!r}; "
                        f"use one of {', '.join(ATTENTION_IMPLEMENTATIONS)}")
     res = resolve(spec)
     dev = pick_device(device)

@@ -211,36 +211,93 @@ def _peak_of(prof) -> int | None:
     return int(peak)
 
 
-def nvml_used_bytes(device) -> int | None:
-    """Device-level used memory from NVML (pynvml, from nvidia-ml-py), or None."""
-    try:
-        import pynvml
+_NVML: dict = {}  # "ok": whether nvmlInit succeeded (initialised once per process)
 
-        pynvml.nvmlInit()
-        index = getattr(device, "index", None) or 0
-        handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-        return int(pynvml.nvmlDeviceGetMemoryInfo(handle).used)
-    except Exception:  # no driver, no GPU, no library
+
+def _nvml():
+    """pynvml, initialised once per process; None without a driver or the library."""
+    if "ok" not in _NVML:
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            _NVML["ok"], _NVML["module"] = True, pynvml
+        except Exception:  # no driver, no GPU, no library
+            _NVML["ok"] = False
+    return _NVML.get("module") if _NVML["ok"] else None
+
+
+def visible_device(index: int, visible: str | None) -> int | str:
+    """The NVML device behind torch's CUDA device ``index``: ``CUDA_VISIBLE_DEVICES`` (``visible``) renumbers
+    devices, so torch's index N is its N-th entry, a physical index or a ``GPU-``/``MIG-`` UUID."""
+    if not visible or not visible.strip():
+        return index
+    entries = [e.strip() for e in visible.split(",") if e.strip()]
+    if index >= len(entries):
+        raise IndexError(f"CUDA device {index} is not among CUDA_VISIBLE_DEVICES={visible!r}")
+    entry = entries[index]
+    return int(entry) if entry.isdigit() else entry
+
+
+def nvml_used_bytes(device) -> int | None:
+    """Device-level used memory from NVML (pynvml, from nvidia-ml-py) of the GPU torch calls ``device``,
+    or None. NVML numbers GPUs physically (PCI order, all of them); torch numbers the visible ones in its
+    own order, so the device is found by its UUID (torch's device properties), else through
+    ``CUDA_VISIBLE_DEVICES``."""
+    import os
+
+    nvml = _nvml()
+    if nvml is None:
+        return None
+    index = getattr(device, "index", None) or 0
+    try:
+        handle = None
+        try:
+            import torch
+
+            uuid = str(torch.cuda.get_device_properties(index).uuid)
+            handle = nvml.nvmlDeviceGetHandleByUUID(uuid if uuid.startswith(("GPU-", "MIG-")) else f"GPU-{uuid}")
+        except Exception:  # an older torch without the UUID, or NVML does not know it
+            handle = None
+        if handle is None:
+            which = visible_device(index, os.environ.get("CUDA_VISIBLE_DEVICES"))
+            handle = nvml.nvmlDeviceGetHandleByUUID(which) if isinstance(which, str) \
+                else nvml.nvmlDeviceGetHandleByIndex(which)
+        return int(nvml.nvmlDeviceGetMemoryInfo(handle).used)
+    except Exception:  # the device cannot be read
         return None
 
 
-def measure(loaded, inputs: dict, method: str = "baseline", k: int | None = None, fastv_k: int = 2,
-            fastv_ratio: float = 0.5, max_new_tokens: int = 16, warmup: int = 1, repeats: int = 5,
-            positions: str = "keep", max_repeats: int | None = None, target_spread: float = 0.1) -> Measurement:
-    """Time and size one method on ``inputs`` (see the module docstring for the protocol)."""
-    return measure_many(loaded, inputs, [(method, k)], fastv_k, fastv_ratio, max_new_tokens, warmup, repeats,
-                        positions, max_repeats=max_repeats, target_spread=target_spread)[0]
+@dataclass(frozen=True)
+class Protocol:
+    """How a measurement is repeated: ``max_new_tokens`` per end-to-end run (at least 2), ``warmup`` rounds,
+    ``repeats`` rounds, then more (up to ``max_repeats``, default 3x ``repeats``) while a spread is above
+    ``target_spread``."""
+
+    max_new_tokens: int = 16
+    warmup: int = 1
+    repeats: int = 5
+    max_repeats: int | None = None
+    target_spread: float = 0.1
 
 
-def measure_many(loaded, inputs: dict, plans: list[tuple[str, int | None]], fastv_k: int = 2,
-                 fastv_ratio: float = 0.5, max_new_tokens: int = 16, warmup: int = 1, repeats: int = 5,
-                 positions: str = "keep", progress=None, seed: int = 0, max_repeats: int | None = None,
-                 target_spread: float = 0.1) -> list[Measurement]:
+def measure_many(loaded, inputs: dict, plans: list[tuple[str, int | None]], spec=None, protocol: Protocol | None = None,
+                 progress=None, **settings: Any) -> list[Measurement]:
     """Measure several (method, k) plans side by side: repeats are interleaved round-robin, so load
     changes on the machine hit every plan alike; memory and KV bytes are read once per plan.
 
-    After ``repeats`` rounds, more rounds run (up to ``max_repeats``, default 3x ``repeats``) while any
-    plan's prefill or decode spread is above ``target_spread``."""
+    ``spec`` (a ``RunSpec``): FastV's settings, positions, and the seed of Rand's draw; ``settings`` change
+    its fields or ``protocol``'s (``max_new_tokens=``, ``repeats=``, ...)."""
+    from dataclasses import fields, replace
+
+    from .spec import RunSpec
+
+    names = {f.name for f in fields(Protocol)}
+    protocol = replace(protocol or Protocol(), **{k: settings.pop(k) for k in list(settings) if k in names})
+    spec = RunSpec.of(spec, **settings)
+    fastv_k, fastv_ratio, positions, seed = spec.fastv_k, spec.fastv_ratio, spec.positions, spec.seed or 0
+    max_new_tokens, warmup, repeats = protocol.max_new_tokens, protocol.warmup, protocol.repeats
+    max_repeats, target_spread = protocol.max_repeats, protocol.target_spread
     import torch
 
     model = loaded.model
@@ -319,17 +376,17 @@ def _memory(loaded, model, inputs, t, gen_kw):
 
     kv_prefill = cache_bytes(cache_of(model(**inputs, use_cache=True)))
     cuda = getattr(loaded.device, "type", "") == "cuda"
+    kw = dict(max_new_tokens=t, min_new_tokens=t, return_dict_in_generate=True, **gen_kw)
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats(loaded.device)
         before = torch.cuda.memory_allocated(loaded.device)
-    if cuda:
-        out = model.generate(**inputs, max_new_tokens=t, min_new_tokens=t, return_dict_in_generate=True, **gen_kw)
+        out = model.generate(**inputs, **kw)
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated(loaded.device) - before
+        used = nvml_used_bytes(loaded.device)
     else:
         with CPUPeak() as meter:
-            out = model.generate(**inputs, max_new_tokens=t, min_new_tokens=t, return_dict_in_generate=True,
-                                 **gen_kw)
-        peak = meter.bytes
-    return kv_prefill, peak, cache_bytes(cache_of(out)), nvml_used_bytes(loaded.device) if cuda else None
+            out = model.generate(**inputs, **kw)
+        peak, used = meter.bytes, None
+    return kv_prefill, peak, cache_bytes(cache_of(out)), used

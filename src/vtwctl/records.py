@@ -1,8 +1,9 @@
 """The calibration records: the user's store written by ``vtwctl calibrate`` and the one rule
 ``--k auto`` follows over it and the shipped profiles' records.
 
-Records live in the user's profile store (``$VTWCTL_PROFILE_DIR``, ``--profile-dir`` or the user cache
-dir), one JSON file per model; the shipped profiles (``vtwctl.profiles``) carry known K records too.
+Records live in the user's calibration store (``--calibration-dir``, ``$VTWCTL_CALIBRATION_DIR``, or the
+user cache dir; ``--profile-dir`` and ``$VTWCTL_PROFILE_DIR`` are the old names, still read), one JSON
+file per model; the shipped profiles (``vtwctl.profiles``) carry known K records too.
 """
 
 from __future__ import annotations
@@ -26,17 +27,25 @@ LOCK_NAME = ".lock"
 def user_dir(override: str | os.PathLike | None = None) -> Path:
     if override:
         return Path(override).expanduser()
-    env = os.environ.get("VTWCTL_PROFILE_DIR")
+    env = _env_dir()
     if env:
         return Path(env).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "vtwctl" / "profiles"
 
 
+ENV_VARS = ("VTWCTL_CALIBRATION_DIR", "VTWCTL_PROFILE_DIR")  # the store's environment variable, then its old name
+
+
+def _env_dir() -> str | None:
+    return next((os.environ[v] for v in ENV_VARS if os.environ.get(v)), None)
+
+
 def _where(override) -> str:
     if override:
-        return "--profile-dir"
-    return "$VTWCTL_PROFILE_DIR" if os.environ.get("VTWCTL_PROFILE_DIR") else "the default profile store"
+        return "--calibration-dir"
+    name = next((v for v in ENV_VARS if os.environ.get(v)), None)
+    return f"${name}" if name else "the default calibration store"
 
 
 def _safe(model: str) -> str:
@@ -50,7 +59,7 @@ def _user_file(model: str, store: Path) -> Path:
 def _store(profile_dir) -> Path:
     store = user_dir(profile_dir)
     if store.exists() and not store.is_dir():
-        raise VTWError(f"profile store {store} ({_where(profile_dir)}) is a file, not a directory")
+        raise VTWError(f"calibration store {store} ({_where(profile_dir)}) is a file, not a directory")
     return store
 
 
@@ -101,7 +110,7 @@ def check_store(model: str, profile_dir: str | os.PathLike | None = None, write:
     path = _user_file(model, store)
     read_store(path)
     if write:
-        check_dir_target(store, "profile store")
+        check_dir_target(store, "calibration store")
         check_file_target(path, "calibration store")
     return path
 
@@ -163,7 +172,7 @@ def save_record(model: str, record: dict[str, Any], profile_dir: str | os.PathLi
     store.mkdir(parents=True, exist_ok=True)
     path = _user_file(model, store)
     record = {k: v for k, v in record.items() if k != "origin"}
-    with lock(store / LOCK_NAME, "profile store lock", wait=True):
+    with lock(store / LOCK_NAME, "calibration store lock", wait=True):
         data = read_store(path) or {"model": model, "calibrations": []}
         key = _identity(record)
         data["calibrations"] = [r for r in data["calibrations"] if _identity(r) != key] + [record]
@@ -171,37 +180,32 @@ def save_record(model: str, record: dict[str, Any], profile_dir: str | os.PathLi
     return path
 
 
-def auto_k(model: str, dataset: str | None = None,
-           profile_dir: str | os.PathLike | None = None) -> dict[str, Any] | None:
-    """The record ``--k auto`` uses, the same for every command: the user's newest record for
-    ``dataset`` (any dataset when None), else the shipped record for ``dataset`` (at the profile's
-    default eta if there is one), else the shipped record for every dataset ("*"; for no dataset:
-    "*" first, then any). None when there is none. The record carries its ``origin``."""
-    def usable(r):
-        return r.get("k") is not None
+def auto_k(model: str, dataset: str | None = None, profile_dir: str | os.PathLike | None = None,
+           eta: float | None = None) -> dict[str, Any] | None:
+    """The record ``--k auto`` uses: the one rule, the same for every command (``vtwctl.spec.K``).
 
-    for rec in reversed(user_records(model, profile_dir)):
-        if usable(rec) and (dataset is None or rec.get("dataset") == dataset):
-            return rec
+    Only records with a K count, and with ``eta`` only those calibrated at it (or without an eta).
+    1. the user's newest record for ``dataset`` (for None: for any dataset);
+    2. else the shipped profile's record for ``dataset``, the profile's default eta first;
+    3. else a record for every task (``"*"``): the user's newest, then the shipped one (for no dataset:
+       the shipped ``"*"`` record, then any shipped record).
+    None when there is none. The record carries its ``origin`` (the store file or the shipped profile).
+    """
+    def usable(r):
+        return r.get("k") is not None and (eta is None or r.get("eta") is None
+                                            or abs(float(r["eta"]) - eta) <= 1e-12)
+
+    def pick(recs, want):
+        return next((r for r in recs if want is None or r.get("dataset") == want), None)
+
+    user = [r for r in reversed(user_records(model, profile_dir)) if usable(r)]
     shipped = [r for r in reversed(shipped_records(model)) if usable(r)]
     default_eta = (find(model) or {}).get("default_eta")
     shipped.sort(key=lambda r: r.get("eta") != default_eta)  # the profile's own eta first (stable sort)
-    for want in ([dataset, "*"] if dataset is not None else ["*", None]):
-        for rec in shipped:
-            if want is None or rec.get("dataset") == want:
-                return rec
-    return None
-
-
-def k_for(model: str, dataset: str, eta: float | None = None,
-          profile_dir: str | os.PathLike | None = None) -> dict[str, Any] | None:
-    """The newest calibration record of ``model`` for ``dataset`` (and ``eta`` if given), or None."""
-    if eta is None:
-        return auto_k(model, dataset, profile_dir)
-    for rec in reversed(records(model, profile_dir)):
-        if rec.get("dataset") != dataset or rec.get("k") is None:
-            continue
-        if rec.get("eta") is not None and abs(float(rec["eta"]) - eta) > 1e-12:
-            continue
-        return rec
+    order = [(user, dataset), (shipped, dataset), (user, "*"), (shipped, "*")] if dataset is not None \
+        else [(user, None), (shipped, "*"), (shipped, None)]
+    for recs, want in order:
+        rec = pick(recs, want)
+        if rec is not None:
+            return rec
     return None

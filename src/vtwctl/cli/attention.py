@@ -9,6 +9,7 @@ import typer
 from . import app
 from .common import (
     ATTN,
+    CALIBRATION_DIR,
     DEVICE,
     DTYPE,
     JSON,
@@ -19,6 +20,7 @@ from .common import (
     emit_json,
     load_model,
     model_name,
+    resolve_k,
     stderr_console,
 )
 
@@ -29,7 +31,8 @@ def attention(
     dataset: str = typer.Option("shapes", "--dataset", "-d", help="Task(s), comma-separated: ai2d,mmmu,mme,pope."),
     samples: int = typer.Option(20, "--samples", "-n", min=1, help="Samples from each task."),
     max_new_tokens: int = typer.Option(16, "--max-new-tokens", min=1, help="Output tokens per sample."),
-    k: int | None = typer.Option(None, "--k", help="Also withdraw vision tokens at layer K (VTW)."),
+    k: str | None = typer.Option(None, "--k", help="Also withdraw vision tokens at layer K (VTW), or 'auto' "
+                                                   "(the calibration record's K)."),
     split: str | None = typer.Option(None, "--split", help="Split (default: each task's test split)."),
     data_dir: str | None = typer.Option(None, "--data-dir", help="Local data of a single task."),
     out: Path = typer.Option(Path("attention"), "--out", "-o", help="Output directory."),
@@ -39,14 +42,16 @@ def attention(
     device: str = DEVICE,
     dtype: str = DTYPE,
     attn_implementation: str | None = ATTN,
+    profile_dir: Path | None = CALIBRATION_DIR,
     trust_remote_code: bool = TRUST,
     json_out: bool = JSON,
 ) -> None:
     """How much the output tokens attend to system, vision, instruction and output tokens."""
     from .. import preflight, tasks
     from ..attention import attention_stats
-    from ..errors import VTWError, check_k
+    from ..errors import VTWError
     from ..files import check_dir_target
+    from ..spec import STOCK, K
 
     names = [d.strip() for d in dataset.split(",") if d.strip()]
     if not names:
@@ -54,17 +59,26 @@ def attention(
     units = [tasks.get(n) for n in names]
     if data_dir and len(units) > 1:
         raise VTWError("--data-dir holds the data of one task; run one task at a time")
-    if k is not None and k < 0:
-        raise VTWError(f"K={k} is out of range: K must be >= 0")
+    given = K.parse(k) if k is not None else STOCK
+    auto_dataset = units[0].name if len(units) == 1 else None
     for t in units:  # splits, local files and sample counts, before the model loads
         preflight.check_data(t, split or t.test_split, data_dir, need=samples, what="--samples")
     check_dir_target(out, "output directory")
-    model_name(model)
+    name = model_name(model)
+    if given.auto:
+        from ..records import check_store
+
+        check_store(name, profile_dir)
+        if given.record(name, auto_dataset, profile_dir=profile_dir) is None:
+            raise VTWError(f"--k auto: no calibration record for {name}; run vtwctl calibrate or pass --k")
     check_device(device)
     pairs = [(t.name, s) for t in units for s in t.load(split or t.test_split, samples, 0, data_dir)]
     loaded = load_model(model, device, dtype, attn_implementation, trust_remote_code, prompt_style)
-    check_k(k, loaded.num_layers)
     console = stderr_console()
+    k = None  # the layer (N: the stock model), None without --k
+    if not given.stock:
+        n = loaded.num_layers
+        k = resolve_k(given, n, loaded.name, auto_dataset, profile_dir, console).layer(n)
     with Progress("attention", console) as bar:
         report = attention_stats(loaded, pairs, max_new_tokens, k, progress=lambda d, n: bar.update(d, n))
     try:

@@ -9,6 +9,7 @@ import typer
 from . import app
 from .common import (
     ATTN,
+    CALIBRATION_DIR,
     DEVICE,
     DTYPE,
     JSON,
@@ -57,7 +58,7 @@ def calibrate(
     accuracy: int = typer.Option(0, "--accuracy", min=0, help="Also score N samples at each K (Fig. 8a)."),
     plot: Path | None = typer.Option(None, "--plot", help="Write KL vs K (log scale) to this PNG."),
     data_dir: str | None = typer.Option(None, "--data-dir", help="Local directory or parquet file of the dataset."),
-    profile_dir: Path | None = typer.Option(None, "--profile-dir", help="Profile store for the record."),
+    profile_dir: Path | None = CALIBRATION_DIR,
     save: bool = typer.Option(True, "--save/--no-save", help="Save the record for `run --k auto`."),
     first: int | None = typer.Option(None, "--first", min=1,
                                      help="Take the first N documents instead of a random subset; with --split test "
@@ -72,9 +73,11 @@ def calibrate(
     json_out: bool = JSON,
 ) -> None:
     """Choose K: the first layer whose mean KL(P_vtw || P_base) over a small subset is below eta."""
+    from dataclasses import replace
+
     from .. import preflight, records, tasks
+    from ..calibrate import Sweep, to_records
     from ..calibrate import calibrate as run_calibration
-    from ..calibrate import to_records
     from ..errors import VTWError
     from ..files import check_file_target
     from ..loading import check_prompt_style
@@ -88,6 +91,8 @@ def calibrate(
         raise VTWError(f"calibration must not use the test split ({split}) of {task.name} "
                        "(--split test --first N reproduces the authors' protocol)")
     check_prompt_style(prompt_style)
+    sweep = Sweep(samples=samples, seed=seed, tokens=tokens, accuracy=accuracy, first=first,
+                  batch_size=batch_size)  # checked here, before anything is read (k_min: once the model is known)
     if first is not None:
         samples = first
     preflight.check_data(task, split, data_dir, need=samples, what="--first" if first is not None else "--samples")
@@ -100,12 +105,10 @@ def calibrate(
     loaded = load_model(model, device, dtype, attn_implementation, trust_remote_code, prompt_style)
     prof = loaded.profile or {}
     etas = etas or [float(prof.get("default_eta", 0.003))]
-    k_min = k_min if k_min is not None else int(prof.get("k_min", 5))
+    sweep = replace(sweep, k_min=k_min if k_min is not None else int(prof.get("k_min", 5)))
     console = stderr_console()
     with Progress("calibration", console) as bar:
-        result = run_calibration(loaded, task, etas, k_min=k_min, samples=samples, seed=seed, split=split,
-                                 tokens=tokens, accuracy=accuracy, source=data_dir, first=first,
-                                 batch_size=batch_size,
+        result = run_calibration(loaded, task, etas, sweep, split=split, source=data_dir,
                                  progress=lambda stage, done, total: bar.update(done, total, stage=stage))
     if result.warning:
         console.print(f"[yellow]warning: {result.warning}[/yellow]", highlight=False)

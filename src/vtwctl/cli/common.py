@@ -17,6 +17,10 @@ DTYPE = typer.Option("auto", "--dtype", help="auto (bf16/fp16 on GPU, fp32 on CP
 ATTN = typer.Option(None, "--attn-implementation", help="eager, sdpa or flash_attention_2 (default: transformers').")
 JSON = typer.Option(False, "--json", help="Print one JSON object on stdout instead of text.")
 TRUST = typer.Option(False, "--trust-remote-code", help="Allow model code from the hub (off by default).")
+CALIBRATION_DIR = typer.Option(None, "--calibration-dir", "--profile-dir",
+                               help="The calibration store: where calibration records live (default "
+                                    "$VTWCTL_CALIBRATION_DIR, else ~/.cache/vtwctl/profiles; --profile-dir and "
+                                    "$VTWCTL_PROFILE_DIR: the old names).")
 
 
 def stderr_console():
@@ -70,24 +74,6 @@ def load_model(model: str, device: str, dtype: str, attn: str | None, trust_remo
                     prompt_style=prompt_style)
 
 
-def parse_k(value: str | None, no_withdraw: bool, num_layers: int) -> int | str | None:
-    """``--k`` as an int, 'auto', or None (no withdrawal)."""
-    from ..errors import VTWError, check_k
-
-    if no_withdraw:
-        if value not in (None, "auto"):
-            raise VTWError("--k and --no-withdraw contradict each other")
-        return None
-    if value is None or value == "auto":
-        return "auto"
-    try:
-        k = int(value)
-    except ValueError:
-        raise VTWError(f"--k must be an integer in 0..{num_layers} or 'auto', got {value!r}") from None
-    check_k(k, num_layers)
-    return k
-
-
 def fastv_settings(preset: str, k: int | None, ratio: float | None) -> tuple[int, float]:
     """FastV's (K, fraction dropped): the ``--fastv-preset``'s, overridden by ``--fastv-k``/``--fastv-ratio``."""
     from ..costs import FASTV_PRESETS
@@ -102,25 +88,6 @@ def fastv_settings(preset: str, k: int | None, ratio: float | None) -> tuple[int
     return k, ratio
 
 
-def check_k_syntax(value: str | None, lists: bool = False) -> None:
-    """``--k`` is 'auto', an integer (or a comma-separated list of them): checked before loading."""
-    from ..errors import VTWError
-
-    if value is None or value == "auto":
-        return
-    parts = [p.strip() for p in value.split(",")] if lists else [value.strip()]
-    try:
-        ks = [int(p) for p in parts if p]
-    except ValueError:
-        ks = []
-    if not ks or len(ks) != len([p for p in parts if p]) or not lists and len(parts) != 1:
-        what = "an integer, a comma-separated list of integers" if lists else "an integer"
-        raise VTWError(f"--k must be {what} or 'auto', got {value!r}")
-    for k in ks:
-        if k < 0:
-            raise VTWError(f"K={k} is out of range: K must be >= 0 (0-based layer; N = no withdrawal)")
-
-
 def check_positive(name: str, value: float | None, allow_zero: bool = False) -> None:
     from ..errors import VTWError
 
@@ -130,18 +97,6 @@ def check_positive(name: str, value: float | None, allow_zero: bool = False) -> 
         raise VTWError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
 
 
-def describe_record(rec: dict) -> str:
-    bits = [f"dataset {rec.get('dataset')}"]
-    if rec.get("eta") is not None:
-        bits.append(f"η={rec['eta']:g}")
-    if rec.get("samples"):
-        bits.append(f"{rec['samples']} samples")
-    if rec.get("date"):
-        bits.append(str(rec["date"])[:10])
-    src = rec.get("origin") or rec.get("source") or ""
-    return f"{', '.join(bits)}; {src}".rstrip("; ")
-
-
 def record_summary(rec: dict | None) -> dict | None:
     """The part of a calibration record a JSON result names as the source of ``--k auto``."""
     if rec is None:
@@ -149,21 +104,16 @@ def record_summary(rec: dict | None) -> dict | None:
     return {key: rec.get(key) for key in ("dataset", "eta", "k", "samples", "date", "source", "origin")}
 
 
-def auto_k(name: str, dataset: str | None, profile_dir, num_layers: int, console) -> tuple[int | None, dict | None]:
-    """``--k auto``: K from the one resolver (records.auto_k), said on stderr; (None, None) if no record."""
-    from ..errors import VTWError
-    from ..records import auto_k as find_record
+def resolve_k(given, num_layers: int, name: str, dataset: str | None, profile_dir, console):
+    """``given`` (a ``spec.K``) for a model of ``num_layers`` layers (``K.resolve``: the one rule for
+    ``auto``), saying on stderr which record ``auto`` took. None: ``auto`` without a record."""
+    from ..spec import describe_record
 
-    rec = find_record(name, dataset, profile_dir)
-    if rec is None:
-        return None, None
-    k = int(rec["k"])
-    if not 0 <= k <= num_layers:
-        raise VTWError(f"the calibration record for {name} ({describe_record(rec)}) has K={k}, but the model "
-                       f"has {num_layers} layers; recalibrate or pass --k")
-    console.print(f"--k auto: K={k} from the calibration record of {name} ({describe_record(rec)})",
-                  soft_wrap=True, highlight=False, markup=False)
-    return k, rec
+    found = given.resolve(num_layers, name, dataset, profile_dir=profile_dir)
+    if found is not None and found.record is not None:
+        console.print(f"--k auto: K={found.record['k']} from the calibration record of {name} "
+                      f"({describe_record(found.record)})", soft_wrap=True, highlight=False, markup=False)
+    return found
 
 
 class Progress:

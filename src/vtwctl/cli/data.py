@@ -39,7 +39,7 @@ def export(
         check_file_target(Path(out_dir) / f"{split}.parquet", "parquet file")
     paths = shapes.export(out_dir, seed=seed, n_train=train, n_validation=validation, n_test=test)
     if lmms_eval:
-        from ..lmms_eval_shapes import write_task
+        from ..integrations.lmms_eval.shapes import write_task
 
         paths.append(write_task(out_dir))
     if json_out:

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from . import app
-from .common import JSON, emit_json, stdout_console
+from .common import CALIBRATION_DIR, JSON, emit_json, stdout_console
 
 
 def _ks(recs: list[dict]) -> str:
@@ -23,7 +23,7 @@ def _ks(recs: list[dict]) -> str:
 
 @app.command()
 def models(
-    profile_dir: Path | None = typer.Option(None, "--profile-dir", help="Where your calibration records live."),
+    profile_dir: Path | None = CALIBRATION_DIR,
     families: bool = typer.Option(False, "--families", help="List the model families the engine knows instead."),
     json_out: bool = JSON,
 ) -> None:
@@ -62,7 +62,7 @@ def models(
 
 
 def _families(json_out: bool) -> None:
-    from ..families import known_families
+    from ..engine.families import known_families
 
     rows = known_families()
     if json_out:

@@ -9,13 +9,13 @@ import typer
 from . import app
 from .common import (
     ATTN,
+    CALIBRATION_DIR,
     DEVICE,
     DTYPE,
     JSON,
     MODEL,
     TRUST,
     check_device,
-    check_k_syntax,
     emit_json,
     fastv_settings,
     load_model,
@@ -24,23 +24,22 @@ from .common import (
 )
 
 
-def _parse_ks(text: str | None, n: int, model: str, profile_dir, dataset: str | None, console) -> list[int]:
-    from ..errors import VTWError, check_k
-    from .common import auto_k
+def _layers(given, n: int, model: str, profile_dir, dataset: str | None, console) -> list[int]:
+    """The K rows to profile: ``given`` (``spec.K`` values; no --k: auto, else half the layers) as layers 0..N."""
+    from ..errors import VTWError
+    from ..spec import AUTO
+    from .common import resolve_k
 
-    if text is None or text == "auto":
-        k, _ = auto_k(model, dataset, profile_dir, n, console)
-        if k is None:
-            if text == "auto":
+    if given is None or given == (AUTO,):
+        found = resolve_k(AUTO, n, model, dataset, profile_dir, console)
+        if found is None:
+            if given is not None:
                 raise VTWError(f"no calibration record for {model}; run vtwctl calibrate or pass --k")
             console.print(f"no --k and no calibration record for {model}: profiling VTW at K={n // 2} (half the "
                           "layers)", highlight=False)
             return [n // 2]
-        return [k]
-    ks = [int(t) for t in text.split(",") if t.strip()]  # the syntax was checked before loading
-    for k in ks:
-        check_k(k, n)
-    return ks
+        return [found.layer(n)]
+    return [k.resolve(n).layer(n) for k in given]
 
 
 @app.command()
@@ -75,7 +74,7 @@ def profile(
     warmup: int = typer.Option(1, "--warmup", min=0),
     csv: Path | None = typer.Option(None, "--csv", help="Also write the rows as CSV."),
     plot: Path | None = typer.Option(None, "--plot", help="Bar chart (or curves vs K for a K list) as PNG."),
-    profile_dir: Path | None = typer.Option(None, "--profile-dir", help="Where calibration records live."),
+    profile_dir: Path | None = CALIBRATION_DIR,
     device: str = DEVICE,
     dtype: str = DTYPE,
     attn_implementation: str | None = ATTN,
@@ -87,10 +86,11 @@ def profile(
     from ..env import environment
     from ..errors import VTWError
     from ..files import check_file_target
-    from ..loading import check_prompt_style
+    from ..measure import Protocol
     from ..methods import canonical
     from ..profiles import find
     from ..records import check_store, records
+    from ..spec import RunSpec
 
     console = stderr_console()
     if method in FLOP_METHODS:  # the old meaning of --method
@@ -107,14 +107,18 @@ def profile(
     if flops not in FLOP_METHODS:
         raise VTWError(f"--flops must be one of {', '.join(FLOP_METHODS)}, got {flops!r}")
     fastv_k, fastv_ratio = fastv_settings(fastv_preset, fastv_k, fastv_ratio)
-    check_prompt_style(prompt_style)
+    spec = RunSpec(model=model, method="stock", fastv_k=fastv_k, fastv_ratio=fastv_ratio, seed=seed,
+                   prompt_style=prompt_style, device=device, dtype=dtype, attn_implementation=attn_implementation,
+                   trust_remote_code=trust_remote_code)  # the rows' shared settings, checked here
     if count not in ("all", "vision"):
         raise VTWError(f"--count must be all or vision, got {count!r}")
-    check_k_syntax(k, lists=True)
+    from ..spec import K
+
+    given = K.parse_list(k) if k is not None else None
     check_file_target(csv, "CSV file")
     check_file_target(plot, "plot")
     name = model_name(model)
-    if k in (None, "auto"):
+    if given is None or given[0].auto:
         check_store(name, profile_dir)
     if flops_only:
         from ..flops import dims_for
@@ -135,7 +139,7 @@ def profile(
         if count == "vision" and int(vis) == 0:
             raise VTWError("--count vision measures the vision tokens' share: give --vision-tokens > 0")
         name = prof.get("name", model)
-        ks = _parse_ks(k, dims.num_layers, name, profile_dir, dataset, console)
+        ks = _layers(given, dims.num_layers, name, profile_dir, dataset, console)
         if not 1 <= fastv_k <= dims.num_layers:
             raise VTWError(f"--fastv-k must be in 1..{dims.num_layers}")
         table, sweep = flops_rows(dims, int(vis), int(txt), ks, fastv_k, fastv_ratio, flops, count, rows=rows)
@@ -148,16 +152,16 @@ def profile(
         check_device(device)
         loaded = load_model(model, device, dtype, attn_implementation, trust_remote_code, prompt_style)
         auto_dataset = None if prompt is not None else (dataset or "shapes")
-        ks = _parse_ks(k, loaded.num_layers, loaded.name, profile_dir, auto_dataset, console)
+        ks = _layers(given, loaded.num_layers, loaded.name, profile_dir, auto_dataset, console)
         if not 1 <= fastv_k <= loaded.num_layers:
             raise VTWError(f"--fastv-k must be in 1..{loaded.num_layers}")
         inputs = _inputs(loaded, source)
         from .common import Progress
 
         with Progress("measuring", console, unit="runs") as bar:
-            table, sweep, tokens = measured_rows(loaded, inputs, ks, fastv_k, fastv_ratio, flops, count,
-                                                 max_new_tokens, warmup, repeats,
-                                                 progress=lambda d, n: bar.update(d, n), rows=rows, seed=seed)
+            table, sweep, tokens = measured_rows(loaded, inputs, ks, spec, Protocol(max_new_tokens, warmup, repeats),
+                                                 method=flops, count=count, rows=rows,
+                                                 progress=lambda d, n: bar.update(d, n))
         report = ProfileReport(model=loaded.name, k=ks[0], tokens=tokens, method=flops, count=count, rows=table,
                                sweep=sweep if len(ks) > 1 else [],
                                fastv={"k": fastv_k, "ratio": fastv_ratio, "preset": fastv_preset},

@@ -9,21 +9,19 @@ import typer
 from . import app
 from .common import (
     ATTN,
+    CALIBRATION_DIR,
     DEVICE,
     DTYPE,
     JSON,
     MODEL,
     TRUST,
-    auto_k,
     check_device,
-    check_k_syntax,
-    check_positive,
     emit_json,
     fastv_settings,
     load_model,
     model_name,
-    parse_k,
     record_summary,
+    resolve_k,
     stderr_console,
 )
 
@@ -76,7 +74,7 @@ def run(
     compile_: bool = typer.Option(False, "--compile",
                                   help="Greedy decoding on the compiled fast path (static caches, torch.compile; "
                                        "the first call compiles)."),
-    profile_dir: Path | None = typer.Option(None, "--profile-dir", help="Where calibration records live."),
+    profile_dir: Path | None = CALIBRATION_DIR,
     device: str = DEVICE,
     dtype: str = DTYPE,
     attn_implementation: str | None = ATTN,
@@ -85,37 +83,32 @@ def run(
 ) -> None:
     """Answer one prompt about an image (or video), with VTW at layer K or without it."""
     from ..errors import VTWError
-    from ..loading import check_prompt_style
-    from ..media import read_image, read_video
-    from ..methods import canonical
+    from ..evaluate import parse_shard
+    from ..spec import AUTO, NEEDS_K, Generation, RunSpec, canonical
 
     method = "stock" if no_withdraw else canonical(method)
+    if method == "stock" and k not in (None, "auto"):
+        raise VTWError("--k and --no-withdraw contradict each other")
     fastv_k, fastv_ratio = fastv_settings(fastv_preset, fastv_k, fastv_ratio)
-    check_prompt_style(prompt_style)
+    # the one run specification, checked once here (before anything is read or loaded)
+    spec = RunSpec(model=model, k=AUTO if k is None else k, method=method, fastv_k=fastv_k, fastv_ratio=fastv_ratio,
+                   seed=seed, positions=positions, prompt_style=prompt_style, image_mode=image_mode, scoring=scoring,
+                   generation=Generation(max_new_tokens=max_new_tokens, do_sample=sample, temperature=temperature),
+                   batch_size=batch_size, shard=parse_shard(shard), compiled=compile_, device=device, dtype=dtype,
+                   attn_implementation=attn_implementation, trust_remote_code=trust_remote_code)
     if compare and (method != "vtw" or dataset is not None):
         raise VTWError("--compare answers one prompt with the stock model and with VTW: drop --method/--dataset")
-    if positions not in ("keep", "rearrange"):
-        raise VTWError(f"--positions must be keep or rearrange, got {positions!r}")
-    if no_withdraw and k not in (None, "auto"):
-        raise VTWError("--k and --no-withdraw contradict each other")
-    if compile_:
-        from ..infer import check_compiled
-
-        if dataset is not None or compare:
-            raise VTWError("--compile answers one prompt: drop --dataset/--compare")
-        check_compiled(method, sample, positions)
+    if compile_ and (dataset is not None or compare):
+        raise VTWError("--compile answers one prompt: drop --dataset/--compare")
     if dataset is not None:
+        if k is None and method in NEEDS_K:
+            raise VTWError("say which K: --k K, --k auto (from the calibration record) or --no-withdraw")
         if image is not None or video is not None or prompt is not None or example is not None:
             raise VTWError("--dataset brings its own inputs: drop --image/--video/--prompt/--example")
-        from .evaluate import run_dataset
+        from .dataset import run_dataset
 
-        run_dataset(model=model, dataset=dataset, split=split, limit=limit, batch_size=batch_size, output=output,
-                    shard=shard, image_mode=image_mode, data_dir=data_dir, k=k, no_withdraw=no_withdraw,
-                    positions=positions, max_new_tokens=max_new_tokens, profile_dir=profile_dir, device=device,
-                    dtype=dtype, attn_implementation=attn_implementation, json_out=json_out,
-                    trust_remote_code=trust_remote_code, scoring=scoring, judge_url=judge_url,
-                    judge_model=judge_model, method=method, seed=seed or 0, fastv_k=fastv_k,
-                    fastv_ratio=fastv_ratio, prompt_style=prompt_style)
+        run_dataset(spec, dataset, split=split, limit=limit, output=output, data_dir=data_dir, judge_url=judge_url,
+                    judge_model=judge_model, calibration_dir=profile_dir, json_out=json_out)
         return
     dataset_only = {"--split": split, "--limit": limit, "--output": output, "--shard": shard, "--data-dir": data_dir,
                     "--batch-size": batch_size if batch_size != 1 else None,
@@ -123,11 +116,14 @@ def run(
     given = [flag for flag, value in dataset_only.items() if value is not None]
     if given:
         raise VTWError(f"{', '.join(given)} only appl{'y' if len(given) > 1 else 'ies'} with --dataset")
-    max_new_tokens = max_new_tokens or 32
+    _one_prompt(spec, image, video, prompt, example, frames, compare, profile_dir, json_out)
+
+
+def _one_prompt(spec, image, video, prompt, example, frames, compare, calibration_dir, json_out) -> None:
+    from ..errors import VTWError
+    from ..media import read_image, read_video
+
     expected = None
-    if sample:
-        check_positive("--temperature", temperature)
-    check_k_syntax(k)
     if example is not None:
         if image is not None or video is not None or prompt is not None:
             raise VTWError("--example brings its own image and question: drop --image/--video/--prompt")
@@ -144,51 +140,57 @@ def run(
     else:
         img = read_image(image) if image is not None else None
     vid = read_video(video, frames) if video is not None else None
-    name = model_name(model)
-    if k in (None, "auto") and not no_withdraw:
+    name = model_name(spec.model)
+    auto_dataset = "shapes" if example is not None else None
+    if spec.k.auto:
         from ..records import check_store
 
-        check_store(name, profile_dir)
-    check_device(device)
-    loaded = load_model(model, device, dtype, attn_implementation, trust_remote_code, prompt_style)
+        check_store(name, calibration_dir)
+        if spec.method in ("rand", "vtw-random") and spec.k.record(name, auto_dataset, profile_dir=calibration_dir) \
+                is None:
+            raise VTWError(f"--method {spec.method} needs a K: pass --k K, or calibrate {name} for --k auto "
+                           "(no calibration record found)")
+    check_device(spec.device)
+    loaded = load_model(spec.model, spec.device, spec.dtype, spec.attn_implementation, spec.trust_remote_code,
+                        spec.prompt_style)
     if vid is not None and not loaded.takes_video:
         raise VTWError(f"{loaded.name} ({loaded.family}) does not take videos")
     n = loaded.num_layers
-    chosen = parse_k(k, method == "stock", n) if method != "fastv" else None
     console = stderr_console()
-    rec = None
-    if chosen == "auto":
-        chosen, rec = auto_k(loaded.name, "shapes" if example is not None else None, profile_dir, n, console)
-        if rec is None:
-            console.print(f"no calibration record for {loaded.name}: running without withdrawal "
-                          "(pass --k or run vtwctl calibrate)")
+    found = resolve_k(spec.k, n, loaded.name, auto_dataset, calibration_dir, console)
+    if found is None:
+        console.print(f"no calibration record for {loaded.name}: running without withdrawal "
+                      "(pass --k or run vtwctl calibrate)")
+    rec = found.record if found is not None else None
+    from dataclasses import replace
+
     from ..infer import compare as run_compare
     from ..infer import generate
     from ..methods import random_k, sample_seed
+    from ..spec import STOCK, K
 
+    run = replace(spec, k=STOCK if found is None else K(found.layer(n)),
+                  generation=replace(spec.generation, max_new_tokens=spec.max_new_tokens or 32))
     inputs = loaded.build_inputs(prompt, images=[img] if img is not None else None,
                                  videos=[vid] if vid is not None else None)
     if compare:
-        if chosen is None:
+        if found is None:
             raise VTWError("--compare needs a K to withdraw at: --k K or a calibration record for --k auto")
-        both = run_compare(loaded, inputs, chosen, positions, max_new_tokens)
-        halves = {name: _result(loaded, g, positions, n) for name, g in both.items()}
+        both = run_compare(loaded, inputs, run)
+        halves = {name: _result(loaded, g, spec.positions, n) for name, g in both.items()}
         if json_out:
-            emit_json({**halves, "k_record": record_summary(rec), "prompt_style": prompt_style})
+            emit_json({**halves, "k_record": record_summary(rec), "prompt_style": spec.prompt_style})
             return
         _render_compare(console, halves)
         return
-    run_k = chosen
-    if method == "vtw-random":
-        run_k = random_k(seed or 0, prompt, chosen if chosen is not None else n // 2, n)
-    gen = generate(loaded, inputs, k=run_k, positions=positions, max_new_tokens=max_new_tokens,
-                   do_sample=sample, temperature=temperature, seed=seed, method=method,
-                   seeds=[sample_seed(seed or 0, prompt)], fastv_k=fastv_k, fastv_ratio=fastv_ratio,
-                   compiled=compile_)
-    result = {**_result(loaded, gen, positions, n), "k_record": record_summary(rec), "method": method,
-              "prompt_style": prompt_style, "compiled": compile_}
-    if method == "fastv":
-        result.update(k=fastv_k, fastv_ratio=fastv_ratio)
+    seed = spec.seed or 0
+    if spec.method == "vtw-random":  # found: refused above without a K
+        run = replace(run, k=K(random_k(seed, prompt, found.layer(n), n)))
+    gen = generate(loaded, inputs, run, seeds=[sample_seed(seed, prompt)])
+    result = {**_result(loaded, gen, spec.positions, n), "k_record": record_summary(rec), "method": spec.method,
+              "prompt_style": spec.prompt_style, "compiled": spec.compiled}
+    if spec.method == "fastv":
+        result.update(k=spec.fastv_k, fastv_ratio=spec.fastv_ratio)
     if expected is not None:
         result.update(example=example, question=prompt, expected=expected)
     if json_out:
@@ -200,7 +202,7 @@ def run(
     console.print(f"[dim]K={gen.k}/{n}  vision={result['num_vision_tokens']} text={result['num_text_tokens']}  "
                   f"new={result['new_tokens']}  prefill {gen.prefill_s:.3f}s  decode {gen.decode_s:.3f}s  "
                   f"total {gen.total_s:.3f}s[/dim]")
-    if compile_:
+    if spec.compiled:
         console.print("[dim]--compile: the decode time includes compiling the step (once per model, K and "
                       "buffer size in a process)[/dim]")
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import typer
 
 from . import app
-from .common import MODEL, emit_json, stderr_console
+from .common import CALIBRATION_DIR, MODEL, emit_json, stderr_console
 
 # vLLM options VTW refuses, and the value that would be fine (None: the flag is refused outright)
 _REFUSED = {
@@ -101,7 +101,7 @@ def _architecture_and_layers(res) -> tuple[str | None, int | None]:
 def check_architecture(arch: str | None, name: str) -> None:
     """Refuse an architecture VTW is not verified on in vLLM (one VTWError); None (unknown) passes."""
     from ..errors import VTWError
-    from ..serving import ARCHITECTURES, WHY_UNVERIFIED
+    from ..integrations.vllm import ARCHITECTURES, WHY_UNVERIFIED
 
     if arch is not None and arch not in ARCHITECTURES:
         why = WHY_UNVERIFIED.get(arch)
@@ -112,29 +112,23 @@ def check_architecture(arch: str | None, name: str) -> None:
 def build_command(model: str, k: str, extra: list[str], dataset: str | None = None, eta: float | None = None,
                   profile_dir: Path | None = None, max_text_len: int | None = None) -> tuple[list[str], dict]:
     """The ``vllm serve`` argv and what was chosen (model source, K, record), checked before any load."""
-    from ..errors import VTWError, check_k
+    from ..errors import VTWError
+    from ..integrations.vllm.kv_names import SCHEDULER
     from ..loading import resolve
-    from ..serving.kv_names import SCHEDULER
+    from ..spec import K
 
     res = resolve(model)
     name = res.profile["name"] if res.profile else res.spec
     arch, n = _architecture_and_layers(res)
-    record = None
-    if k == "auto":
-        from ..serving.config import choose_record
-
-        record = choose_record(name, dataset, eta, str(profile_dir) if profile_dir else None)
-        if record is None:
-            raise VTWError(f"--k auto: no calibration record for {name}; run vtwctl calibrate --model {model} "
-                           "or pass --k K")
-        chosen = int(record["k"])
-    else:
-        try:
-            chosen = int(k)
-        except ValueError:
-            raise VTWError(f"--k must be an integer or 'auto', got {k!r}") from None
-    if n is not None:
-        check_k(chosen, int(n))
+    given = K.parse(k)  # the one K type: an integer or 'auto'
+    if given.stock:
+        raise VTWError("--k must be an integer or 'auto'")
+    found = given.resolve(n, name, dataset, eta, str(profile_dir) if profile_dir else None)
+    if found is None:
+        raise VTWError(f"--k auto: no calibration record for {name}; run vtwctl calibrate --model {model} "
+                       "or pass --k K")
+    record = found.record
+    chosen = found.layer(n) if n is not None else found.k  # K = N (the stock model) stays N here
     stock = n is not None and chosen == int(n)  # K = N: the stock model, whatever the architecture or options
     if not stock:
         check_vllm_args(extra)
@@ -230,7 +224,7 @@ def serve(
                                             "(the model's calibration record)."),
     dataset: str | None = typer.Option(None, "--dataset", help="With --k auto: the record of this task."),
     eta: float | None = typer.Option(None, "--eta", help="With --k auto: the record at this eta."),
-    profile_dir: Path | None = typer.Option(None, "--profile-dir", help="Where calibration records live."),
+    profile_dir: Path | None = CALIBRATION_DIR,
     max_text_len: int | None = typer.Option(
         None, "--max-text-len", help="Text tokens (prompt text + output) one request may hold; sizes the text-only "
                                      "KV cache of layers >= K and vLLM's reported concurrency (default: "

@@ -1,3 +1,5 @@
-"""Names of the vLLM-side classes, importable without vLLM (``vtwctl serve`` and the refusals use them)."""
+"""Old path of ``vtwctl.integrations.vllm.kv_names``: the same module object (``vtwctl._moved``)."""
 
-SCHEDULER = "vtwctl.serving.kv.VTWScheduler"
+from vtwctl._moved import alias
+
+alias(__name__, "vtwctl.integrations.vllm.kv_names")

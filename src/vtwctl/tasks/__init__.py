@@ -22,8 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import VTWError
-
-SCORING_MODES = ("lmms-eval", "lenient")
+from ..spec import SCORING_MODES  # noqa: F401  (re-exported: the one list, checked when a RunSpec is built)
 
 
 @dataclass

@@ -3,7 +3,9 @@
 Used by the tests and the benchmarks (no downloads): ``tiny_model(family)`` returns a stock
 transformers model with random weights, and ``tiny_inputs(model, ...)`` a batch of model inputs
 whose ``input_ids`` hold exactly as many vision tokens as the model's vision tower produces.
-The per-family configs and pixel layouts are in ``vtwctl.testing.zoo``.
+The per-family configs and pixel layouts are in ``vtwctl.testing.zoo``; ``save_tiny_llava`` writes
+a tiny LLaVA with its processor to disk, and ``vtwctl.testing.checkpoints`` the tiny checkpoints of
+every family the vLLM plugin serves (with head_dim 32, as vLLM's CPU attention needs).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from .zoo import (
 
 __all__ = ["BOS_ID", "EOS_ID", "IMAGE_ID", "PAD_ID", "VEND_ID", "VIDEO_ID", "VOCAB", "VSTART_ID", "FAMILIES",
            "WITHDRAWABLE", "VIDEO_FAMILIES", "tiny_config", "tiny_model", "tiny_inputs", "count_vision_tokens",
-           "tiny_tokenizer", "save_tiny_llava", "save_tiny"]
+           "tiny_tokenizer", "save_tiny_llava"]
 
 FAMILIES = tuple(TINY)  # every family with a tiny model
 WITHDRAWABLE = tuple(f for f in FAMILIES if f != "llama4")  # the ones withdraw() accepts
@@ -48,7 +50,7 @@ def tiny_model(family: str, attn_implementation: str = "sdpa", seed: int = 0, **
     import torch
     import transformers as tf
 
-    from ..families import adapter_for
+    from ..engine.families import adapter_for
 
     config = tiny_config(family, **kw)
     torch.manual_seed(seed)
@@ -69,7 +71,7 @@ def count_vision_tokens(model, pixels: dict, video: bool = False) -> int:
 
     import torch
 
-    from ..families import adapter_for
+    from ..engine.families import adapter_for
 
     mm = adapter_for(model).multimodal_model(model)
     fn = mm.get_video_features if video else mm.get_image_features
@@ -207,20 +209,3 @@ def save_tiny_llava(path, num_layers: int = 6, seed: int = 0) -> None:
                           vision_feature_select_strategy="default", num_additional_image_tokens=1,
                           chat_template=LLAVA_TEMPLATE)
     proc.save_pretrained(path)
-
-
-def save_tiny(family: str, path, num_layers: int = 6, seed: int = 0) -> None:
-    """Write a tiny random ``family`` model with its stock processor and a chat template to ``path``.
-
-    Covered: llava (see ``save_tiny_llava``), gemma3, idefics3 and qwen2_vl; their processors are
-    built from the tiny tokenizer and small image processors, so ``vtwctl.load(path)`` runs them.
-    """
-    from . import processors
-
-    if family == "llava":
-        save_tiny_llava(path, num_layers, seed)
-        return
-    model = tiny_model(family, num_layers=num_layers, seed=seed)
-    model.generation_config.eos_token_id = EOS_ID
-    model.save_pretrained(path)
-    processors.build(family, model.config).save_pretrained(path)

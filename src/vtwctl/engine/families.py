@@ -82,7 +82,7 @@ def _locate(model: Any) -> tuple[Any, Any]:
         return found
     from torch import nn
 
-    from ..compat import text_config
+    from .compat import text_config
 
     n = getattr(text_config(model.config), "num_hidden_layers", None)
     stacks = [(name, m) for name, m in model.named_modules()

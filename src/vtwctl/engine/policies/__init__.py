@@ -1,0 +1,72 @@
+"""Selection policies: which tokens leave the sequence at which layer (Table 2's rows).
+
+The engine (``vtwctl.engine.hooks.Engine``) owns the hooks, the plan, the masks, the rotary tables and the
+caches; a policy only says which tokens of a forward call leave before its layer ``k``. A policy is a
+small class with one method, ``select(tokens) -> [B, q] bool``, over the public ``Tokens`` view of the
+call; the engine never learns which policy it runs. Adding a method is adding one file here and one
+line to ``REGISTRY``.
+
+* ``VTW``        every vision token leaves at K (the paper's method).
+* ``VTWRandom``  VTW at a random layer per sample ("VTW†": K = Random[K-8, K+8] in Table 2).
+* ``Rand``       as many randomly drawn prompt tokens as there are vision tokens leave at K.
+* ``FastV``      the vision tokens least attended by the last prompt token at layer K-1 leave at K.
+
+Optional parts of the interface: ``observe_layers`` (attention modules whose inputs the policy reads,
+through ``observe``: FastV's attention scores) and ``fill`` (what the output of a withdrawn position
+is: ``"zeros"``, or ``"last_kept"``, the hidden state of the last kept token before it, as a shortened
+sequence would give).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+REGISTRY = {"vtw": "vtwctl.engine.policies.vtw:VTW", "vtw-random": "vtwctl.engine.policies.vtw_random:VTWRandom",
+            "rand": "vtwctl.engine.policies.rand:Rand", "fastv": "vtwctl.engine.policies.fastv:FastV"}
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """What a policy sees of one forward call, at the entry of its layer K (B rows, q tokens)."""
+
+    vision: torch.Tensor  # [B, q] bool: vision tokens (of a call that carries pixel inputs; else all False)
+    valid: torch.Tensor  # [B, q] bool: real tokens (not padding)
+    hidden: torch.Tensor  # [B, q, H]: the hidden states entering layer K
+    past: int  # stock tokens before this call (0: a prefill)
+
+
+class Policy:
+    """Which tokens leave at layer ``k``; subclasses implement ``select``."""
+
+    name: ClassVar[str] = "policy"
+    fill: ClassVar[str] = "zeros"  # a withdrawn position's output: "zeros" or "last_kept"
+    observe_layers: tuple[int, ...] = ()  # layers whose attention inputs ``observe`` receives
+
+    def __init__(self, k: int):
+        self.k = k
+
+    def select(self, tokens: Tokens) -> torch.Tensor:
+        """[B, q] bool: the tokens of this call that leave before layer ``k``."""
+        raise NotImplementedError
+
+    def observe(self, layer: int, attn: torch.nn.Module, hidden: torch.Tensor, cos: torch.Tensor,
+                sin: torch.Tensor, mask: Any) -> None:
+        """The inputs of the attention module of ``layer`` (one of ``observe_layers``) in this call:
+        ``hidden`` [B, q, H] after the input norm, rotary tables ``cos``/``sin`` [B, q, D], the layer's mask."""
+
+    def active(self, num_layers: int) -> bool:
+        """Whether the policy withdraws anything in a model of ``num_layers`` layers (K = N: nothing)."""
+        return self.k < num_layers
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(k={self.k})"
+
+
+def get(method: str) -> type[Policy]:
+    """The policy class of ``method`` (``spec.METHODS`` but ``stock``), imported on first use."""
+    module, _, attr = REGISTRY[method].partition(":")
+    return getattr(importlib.import_module(module), attr)
