@@ -5,9 +5,11 @@ progress on stderr, ``--json`` results on stdout. Heavy imports (torch, transfor
 inside the commands, so ``vtwctl --help`` is instant.
 
 Exit status: 0 done; 2 bad input (a ``VTWError``: bad option, missing file, unknown model, K out of
-range) or a usage error, as one line on stderr; 1 a bug (any other exception): one line naming
-the file the traceback was saved to (``--debug`` prints it instead); 130 interrupted (SIGINT,
-Ctrl-C) and 143 terminated (SIGTERM, e.g. by SLURM), after everything finished was written.
+range), a usage error or a problem of the environment (a full disk, a file size limit, a read-only
+or unwritable place: an ``OSError`` that ``files.environment_error`` names), as one line on stderr;
+1 a bug (any other exception): one line naming the file the traceback was saved to (``--debug``
+prints it instead); 130 interrupted (SIGINT, Ctrl-C) and 143 terminated (SIGTERM, e.g. by SLURM),
+after everything finished was written.
 """
 
 from __future__ import annotations
@@ -187,6 +189,14 @@ def execute(argv: list[str] | None = None) -> int:
         return 141
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except OSError as exc:
+        from ..files import environment_error
+
+        what = environment_error(exc)
+        if what is None:
+            return _bug(exc)
+        print(f"error: {_one_line(what, 1000)}", file=sys.stderr)
+        return 2
     except Exception as exc:
         return _bug(exc)
     finally:

@@ -67,6 +67,10 @@ def run(
                                          help="OpenAI-compatible API for MMBench's GPT answer matching "
                                               "(key: $OPENAI_API_KEY); default: MMBench's static rules."),
     judge_model: str | None = typer.Option(None, "--judge-model", help="Judge model (default gpt-4o-2024-11-20)."),
+    skip_bad_samples: bool = typer.Option(False, "--skip-bad-samples",
+                                          help="With --dataset: a sample whose data cannot be decoded (a corrupt "
+                                               "image) is recorded as skipped and left out of the metrics, instead "
+                                               "of stopping the run (exit 2)."),
     frames: int = typer.Option(8, "--frames", min=1, help="Frames sampled from --video."),
     sample: bool = typer.Option(False, "--sample", help="Sample instead of greedy decoding."),
     temperature: float = typer.Option(1.0, "--temperature"),
@@ -108,18 +112,22 @@ def run(
         from .evaluate import run_dataset
 
         run_dataset(spec, dataset, split=split, limit=limit, output=output, data_dir=data_dir, judge_url=judge_url,
-                    judge_model=judge_model, calibration_dir=profile_dir, json_out=json_out)
+                    judge_model=judge_model, calibration_dir=profile_dir, json_out=json_out,
+                    skip_bad_samples=skip_bad_samples)
         return
     dataset_only = {"--split": split, "--limit": limit, "--output": output, "--shard": shard, "--data-dir": data_dir,
                     "--batch-size": batch_size if batch_size != 1 else None,
+                    "--skip-bad-samples": True if skip_bad_samples else None,
                     "--image-mode": image_mode if image_mode != "normal" else None}
     given = [flag for flag, value in dataset_only.items() if value is not None]
     if given:
         raise VTWError(f"{', '.join(given)} only appl{'y' if len(given) > 1 else 'ies'} with --dataset")
-    _one_prompt(spec, image, video, prompt, example, frames, compare, profile_dir, json_out)
+    _one_prompt(spec, image, video, prompt, example, frames, compare, profile_dir, json_out, k is not None)
 
 
-def _one_prompt(spec, image, video, prompt, example, frames, compare, calibration_dir, json_out) -> None:
+def _one_prompt(spec, image, video, prompt, example, frames, compare, calibration_dir, json_out,
+                k_given: bool = True) -> None:
+    from .. import preflight, tasks
     from ..errors import VTWError
     from ..media import read_image, read_video
 
