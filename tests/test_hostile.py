@@ -219,3 +219,19 @@ def test_torn_lines_are_reported_and_repaired(tiny_dir, tmp_path):
     assert merged.returncode == 0 and json.loads(merged.stdout)["samples"] == 5
     assert f"warning: {out}: line 3 is torn" in merged.stderr
     assert len(_lines(clean)) == 5
+
+
+# -- store permissions ----------------------------------------------------------------------------
+def test_store_files_follow_the_umask(tiny_dir, tmp_path):
+    store = tmp_path / "store"
+    res = script("calibrate", "--model", tiny_dir, "--samples", "1", "--k-min", "1", "--calibration-dir", store,
+                 "--device", "cpu", umask=0o022)
+    assert res.returncode == 0, res.stderr[-2000:]
+    (saved,) = store.glob("*.json")
+    assert stat.S_IMODE(saved.stat().st_mode) == 0o644  # teammates on a shared store can read it
+    os.chmod(saved, 0o664)
+    from vtwctl import records
+
+    records.save_record("other", {"dataset": "d", "k": 1}, store)
+    records.save_record(json.loads(saved.read_text())["model"], {"dataset": "d", "k": 2}, store)
+    assert stat.S_IMODE(saved.stat().st_mode) == 0o664  # a rewrite keeps the file's own mode

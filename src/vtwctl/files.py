@@ -46,12 +46,40 @@ def dumps(obj: Any, **kw: Any) -> str:
     return json.dumps(strict(obj), allow_nan=False, default=str, **kw)
 
 
+def _umask() -> int:
+    """The process's umask (read without changing it where /proc tells it; else set and restored)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def new_file_mode(path: str | os.PathLike) -> int:
+    """The permission bits a file written to ``path`` should have: the existing file's, else what
+    ``open()`` would give under the umask (0o666 & ~umask), so teammates share a store as they share
+    any file."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        return 0o666 & ~_umask()
+
+
 def atomic_write(path: str | os.PathLike, text: str) -> Path:
-    """Replace ``path`` by ``text`` atomically: readers see the old or the new file, never a mix."""
+    """Replace ``path`` by ``text`` atomically: readers see the old or the new file, never a mix. The
+    file keeps the existing file's permissions, or gets the umask's (not ``mkstemp``'s 0600)."""
     path = Path(path)
+    mode = new_file_mode(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as f:
+        with contextlib.suppress(OSError):
+            os.fchmod(fd, mode)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
