@@ -221,6 +221,22 @@ def test_torn_lines_are_reported_and_repaired(tiny_dir, tmp_path):
     assert len(_lines(clean)) == 5
 
 
+# -- locale ---------------------------------------------------------------------------------------
+def test_a_c_locale_answers_and_reports(tiny_dir, tmp_path, image):
+    env = {"LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONIOENCODING": ""}
+    res = script("run", "--model", tiny_dir, "--image", image, "--prompt", "é ?", "--k", "2", "--max-new-tokens", "2",
+                 "--device", "cpu", env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "Traceback" not in res.stderr
+    # a bug under that locale, with a non-ASCII argument: one line, and the traceback file is written whole
+    env = {**env, **_broken(tmp_path, "RuntimeError('boom')")}
+    res = script("models", "--calibration-dir", tmp_path / "é", env=env)
+    assert_one_line(res, "internal error", code=1)
+    saved = Path(res.stderr.split("traceback saved to ")[1].split()[0])
+    text = saved.read_text(encoding="utf-8")
+    assert "RuntimeError: boom" in text and "models" in text
+
+
 # -- store permissions ----------------------------------------------------------------------------
 def test_store_files_follow_the_umask(tiny_dir, tmp_path):
     store = tmp_path / "store"

@@ -117,13 +117,19 @@ def _save_traceback(exc: BaseException) -> str | None:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     for folder in (os.path.join(base, "vtwctl", "crashes"), tempfile.gettempdir()):
+        path = os.path.join(folder, f"vtwctl-{stamp}-{os.getpid()}.txt")
         try:
             os.makedirs(folder, exist_ok=True)
-            path = os.path.join(folder, f"vtwctl-{stamp}-{os.getpid()}.txt")
-            with open(path, "w") as f:
+            # UTF-8 whatever the locale; an undecodable argument (LC_ALL=C) is written as its escape
+            with open(path, "w", encoding="utf-8", errors="backslashreplace") as f:
                 f.write(text)
             return path
-        except OSError:
+        except Exception:  # never fail while reporting a failure; try the next place
+            import contextlib
+
+            with contextlib.suppress(OSError):
+                if os.path.exists(path) and os.path.getsize(path) == 0:
+                    os.unlink(path)
             continue
     return None
 
@@ -204,6 +210,19 @@ def execute(argv: list[str] | None = None) -> int:
             signal.signal(signal.SIGTERM, previous)
 
 
+def _safe_streams() -> None:
+    """Under a locale that cannot encode every character (``LC_ALL=C`` with ``PYTHONUTF8=0``), write what it
+    cannot as escapes instead of failing on an answer or a file name with an accent."""
+    for stream in (sys.stdout, sys.stderr):
+        encoding = (getattr(stream, "encoding", None) or "").lower().replace("-", "")
+        if not encoding.startswith("utf") and hasattr(stream, "reconfigure"):
+            try:
+                stream.reconfigure(errors="backslashreplace")
+            except (ValueError, OSError):
+                pass
+
+
 def main() -> None:
     """Console entry point."""
+    _safe_streams()
     sys.exit(execute())

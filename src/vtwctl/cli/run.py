@@ -23,6 +23,7 @@ from .common import (
     record_summary,
     resolve_k,
     stderr_console,
+    text_option,
 )
 
 
@@ -91,6 +92,7 @@ def run(
     from ..spec import AUTO, NEEDS_K, Generation, RunSpec, canonical
 
     method = "stock" if no_withdraw else canonical(method)
+    prompt = text_option(prompt)
     if method == "stock" and k not in (None, "auto"):
         raise VTWError("--k and --no-withdraw contradict each other")
     fastv_k, fastv_ratio = fastv_settings(fastv_preset, fastv_k, fastv_ratio)
