@@ -251,3 +251,14 @@ def test_store_files_follow_the_umask(tiny_dir, tmp_path):
     records.save_record("other", {"dataset": "d", "k": 1}, store)
     records.save_record(json.loads(saved.read_text())["model"], {"dataset": "d", "k": 2}, store)
     assert stat.S_IMODE(saved.stat().st_mode) == 0o664  # a rewrite keeps the file's own mode
+
+
+# -- --k auto without a record --------------------------------------------------------------------
+def test_k_auto_without_a_record_is_refused_as_run_dataset_refuses_it(tiny_dir, tmp_path, image):
+    store = tmp_path / "empty"
+    res = script("run", "--model", tiny_dir, "--image", image, "--prompt", "hi", "--k", "auto",
+                 "--calibration-dir", store)
+    assert_one_line(res, f"--k auto: no calibration record for {tiny_dir}")
+    res = script("run", "--model", tiny_dir, "--image", image, "--prompt", "hi", "--max-new-tokens", "2",
+                 "--calibration-dir", store, "--device", "cpu")  # no --k: the stock model, said on stderr
+    assert res.returncode == 0 and "running without withdrawal" in res.stderr

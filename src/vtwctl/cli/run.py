@@ -156,10 +156,13 @@ def _one_prompt(spec, image, video, prompt, example, frames, compare, calibratio
         from ..records import check_store
 
         check_store(name, calibration_dir)
-        if spec.method in ("rand", "vtw-random") and spec.k.record(name, auto_dataset, profile_dir=calibration_dir) \
-                is None:
+        missing = spec.k.record(name, auto_dataset, profile_dir=calibration_dir) is None
+        if missing and spec.method in ("rand", "vtw-random"):
             raise VTWError(f"--method {spec.method} needs a K: pass --k K, or calibrate {name} for --k auto "
                            "(no calibration record found)")
+        if missing and k_given:  # `--k auto` said: refused as `run --dataset` refuses it (no --k: stock, said)
+            raise VTWError(f"--k auto: no calibration record for {name}" + (" on shapes" if auto_dataset else "")
+                           + f"; run `vtwctl calibrate --model {spec.model}` or pass --k K (or --no-withdraw)")
     check_device(spec.device)
     loaded = load_model(spec.model, spec.device, spec.dtype, spec.attn_implementation, spec.trust_remote_code,
                         spec.prompt_style)
