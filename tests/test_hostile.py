@@ -262,3 +262,17 @@ def test_k_auto_without_a_record_is_refused_as_run_dataset_refuses_it(tiny_dir, 
     res = script("run", "--model", tiny_dir, "--image", image, "--prompt", "hi", "--max-new-tokens", "2",
                  "--calibration-dir", store, "--device", "cpu")  # no --k: the stock model, said on stderr
     assert res.returncode == 0 and "running without withdrawal" in res.stderr
+
+
+# -- noise ----------------------------------------------------------------------------------------
+def test_stderr_holds_vtwctls_own_words(tmp_path, tiny_dir, image):
+    res = script("data", "export", "shapes", tmp_path / "d", "--train", "2", "--validation", "2", "--test", "2")
+    assert res.returncode == 0, res.stderr
+    assert res.stderr.strip().startswith("wrote ") and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    (tmp_path / "zero").mkdir()
+    (tmp_path / "zero" / "test.parquet").write_bytes(b"")
+    res = script("run", *BIG, "--dataset", "shapes", "--k", "2", "--data-dir", tmp_path / "zero")
+    assert_one_line(res, f"cannot read {tmp_path / 'zero' / 'test.parquet'}")
+    res = script("run", "--model", tiny_dir, "--image", image, "--prompt", "hi", "--k", "2", "--device", "cpu",
+                 "--attn-implementation", "flash_attention_2")
+    assert_one_line(res, f"cannot load {tiny_dir}")

@@ -28,7 +28,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-_state = {"debug": False, "signal": None}
+_state = {"debug": False, "signal": None, "verbose": False}
 
 
 def _print_version(value: bool) -> None:
@@ -44,9 +44,40 @@ def _root(
     version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True,
                                  callback=_print_version, expose_value=True),
     debug: bool = typer.Option(False, "--debug", help="Print the traceback of an internal error."),
+    verbose: bool = typer.Option(False, "--verbose",
+                                 help="Let the libraries underneath (transformers, datasets, Pillow, pyarrow) print "
+                                      "their own warnings and progress bars on stderr."),
 ) -> None:
     """Visual Tokens Withdrawal (VTW) for multimodal LLMs: inference, calibration and profiling."""
     _state["debug"] = _state["debug"] or debug
+    _state["verbose"] = verbose
+    if not verbose:
+        _quiet()
+
+
+def _quiet() -> None:
+    """Keep stderr to vtwctl's own words: the libraries' warnings, log lines and progress bars off (they
+    are read when those libraries are imported, which the commands do later)."""
+    import logging
+    import warnings
+
+    for name, value in (("TRANSFORMERS_VERBOSITY", "critical"), ("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1"),
+                        ("DATASETS_VERBOSITY", "critical"), ("HF_HUB_VERBOSITY", "critical"),
+                        ("HF_DATASETS_DISABLE_PROGRESS_BARS", "1"), ("HF_HUB_DISABLE_PROGRESS_BARS", "1"),
+                        ("TOKENIZERS_PARALLELISM", "false")):
+        os.environ.setdefault(name, value)
+    warnings.filterwarnings("ignore")  # vtwctl never warns through `warnings`: these are the libraries'
+    # a library's log line without a handler of its own would reach Python's last-resort handler (stderr)
+    logging.getLogger().addHandler(logging.NullHandler())
+    for name in ("transformers", "datasets", "huggingface_hub", "accelerate", "torch", "PIL", "pyarrow",
+                 "fsspec", "filelock", "urllib3", "httpx", "kernels"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    for mod, fn in (("datasets", "disable_progress_bars"), ("huggingface_hub.utils", "disable_progress_bars")):
+        if mod.split(".")[0] in sys.modules:  # already imported (a test driving execute() in one process)
+            try:
+                getattr(__import__(mod, fromlist=[fn]), fn)()
+            except (ImportError, AttributeError):
+                pass
 
 
 def _register() -> None:
