@@ -276,3 +276,22 @@ def test_stderr_holds_vtwctls_own_words(tmp_path, tiny_dir, image):
     res = script("run", "--model", tiny_dir, "--image", image, "--prompt", "hi", "--k", "2", "--device", "cpu",
                  "--attn-implementation", "flash_attention_2")
     assert_one_line(res, f"cannot load {tiny_dir}")
+
+
+# -- what a person sees ---------------------------------------------------------------------------
+def test_answers_and_timings_say_what_they_are(tmp_path):
+    res = script("run", "--example", "3", "--k", "7", "--max-new-tokens", "3", "--json")
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert isinstance(out["correct"], bool) and out["expected"]
+    piped = script("run", "--example", "3", "--k", "7", "--max-new-tokens", "3")  # stdout is a pipe: the answer alone
+    assert piped.stdout.strip() == out["answer"]
+    verdict = "correct" if out["correct"] else "wrong"
+    assert f"{verdict} under the shapes task's scoring (expected {out['expected']!r}" in piped.stderr
+    both = script("run", "--example", "3", "--k", "7", "--max-new-tokens", "2", "--compare")
+    assert both.returncode == 0 and "timings: one run each, after one untimed warm-up run of each" in both.stderr
+    prof = script("profile", "--k", "4", "--repeats", "1", "--max-repeats", "1", "--max-new-tokens", "2",
+                  "--method", "stock,vtw")
+    assert prof.returncode == 0, prof.stderr
+    assert "timings: medians of 1 repeats per row after 1 warm-up round(s)" in prof.stderr
+    assert "--max-repeats" in script("profile", "--help").stdout

@@ -137,12 +137,12 @@ def _one_prompt(spec, image, video, prompt, example, frames, compare, calibratio
     if example is not None:
         if image is not None or video is not None or prompt is not None:
             raise VTWError("--example brings its own image and question: drop --image/--video/--prompt")
-        from .. import preflight, tasks
         from ..demo import shapes
 
         preflight.check_data(tasks.get("shapes"), "test", index=example, what="--example")
         sample_ = shapes.make_sample("test", example)
         img, prompt, expected = sample_["image"], sample_["question"], sample_["answer"]
+        scored = tasks.get("shapes").open("test")[example]  # the same question as a task sample, for its scoring
     elif prompt is None:
         raise VTWError("give --prompt (with --image or --video), or --example N for a demo question")
     elif not prompt.strip():
@@ -205,13 +205,21 @@ def _one_prompt(spec, image, video, prompt, example, frames, compare, calibratio
     if spec.method == "fastv":
         result.update(k=spec.fastv_k, fastv_ratio=spec.fastv_ratio)
     if expected is not None:
-        result.update(example=example, question=prompt, expected=expected)
+        correct = tasks.get("shapes").process(scored, gen.answers[0], "lmms-eval")["correct"]
+        result.update(example=example, question=prompt, expected=expected, correct=correct)
     if json_out:
         emit_json(result)
         return
     if expected is not None:
         console.print(f"[bold]demo test sample {example}[/bold]\n{prompt}\n[dim]expected: {expected}[/dim]")
-    typer.echo(gen.answers[0])
+    # on a terminal the answer is labelled; piped, stdout is the answer alone (or --json)
+    import sys
+
+    typer.echo(f"answer: {gen.answers[0]}" if sys.stdout.isatty() else gen.answers[0])
+    if expected is not None:
+        console.print(f"{'correct' if correct else 'wrong'} under the shapes task's scoring (expected {expected!r}; "
+                      "letters in any case or form, yes/no and short answers as words: docs/demo.md)",
+                      highlight=False, markup=False, soft_wrap=True)
     console.print(f"[dim]K={gen.k}/{n}  vision={result['num_vision_tokens']} text={result['num_text_tokens']}  "
                   f"new={result['new_tokens']}  prefill {gen.prefill_s:.3f}s  decode {gen.decode_s:.3f}s  "
                   f"total {gen.total_s:.3f}s[/dim]")
@@ -243,3 +251,5 @@ def _render_compare(console, halves: dict) -> None:
     kib = [f"{h['kv_bytes'] / 1024:.1f} KiB" if h["kv_bytes"] is not None else "-" for h in (stock, vtw)]
     t.add_row("KV cache", *kib)
     console.print(t)
+    console.print("[dim]timings: one run each, after one untimed warm-up run of each (not repeated: `vtwctl "
+                  "profile` takes medians of repeats)[/dim]", soft_wrap=True)
