@@ -243,7 +243,7 @@ def check_regular(path: str | os.PathLike, what: str = "file") -> None:
     read (``/dev/full`` and ``/dev/zero`` never end) or open (a FIFO blocks)."""
     try:
         mode = os.stat(path).st_mode
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # not there (yet): the callers say what is wrong with it
         return
     except OSError as exc:
         raise VTWError(f"cannot use {what} {path}: {_reason(exc)}") from None
