@@ -68,7 +68,7 @@ def logit_transform(model: Any) -> tuple[float | None, float | None]:
     from transformers 5.25 on, Cohere2 Vision's does not; Gemma 3's wrapper does not soft-cap)."""
     try:
         source = inspect.getsource(type(model).forward)
-    except (OSError, TypeError):
+    except (OSError, TypeError, AttributeError):  # no source, or no forward (a stand-in with an lm_head)
         source = ""
     config = text_config(model.config)
     scale = getattr(config, "logit_scale", None) if "logit_scale" in source else None
