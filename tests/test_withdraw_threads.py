@@ -58,6 +58,29 @@ def test_threads_share_one_model(demo_loaded):
             assert tokens == ref[k][1]
 
 
+def test_generate_in_threads_with_different_k(demo_loaded):
+    """``vtwctl.generate`` (its own block per call) from two threads at once, each with its own K."""
+    import vtwctl
+
+    x = _inputs(demo_loaded)
+    ref = {k: vtwctl.generate(demo_loaded, x, k=k, max_new_tokens=4).tokens for k in (2, 5)}
+    got, errors = {}, []
+
+    def work(k):
+        try:
+            got[k] = [vtwctl.generate(demo_loaded, x, k=k, max_new_tokens=4).tokens for _ in range(3)]
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(f"K={k}: {type(exc).__name__}: {exc}")
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in (2, 5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not errors, errors
+    assert got == {k: [ref[k]] * 3 for k in (2, 5)}
+
+
 class _nothing:
     def __enter__(self):
         return None
