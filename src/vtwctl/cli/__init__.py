@@ -68,7 +68,9 @@ def _quiet() -> None:
         os.environ.setdefault(name, value)
     warnings.filterwarnings("ignore")  # vtwctl never warns through `warnings`: these are the libraries'
     # a library's log line without a handler of its own would reach Python's last-resort handler (stderr)
-    logging.getLogger().addHandler(logging.NullHandler())
+    root = logging.getLogger()
+    if not any(isinstance(h, logging.NullHandler) for h in root.handlers):
+        root.addHandler(logging.NullHandler())
     for name in ("transformers", "datasets", "huggingface_hub", "accelerate", "torch", "PIL", "pyarrow",
                  "fsspec", "filelock", "urllib3", "httpx", "kernels"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
