@@ -117,6 +117,34 @@ def test_a_file_size_limit_mid_run_loses_nothing(tiny_dir, tmp_path):
     assert after[:3] == kept and [r["id"] for r in after] == [f"shapes-test-0-{i:06d}" for i in range(8)]
 
 
+def test_a_full_disk_mid_run_loses_nothing(tiny_dir, tmp_path):
+    """A real ENOSPC: the run writes into an 8 KiB tmpfs mounted in a private mount namespace (skipped where
+    `unshare -rm` cannot mount one)."""
+    import shlex
+    import subprocess
+
+    from console import SCRIPT, _env
+
+    small, kept = tmp_path / "small", tmp_path / "kept.jsonl"
+    small.mkdir()
+    mount = f"mount -t tmpfs -o size=8k tmpfs {shlex.quote(str(small))}"
+    if not shutil.which("unshare") or subprocess.run(["unshare", "-rm", "sh", "-c", mount],
+                                                     capture_output=True).returncode != 0:
+        pytest.skip("no private tmpfs here (unshare -rm + mount)")
+    out = small / "r.jsonl"
+    args = [*SCRIPT, "run", "--model", tiny_dir, "--dataset", "shapes", "--k", "2", "--limit", "40", "--output", out,
+            "--device", "cpu"]
+    inner = f"{mount} && {shlex.join(map(str, args))}; rc=$?; cp {out} {kept}; exit $rc"
+    res = subprocess.run(["unshare", "-rm", "sh", "-c", inner], capture_output=True, text=True, timeout=600,
+                         env=_env(None))
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert "Traceback" not in res.stderr and "internal error" not in res.stderr
+    (line,) = _errors(res)
+    assert f"cannot write results file {out}: No space left on device (the disk is full" in line
+    recs = _lines(kept)  # whole lines only: the partial record was taken back
+    assert 0 < len(recs) < 40 and [r["id"] for r in recs] == [f"shapes-test-0-{i:06d}" for i in range(len(recs))]
+
+
 def test_an_unwritable_home_names_the_cache_not_the_data(tmp_path):
     data = tmp_path / "data"
     res = script("data", "export", "shapes", data, "--train", "0", "--validation", "0", "--test", "3")
