@@ -33,10 +33,27 @@ def _default_sigint() -> None:  # a background test runner may ignore SIGINT; th
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def script(*args, env: dict | None = None, timeout: float = 300, cwd=None) -> subprocess.CompletedProcess:
-    """Run ``vtwctl ARGS`` and wait for it."""
+def _limited(limits: dict | None, umask: int | None):
+    """A ``preexec_fn`` that sets resource limits (``{"RLIMIT_FSIZE": bytes, ...}``) and the umask in the child."""
+    if not limits and umask is None:
+        return None
+
+    def setup() -> None:
+        import resource
+
+        for name, value in (limits or {}).items():
+            resource.setrlimit(getattr(resource, name), (value, value))
+        if umask is not None:
+            os.umask(umask)
+    return setup
+
+
+def script(*args, env: dict | None = None, timeout: float = 300, cwd=None, limits: dict | None = None,
+           umask: int | None = None) -> subprocess.CompletedProcess:
+    """Run ``vtwctl ARGS`` and wait for it (``limits``: resource limits of the child, e.g. ``RLIMIT_FSIZE``
+    for a file size limit, ``RLIMIT_DATA`` so that a runaway read fails instead of filling the memory)."""
     return subprocess.run([*SCRIPT, *map(str, args)], capture_output=True, text=True, timeout=timeout,
-                          env=_env(env), cwd=cwd)
+                          env=_env(env), cwd=cwd, preexec_fn=_limited(limits, umask))
 
 
 def start(*args, env: dict | None = None, stdout=None, stderr=None, cwd=None) -> subprocess.Popen:
@@ -77,13 +94,14 @@ sys.__stdout__.write(json.dumps(out))
 """
 
 
-def batch(cases: list, env: dict | None = None, timeout: float = 600) -> list[SimpleNamespace]:
+def batch(cases: list, env: dict | None = None, timeout: float = 600,
+          limits: dict | None = None) -> list[SimpleNamespace]:
     """Run each case (a list of arguments, or {"argv": [...], "env": {...}}) in one subprocess."""
     payload = [c if isinstance(c, dict) else {"argv": c} for c in cases]
     payload = [{"argv": [str(a) for a in c["argv"]], "env": {k: str(v) for k, v in c.get("env", {}).items()}}
                for c in payload]
     res = subprocess.run([sys.executable, "-c", _DRIVER], input=json.dumps(payload), capture_output=True,
-                         text=True, timeout=timeout, env=_env(env))
+                         text=True, timeout=timeout, env=_env(env), preexec_fn=_limited(limits, None))
     assert res.returncode == 0, res.stderr[-3000:]
     return [SimpleNamespace(returncode=rc, stdout=o, stderr=e) for rc, o, e in json.loads(res.stdout)]
 

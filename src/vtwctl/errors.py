@@ -26,6 +26,9 @@ def check_k(k: int | None, num_layers: int, lo: int = 0, hi: int | None = None, 
     hi = num_layers if hi is None else hi
     if k is None:
         return
-    if isinstance(k, bool) or not isinstance(k, int) or not lo <= k <= hi:
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise ArgumentError(f"{what} must be an integer layer index in {lo}..{hi} (the model has {num_layers} "
+                            f"decoder layers), got {k!r} ({type(k).__name__})")
+    if not lo <= k <= hi:
         raise ArgumentError(f"{what}={k!r} is out of range: the model has {num_layers} decoder layers, "
                        f"so {what} must be an integer in {lo}..{hi}")

@@ -64,6 +64,9 @@ class Summary:
     output: str | None = None
     new_samples: int = 0
     missing_shards: list = field(default_factory=list)  # merge(partial=True): shards without records
+    skipped: int = 0  # samples whose data could not be decoded (--skip-bad-samples): not in the metrics
+    skipped_ids: list = field(default_factory=list)  # the first 50 of them
+    warnings: list = field(default_factory=list)  # what the files showed (torn lines, repairs)
     env: dict = field(default_factory=dict)
     schema: int = 1
 
@@ -74,8 +77,11 @@ class Summary:
 def summarize(records: list[dict], task, output: str | None = None, env: dict | None = None,
               new: int = 0) -> Summary:
     records = dedupe(records)  # every sample counts once, however often it was written
+    skipped = [str(r["id"]) for r in records if r.get("skipped")]
+    records = [r for r in records if not r.get("skipped")]
     if not records:
-        raise VTWError("no records to summarise")
+        raise VTWError("no records to summarise" + (f": all {len(skipped)} samples were skipped (their data "
+                                                   "could not be decoded)" if skipped else ""))
     first = records[0]
 
     def mean(key):
@@ -91,6 +97,7 @@ def summarize(records: list[dict], task, output: str | None = None, env: dict | 
         mean_prefill_s=mean("prefill_s"), mean_decode_s=mean("decode_s"),
         mean_vision_tokens=mean("num_vision_tokens"), mean_text_tokens=mean("num_text_tokens"),
         mean_new_tokens=mean("new_tokens"), output=output, new_samples=new, env=env or {},
+        skipped=len(skipped), skipped_ids=skipped[:50],
     )
 
 
@@ -134,7 +141,8 @@ def select(task, split: str | None = None, source: str | None = None, limit: int
 
 def evaluate(loaded, task, spec: RunSpec | None = None, *, split: str | None = None, limit: int | None = None,
              source: str | None = None, samples=None, output: str | Path | None = None, judge=None,
-             progress: Callable[[int, int], None] | None = None, **settings: Any) -> Summary:
+             progress: Callable[[int, int], None] | None = None, skip_bad_samples: bool = False,
+             **settings: Any) -> Summary:
     """Run ``task`` through the model as ``spec`` says (a ``RunSpec``, or shorthand for its K; ``settings``
     change its fields), score each answer as ``spec.scoring`` reads it (``lmms-eval``: lmms-eval's own
     rules; ``lenient``) and summarise.
@@ -145,7 +153,13 @@ def evaluate(loaded, task, spec: RunSpec | None = None, *, split: str | None = N
     ``spec.method`` (Table 2's rows, ``spec.METHODS``): ``vtw`` at K; ``vtw-random`` at a K drawn per
     sample around K (recorded as ``k_drawn``); ``rand`` (random tokens at K) and ``vtw-random`` draw from
     ``spec.seed`` and the sample id; ``fastv`` at ``fastv_k``; ``stock``. ``max_new_tokens`` None: the
-    task's. One run holds ``output`` at a time: a second one is refused, never interleaved.
+    task's. One run holds ``output`` at a time: a second one is refused, never interleaved; a torn last
+    line a crash left in it is cut off before the run appends (``Summary.warnings`` says so).
+
+    A sample whose data cannot be decoded (a corrupt image cell, an image past Pillow's size guard) stops
+    the run with a ``tasks.BadSample`` (a ``VTWError`` naming it; every finished record is kept), or with
+    ``skip_bad_samples`` is written as a record with ``skipped: true`` and its ``error``, left out of the
+    metrics and counted in ``Summary.skipped`` (a later run tries it again).
     """
     spec = RunSpec.of(spec, **settings)
     if spec.scoring not in task.parsers:
@@ -155,13 +169,15 @@ def evaluate(loaded, task, spec: RunSpec | None = None, *, split: str | None = N
         samples = select(task, split, source, limit, spec.shard)
     path = Path(output) if output else None
     with locked(path):
-        return _evaluate(loaded, task, spec, split, samples, path, judge, progress)
+        return _evaluate(loaded, task, spec, split, samples, path, judge, progress, skip_bad_samples)
 
 
-def _evaluate(loaded, task, spec: RunSpec, split, samples, path, judge, progress) -> Summary:
+def _evaluate(loaded, task, spec: RunSpec, split, samples, path, judge, progress, skip_bad) -> Summary:
     from .env import environment
     from .infer import generate
     from .methods import random_k, sample_seed
+    from .results import repair_tail, scan
+    from .tasks import BadSample
 
     index, count = spec.shard
     n = loaded.num_layers
@@ -179,12 +195,18 @@ def _evaluate(loaded, task, spec: RunSpec, split, samples, path, judge, progress
     if method == "fastv":
         config.update(k=spec.fastv_k, fastv_ratio=spec.fastv_ratio)
     existing: list[dict] = []
+    warnings: list[str] = []
     if path is not None:
-        existing = dedupe(read_records(path))
+        found = scan(path)
+        existing = dedupe(found.records)
         _check_compatible(existing, config, path)
+        warnings = found.notes(path, tail=False)
+        if repair_tail(path):  # a crash cut the last line short: cut it off before appending
+            warnings.append(f"{path}: removed a torn last line (a write cut short by a crash or a full disk); "
+                            "its sample runs again")
     wanted = set(samples.ids)
-    records = [r for r in existing if r["id"] in wanted]
-    todo = samples.exclude(r["id"] for r in existing)
+    records = [r for r in existing if r["id"] in wanted and not r.get("skipped")]
+    todo = samples.exclude(r["id"] for r in existing if not r.get("skipped"))  # skipped ones are tried again
     finished = len(samples) - len(todo)
     if progress:
         progress(finished, len(samples))
@@ -192,11 +214,18 @@ def _evaluate(loaded, task, spec: RunSpec, split, samples, path, judge, progress
                      max_new_tokens=spec.max_new_tokens or task.max_new_tokens)
     new = 0
     for start in range(0, len(todo), spec.batch_size):
-        batch = list(todo[start:start + spec.batch_size])
+        batch, out = [], []
+        for s in todo[start:start + spec.batch_size].decoded():
+            if not isinstance(s, BadSample):
+                batch.append(s)
+            elif skip_bad:
+                out.append({"id": s.sample_id, **config, "skipped": True, "error": s.cause,
+                            "shard": f"{index}/{count}", "shard_size": len(samples)})
+            else:
+                raise s
         drawn = [random_k(seed, s.id, k if k is not None else n, n) for s in batch] if method == "vtw-random" else None
-        out = []
         # rows of one generate call share a K: VTW† runs each drawn K as its own sub-batch
-        for ks, rows in _by_k(batch, drawn):
+        for ks, rows in _by_k(batch, drawn) if batch else ():
             images = [_visuals(s, spec.image_mode) for s in rows]
             videos = [s.video if spec.image_mode == "normal" else None for s in rows]
             inputs = loaded.build_inputs([s.prompt for s in rows], images=images, videos=videos)
@@ -211,12 +240,13 @@ def _evaluate(loaded, task, spec: RunSpec, split, samples, path, judge, progress
                     "num_vision_tokens": gen.num_vision_tokens[j], "num_text_tokens": gen.num_text_tokens[j],
                     "new_tokens": gen.new_tokens[j], "prefill_s": gen.prefill_s / len(rows),
                     "decode_s": gen.decode_s / len(rows), "total_s": gen.total_s / len(rows),
-                    "batch_size": len(rows), "shard": f"{index}/{count}", "meta": _jsonable(s.meta),
+                    "batch_size": len(rows), "shard": f"{index}/{count}", "shard_size": len(samples),
+                    "meta": _jsonable(s.meta),
                 }
                 if ks is not None:
                     rec["k_drawn"] = ks
                 out.append(rec)
-        order = {s.id: i for i, s in enumerate(batch)}
+        order = {sid: i for i, sid in enumerate(todo[start:start + spec.batch_size].ids)}
         out.sort(key=lambda r: order[r["id"]])
         if path is not None:
             _append(path, out)
@@ -225,7 +255,9 @@ def _evaluate(loaded, task, spec: RunSpec, split, samples, path, judge, progress
         finished += len(out)
         if progress:
             progress(finished, len(samples))
-    return summarize(records, task, str(path) if path else None, environment(loaded), new)
+    summary = summarize(records, task, str(path) if path else None, environment(loaded), new)
+    summary.warnings = warnings
+    return summary
 
 
 def _by_k(batch: list, drawn: list[int] | None) -> list[tuple[int | None, list]]:
@@ -243,7 +275,8 @@ def _jsonable(meta: dict) -> dict:
 
 
 def merge(paths: list[str | Path], output: str | Path | None = None, partial: bool = False) -> Summary:
-    """Combine shard files into one summary (and one JSONL file if ``output`` is given).
+    """Combine shard files into one summary (and one JSONL file if ``output`` is given: valid JSONL, one
+    record per sample). Torn lines a crash left are not counted; ``Summary.warnings`` names them.
 
     Every shard of the run must be there (records say ``shard: "I/N"``); ``partial=True`` summarises
     the shards present and lists the missing ones in ``Summary.missing_shards``.
@@ -254,10 +287,15 @@ def merge(paths: list[str | Path], output: str | Path | None = None, partial: bo
     if not paths:
         raise VTWError("give the results files to merge")
     check_file_target(output, "merged results file")
+    from .results import scan
+
     records: list[dict] = []
     configs = set()
+    warnings: list[str] = []
     for p in paths:
-        recs = read_records(p, missing_ok=False)
+        found = scan(p, missing_ok=False)
+        recs = found.records
+        warnings += found.notes(p)
         for r in recs:
             configs.add(tuple(str(r.get(k)) for k in _CONFIG_KEYS))
         records.extend(recs)
@@ -277,7 +315,22 @@ def merge(paths: list[str | Path], output: str | Path | None = None, partial: bo
             atomic_write(output, "".join(dumps(r) + "\n" for r in merged))
     summary = summarize(merged, task, str(output) if output else None, {}, 0)
     summary.missing_shards = missing
+    expected = _expected(merged)
+    if expected is not None and len(merged) < expected:
+        warnings.append(f"the files hold {len(merged)} of the run's {expected} samples: the run is not finished "
+                        "(run its command again to resume)")
+    summary.warnings = warnings
     return summary
+
+
+def _expected(records: list[dict]) -> int | None:
+    """How many samples the run's shards select (records say ``shard_size``); None when a record does not."""
+    sizes: dict[str, int] = {}
+    for r in records:
+        if not isinstance(r.get("shard_size"), int):
+            return None
+        sizes[str(r.get("shard"))] = r["shard_size"]
+    return sum(sizes.values()) if sizes else None
 
 
 def _missing_shards(records: list[dict]) -> list[str]:

@@ -8,14 +8,20 @@
   library can take it again around the work.
 * ``check_file_target`` / ``check_dir_target``: a path the command will write later must be
   writable *now*, before minutes of model loading or computing (the message names the path).
+* ``check_regular``: a path vtwctl reads or writes as a file must be a regular file (or not exist):
+  ``/dev/full``, ``/dev/stdout``, a FIFO or a socket would be read forever or block.
+* ``environment_error``: the one line for an ``OSError`` the environment caused (a full disk, a
+  file size limit, a read-only file system, no permission), or None for any other.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,12 +46,40 @@ def dumps(obj: Any, **kw: Any) -> str:
     return json.dumps(strict(obj), allow_nan=False, default=str, **kw)
 
 
+def _umask() -> int:
+    """The process's umask (read without changing it where /proc tells it; else set and restored)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def new_file_mode(path: str | os.PathLike) -> int:
+    """The permission bits a file written to ``path`` should have: the existing file's, else what
+    ``open()`` would give under the umask (0o666 & ~umask), so teammates share a store as they share
+    any file."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        return 0o666 & ~_umask()
+
+
 def atomic_write(path: str | os.PathLike, text: str) -> Path:
-    """Replace ``path`` by ``text`` atomically: readers see the old or the new file, never a mix."""
+    """Replace ``path`` by ``text`` atomically: readers see the old or the new file, never a mix. The
+    file keeps the existing file's permissions, or gets the umask's (not ``mkstemp``'s 0600)."""
     path = Path(path)
+    mode = new_file_mode(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as f:
+        with contextlib.suppress(OSError):
+            os.fchmod(fd, mode)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
@@ -114,6 +148,7 @@ def lock(path: str | os.PathLike, what: str = "file", wait: bool = False) -> Ite
         finally:
             _held[key][1] -= 1
         return
+    check_regular(path, what)  # opening a FIFO would block, a device is no file to lock
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     except IsADirectoryError:
@@ -169,6 +204,7 @@ def check_file_target(path: str | os.PathLike | None, what: str = "output file")
     p = Path(path).expanduser()
     if p.is_dir():
         raise VTWError(f"{what} {p} is a directory; give a file name")
+    check_regular(p, what)
     if p.exists():
         try:
             with p.open("a"):
@@ -194,3 +230,50 @@ def check_dir_target(path: str | os.PathLike | None, what: str = "output directo
             raise VTWError(f"cannot write into {what} {p}: {_reason(exc)}") from None
         return
     _check_creatable(p, what)
+
+
+# -- special files and environment errors ---------------------------------------------------------
+_KINDS = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a pipe (FIFO)"),
+          (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a directory"))
+
+
+def check_regular(path: str | os.PathLike, what: str = "file") -> None:
+    """``path`` must be a regular file or not exist: a device (``/dev/full``, ``/dev/null``), a pipe
+    (``/dev/stdout`` into ``| cat``) or a socket is refused with a ``VTWError`` naming it, before any
+    read (``/dev/full`` and ``/dev/zero`` never end) or open (a FIFO blocks)."""
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):  # not there (yet): the callers say what is wrong with it
+        return
+    except OSError as exc:
+        raise VTWError(f"cannot use {what} {path}: {_reason(exc)}") from None
+    if stat.S_ISREG(mode):
+        return
+    kind = next((name for test, name in _KINDS if test(mode)), "not a regular file")
+    raise VTWError(f"{what} {path} is {kind}, not a regular file; give the path of a file")
+
+
+# errno -> what the user is told to do about it
+_ENVIRONMENT = {
+    errno.ENOSPC: "the disk is full: free some space and run the command again",
+    errno.EFBIG: "the file grew past the file size limit (ulimit -f) or the file system's",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EIO: "an input/output error from the disk or the network file system",
+    errno.EMFILE: "too many open files (ulimit -n)",
+    errno.ENFILE: "too many open files in the system",
+}
+if hasattr(errno, "EDQUOT"):
+    _ENVIRONMENT[errno.EDQUOT] = "the disk quota is exhausted: free some space and run the command again"
+
+
+def environment_error(exc: BaseException, doing: str | None = None) -> str | None:
+    """One line for an ``OSError`` the environment caused (a full disk, a size limit, a read-only or
+    unwritable place, an I/O error), naming the file when it is known; None for any other error
+    (those are bugs). ``doing``: what vtwctl was doing ("writing results file X")."""
+    if not isinstance(exc, OSError) or exc.errno not in _ENVIRONMENT:
+        return None
+    where = doing or (f"{exc.filename}" if exc.filename else None)
+    cause = f"{exc.strerror or os.strerror(exc.errno)} ({_ENVIRONMENT[exc.errno]})"
+    return f"{where}: {cause}" if where else cause

@@ -142,6 +142,27 @@ def _from_pretrained(fn, res: Resolved, **kw):
         raise VTWError(f"cannot load model {res.spec} from the hub: {str(exc).splitlines()[0]}") from None
 
 
+_BROKEN = ("safetensor", "deserializ", "incomplete metadata", "header too large", "headertoolarge",
+           "metadataincompletebuffer", "invalidheader", "pytorchstreamreader", "unpickling", "truncated",
+           "unexpected end", "failed finding central directory")
+
+
+def _broken_weights(exc: BaseException, res: Resolved) -> str | None:
+    """The one line for weights files that are cut short or corrupt (an interrupted download or copy), naming
+    the files; None when ``exc`` is something else."""
+    text = f"{type(exc).__module__}.{type(exc).__name__}: {exc}".lower()
+    if not isinstance(exc, EOFError) and not any(word in text for word in _BROKEN):
+        return None
+    first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+    where = res.spec
+    if res.local:
+        files = sorted(p.name for p in Path(res.source).glob("*") if p.suffix in (".safetensors", ".bin", ".pt"))
+        if files:
+            where = f"{', '.join(str(Path(res.source) / f) for f in files[:3])}" + (" ..." if len(files) > 3 else "")
+    return (f"cannot load the weights of {res.spec}: {where} is corrupt or truncated ({type(exc).__name__}: "
+            f"{first}); copy or download the model again")
+
+
 def pick_device(device: str = "auto") -> str:
     """'auto' -> 'map' (several GPUs), 'cuda', 'mps' or 'cpu'; anything else is checked and returned."""
     import torch
@@ -390,8 +411,13 @@ def load(spec: str = "demo", device: str = "auto", dtype: str = "auto",
         model = _from_pretrained(cls.from_pretrained, res, **kw)
     except ImportError as exc:  # e.g. flash_attn not installed
         raise VTWError(f"cannot load {spec}: {str(exc).splitlines()[0]}") from None
-    except ValueError as exc:
-        raise VTWError(f"cannot load {spec}: {str(exc).splitlines()[0]}") from None
+    except Exception as exc:
+        broken = _broken_weights(exc, res)
+        if broken is not None:
+            raise VTWError(broken) from None
+        if isinstance(exc, ValueError):
+            raise VTWError(f"cannot load {spec}: {str(exc).splitlines()[0]}") from None
+        raise
     if dev != "map":
         model = model.to(dev)
     model.eval()

@@ -13,16 +13,25 @@ def read_image(path: str | Path):
     """An RGB PIL image from ``path``."""
     from PIL import Image, UnidentifiedImageError
 
+    from .files import check_regular
+
     p = Path(path).expanduser()
     if not p.exists():
         raise VTWError(f"image not found: {path}")
     if p.is_dir():
         raise VTWError(f"{path} is a directory, not an image file")
+    check_regular(p, "image")
     try:
         with Image.open(p) as img:
             return to_rgb(img)
-    except (UnidentifiedImageError, OSError) as exc:
-        raise VTWError(f"cannot read image {path}: {exc.__class__.__name__}") from None
+    except Image.DecompressionBombError as exc:
+        raise VTWError(f"cannot read image {path}: {str(exc).strip().rstrip('.')} (Pillow refuses images this "
+                       "large as possible decompression bombs; scale it down)") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
+        detail = str(exc).strip().splitlines()
+        raise VTWError(f"cannot read image {path}: {exc.__class__.__name__}"
+                       + (f" ({detail[0][:200]})" if detail and not isinstance(exc, UnidentifiedImageError)
+                          else "")) from None
 
 
 def to_rgb(img):
@@ -56,9 +65,13 @@ def read_video(path: str | Path, num_frames: int = 8):
     """
     import numpy as np
 
+    from .files import check_regular
+
     p = Path(path).expanduser()
     if not p.exists():
         raise VTWError(f"video not found: {path}")
+    if not p.is_dir():
+        check_regular(p, "video")
     if p.is_dir():
         files = sorted(f for f in p.iterdir() if f.suffix.lower() in _FRAME_SUFFIXES)
         if not files:

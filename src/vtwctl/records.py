@@ -84,6 +84,9 @@ def read_store(path: Path) -> dict | None:
         return None
     if path.is_dir():
         raise VTWError(f"calibration store {path} is a directory, not a file")
+    from .files import check_regular
+
+    check_regular(path, "calibration store file")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError:

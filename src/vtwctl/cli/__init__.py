@@ -5,9 +5,11 @@ progress on stderr, ``--json`` results on stdout. Heavy imports (torch, transfor
 inside the commands, so ``vtwctl --help`` is instant.
 
 Exit status: 0 done; 2 bad input (a ``VTWError``: bad option, missing file, unknown model, K out of
-range) or a usage error, as one line on stderr; 1 a bug (any other exception): one line naming
-the file the traceback was saved to (``--debug`` prints it instead); 130 interrupted (SIGINT,
-Ctrl-C) and 143 terminated (SIGTERM, e.g. by SLURM), after everything finished was written.
+range), a usage error or a problem of the environment (a full disk, a file size limit, a read-only
+or unwritable place: an ``OSError`` that ``files.environment_error`` names), as one line on stderr;
+1 a bug (any other exception): one line naming the file the traceback was saved to (``--debug``
+prints it instead); 130 interrupted (SIGINT, Ctrl-C) and 143 terminated (SIGTERM, e.g. by SLURM),
+after everything finished was written.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-_state = {"debug": False, "signal": None}
+_state = {"debug": False, "signal": None, "verbose": False}
 
 
 def _print_version(value: bool) -> None:
@@ -42,9 +44,42 @@ def _root(
     version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True,
                                  callback=_print_version, expose_value=True),
     debug: bool = typer.Option(False, "--debug", help="Print the traceback of an internal error."),
+    verbose: bool = typer.Option(False, "--verbose",
+                                 help="Let the libraries underneath (transformers, datasets, Pillow, pyarrow) print "
+                                      "their own warnings and progress bars on stderr."),
 ) -> None:
     """Visual Tokens Withdrawal (VTW) for multimodal LLMs: inference, calibration and profiling."""
     _state["debug"] = _state["debug"] or debug
+    _state["verbose"] = verbose
+    if not verbose:
+        _quiet()
+
+
+def _quiet() -> None:
+    """Keep stderr to vtwctl's own words: the libraries' warnings, log lines and progress bars off (they
+    are read when those libraries are imported, which the commands do later)."""
+    import logging
+    import warnings
+
+    for name, value in (("TRANSFORMERS_VERBOSITY", "critical"), ("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1"),
+                        ("DATASETS_VERBOSITY", "critical"), ("HF_HUB_VERBOSITY", "critical"),
+                        ("HF_DATASETS_DISABLE_PROGRESS_BARS", "1"), ("HF_HUB_DISABLE_PROGRESS_BARS", "1"),
+                        ("TOKENIZERS_PARALLELISM", "false")):
+        os.environ.setdefault(name, value)
+    warnings.filterwarnings("ignore")  # vtwctl never warns through `warnings`: these are the libraries'
+    # a library's log line without a handler of its own would reach Python's last-resort handler (stderr)
+    root = logging.getLogger()
+    if not any(isinstance(h, logging.NullHandler) for h in root.handlers):
+        root.addHandler(logging.NullHandler())
+    for name in ("transformers", "datasets", "huggingface_hub", "accelerate", "torch", "PIL", "pyarrow",
+                 "fsspec", "filelock", "urllib3", "httpx", "kernels"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    for mod, fn in (("datasets", "disable_progress_bars"), ("huggingface_hub.utils", "disable_progress_bars")):
+        if mod.split(".")[0] in sys.modules:  # already imported (a test driving execute() in one process)
+            try:
+                getattr(__import__(mod, fromlist=[fn]), fn)()
+            except (ImportError, AttributeError):
+                pass
 
 
 def _register() -> None:
@@ -115,13 +150,19 @@ def _save_traceback(exc: BaseException) -> str | None:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     for folder in (os.path.join(base, "vtwctl", "crashes"), tempfile.gettempdir()):
+        path = os.path.join(folder, f"vtwctl-{stamp}-{os.getpid()}.txt")
         try:
             os.makedirs(folder, exist_ok=True)
-            path = os.path.join(folder, f"vtwctl-{stamp}-{os.getpid()}.txt")
-            with open(path, "w") as f:
+            # UTF-8 whatever the locale; an undecodable argument (LC_ALL=C) is written as its escape
+            with open(path, "w", encoding="utf-8", errors="backslashreplace") as f:
                 f.write(text)
             return path
-        except OSError:
+        except Exception:  # never fail while reporting a failure; try the next place
+            import contextlib
+
+            with contextlib.suppress(OSError):
+                if os.path.exists(path) and os.path.getsize(path) == 0:
+                    os.unlink(path)
             continue
     return None
 
@@ -187,6 +228,14 @@ def execute(argv: list[str] | None = None) -> int:
         return 141
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except OSError as exc:
+        from ..files import environment_error
+
+        what = environment_error(exc)
+        if what is None:
+            return _bug(exc)
+        print(f"error: {_one_line(what, 1000)}", file=sys.stderr)
+        return 2
     except Exception as exc:
         return _bug(exc)
     finally:
@@ -194,6 +243,19 @@ def execute(argv: list[str] | None = None) -> int:
             signal.signal(signal.SIGTERM, previous)
 
 
+def _safe_streams() -> None:
+    """Under a locale that cannot encode every character (``LC_ALL=C`` with ``PYTHONUTF8=0``), write what it
+    cannot as escapes instead of failing on an answer or a file name with an accent."""
+    for stream in (sys.stdout, sys.stderr):
+        encoding = (getattr(stream, "encoding", None) or "").lower().replace("-", "")
+        if not encoding.startswith("utf") and hasattr(stream, "reconfigure"):
+            try:
+                stream.reconfigure(errors="backslashreplace")
+            except (ValueError, OSError):
+                pass
+
+
 def main() -> None:
     """Console entry point."""
+    _safe_streams()
     sys.exit(execute())

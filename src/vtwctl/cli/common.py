@@ -44,6 +44,16 @@ def emit_json(obj: Any) -> None:
     sys.stdout.flush()
 
 
+def text_option(value: str | None) -> str | None:
+    """Text from the command line as the user typed it: under a locale that cannot decode it (``LC_ALL=C``
+    with ``PYTHONUTF8=0``) Python keeps the bytes as surrogate escapes, which a tokenizer cannot encode;
+    the terminal sent UTF-8, so read them as UTF-8. (Paths are left as they are: they must reach the
+    file system byte for byte.)"""
+    if value is None or not any("\udc80" <= c <= "\udcff" for c in value):
+        return value
+    return os.fsencode(value).decode("utf-8", errors="replace")
+
+
 def model_name(spec: str) -> str:
     """The name records are kept under for ``spec`` (what ``Loaded.name`` will be), without loading."""
     from ..loading import resolve

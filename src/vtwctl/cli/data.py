@@ -45,4 +45,4 @@ def export(
     if json_out:
         emit_json({"dataset": dataset, "files": [str(p) for p in paths]})
         return
-    stderr_console().print("wrote " + ", ".join(str(p) for p in paths))
+    stderr_console().print("wrote " + ", ".join(str(p) for p in paths), soft_wrap=True, highlight=False, markup=False)

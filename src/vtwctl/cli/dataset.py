@@ -18,7 +18,7 @@ from .common import (
 
 
 def run_dataset(spec, dataset: str, *, split, limit, output, data_dir, judge_url=None, judge_model=None,
-                calibration_dir=None, json_out: bool = False) -> None:
+                calibration_dir=None, json_out: bool = False, skip_bad_samples: bool = False) -> None:
     """``vtwctl run --dataset``: ``spec`` (a checked ``RunSpec``) over a benchmark, written to ``output``."""
     from dataclasses import replace
 
@@ -80,7 +80,7 @@ def run_dataset(spec, dataset: str, *, split, limit, output, data_dir, judge_url
         with Progress(label, console, enabled=rank == 0) as bar:
             try:
                 summary = evaluate(loaded, task, run, split=split, samples=samples, output=out_path, judge=judge,
-                                   progress=lambda d, n: bar.update(d, n))
+                                   progress=lambda d, n: bar.update(d, n), skip_bad_samples=skip_bad_samples)
             except KeyboardInterrupt:
                 if out_path:
                     console.print(f"interrupted; finished samples are in {out_path} (run again to resume)",
@@ -94,7 +94,20 @@ def run_dataset(spec, dataset: str, *, split, limit, output, data_dir, judge_url
     render(summary, json_out)
 
 
+def warn(summary) -> None:
+    """What the files showed (torn lines, repairs) and the samples skipped, as warnings on stderr."""
+    console = stderr_console()
+    notes = list(summary.warnings)
+    if summary.skipped:
+        ids = ", ".join(summary.skipped_ids[:5]) + (", ..." if summary.skipped > 5 else "")
+        notes.append(f"{summary.skipped} sample{'s' if summary.skipped > 1 else ''} skipped: their data could not be "
+                     f"decoded ({ids}); the metrics cover the other {summary.samples} (the records say why)")
+    for note in notes:
+        console.print(f"warning: {note}", style="yellow", highlight=False, markup=False, soft_wrap=True)
+
+
 def render(summary, json_out: bool) -> None:
+    warn(summary)
     if json_out:
         emit_json(summary.to_dict())
         return
@@ -111,6 +124,8 @@ def render(summary, json_out: bool) -> None:
     t.add_row("mean prefill (s)", f"{summary.mean_prefill_s:.4f}")
     t.add_row("mean vision / text tokens", f"{summary.mean_vision_tokens:.1f} / {summary.mean_text_tokens:.1f}")
     t.add_row("mean new tokens", f"{summary.mean_new_tokens:.2f}")
+    if summary.skipped:
+        t.add_row("skipped (bad data)", str(summary.skipped))
     console = stderr_console()
     console.print(t)
     if summary.output:

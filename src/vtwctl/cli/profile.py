@@ -70,7 +70,13 @@ def profile(
     dataset: str | None = typer.Option(None, "--dataset", help="Real input: a task sample (default: shapes)."),
     index: int = typer.Option(0, "--index", min=0, help="Which sample of --dataset (0-based)."),
     max_new_tokens: int = typer.Option(16, "--max-new-tokens", min=2),
-    repeats: int = typer.Option(5, "--repeats", min=1),
+    repeats: int = typer.Option(5, "--repeats", min=1,
+                                help="Timed rounds per row, at least; more follow (up to --max-repeats) while the "
+                                     "spread (p90 - p10) / median of prefill or decode is above 10 %. The output "
+                                     "says how many ran."),
+    max_repeats: int | None = typer.Option(None, "--max-repeats", min=1,
+                                           help="Most timed rounds per row (default 3 x --repeats; = --repeats: "
+                                                "exactly that many)."),
     warmup: int = typer.Option(1, "--warmup", min=0),
     csv: Path | None = typer.Option(None, "--csv", help="Also write the rows as CSV."),
     plot: Path | None = typer.Option(None, "--plot", help="Bar chart (or curves vs K for a K list) as PNG."),
@@ -159,7 +165,8 @@ def profile(
         from .common import Progress
 
         with Progress("measuring", console, unit="runs") as bar:
-            table, sweep, tokens = measured_rows(loaded, inputs, ks, spec, Protocol(max_new_tokens, warmup, repeats),
+            table, sweep, tokens = measured_rows(loaded, inputs, ks, spec, Protocol(max_new_tokens, warmup, repeats,
+                                                                                     max_repeats),
                                                  method=flops, count=count, rows=rows,
                                                  progress=lambda d, n: bar.update(d, n))
         report = ProfileReport(model=loaded.name, k=ks[0], tokens=tokens, method=flops, count=count, rows=table,
@@ -184,7 +191,7 @@ def profile(
     if json_out:
         emit_json(data)
     else:
-        _render(console, report)
+        _render(console, report, (repeats, max(repeats, max_repeats if max_repeats is not None else 3 * repeats)))
     if failed:
         raise VTWError("; ".join(failed) + " (the result is printed above)")
 
@@ -231,7 +238,8 @@ def _fmt_s(x):
     return "-" if x is None else f"{x * 1000:.1f} ms"
 
 
-def _render(console, report) -> None:
+def _render(console, report, limits: tuple[int, int]) -> None:
+    """The table, then how the timings were taken (``limits``: --repeats and --max-repeats)."""
     from rich.table import Table
 
     t = Table(title=f"{report.model}: {report.tokens['vision']} vision + {report.tokens['text']} text tokens"
@@ -248,6 +256,13 @@ def _render(console, report) -> None:
                   _fmt_s(r.prefill_s), _fmt_s(r.decode_s_per_token), _fmt_s(r.total_s),
                   _fmt_bytes(r.peak_memory_bytes), _fmt_bytes(r.kv_cache_bytes))
     console.print(t)
+    timed = [r.spread for r in _table_rows(report) if r.spread]
+    if timed:
+        ran, (least, most) = max(sp.get("repeats", 0) for sp in timed), limits
+        why = (f": --repeats {least}, then more (up to --max-repeats {most}) while the spread of prefill or decode "
+               "was above 10 %" if ran > least else "")
+        console.print(f"[dim]timings: medians of {ran} repeats per row after {timed[0].get('warmup')} warm-up "
+                      f"round(s){why}[/dim]", soft_wrap=True)
     shaky = [r for r in _table_rows(report) if r.spread and r.spread.get("stable") is False]
     if shaky:
         n = shaky[0].spread.get("repeats")

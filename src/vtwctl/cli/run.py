@@ -23,6 +23,7 @@ from .common import (
     record_summary,
     resolve_k,
     stderr_console,
+    text_option,
 )
 
 
@@ -67,6 +68,10 @@ def run(
                                          help="OpenAI-compatible API for MMBench's GPT answer matching "
                                               "(key: $OPENAI_API_KEY); default: MMBench's static rules."),
     judge_model: str | None = typer.Option(None, "--judge-model", help="Judge model (default gpt-4o-2024-11-20)."),
+    skip_bad_samples: bool = typer.Option(False, "--skip-bad-samples",
+                                          help="With --dataset: a sample whose data cannot be decoded (a corrupt "
+                                               "image) is recorded as skipped and left out of the metrics, instead "
+                                               "of stopping the run (exit 2)."),
     frames: int = typer.Option(8, "--frames", min=1, help="Frames sampled from --video."),
     sample: bool = typer.Option(False, "--sample", help="Sample instead of greedy decoding."),
     temperature: float = typer.Option(1.0, "--temperature"),
@@ -87,6 +92,7 @@ def run(
     from ..spec import AUTO, NEEDS_K, Generation, RunSpec, canonical
 
     method = "stock" if no_withdraw else canonical(method)
+    prompt = text_option(prompt)
     if method == "stock" and k not in (None, "auto"):
         raise VTWError("--k and --no-withdraw contradict each other")
     fastv_k, fastv_ratio = fastv_settings(fastv_preset, fastv_k, fastv_ratio)
@@ -108,18 +114,22 @@ def run(
         from .dataset import run_dataset
 
         run_dataset(spec, dataset, split=split, limit=limit, output=output, data_dir=data_dir, judge_url=judge_url,
-                    judge_model=judge_model, calibration_dir=profile_dir, json_out=json_out)
+                    judge_model=judge_model, calibration_dir=profile_dir, json_out=json_out,
+                    skip_bad_samples=skip_bad_samples)
         return
     dataset_only = {"--split": split, "--limit": limit, "--output": output, "--shard": shard, "--data-dir": data_dir,
                     "--batch-size": batch_size if batch_size != 1 else None,
+                    "--skip-bad-samples": True if skip_bad_samples else None,
                     "--image-mode": image_mode if image_mode != "normal" else None}
     given = [flag for flag, value in dataset_only.items() if value is not None]
     if given:
         raise VTWError(f"{', '.join(given)} only appl{'y' if len(given) > 1 else 'ies'} with --dataset")
-    _one_prompt(spec, image, video, prompt, example, frames, compare, profile_dir, json_out)
+    _one_prompt(spec, image, video, prompt, example, frames, compare, profile_dir, json_out, k is not None)
 
 
-def _one_prompt(spec, image, video, prompt, example, frames, compare, calibration_dir, json_out) -> None:
+def _one_prompt(spec, image, video, prompt, example, frames, compare, calibration_dir, json_out,
+                k_given: bool = True) -> None:
+    from .. import preflight, tasks
     from ..errors import VTWError
     from ..media import read_image, read_video
 
@@ -127,12 +137,12 @@ def _one_prompt(spec, image, video, prompt, example, frames, compare, calibratio
     if example is not None:
         if image is not None or video is not None or prompt is not None:
             raise VTWError("--example brings its own image and question: drop --image/--video/--prompt")
-        from .. import preflight, tasks
         from ..demo import shapes
 
         preflight.check_data(tasks.get("shapes"), "test", index=example, what="--example")
         sample_ = shapes.make_sample("test", example)
         img, prompt, expected = sample_["image"], sample_["question"], sample_["answer"]
+        scored = tasks.get("shapes").open("test")[example]  # the same question as a task sample, for its scoring
     elif prompt is None:
         raise VTWError("give --prompt (with --image or --video), or --example N for a demo question")
     elif not prompt.strip():
@@ -146,10 +156,13 @@ def _one_prompt(spec, image, video, prompt, example, frames, compare, calibratio
         from ..records import check_store
 
         check_store(name, calibration_dir)
-        if spec.method in ("rand", "vtw-random") and spec.k.record(name, auto_dataset, profile_dir=calibration_dir) \
-                is None:
+        missing = spec.k.record(name, auto_dataset, profile_dir=calibration_dir) is None
+        if missing and spec.method in ("rand", "vtw-random"):
             raise VTWError(f"--method {spec.method} needs a K: pass --k K, or calibrate {name} for --k auto "
                            "(no calibration record found)")
+        if missing and k_given:  # `--k auto` said: refused as `run --dataset` refuses it (no --k: stock, said)
+            raise VTWError(f"--k auto: no calibration record for {name}" + (" on shapes" if auto_dataset else "")
+                           + f"; run `vtwctl calibrate --model {spec.model}` or pass --k K (or --no-withdraw)")
     check_device(spec.device)
     loaded = load_model(spec.model, spec.device, spec.dtype, spec.attn_implementation, spec.trust_remote_code,
                         spec.prompt_style)
@@ -192,13 +205,21 @@ def _one_prompt(spec, image, video, prompt, example, frames, compare, calibratio
     if spec.method == "fastv":
         result.update(k=spec.fastv_k, fastv_ratio=spec.fastv_ratio)
     if expected is not None:
-        result.update(example=example, question=prompt, expected=expected)
+        correct = tasks.get("shapes").process(scored, gen.answers[0], "lmms-eval")["correct"]
+        result.update(example=example, question=prompt, expected=expected, correct=correct)
     if json_out:
         emit_json(result)
         return
     if expected is not None:
         console.print(f"[bold]demo test sample {example}[/bold]\n{prompt}\n[dim]expected: {expected}[/dim]")
-    typer.echo(gen.answers[0])
+    # on a terminal the answer is labelled; piped, stdout is the answer alone (or --json)
+    import sys
+
+    typer.echo(f"answer: {gen.answers[0]}" if sys.stdout.isatty() else gen.answers[0])
+    if expected is not None:
+        console.print(f"{'correct' if correct else 'wrong'} under the shapes task's scoring (expected {expected!r}; "
+                      "letters in any case or form, yes/no and short answers as words: docs/demo.md)",
+                      highlight=False, markup=False, soft_wrap=True)
     console.print(f"[dim]K={gen.k}/{n}  vision={result['num_vision_tokens']} text={result['num_text_tokens']}  "
                   f"new={result['new_tokens']}  prefill {gen.prefill_s:.3f}s  decode {gen.decode_s:.3f}s  "
                   f"total {gen.total_s:.3f}s[/dim]")
@@ -230,3 +251,5 @@ def _render_compare(console, halves: dict) -> None:
     kib = [f"{h['kv_bytes'] / 1024:.1f} KiB" if h["kv_bytes"] is not None else "-" for h in (stock, vtw)]
     t.add_row("KV cache", *kib)
     console.print(t)
+    console.print("[dim]timings: one run each, after one untimed warm-up run of each (not repeated: `vtwctl "
+                  "profile` takes medians of repeats)[/dim]", soft_wrap=True)

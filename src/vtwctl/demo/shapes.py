@@ -415,6 +415,9 @@ def export(
     n_test: int | None = None,
 ) -> list[Path]:
     """Write one parquet file per split (images as PNG bytes) into ``out_dir``; return the paths."""
+    import datasets
+
+    datasets.disable_progress_bars()  # the library never prints: no "Creating parquet" bars on stderr
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     dd = as_dataset(n_train=n_train, n_validation=n_validation, n_test=n_test, seed=seed)

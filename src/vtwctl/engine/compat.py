@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -274,15 +275,30 @@ def output_collector() -> Any:
     return getattr(output_capturing, "_active_collector", None)
 
 
+_GUARDS = {"depth": 0, "saved": None}
+_GUARDS_LOCK = threading.Lock()
+
+
 @contextlib.contextmanager
 def hook_guards() -> Iterator[None]:
     """Inside the block, graphs torch.compile traces are guarded on module hooks (dynamo skips those guards by
     default), so a graph traced with the engine's hooks recompiles once they are gone instead of running
-    withdrawal after the block. The setting is restored on exit: nothing changes outside the block."""
+    withdrawal after the block. The setting is restored when the last block (of any thread) exits: nothing
+    changes outside the blocks, also when blocks of several threads overlap."""
     import torch._dynamo
 
-    with torch._dynamo.config.patch(skip_nnmodule_hook_guards=False):
+    with _GUARDS_LOCK:
+        if _GUARDS["depth"] == 0:
+            _GUARDS["saved"] = torch._dynamo.config.skip_nnmodule_hook_guards
+            torch._dynamo.config.skip_nnmodule_hook_guards = False
+        _GUARDS["depth"] += 1
+    try:
         yield
+    finally:
+        with _GUARDS_LOCK:
+            _GUARDS["depth"] -= 1
+            if _GUARDS["depth"] == 0:
+                torch._dynamo.config.skip_nnmodule_hook_guards = _GUARDS["saved"]
 
 
 def compiled_wrappers(model: torch.nn.Module) -> list[str]:

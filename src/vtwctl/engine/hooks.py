@@ -18,6 +18,8 @@ cache's bookkeeping (``vtwctl.engine.state``); every transformers internal it re
 from __future__ import annotations
 
 import contextlib
+import functools
+import threading
 import weakref
 from collections.abc import Iterator
 
@@ -32,7 +34,9 @@ from .policies.vtw import VTW
 from .state import Call, Streams
 from .support import VISUAL_KWARGS, carries_visual, check_prompt_end, check_supported, num_layers  # noqa: F401
 
-_ACTIVE: weakref.WeakSet = weakref.WeakSet()  # models inside a withdraw()/fastv() block (blocks do not nest)
+# model -> the threads inside a withdraw()/fastv() block on it (per thread, blocks do not nest)
+_ACTIVE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_ACTIVE_LOCK = threading.Lock()
 _TOKEN_KWARGS = ("token_type_ids", "mm_token_type_ids", "moe_mm_token_type_ids")
 
 
@@ -66,24 +70,40 @@ class Engine:
         self.streams = Streams()
         self.call: Call | None = None
         self.handles: list = []
+        self.thread = threading.get_ident()  # the thread whose calls this engine changes
 
     # -- wiring ----------------------------------------------------------------------------------
+    def _own(self, fn):
+        """``fn`` as a hook that acts on this engine's thread's calls only: another thread's calls of the same
+        model (stock, or inside its own block with another K) pass through untouched. (While dynamo traces,
+        the tracing thread is the engine's: a compiled model inside a block is used from that thread.)"""
+        thread = self.thread
+
+        @functools.wraps(fn)
+        def hook(*args, **kwargs):
+            if not torch.compiler.is_compiling() and threading.get_ident() != thread:
+                return None
+            return fn(*args, **kwargs)
+        return hook
+
     def install(self) -> None:
+        own = self._own
         # pre-hooks run in registration order, forward hooks too: the multimodal model's come first and
         # last, so that a family whose multimodal model is its language model (Chameleon) works as well
-        self.handles.append(self.mm.register_forward_pre_hook(self._on_call, with_kwargs=True))
+        self.handles.append(self.mm.register_forward_pre_hook(own(self._on_call), with_kwargs=True))
         if self.adapter.deepstack:
-            self.handles.append(self.text.register_forward_pre_hook(self._on_text_in, with_kwargs=True))
-        self.handles.append(self.text.register_forward_hook(self._on_text_out, with_kwargs=True))
-        self.handles.append(self.mm.register_forward_hook(self._on_call_end, with_kwargs=True, always_call=True))
+            self.handles.append(self.text.register_forward_pre_hook(own(self._on_text_in), with_kwargs=True))
+        self.handles.append(self.text.register_forward_hook(own(self._on_text_out), with_kwargs=True))
+        self.handles.append(self.mm.register_forward_hook(own(self._on_call_end), with_kwargs=True, always_call=True))
         if self.positions == "rearrange":
-            self.handles.append(self.text.rotary_emb.register_forward_pre_hook(self._on_rotary, with_kwargs=True))
+            self.handles.append(self.text.rotary_emb.register_forward_pre_hook(own(self._on_rotary),
+                                                                               with_kwargs=True))
         for i in range(self.k, len(self.layers)):
-            self.handles.append(self.layers[i].register_forward_pre_hook(self._hook_layer(i), with_kwargs=True))
+            self.handles.append(self.layers[i].register_forward_pre_hook(own(self._hook_layer(i)), with_kwargs=True))
             if i >= self.start:
-                self.handles.append(self.layers[i].register_forward_hook(self._hook_layer_out(i)))
+                self.handles.append(self.layers[i].register_forward_hook(own(self._hook_layer_out(i))))
         for i in self.policy.observe_layers:  # what the policy reads (FastV: attention at layer K-1)
-            self.handles.append(self.layers[i].self_attn.register_forward_pre_hook(self._hook_observe(i),
+            self.handles.append(self.layers[i].self_attn.register_forward_pre_hook(own(self._hook_observe(i)),
                                                                                    with_kwargs=True))
 
     def remove(self) -> None:
@@ -287,6 +307,13 @@ def withdraw(model: nn.Module, k: int, positions: str = "keep") -> Iterator[nn.M
     ``positions`` is ``"keep"`` (original rotary positions, the paper's default) or
     ``"rearrange"`` (contiguous text positions). The model is left exactly as it was on exit,
     also when the block raises.
+
+    Threads: the block changes the calls its own thread makes, nothing else. Other threads may use the
+    same model at the same time, stock or inside their own block (with any K); blocks do not nest within
+    one thread. Raises ``vtwctl.ArgumentError`` (a ``VTWError`` and a ``ValueError``) for a ``k`` that is
+    not an integer in 0..N or a bad ``positions``, ``VTWError`` for a model it cannot run on (an
+    unsupported family, a ``torch.compile`` wrapper of it without hook guards), ``RuntimeError`` for a
+    block nested in another on the same model and thread.
     """
     with apply(model, VTW(k), positions):
         yield model
@@ -298,6 +325,9 @@ def apply(model: nn.Module, policy: Policy, positions: str = "keep", lo: int = 0
     """Run ``policy`` (``vtwctl.engine.policies``) on ``model`` inside the block: its K checked (``lo``..N,
     named ``what``), the model checked where the policy withdraws anything, the engine's hooks installed."""
     n = num_layers(model)
+    if policy.k is None:
+        raise ArgumentError(f"{what} is None: give the layer to withdraw at, an integer in {lo}..{n} ({n} = the "
+                            "stock model)")
     check_k(policy.k, n, lo=lo, what=what)
     if positions not in ("keep", "rearrange"):
         raise ArgumentError(f"positions must be 'keep' or 'rearrange', got {positions!r}")
@@ -310,10 +340,17 @@ def apply(model: nn.Module, policy: Policy, positions: str = "keep", lo: int = 0
 
 @contextlib.contextmanager
 def active(model: nn.Module, engine: Engine, install: bool = True) -> Iterator[Engine]:
-    """Install ``engine``'s hooks for the block; remove them on exit, also on error. Blocks do not nest."""
-    if model in _ACTIVE:
-        raise RuntimeError("withdraw()/fastv() is already active on this model; blocks do not nest")
-    _ACTIVE.add(model)
+    """Install ``engine``'s hooks for the block; remove them on exit, also on error. Blocks do not nest within a
+    thread; blocks of other threads on the same model are independent (each engine acts on its own thread's
+    calls only)."""
+    thread = threading.get_ident()
+    with _ACTIVE_LOCK:
+        inside = _ACTIVE.setdefault(model, set())
+        if thread in inside:
+            raise RuntimeError("withdraw()/fastv() is already active on this model in this thread; blocks do not "
+                               "nest (leave the first block before entering another)")
+        inside.add(thread)
+    engine.thread = thread
     try:
         with compat.hook_guards():
             if install:
@@ -321,4 +358,5 @@ def active(model: nn.Module, engine: Engine, install: bool = True) -> Iterator[E
             yield engine
     finally:
         engine.remove()
-        _ACTIVE.discard(model)
+        with _ACTIVE_LOCK:
+            inside.discard(thread)

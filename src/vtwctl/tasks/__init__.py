@@ -45,6 +45,44 @@ class Sample:
             self.image = self.images[0]
 
 
+class BadSample(VTWError):
+    """A sample whose data cannot be decoded (a corrupt or truncated image cell, an image past Pillow's
+    decompression-bomb limit): the user's data, not a bug. ``sample_id`` and ``cause`` say which and why."""
+
+    def __init__(self, sample_id: str, cause: str):
+        self.sample_id, self.cause = sample_id, cause
+        super().__init__(f"sample {sample_id}: cannot decode its data ({cause}); fix or remove it, or pass "
+                         "--skip-bad-samples to record it as skipped and go on")
+
+
+def _data_errors() -> tuple[type, ...]:
+    """What decoding a broken image, parquet cell or video raises (Pillow, zlib, datasets, pyarrow)."""
+    import zlib
+
+    errors: list[type] = [OSError, ValueError, SyntaxError, EOFError, zlib.error]
+    try:
+        from PIL import Image
+
+        errors.append(Image.DecompressionBombError)
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        import pyarrow
+
+        errors.append(pyarrow.ArrowException)
+    except ImportError:  # pragma: no cover
+        pass
+    return tuple(errors)
+
+
+def _cause(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    what = f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
+    if type(exc).__name__ == "DecompressionBombError":
+        what += " (Pillow's guard against decompression bombs)"
+    return what
+
+
 class SampleSet(Sequence):
     """Samples of one split, decoded on access. ``ids`` are known without decoding anything.
 
@@ -70,14 +108,31 @@ class SampleSet(Sequence):
     def __len__(self) -> int:
         return len(self._pos)
 
+    def _decode(self, p: int) -> Sample:
+        """Sample ``p``, decoded; data that cannot be decoded are a ``BadSample`` naming it."""
+        try:
+            return self._make(p)
+        except VTWError:
+            raise
+        except _data_errors() as exc:
+            raise BadSample(self._all_ids[p], _cause(exc)) from exc
+
     def __getitem__(self, j):
         if isinstance(j, slice):
             return self._with(self._pos[j])
-        return self._make(self._pos[j])
+        return self._decode(self._pos[j])
 
     def __iter__(self) -> Iterator[Sample]:
         for p in self._pos:
-            yield self._make(p)
+            yield self._decode(p)
+
+    def decoded(self) -> Iterator[Sample | BadSample]:
+        """Every sample decoded, in order, a ``BadSample`` in place of one that cannot be (not raised)."""
+        for p in self._pos:
+            try:
+                yield self._decode(p)
+            except BadSample as bad:
+                yield bad
 
     def first(self, n: int | None) -> SampleSet:
         return self if n is None else self._with(self._pos[: max(int(n), 0)])

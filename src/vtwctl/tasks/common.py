@@ -49,7 +49,10 @@ def parquet_files(source: str, split: str) -> list[Path]:
     """The parquet files of ``split`` in a file or directory: ``{split}.parquet``, ``{split}-*.parquet``,
     ``data/{split}-*.parquet``, ``*/{split}-*.parquet`` or ``{split}/*.parquet`` (hub repo layouts)."""
     p = Path(source).expanduser()
-    if p.is_file():
+    if p.exists() and not p.is_dir():
+        from ..files import check_regular
+
+        check_regular(p, "dataset file")
         return [p]
     if p.is_dir():
         files = sorted({*p.glob(f"{split}.parquet"), *p.glob(f"{split}-*.parquet"), *p.glob(f"data/{split}-*.parquet"),
@@ -127,6 +130,26 @@ def _hub_dataset(ids: Sequence[str], config: Any, split: str):
                    "and pass --data-dir DIR (parquet files of the same schema)")
 
 
+def _check_cache(exc: BaseException, files: Sequence[Path]) -> None:
+    """``datasets`` converts parquet files into its cache (``$HF_DATASETS_CACHE``, else under ``$HF_HOME`` or
+    ``~/.cache``) before reading them: when loading failed and that cache cannot be written (an unwritable or
+    missing ``HOME``, a full disk), that is the cause to name, not the parquet file."""
+    import datasets.config as dconf
+
+    from ..files import check_dir_target, environment_error
+
+    cache = Path(str(dconf.HF_DATASETS_CACHE))
+    try:
+        check_dir_target(cache, "datasets cache")
+    except VTWError as bad:
+        raise VTWError(f"{bad} (reading {files[0]} goes through it; set HF_DATASETS_CACHE or HF_HOME to a "
+                       "writable directory)") from None
+    named = str(getattr(exc, "filename", None) or "")
+    if named and not any(named == str(f) for f in files):
+        what = environment_error(exc) or _first_line(exc)
+        raise VTWError(f"cannot read {files[0]}: {what}") from None
+
+
 def open_dataset(ids: Sequence[str], config: Any, split: str, source: str | None, *, subdir: str | None = None,
                  name: str | None = None, columns: Sequence[str] = ()):
     """The ``datasets.Dataset`` of ``split`` (rows are decoded when read).
@@ -150,6 +173,7 @@ def open_dataset(ids: Sequence[str], config: Any, split: str, source: str | None
         try:
             ds = datasets.load_dataset("parquet", data_files=[str(f) for f in files], split="train")
         except Exception as exc:  # not parquet, truncated, schemas that differ between files
+            _check_cache(exc, files)
             raise VTWError(f"cannot read {files[0] if len(files) == 1 else root}: {_first_line(exc)}") from None
         where = str(files[0]) if len(files) == 1 else f"{root} ({len(files)} files)"
     else:
