@@ -1,0 +1,155 @@
+"""DART on the engine against a reference selection written here on plain tensors (the authors' rule, their
+default settings and layer indexing; not engine/policies/dart.py) and the masked reference forward."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from reference import decoder_layers, extend, reference_logits
+from vtwctl.engine.hooks import apply
+from vtwctl.engine.policies.dart import DART
+from vtwctl.testing import IMAGE_ID, VIDEO_ID, tiny_inputs, tiny_model
+
+SUPPRESS = list(range(250, 256))
+
+
+def authors_selection(key_states, last_layer_state, image, query, ratio=0.778, pivots=(4, 4)):
+    """The authors' ``get_retained_image_token`` for one row, on plain tensors: ``key_states`` [heads, S, D]
+    the keys of layer K-1 (post-rotary), ``last_layer_state`` [S, H] the final-normed output of layer K-1,
+    ``image``/``query`` lists of positions (vision tokens; text after the image). Returns kept positions.
+    Pivots take their tokens in ascending position order (the authors iterate a Python set)."""
+    k = key_states.permute(1, 0, 2).reshape(key_states.shape[1], -1)  # [S, heads * D]
+    n_img, n_txt = min(pivots[0], len(image)), min(pivots[1], len(query))
+    top_k = round(len(image) * (1 - ratio)) // (n_img + n_txt)
+    image_idx = [image[i] for i in torch.norm(k[image], p=1, dim=-1).topk(n_img).indices.tolist()]
+    query_idx = [query[i] for i in torch.norm(k[query], p=1, dim=-1).topk(n_txt).indices.tolist()] if n_txt else []
+    kept = set(image_idx + query_idx)
+    valid = [i for i in image if i not in image_idx]
+    for item in sorted(kept):
+        if not valid or top_k == 0:
+            break
+        cos = -F.cosine_similarity(last_layer_state[item], last_layer_state[valid], dim=-1)
+        chosen = [valid[i] for i in cos.topk(min(top_k, len(valid))).indices.tolist()]
+        kept.update(chosen)
+        valid = [i for i in valid if i not in chosen]
+    return kept - set(query_idx)
+
+
+def reference_drop(model, x, k=2, **settings):
+    """[B, S] bool: the vision tokens the authors' rule withdraws at layer ``k``, from the stock model's
+    cache (keys of layer k-1) and hidden states (entering layer k, through the final norm)."""
+    with torch.no_grad():
+        out = model(**x, use_cache=True, output_hidden_states=True)
+        keys = out.past_key_values.layers[k - 1].keys  # [B, kv heads, S, D]
+        hidden = decoder_layers(model).norm(out.hidden_states[k])
+    ids, valid = x["input_ids"], x["attention_mask"].bool()
+    vision = (ids == IMAGE_ID) | (ids == VIDEO_ID)
+    drop = torch.zeros_like(vision)
+    for b in range(ids.shape[0]):
+        image = vision[b].nonzero().squeeze(1).tolist()
+        if not image:
+            continue
+        query = [i for i in range(image[0], ids.shape[1]) if valid[b, i] and not vision[b, i]]
+        kept = authors_selection(keys[b], hidden[b], image, query, **settings)
+        drop[b, [i for i in image if i not in kept]] = True
+    return drop
+
+
+def dart_model(family, impl):
+    """A tiny model whose final norm has an uneven weight (random init leaves it all ones, under which the
+    cosine similarity of normed states equals that of the raw ones), so that the norm's use is tested."""
+    model = tiny_model(family, attn_implementation=impl)
+    norm = decoder_layers(model).norm
+    with torch.no_grad():
+        norm.weight.copy_(torch.linspace(0.2, 2.0, norm.weight.numel())[torch.randperm(norm.weight.numel(),
+                          generator=torch.Generator().manual_seed(1))])
+    return model
+
+
+def run_dart(model, x, steps=4, **settings):
+    """Logits, greedy tokens and the policy's selections (one per call) of DART on the engine."""
+    policy = DART(2, **settings)
+    seen = []
+    select = policy.select
+    policy.select = lambda tokens: seen.append(select(tokens)) or seen[-1]
+    with torch.no_grad(), apply(model, policy, lo=1, what="DART K"):
+        logits = model(**x).logits
+        gen = model.generate(**x, max_new_tokens=steps, do_sample=False, suppress_tokens=SUPPRESS)
+    return logits, gen[:, x["input_ids"].shape[1]:], seen
+
+
+def greedy(model, x, drop, steps):
+    """Greedy tokens from recomputing the whole sequence with the masked reference at each step."""
+    new = []
+    for _ in range(steps):
+        logits = reference_logits(model, x, 2, drop=drop)[:, -1]
+        logits[:, SUPPRESS] = float("-inf")
+        tok = logits.argmax(-1, keepdim=True)
+        new.append(tok)
+        x = extend(x, tok, model.config.model_type)
+        drop = torch.cat([drop, torch.zeros_like(tok, dtype=torch.bool)], 1)
+    return torch.cat(new, 1)
+
+
+CASES = {  # family: (rows, DART settings); asymmetric rows, padding, a text-only row
+    "llava": ([{"pre": 3, "post": 6, "image": True}, {"pre": 5, "post": 2, "image": True}, {"pre": 4, "post": 3}],
+              {"ratio": 0.5, "pivots": (2, 1)}),
+    "qwen2_vl": ([{"pre": 3, "post": 5, "image": (16, 16)}, {"pre": 6, "post": 3, "image": (8, 24)}], {}),
+    "llava_next": ([{"pre": 2, "post": 4, "image": (32, 64)}, {"pre": 5, "post": 3, "image": (64, 32)}], {}),
+}
+
+
+@pytest.mark.parametrize("impl", ["sdpa", "eager"])
+@pytest.mark.parametrize("family", list(CASES))
+def test_dart_matches_the_authors_rule_and_the_masked_reference(family, impl):
+    rows, settings = CASES[family]
+    model = dart_model(family, impl)
+    x = tiny_inputs(model, rows)
+    drop = reference_drop(model, x, **settings)
+    vision = (x["input_ids"] == IMAGE_ID) | (x["input_ids"] == VIDEO_ID)
+    assert bool(drop.any()) and bool((vision & ~drop).any())  # some vision tokens leave, some stay
+    logits, tokens, seen = run_dart(model, x, **settings)
+    assert torch.equal(seen[0].cpu(), drop) and torch.equal(seen[1].cpu(), drop)  # forward, generate's prefill
+    assert len(seen) == 2 + tokens.shape[1] - 1 and all(not bool(s.any()) for s in seen[2:])  # decode: nothing
+    text = ~vision & x["attention_mask"].bool()
+    ref = reference_logits(model, x, 2, drop=drop)
+    assert torch.allclose(logits[text], ref[text], atol=1e-4)
+    assert torch.equal(tokens, greedy(model, x, drop, tokens.shape[1]))
+
+
+def test_defaults_and_a_wrong_selection_fails():
+    """The authors' defaults (K=2, 4+4 pivots, ratio 0.778) on 64 and 48 vision tokens keep 4 pivots + 8 x 1
+    tokens; a selection by key norm alone (no duplication) differs, and its logits fail the comparison."""
+    model = dart_model("qwen2_vl", "eager")
+    x = tiny_inputs(model, CASES["qwen2_vl"][0])
+    drop = reference_drop(model, x)
+    vision = x["input_ids"] == IMAGE_ID
+    assert (vision & ~drop).sum(1).tolist() == [12, 12]  # 64 and 48 tokens: round(14.2), round(10.7) // 8 = 1
+    logits, _, seen = run_dart(model, x, steps=1)
+    assert torch.equal(seen[0].cpu(), drop)
+    with torch.no_grad():
+        keys = model(**x, use_cache=True).past_key_values.layers[1].keys.abs().sum((1, 3))
+    wrong = torch.zeros_like(drop)
+    for b in range(2):
+        idx = vision[b].nonzero().squeeze(1)
+        n_keep = int((vision[b] & ~drop[b]).sum())
+        wrong[b, idx[keys[b, idx].argsort(descending=True)[n_keep:]]] = True
+    assert not torch.equal(wrong, drop)
+    text = ~vision & x["attention_mask"].bool()
+    assert not torch.allclose(logits[text], reference_logits(model, x, 2, drop=wrong)[text], atol=1e-4)
+
+
+def test_ratio_zero_is_stock_and_k0_is_refused():
+    from vtwctl.errors import VTWError
+
+    model = tiny_model("llava")
+    x = tiny_inputs(model)
+    with torch.no_grad():
+        stock = model(**x).logits
+        with apply(model, DART(2, ratio=0.0), lo=1, what="DART K"):
+            assert torch.equal(model(**x).logits, stock)
+    with pytest.raises(VTWError, match="1..6"):
+        with apply(model, DART(0), lo=1, what="DART K"):
+            pass
