@@ -153,3 +153,34 @@ def test_ratio_zero_is_stock_and_k0_is_refused():
     with pytest.raises(VTWError, match="1..6"):
         with apply(model, DART(0), lo=1, what="DART K"):
             pass
+
+
+def test_run_spec_checks_dart_settings_once():
+    from vtwctl.spec import STOCK, RunSpec
+
+    spec = RunSpec(method="DART", k=5, dart_k=3, dart_ratio=0.5, dart_pivots=[2, 0])
+    assert (spec.method, spec.k, spec.dart) == ("dart", STOCK, (3, 0.5, (2, 0)))  # DART has its own layer
+    assert RunSpec(method="dart").dart == (2, 0.778, (4, 4))  # the authors' defaults
+    for kw in (dict(dart_k=0), dict(dart_k=True), dict(dart_ratio=1.5), dict(dart_pivots=(0, 0)),
+               dict(dart_pivots=(4,)), dict(dart_pivots=(-1, 4)), dict(dart_pivots=(2.5, 1))):
+        with pytest.raises(ValueError):
+            RunSpec(method="dart", **kw)
+
+
+def test_console_run_dart_on_the_demo_model():
+    import json
+
+    from console import batch, script
+
+    dart = script("run", "--method", "dart", "--example", "2", "--json")
+    assert dart.returncode == 0, dart.stderr
+    out = json.loads(dart.stdout)
+    assert (out["method"], out["k"], out["dart_ratio"], out["dart_pivots"]) == ("dart", 2, 0.778, [4, 4])
+    stock = json.loads(script("run", "--method", "stock", "--example", "2", "--json").stdout)
+    assert out["num_vision_tokens"] == stock["num_vision_tokens"] == 144
+    assert out["kv_bytes"] < stock["kv_bytes"]  # layers >= 2 cache the kept vision tokens only
+    bad = batch([["run", "--method", "dart", "--example", "2", "--dart-pivots", "4"],
+                 ["run", "--method", "dart", "--example", "2", "--dart-ratio", "2"],
+                 ["run", "--method", "dart", "--example", "2", "--dart-k", "0"]])
+    assert [b.returncode for b in bad] == [2, 2, 2], [b.stderr for b in bad]
+    assert "--dart-pivots" in bad[0].stderr and "--dart-ratio" in bad[1].stderr and "--dart-k" in bad[2].stderr

@@ -109,7 +109,7 @@ def generate(loaded, inputs: dict, spec: RunSpec | None = None, *, seeds: list[i
     if spec.method == "rand" and seeds is None:
         seeds = [spec.seed or 0] * int(inputs["input_ids"].shape[0])
     ctx = context(model, spec.method, k, spec.positions, fastv_k=spec.fastv_k, fastv_ratio=spec.fastv_ratio,
-                  seeds=seeds)
+                  seeds=seeds, dart=spec.dart)
     with seeded(spec.seed), ctx, torch.inference_mode():
         sync(loaded.device)
         start = time.perf_counter()
