@@ -184,3 +184,65 @@ def test_console_run_dart_on_the_demo_model():
                  ["run", "--method", "dart", "--example", "2", "--dart-k", "0"]])
     assert [b.returncode for b in bad] == [2, 2, 2], [b.stderr for b in bad]
     assert "--dart-pivots" in bad[0].stderr and "--dart-ratio" in bad[1].stderr and "--dart-k" in bad[2].stderr
+
+
+def test_exact_flops_by_hand():
+    """DART keeps the vision pivots and budget // pivots per pivot: 40 vision tokens, ratio 0.5, 2 + 2 pivots
+    keep 2 + (20 // 4) * 4 = 22; layer 0 sees 50 tokens, layers 1..2 see 10 text + 22 vision."""
+    from vtwctl import flops as F
+    from vtwctl.engine.policies.dart import kept_count
+
+    d = F.Dims(num_layers=3, hidden_size=64, num_heads=4, num_kv_heads=2, head_dim=16, intermediate_size=128,
+               vocab_size=256)
+
+    def layer(s, keys):  # multiply-adds of one layer: s queries over `keys` keys
+        return s * 64 * 64 + 2 * s * 64 * 32 + 2 * 4 * s * keys * 16 + s * 64 * 64 + 3 * s * 64 * 128
+
+    assert kept_count(40, 10, 0.5, (2, 2)) == 22 and kept_count(16, 10, 0.778, (4, 4)) == 4
+    assert kept_count(576, 66, 0.778, (4, 4)) == 132  # LLaVA-1.5: the authors' "128" keeps 4 + 16 x 8
+    assert F.layer_tokens(3, 40, 10, dart=(1, 0.5, (2, 2))) == [(40, 10), (22, 10), (22, 10)]
+    rep = F.exact_flops(d, 40, 10, dart=(1, 0.5, (2, 2)), decode_tokens=2)
+    assert rep.by_layer == [2 * layer(50, 50), 2 * layer(32, 32), 2 * layer(32, 32)]
+    head = 2 * 64 * 256
+    steps = [2 * (layer(1, 51 + j) + 2 * layer(1, 33 + j)) + head for j in range(2)]
+    assert rep.lm_head == head and rep.decode_total == sum(steps)
+    with pytest.raises(ValueError):
+        F.layer_tokens(3, 40, 10, fastv=True, dart=(1, 0.5, (2, 2)))
+
+
+def test_profile_dart_row_on_llava_dims():
+    import json
+
+    from console import script
+    from vtwctl import flops as F
+
+    out = script("profile", "--model", "llava-1.5-7b", "--flops-only", "--method", "stock,dart", "--text-tokens",
+                 "66", "--json")
+    assert out.returncode == 0, out.stderr
+    d = json.loads(out.stdout)
+    assert d["rows"] == ["baseline", "dart"] and d["dart"]["k"] == 2
+    assert d["dart_settings"] == {"k": 2, "ratio": 0.778, "pivots": [4, 4]} and d["dart"]["drop_ratio"] == 0.778
+    dims = F.dims_for("llava-1.5-7b")
+    h, inter, vocab, n = dims.hidden_size, dims.intermediate_size, dims.vocab_size, dims.num_layers
+
+    def layer(s):  # MHA, gated MLP: 4 projections, q.k^T and attn.v over s x s, 3 MLP matrices (FLOPs)
+        return 2 * (4 * s * h * h + 2 * s * s * h + 3 * s * h * inter)
+
+    by_hand = 2 * layer(576 + 66) + (n - 2) * layer(66 + 132) + 2 * h * vocab
+    assert d["dart"]["tflops"] == pytest.approx(by_hand / 1e12, rel=1e-12)
+
+
+def test_counted_flops_of_the_engine_match_the_exact_count():
+    from vtwctl import flops as F
+
+    model = tiny_model("llava", num_layers=4, hidden=64)
+    x = tiny_inputs(model, rows=[{"pre": 4, "post": 6, "image": (32, 32)}])
+    vision, text = F.vision_text_counts(model, x["input_ids"])
+    dart = (2, 0.5, (2, 2))
+    with apply(model, DART(*dart), lo=1, what="DART K"):
+        counted = F.counted_flops(model, x, None, backend="torch", logits_to_keep=1)
+    d = F.Dims.from_config(model.config)
+    exact = F.exact_flops(d, vision, text, dart=dart, logits_to_keep=1).language
+    # the counter also sees the selection's own key projection at layer K-1, which the analytic count leaves out
+    assert counted == exact + 2 * (vision + text) * d.hidden_size * d.num_kv_heads * d.head_dim
+    assert F.exact_flops(d, vision, text, k=2).language < exact < F.exact_flops(d, vision, text).language

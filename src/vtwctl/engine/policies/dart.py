@@ -26,6 +26,15 @@ PIVOTS = (4, 4)  # the authors' defaults: 4 vision pivots, 4 text pivots
 RATIO = 0.778  # the authors' default reduction ratio (LLaVA-1.5: 576 vision tokens -> about 128 kept)
 
 
+def kept_count(vision: int, text: int, ratio: float, pivots: tuple[int, int]) -> int:
+    """How many of ``vision`` tokens DART keeps with ``text`` candidate text pivots: the vision pivots and
+    ``budget // pivots`` per pivot (``budget = round((1 - ratio) * vision)``), at most every vision token."""
+    n_img, n_txt = min(pivots[0], vision), min(pivots[1], text)
+    if n_img + n_txt == 0:
+        return 0
+    return n_img + min(vision - n_img, int(round(vision * (1 - ratio))) // (n_img + n_txt) * (n_img + n_txt))
+
+
 def dart_keep(vision: torch.Tensor, query: torch.Tensor, key_norm: torch.Tensor, hidden: torch.Tensor,
               ratio: float, pivots: tuple[int, int]) -> torch.Tensor:
     """One row: the vision tokens DART keeps, [q] bool. ``vision``/``query`` [q] bool (vision tokens; text
