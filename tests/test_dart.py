@@ -69,15 +69,16 @@ def dart_model(family, impl):
 
 
 def run_dart(model, x, steps=4, **settings):
-    """Logits, greedy tokens and the policy's selections (one per call) of DART on the engine."""
+    """Logits, greedy tokens, the policy's selections (one per call) and the cache of DART on the engine."""
     policy = DART(2, **settings)
     seen = []
     select = policy.select
     policy.select = lambda tokens: seen.append(select(tokens)) or seen[-1]
     with torch.no_grad(), apply(model, policy, lo=1, what="DART K"):
         logits = model(**x).logits
-        gen = model.generate(**x, max_new_tokens=steps, do_sample=False, suppress_tokens=SUPPRESS)
-    return logits, gen[:, x["input_ids"].shape[1]:], seen
+        gen = model.generate(**x, max_new_tokens=steps, do_sample=False, suppress_tokens=SUPPRESS,
+                             return_dict_in_generate=True)
+    return logits, gen.sequences[:, x["input_ids"].shape[1]:], seen, gen.past_key_values
 
 
 def greedy(model, x, drop, steps):
@@ -110,13 +111,18 @@ def test_dart_matches_the_authors_rule_and_the_masked_reference(family, impl):
     drop = reference_drop(model, x, **settings)
     vision = (x["input_ids"] == IMAGE_ID) | (x["input_ids"] == VIDEO_ID)
     assert bool(drop.any()) and bool((vision & ~drop).any())  # some vision tokens leave, some stay
-    logits, tokens, seen = run_dart(model, x, **settings)
+    logits, tokens, seen, cache = run_dart(model, x, **settings)
     assert torch.equal(seen[0].cpu(), drop) and torch.equal(seen[1].cpu(), drop)  # forward, generate's prefill
     assert len(seen) == 2 + tokens.shape[1] - 1 and all(not bool(s.any()) for s in seen[2:])  # decode: nothing
     text = ~vision & x["attention_mask"].bool()
     ref = reference_logits(model, x, 2, drop=drop)
     assert torch.allclose(logits[text], ref[text], atol=1e-4)
     assert torch.equal(tokens, greedy(model, x, drop, tokens.shape[1]))
+    # layers >= K cache the kept tokens only (padding leaves too); layers < K the whole prompt
+    kept = (x["attention_mask"].bool() & ~drop).sum(1).max()
+    steps = tokens.shape[1] - 1
+    assert cache.layers[1].keys.shape[-2] == x["input_ids"].shape[1] + steps
+    assert cache.layers[2].keys.shape[-2] == int(kept) + steps
 
 
 def test_defaults_and_a_wrong_selection_fails():
@@ -127,7 +133,7 @@ def test_defaults_and_a_wrong_selection_fails():
     drop = reference_drop(model, x)
     vision = x["input_ids"] == IMAGE_ID
     assert (vision & ~drop).sum(1).tolist() == [12, 12]  # 64 and 48 tokens: round(14.2), round(10.7) // 8 = 1
-    logits, _, seen = run_dart(model, x, steps=1)
+    logits, _, seen, _ = run_dart(model, x, steps=1)
     assert torch.equal(seen[0].cpu(), drop)
     with torch.no_grad():
         keys = model(**x, use_cache=True).past_key_values.layers[1].keys.abs().sum((1, 3))
