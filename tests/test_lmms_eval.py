@@ -349,8 +349,11 @@ def test_runner_dart_equals_generate(demo, rows):
     from vtwctl.infer import generate
 
     inputs = demo.build_inputs([r["question"] for r in rows[:2]], images=[r["image"] for r in rows[:2]])
-    want = generate(demo, inputs, method="dart", dart_ratio=0.9, max_new_tokens=4).answers
-    got = _runner(demo, method="dart", ratio=0.9, batch_size=2)[0].generate(_items(rows[:2]))
+    runner = _runner(demo, method="dart", k=3, ratio=0.9, batch_size=2)[0]
+    with runner._engine("mme") as engine:  # the answers may equal the stock model's: the policy runs
+        assert repr(engine.policy) == "DART(k=3, ratio=0.9, pivots=(4, 4))"
+    want = generate(demo, inputs, method="dart", dart_k=3, dart_ratio=0.9, max_new_tokens=4).answers
+    got = runner.generate(_items(rows[:2]))
     assert [a.text.strip() for a in got] == want
     stock = [a.text for a in _runner(demo, method="baseline")[0].generate(_items(rows))]
     assert [a.text for a in _runner(demo, method="dart", ratio=0.0)[0].generate(_items(rows))] == stock
