@@ -51,6 +51,12 @@ def test_model_args_methods():
     fv = parse_model_args({"method": "fastv", "k": 3, "ratio": 0.75})
     assert (fv.k, fv.ratio) == (K(3), 0.75)
     assert parse_model_args({"method": "baseline"}).k == STOCK
+    dart = parse_model_args({"method": "dart"})
+    assert (dart.k, dart.ratio, dart.pivots_image, dart.pivots_text) == (K(2), 0.778, 4, 4)  # the authors' defaults
+    assert dart.spec.method == "dart" and dart.spec.dart == (2, 0.778, (4, 4))
+    dart = parse_model_args({"method": "dart", "k": 3, "ratio": 0.5, "pivots_image": 2, "pivots_text": 0})
+    assert dart.spec.dart == (3, 0.5, (2, 0)) and dart.spec.fastv_ratio == 0.5
+    assert resolve_k(dart, "m", 8, "mme") == (3, "DART at layer 3, ratio 0.5, pivots 2+0")
 
 
 @pytest.mark.parametrize("args, words", [
@@ -64,6 +70,11 @@ def test_model_args_methods():
     ({"method": "fastv", "k": 0}, "integer >= 1"),
     ({"method": "fastv", "positions": "rearrange"}, "method=vtw only"),
     ({"method": "fastv", "ratio": 1.5}, "[0, 1]"),
+    ({"method": "dart", "ratio": -0.1}, "ratio (DART) must be in [0, 1]"),
+    ({"method": "dart", "k": 0}, "integer >= 1"),
+    ({"method": "dart", "pivots_image": 0, "pivots_text": 0}, "not both 0"),
+    ({"method": "fastv", "pivots_text": 2}, "DART's (method=dart)"),
+    ({"method": "dart", "positions": "rearrange"}, "method=vtw only"),
     ({"k": 4, "positions": "shift"}, "keep or rearrange"),
     ({"k": 4, "batch_size": "auto"}, "batch_size=auto"),
     ({"k": 4, "batch_size": 0}, ">= 1"),
@@ -332,6 +343,20 @@ def test_runner_fastv_and_rearrange_limits(demo, rows):
     want = generate(demo, inputs, k=1, positions="rearrange", max_new_tokens=4).answers
     got = _runner(demo, k=1, positions="rearrange", batch_size=2)[0].generate(_items(rows[:2]))
     assert [a.text.strip() for a in got] == want
+
+
+def test_runner_dart_equals_generate(demo, rows):
+    from vtwctl.infer import generate
+
+    inputs = demo.build_inputs([r["question"] for r in rows[:2]], images=[r["image"] for r in rows[:2]])
+    runner = _runner(demo, method="dart", k=3, ratio=0.9, batch_size=2)[0]
+    with runner._engine("mme") as engine:  # the answers may equal the stock model's: the policy runs
+        assert repr(engine.policy) == "DART(k=3, ratio=0.9, pivots=(4, 4))"
+    want = generate(demo, inputs, method="dart", dart_k=3, dart_ratio=0.9, max_new_tokens=4).answers
+    got = runner.generate(_items(rows[:2]))
+    assert [a.text.strip() for a in got] == want
+    stock = [a.text for a in _runner(demo, method="baseline")[0].generate(_items(rows))]
+    assert [a.text for a in _runner(demo, method="dart", ratio=0.0)[0].generate(_items(rows))] == stock
 
 
 def test_runner_loglikelihood_equals_generate_scores(demo, rows):

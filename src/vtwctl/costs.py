@@ -14,6 +14,7 @@ from .errors import VTWError
 FLOP_METHODS = ("paper", "exact", "counted", "calflops")
 ROWS = ("stock", "vtw", "fastv")  # the default rows; any of methods.METHODS
 FASTV_PRESETS = {"paper": (2, 0.5), "authors": (3, 0.5)}  # the paper's text; the authors' fastv_kvcache.py
+DART_DEFAULT = (2, 0.778, (4, 4))  # DART's (K, ratio, pivots): the authors' defaults (RunSpec.dart)
 
 
 def row_key(method: str) -> str:
@@ -23,7 +24,7 @@ def row_key(method: str) -> str:
 
 @dataclass
 class Row:
-    method: str  # baseline | vtw | vtw-random | rand | fastv
+    method: str  # baseline | vtw | vtw-random | rand | fastv | dart
     k: int | None
     tflops: float
     ratio: float = 1.0
@@ -50,6 +51,7 @@ class ProfileReport:
     rows: list[Row]
     sweep: list[Row] = field(default_factory=list)
     fastv: dict = field(default_factory=dict)
+    dart: dict = field(default_factory=dict)  # DART's settings, where a dart row is shown
     calibrations: list = field(default_factory=list)
     env: dict = field(default_factory=dict)
     source: str | None = None  # what was measured ("shapes/test sample 0", "your prompt"); None: FLOPs only
@@ -66,6 +68,10 @@ class ProfileReport:
             out[r.method] = r.to_dict()
         if "fastv" in out and self.fastv:
             out["fastv"]["drop_ratio"] = self.fastv.get("ratio")
+        if self.dart:
+            out["dart_settings"] = dict(self.dart)
+            if "dart" in out:
+                out["dart"].update(drop_ratio=self.dart.get("ratio"), pivots=self.dart.get("pivots"))
         if self.sweep:
             out["sweep"] = [r.to_dict() for r in self.sweep]
         out["calibrations"] = self.calibrations
@@ -75,26 +81,26 @@ class ProfileReport:
 
 
 def _flops(dims, method: str, vision: int, text: int, k=None, fastv=None, count: str = "all",
-           decode_tokens: int = 0) -> float:
+           decode_tokens: int = 0, dart=None) -> float:
     from .flops import calflops_flops, exact_flops, paper_flops
 
     if method == "paper":
-        return paper_flops(dims, vision, text, k=k, fastv=fastv, count=count)
+        return paper_flops(dims, vision, text, k=k, fastv=fastv, count=count, dart=dart)
     if method == "calflops":
         if count == "vision":
             raise VTWError("--count vision is the paper's Table 3 counting: use it with --flops paper or exact")
-        return calflops_flops(dims, vision, text, k=k, fastv=fastv)
+        return calflops_flops(dims, vision, text, k=k, fastv=fastv, dart=dart)
     if count == "vision":
         # the vision tokens' share: difference to a run without them, in the layers where they are present
-        full = exact_flops(dims, vision, text, k=k, fastv=fastv, decode_tokens=decode_tokens)
+        full = exact_flops(dims, vision, text, k=k, fastv=fastv, decode_tokens=decode_tokens, dart=dart)
         none = exact_flops(dims, 0, text, decode_tokens=decode_tokens)
         return (full.prefill + full.decode_total) - (none.prefill + none.decode_total)
-    rep = exact_flops(dims, vision, text, k=k, fastv=fastv, decode_tokens=decode_tokens)
+    rep = exact_flops(dims, vision, text, k=k, fastv=fastv, decode_tokens=decode_tokens, dart=dart)
     return rep.prefill + rep.lm_head + rep.decode_total
 
 
 def _row_flops(dims, method: str, row: str, vision: int, text: int, k: int | None, fastv, count: str,
-               decode_tokens: int) -> float:
+               decode_tokens: int, dart=DART_DEFAULT) -> float:
     """FLOPs of one row: Rand drops as many tokens as VTW at the same K (same count); VTW† averages VTW
     over its K range (Table 2's "≈")."""
     from .methods import RANDOM_K_SPAN
@@ -103,6 +109,8 @@ def _row_flops(dims, method: str, row: str, vision: int, text: int, k: int | Non
         return _flops(dims, method, vision, text, count=count, decode_tokens=decode_tokens)
     if row == "fastv":
         return _flops(dims, method, vision, text, fastv=fastv, count=count, decode_tokens=decode_tokens)
+    if row == "dart":
+        return _flops(dims, method, vision, text, dart=dart, count=count, decode_tokens=decode_tokens)
     if row == "vtw-random":
         n = dims.num_layers
         ks = range(max(0, k - RANDOM_K_SPAN), min(n, k + RANDOM_K_SPAN) + 1)
@@ -113,8 +121,9 @@ def _row_flops(dims, method: str, row: str, vision: int, text: int, k: int | Non
 
 def flops_rows(dims, vision: int, text: int, ks: list[int], fastv_k: int = 2, fastv_ratio: float = 0.5,
                method: str = "paper", count: str = "all", decode_tokens: int = 0,
-               rows: tuple[str, ...] = ROWS) -> tuple[list[Row], list[Row]]:
-    """The ``rows`` (methods, in order; VTW at the first K) and the VTW sweep over every K, in TFLOPs."""
+               rows: tuple[str, ...] = ROWS, dart: tuple = DART_DEFAULT) -> tuple[list[Row], list[Row]]:
+    """The ``rows`` (methods, in order; VTW at the first K) and the VTW sweep over every K, in TFLOPs
+    (``dart``: DART's (K, ratio, pivots), ``RunSpec.dart``)."""
     if method not in ("paper", "exact", "calflops"):
         raise VTWError("--flops-only works with --flops paper, exact or calflops (counted needs the weights)")
     base = _flops(dims, method, vision, text, count=count, decode_tokens=decode_tokens)
@@ -127,9 +136,9 @@ def flops_rows(dims, vision: int, text: int, ks: list[int], fastv_k: int = 2, fa
         if row == "vtw":
             out.append(sweep[0])
             continue
-        f = _row_flops(dims, method, row, vision, text, ks[0], (fastv_k, fastv_ratio), count, decode_tokens)
-        out.append(Row(row_key(row), fastv_k if row == "fastv" else (None if row == "stock" else ks[0]),
-                       f / 1e12, f / base))
+        f = _row_flops(dims, method, row, vision, text, ks[0], (fastv_k, fastv_ratio), count, decode_tokens, dart)
+        own = {"fastv": fastv_k, "dart": dart[0], "stock": None}
+        out.append(Row(row_key(row), own.get(row, ks[0]), f / 1e12, f / base))
     return out, sweep
 
 
@@ -165,21 +174,23 @@ def measured_rows(loaded, inputs: dict, ks: list[int], spec=None, protocol=None,
 
             seeds = [seed] * int(inputs["input_ids"].shape[0])
             kk = drawn if row == "vtw-random" else k
-            with context(model, row, kk, positions, fastv_k=fastv_k, fastv_ratio=fastv_ratio, seeds=seeds):
+            with context(model, row, kk, positions, fastv_k=fastv_k, fastv_ratio=fastv_ratio, seeds=seeds,
+                         dart=spec.dart):
                 return counted_flops(model, inputs, None, logits_to_keep=1, use_cache=False) / 1e12
-        return _row_flops(dims, method, row, vision, text, k, (fastv_k, fastv_ratio), count, decode) / 1e12
+        return _row_flops(dims, method, row, vision, text, k, (fastv_k, fastv_ratio), count, decode,
+                          spec.dart) / 1e12
 
     plan = []
     for row in rows:
         if row == "vtw":
             plan += [("vtw", k) for k in ks]
         else:
-            plan.append((row, drawn if row == "vtw-random" else (None if row in ("stock", "fastv") else ks[0])))
+            plan.append((row, drawn if row == "vtw-random" else (None if row in ("stock", "fastv", "dart") else ks[0])))
     ms = measure_many(loaded, inputs, plan, replace(spec, seed=seed), protocol, progress=progress)
     measured: list[Row] = []
     for (row, k), m in zip(plan, ms):
         f = tflops(row, ks[0] if row == "vtw-random" else k)
-        measured.append(Row(row_key(row), fastv_k if row == "fastv" else k, f,
+        measured.append(Row(row_key(row), {"fastv": fastv_k, "dart": spec.dart_k}.get(row, k), f,
                             prefill_s=m.prefill.median, decode_s_per_token=m.decode_s_per_token,
                             total_s=m.total.median, peak_memory_bytes=m.peak_memory_bytes,
                             kv_cache_bytes=m.kv_cache_bytes_end, kv_cache_bytes_prefill=m.kv_cache_bytes_prefill,

@@ -102,7 +102,7 @@ def summarize(records: list[dict], task, output: str | None = None, env: dict | 
 
 
 _CONFIG_KEYS = ("model", "dataset", "split", "k", "method", "positions", "image_mode", "scoring", "judge_model",
-                "prompt_style", "seed", "fastv_ratio")
+                "prompt_style", "seed", "fastv_ratio", "dart_ratio", "dart_pivots")
 
 
 def _check_compatible(existing: list[dict], config: dict, path: Path) -> None:
@@ -194,6 +194,8 @@ def _evaluate(loaded, task, spec: RunSpec, split, samples, path, judge, progress
         config["seed"] = seed
     if method == "fastv":
         config.update(k=spec.fastv_k, fastv_ratio=spec.fastv_ratio)
+    if method == "dart":
+        config.update(k=spec.dart_k, dart_ratio=spec.dart_ratio, dart_pivots=list(spec.dart_pivots))
     existing: list[dict] = []
     warnings: list[str] = []
     if path is not None:

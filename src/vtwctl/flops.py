@@ -173,16 +173,31 @@ def _fastv(fastv: Any) -> FastV | None:
     return int(k), float(ratio)
 
 
+def _kept(vision: float, text: float, fastv: Any, dart: Any) -> tuple[int, float] | None:
+    """(K, vision tokens kept from layer K) of FastV or DART (``dart``: (K, ratio, (vision, text pivots)),
+    ``RunSpec.dart``; its count is ``policies.dart.kept_count``); None for neither."""
+    fv = _fastv(fastv)
+    if fv is not None and dart is not None:
+        raise ValueError("give fastv or dart, not both")
+    if dart is not None:
+        from .engine.policies.dart import kept_count
+
+        return int(dart[0]), float(kept_count(int(vision), int(text), float(dart[1]), tuple(dart[2])))
+    return (fv[0], float(round(vision * (1.0 - fv[1])))) if fv is not None else None
+
+
 def layer_tokens(num_layers: int, vision: int, text: int, k: int | None = None,
-                 fastv: Any = None) -> list[tuple[int, int]]:
+                 fastv: Any = None, dart: Any = None) -> list[tuple[int, int]]:
     """(vision, text) tokens each decoder layer processes in prefill.
 
     VTW (``k``): layers ``0..k-1`` see all tokens, layers ``k..N-1`` text only. FastV (``fastv=(K, R)``, or
     True for (2, 0.5)): layers ``0..K-1`` see all tokens, later layers ``round(vision * (1 - R))`` vision tokens.
+    DART (``dart=(K, R, (P_v, P_t))``): later layers the vision pivots and what the pivots keep
+    (``policies.dart.kept_count``; the text pivots are counted among ``text``, as if all of it followed the image).
     """
-    fv = _fastv(fastv)
+    fv = _kept(vision, text, fastv, dart)
     if k is not None and fv is not None:
-        raise ValueError("give k (VTW) or fastv, not both")
+        raise ValueError("give k (VTW) or fastv/dart, not both")
     if k is not None and not 0 <= k <= num_layers:
         raise ValueError(f"k must be in 0..{num_layers}, got {k}")
     out = []
@@ -190,7 +205,7 @@ def layer_tokens(num_layers: int, vision: int, text: int, k: int | None = None,
         if k is not None and i >= k:
             out.append((0, text))
         elif fv is not None and i >= fv[0]:
-            out.append((int(round(vision * (1.0 - fv[1]))), text))
+            out.append((int(fv[1]), text))
         else:
             out.append((vision, text))
     return out
@@ -198,7 +213,7 @@ def layer_tokens(num_layers: int, vision: int, text: int, k: int | None = None,
 
 # -- 1. the paper's Eq. 1 ------------------------------------------------------------------------------------
 def paper_flops(dims: Dims, vision: float, text: float, k: int | None = None, fastv: Any = None,
-                count: str = "all") -> float:
+                count: str = "all", dart: Any = None) -> float:
     """The paper's count in FLOPs: ``2 x sum_layers (2 s^2 h + 12 s h^2)`` (Eq. 1 gives multiply-adds).
 
     ``s`` is ``vision + text`` in layers that see the vision tokens and ``text`` (+ FastV's kept vision tokens)
@@ -208,13 +223,13 @@ def paper_flops(dims: Dims, vision: float, text: float, k: int | None = None, fa
     h = dims.hidden_size
     if count not in ("all", "vision"):
         raise ValueError(f"count must be 'all' or 'vision', got {count!r}")
-    fv = _fastv(fastv)
+    fv = _kept(vision, text, fastv, dart)
     total = 0.0
     for i in range(dims.num_layers):
         if k is not None and i >= k:
             v = 0.0
         elif fv is not None and i >= fv[0]:
-            v = float(round(vision * (1.0 - fv[1])))
+            v = fv[1]
         else:
             v = float(vision)
         if count == "vision":
@@ -278,7 +293,7 @@ def _vit_flops(d: Dims, passes: int, tokens: int) -> float:
 
 def exact_flops(dims: Dims, vision: int, text: int, k: int | None = None, fastv: Any = None,
                 decode_tokens: int = 0, include_lm_head: bool = True, include_vision: bool = False,
-                logits_to_keep: int = 1, vision_passes: int = 1, batch: int = 1) -> FlopReport:
+                logits_to_keep: int = 1, vision_passes: int = 1, batch: int = 1, dart: Any = None) -> FlopReport:
     """Architecture-aware analytic FLOPs of prefill (+ KV-cached decode steps) of ``batch`` equal sequences.
 
     Counts matrix products only, as ``torch.utils.flop_counter`` does: q/k/v/o projections (k, v with
@@ -288,14 +303,14 @@ def exact_flops(dims: Dims, vision: int, text: int, k: int | None = None, fastv:
 
     Decode step ``j`` (``j = 0..decode_tokens-1``) feeds one token; its keys are the cached positions + itself:
     ``vision + text + j + 1`` in layers that kept the vision tokens, ``text + j + 1`` in VTW layers ``>= k``
-    (their cache holds text only) and ``text + kept + j + 1`` in FastV layers ``>= K``.
+    (their cache holds text only) and ``text + kept + j + 1`` in FastV and DART (``dart``) layers ``>= K``.
     ``generate(max_new_tokens=n)`` is the prefill plus ``n - 1`` decode steps.
 
     ``include_vision``: add the vision tower (``vision_passes`` passes: images, AnyRes crops or frames) and
     the projector; Qwen towers take ``vision`` merged tokens (``vision_tokens_in`` patches each).
     """
     d = dims
-    rows = layer_tokens(d.num_layers, vision, text, k, fastv)
+    rows = layer_tokens(d.num_layers, vision, text, k, fastv, dart)
     by_layer = [batch * _layer_flops(d, v + t, v + t) for v, t in rows]
     rep = FlopReport(by_layer=by_layer, prefill=float(sum(by_layer)))
     stock_len = vision + text
@@ -335,7 +350,7 @@ def calflops_layer(d: Dims, q: int, attn: str = "sdpa") -> float:
 
 
 def calflops_flops(dims: Dims, vision: int, text: int, k: int | None = None, fastv: Any = None,
-                   attn: str = "sdpa", lm_head_positions: int | None = None) -> float:
+                   attn: str = "sdpa", lm_head_positions: int | None = None, dart: Any = None) -> float:
     """The prefill FLOPs of the language model under calflops' rules (the unit of Table 2's TFLOPs).
 
     Layer ``i`` sees the tokens ``layer_tokens`` gives (VTW: text only from ``k``; FastV: its kept vision
@@ -345,7 +360,7 @@ def calflops_flops(dims: Dims, vision: int, text: int, k: int | None = None, fas
     """
     if attn not in ("sdpa", "eager", "flash_attention_2"):
         raise ValueError(f"attn must be sdpa, eager or flash_attention_2, got {attn!r}")
-    rows = layer_tokens(dims.num_layers, vision, text, k, fastv)
+    rows = layer_tokens(dims.num_layers, vision, text, k, fastv, dart)
     total = sum(calflops_layer(dims, v + t, "eager" if attn == "eager" else "sdpa") for v, t in rows)
     last = sum(rows[-1]) if lm_head_positions is None else lm_head_positions
     return float(total + 2 * last * dims.hidden_size * dims.vocab_size)

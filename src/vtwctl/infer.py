@@ -67,7 +67,8 @@ def generate(loaded, inputs: dict, spec: RunSpec | None = None, *, seeds: list[i
     ``method`` (``spec.METHODS``): ``vtw`` (and ``vtw-random`` at its drawn K) withdraws the vision tokens
     at K; ``rand`` drops as many random prompt tokens at K, drawn from ``seeds`` (one per row; default: the
     spec's seed for every row); ``fastv`` prunes at ``fastv_k`` (``fastv_ratio`` of the vision tokens
-    dropped); ``stock`` is the stock model. Generation settings (``spec.generation``): greedy unless
+    dropped); ``dart`` keeps DART's pivots and least duplicated vision tokens at ``dart_k`` (``spec.dart``);
+    ``stock`` is the stock model. Generation settings (``spec.generation``): greedy unless
     ``do_sample`` (``top_p``/``top_k`` only then; None: the model's generation config), ``stop`` strings end
     an answer (lmms-eval's ``until``), ``max_new_tokens`` (default 32). ``seed`` seeds sampling without
     touching the caller's random generator.
@@ -109,7 +110,7 @@ def generate(loaded, inputs: dict, spec: RunSpec | None = None, *, seeds: list[i
     if spec.method == "rand" and seeds is None:
         seeds = [spec.seed or 0] * int(inputs["input_ids"].shape[0])
     ctx = context(model, spec.method, k, spec.positions, fastv_k=spec.fastv_k, fastv_ratio=spec.fastv_ratio,
-                  seeds=seeds)
+                  seeds=seeds, dart=spec.dart)
     with seeded(spec.seed), ctx, torch.inference_mode():
         sync(loaded.device)
         start = time.perf_counter()

@@ -64,11 +64,12 @@ class Measurement:
 
 
 def context(model, method: str, k: int | None = None, fastv_k: int = 2, fastv_ratio: float = 0.5,
-            positions: str = "keep", seeds: list[int] | None = None):
+            positions: str = "keep", seeds: list[int] | None = None, dart: tuple = (2, 0.778, (4, 4))):
     """The context manager that makes ``model`` run ``method`` (``methods.context``; "baseline" = stock)."""
     from .methods import context as method_context
 
-    return method_context(model, method, k, positions, fastv_k=fastv_k, fastv_ratio=fastv_ratio, seeds=seeds)
+    return method_context(model, method, k, positions, fastv_k=fastv_k, fastv_ratio=fastv_ratio, seeds=seeds,
+                          dart=dart)
 
 
 def cache_of(output):
@@ -309,7 +310,7 @@ def measure_many(loaded, inputs: dict, plans: list[tuple[str, int | None]], spec
 
     def ctx(plan):
         method, k = plan
-        return context(model, method, k, fastv_k, fastv_ratio, positions, seeds=seeds)
+        return context(model, method, k, fastv_k, fastv_ratio, positions, seeds=seeds, dart=spec.dart)
 
     def prefill():
         model.generate(**inputs, max_new_tokens=1, **gen_kw)
@@ -363,7 +364,8 @@ def measure_many(loaded, inputs: dict, plans: list[tuple[str, int | None]], spec
             method, k = plan
             pre_s, tot_s, dec_s = Stat.of(pre[i]), Stat.of(tot[i]), Stat.of(dec[i])
             out.append(Measurement(
-                method=method, k=k if method != "fastv" else fastv_k, new_tokens=t, prefill=pre_s, total=tot_s,
+                method=method, k={"fastv": fastv_k, "dart": spec.dart_k}.get(method, k), new_tokens=t,
+                prefill=pre_s, total=tot_s,
                 decode_s_per_token=dec_s.median, decode=dec_s, stable=stable,
                 kv_cache_bytes_prefill=kv_prefill, kv_cache_bytes_end=kv_end, peak_memory_bytes=peak,
                 device_memory_used_bytes=used, warmup=warmup, repeats=rounds))

@@ -10,6 +10,7 @@
   kept one (the authors' code shortens the sequence, so its last hidden state is the last kept
   token's); withdrawn positions get that state, not zeros.
 * ``fastv``      FastV's attention-ranked vision tokens (``fastv.py``), at its own K (2 by default).
+* ``dart``       DART's least duplicated vision tokens kept (``engine/policies/dart.py``), at its own K (2).
 
 Each but ``stock`` is a small policy class in ``vtwctl.engine.policies`` (one file each); ``context`` runs one
 over a stock model, and the engine never learns which policy it runs.
@@ -38,8 +39,10 @@ def rand_drop(model: nn.Module, k: int, seeds: Sequence[int], positions: str = "
 
 
 def context(model: nn.Module, method: str, k: int | None = None, positions: str = "keep", fastv_k: int = 2,
-            fastv_ratio: float = 0.5, seeds: Sequence[int] | None = None):
-    """The context manager that makes ``model`` run ``method`` (``vtw-random`` takes its drawn ``k``)."""
+            fastv_ratio: float = 0.5, seeds: Sequence[int] | None = None,
+            dart: tuple[int, float, tuple[int, int]] = (2, 0.778, (4, 4))):
+    """The context manager that makes ``model`` run ``method`` (``vtw-random`` takes its drawn ``k``; ``dart``:
+    DART's (layer, ratio, pivots), ``RunSpec.dart``)."""
     method = canonical(method)
     n = num_layers(model)
     if runs_stock(method, k, n):
@@ -52,6 +55,10 @@ def context(model: nn.Module, method: str, k: int | None = None, positions: str 
         from .fastv import fastv
 
         return fastv(model, fastv_k, fastv_ratio)
+    if method == "dart":
+        from .engine.policies.dart import DART
+
+        return apply(model, DART(dart[0], dart[1], dart[2]), lo=1, what="DART K")
     if seeds is None:
         raise ValueError("rand needs one seed per batch row")
     return rand_drop(model, n if k is None else k, seeds, positions)

@@ -168,13 +168,14 @@ def describe_record(rec: dict) -> str:
 
 
 # -- methods: Table 2's rows ------------------------------------------------------------------------------
-METHODS = ("stock", "vtw", "vtw-random", "rand", "fastv")
+METHODS = ("stock", "vtw", "vtw-random", "rand", "fastv", "dart")
 METHOD_ALIASES = {"baseline": "stock", "vtw_random": "vtw-random", "vtw†": "vtw-random", "random": "rand"}
 POSITIONS = ("keep", "rearrange")
 PROMPT_STYLES = ("hf", "paper")
 IMAGE_MODES = ("normal", "blank", "none")
 SCORING_MODES = ("lmms-eval", "lenient")
 NEEDS_K = ("vtw", "vtw-random", "rand")  # the methods that withdraw at K
+OWN_K = ("fastv", "dart")  # the methods with their own layer (fastv_k, dart_k), not K
 
 
 def canonical(method: str) -> str:
@@ -219,7 +220,9 @@ class RunSpec:
     """Every setting of a run, checked when built (``ArgumentError``: a ``VTWError`` and a ``ValueError``).
 
     ``k``: a ``K`` (or what ``K.parse`` reads; None: stock); ``method``: ``METHODS`` (aliases accepted);
-    ``fastv_k``/``fastv_ratio``: FastV's layer and the fraction of vision tokens it drops; ``seed``: the
+    ``fastv_k``/``fastv_ratio``: FastV's layer and the fraction of vision tokens it drops; ``dart_k``,
+    ``dart_ratio``, ``dart_pivots``: DART's layer, the fraction of vision tokens it drops (the pivots aside)
+    and its (vision, text) pivot counts (docs/methods.md); ``seed``: the
     draws of Rand and VTW† (per sample, with its id) and of sampling; ``shard``: (I, N), run every N-th
     sample from I; ``compiled``: greedy decoding on the compiled fast path (VTW or stock, ``keep``)."""
 
@@ -228,6 +231,9 @@ class RunSpec:
     method: str = "vtw"
     fastv_k: int = 2
     fastv_ratio: float = 0.5
+    dart_k: int = 2
+    dart_ratio: float = 0.778
+    dart_pivots: tuple[int, int] = (4, 4)
     seed: int | None = None
     positions: str = "keep"
     prompt_style: str = "hf"
@@ -245,8 +251,8 @@ class RunSpec:
     def __post_init__(self) -> None:
         method = canonical(self.method)
         k = K.parse(self.k)
-        if method in ("stock", "fastv"):
-            k = STOCK  # FastV has its own layer (fastv_k)
+        if method == "stock" or method in OWN_K:
+            k = STOCK  # FastV and DART have their own layers (fastv_k, dart_k)
         object.__setattr__(self, "method", method)
         object.__setattr__(self, "k", k)
         self._check()
@@ -271,10 +277,25 @@ class RunSpec:
             raise ArgumentError(f"--fastv-k must be an integer >= 1, got {self.fastv_k!r}")
         if not 0.0 <= self.fastv_ratio <= 1.0:
             raise ArgumentError(f"--fastv-ratio must be in [0, 1], got {self.fastv_ratio}")
+        if isinstance(self.dart_k, bool) or not isinstance(self.dart_k, int) or self.dart_k < 1:
+            raise ArgumentError(f"--dart-k must be an integer >= 1, got {self.dart_k!r}")
+        if not 0.0 <= self.dart_ratio <= 1.0:
+            raise ArgumentError(f"--dart-ratio must be in [0, 1], got {self.dart_ratio}")
+        pivots = tuple(self.dart_pivots)
+        if len(pivots) != 2 or any(isinstance(p, bool) or not isinstance(p, int) or p < 0 for p in pivots) \
+                or sum(pivots) < 1:
+            raise ArgumentError(f"--dart-pivots must be two integers >= 0 (vision, text), not both 0, got "
+                                f"{self.dart_pivots!r}")
+        object.__setattr__(self, "dart_pivots", pivots)
         if self.compiled and (self.method not in ("vtw", "stock") or self.generation.do_sample
                               or self.positions != "keep"):
             raise ArgumentError("--compile decodes greedily with VTW or the stock model at the original positions: "
                                 "drop --sample, --method other than vtw/stock and --positions rearrange")
+
+    @property
+    def dart(self) -> tuple[int, float, tuple[int, int]]:
+        """DART's settings: (layer, ratio, (vision pivots, text pivots))."""
+        return self.dart_k, self.dart_ratio, self.dart_pivots
 
     @classmethod
     def of(cls, spec: Any = None, **settings: Any) -> RunSpec:

@@ -98,6 +98,16 @@ def fastv_settings(preset: str, k: int | None, ratio: float | None) -> tuple[int
     return k, ratio
 
 
+def parse_pivots(text: str) -> tuple[int, int]:
+    """``--dart-pivots`` "V,T": DART's vision and text pivot counts (checked further by ``RunSpec``)."""
+    from ..errors import VTWError
+
+    parts = [p.strip() for p in str(text).split(",")]
+    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+        raise VTWError(f"--dart-pivots must be two integers V,T (vision, text pivots), got {text!r}")
+    return int(parts[0]), int(parts[1])
+
+
 def check_positive(name: str, value: float | None, allow_zero: bool = False) -> None:
     from ..errors import VTWError
 

@@ -20,6 +20,7 @@ from .common import (
     fastv_settings,
     load_model,
     model_name,
+    parse_pivots,
     stderr_console,
 )
 
@@ -48,7 +49,7 @@ def profile(
     flops_only: bool = typer.Option(False, "--flops-only", help="FLOPs from dimensions only (no weights)."),
     method: str = typer.Option("stock,vtw,fastv", "--method",
                                help="Rows, a comma list of stock, vtw, vtw-random (VTW at a random K, Table 2's "
-                                    "VTW†), rand (random tokens dropped) and fastv. (The old counting values "
+                                    "VTW†), rand (random tokens dropped), fastv and dart. (The old counting values "
                                     "paper/exact/counted still work here, deprecated: use --flops.)"),
     flops: str | None = typer.Option(None, "--flops",
                                      help="How FLOPs are counted: paper (Eq. 1), exact (analytic, default), counted "
@@ -61,6 +62,10 @@ def profile(
                                                   "fastv_kvcache.py gives the fraction kept); default 0.5."),
     fastv_preset: str = typer.Option("paper", "--fastv-preset",
                                      help="paper (K=2, as the paper's text) or authors (K=3, their FastV file)."),
+    dart_k: int = typer.Option(2, "--dart-k", help="DART layer K (the authors' default 2)."),
+    dart_ratio: float = typer.Option(0.778, "--dart-ratio",
+                                     help="DART: the fraction of vision tokens DROPPED, pivots aside (default 0.778)."),
+    dart_pivots: str = typer.Option("4,4", "--dart-pivots", help="DART: vision,text pivot tokens (default 4,4)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the rand and vtw-random rows."),
     prompt_style: str = typer.Option("hf", "--prompt-style", help="hf (chat template) or paper (the authors')."),
     vision_tokens: int | None = typer.Option(None, "--vision-tokens", min=0, help="Workload (--flops-only)."),
@@ -113,7 +118,8 @@ def profile(
     if flops not in FLOP_METHODS:
         raise VTWError(f"--flops must be one of {', '.join(FLOP_METHODS)}, got {flops!r}")
     fastv_k, fastv_ratio = fastv_settings(fastv_preset, fastv_k, fastv_ratio)
-    spec = RunSpec(model=model, method="stock", fastv_k=fastv_k, fastv_ratio=fastv_ratio, seed=seed,
+    spec = RunSpec(model=model, method="stock", fastv_k=fastv_k, fastv_ratio=fastv_ratio, dart_k=dart_k,
+                   dart_ratio=dart_ratio, dart_pivots=parse_pivots(dart_pivots), seed=seed,
                    prompt_style=prompt_style, device=device, dtype=dtype, attn_implementation=attn_implementation,
                    trust_remote_code=trust_remote_code)  # the rows' shared settings, checked here
     if count not in ("all", "vision"):
@@ -146,21 +152,20 @@ def profile(
             raise VTWError("--count vision measures the vision tokens' share: give --vision-tokens > 0")
         name = prof.get("name", model)
         ks = _layers(given, dims.num_layers, name, profile_dir, dataset, console)
-        if not 1 <= fastv_k <= dims.num_layers:
-            raise VTWError(f"--fastv-k must be in 1..{dims.num_layers}")
-        table, sweep = flops_rows(dims, int(vis), int(txt), ks, fastv_k, fastv_ratio, flops, count, rows=rows)
+        _check_own_layers(spec, rows, dims.num_layers)
+        table, sweep = flops_rows(dims, int(vis), int(txt), ks, fastv_k, fastv_ratio, flops, count, rows=rows,
+                                  dart=spec.dart)
         report = ProfileReport(model=name, k=ks[0], tokens={"vision": int(vis), "text": int(txt)}, method=flops,
                                count=count, rows=table, sweep=sweep if len(ks) > 1 and "vtw" in rows else [],
                                fastv={"k": fastv_k, "ratio": fastv_ratio, "preset": fastv_preset},
-                               calibrations=records(name, profile_dir), env=environment())
+                               dart=_dart(spec, rows), calibrations=records(name, profile_dir), env=environment())
     else:
         source = _source(image, prompt, dataset, index)
         check_device(device)
         loaded = load_model(model, device, dtype, attn_implementation, trust_remote_code, prompt_style)
         auto_dataset = None if prompt is not None else (dataset or "shapes")
         ks = _layers(given, loaded.num_layers, loaded.name, profile_dir, auto_dataset, console)
-        if not 1 <= fastv_k <= loaded.num_layers:
-            raise VTWError(f"--fastv-k must be in 1..{loaded.num_layers}")
+        _check_own_layers(spec, rows, loaded.num_layers)
         inputs = _inputs(loaded, source)
         from .common import Progress
 
@@ -172,7 +177,8 @@ def profile(
         report = ProfileReport(model=loaded.name, k=ks[0], tokens=tokens, method=flops, count=count, rows=table,
                                sweep=sweep if len(ks) > 1 else [],
                                fastv={"k": fastv_k, "ratio": fastv_ratio, "preset": fastv_preset},
-                               calibrations=records(loaded.name, profile_dir), env=environment(loaded),
+                               dart=_dart(spec, rows), calibrations=records(loaded.name, profile_dir),
+                               env=environment(loaded),
                                source=source[2])
     data = report.to_dict()
     failed = []  # a file that cannot be written after the measurement must not lose the result
@@ -194,6 +200,21 @@ def profile(
         _render(console, report, (repeats, max(repeats, max_repeats if max_repeats is not None else 3 * repeats)))
     if failed:
         raise VTWError("; ".join(failed) + " (the result is printed above)")
+
+
+def _check_own_layers(spec, rows, num_layers: int) -> None:
+    """FastV's and DART's layers within the model (the rows that run them only)."""
+    from ..errors import VTWError
+
+    if not 1 <= spec.fastv_k <= num_layers:
+        raise VTWError(f"--fastv-k must be in 1..{num_layers}")
+    if "dart" in rows and not 1 <= spec.dart_k <= num_layers:
+        raise VTWError(f"--dart-k must be in 1..{num_layers}")
+
+
+def _dart(spec, rows) -> dict:
+    """DART's settings for the report (empty without a dart row)."""
+    return {"k": spec.dart_k, "ratio": spec.dart_ratio, "pivots": list(spec.dart_pivots)} if "dart" in rows else {}
 
 
 def _source(image, prompt, dataset, index):
@@ -251,7 +272,8 @@ def _render(console, report, limits: tuple[int, int]) -> None:
     for col in ("row", "K", unit, "ratio", "prefill", "decode/token", "end-to-end", "peak memory", "KV bytes"):
         t.add_column(col, justify="right" if col != "row" else "left")
     for r in _table_rows(report):
-        label = r.method if r.method != "fastv" else f"fastv (drops {report.fastv['ratio']:.0%})"
+        label = {"fastv": f"fastv (drops {report.fastv.get('ratio', 0):.0%})",
+                 "dart": f"dart (drops {report.dart.get('ratio', 0):.0%} + pivots)"}.get(r.method, r.method)
         t.add_row(label, "-" if r.k is None else str(r.k), f"{r.tflops * factor:.4g}", f"{r.ratio * 100:.2f} %",
                   _fmt_s(r.prefill_s), _fmt_s(r.decode_s_per_token), _fmt_s(r.total_s),
                   _fmt_bytes(r.peak_memory_bytes), _fmt_bytes(r.kv_cache_bytes))

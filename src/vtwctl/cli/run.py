@@ -20,6 +20,7 @@ from .common import (
     fastv_settings,
     load_model,
     model_name,
+    parse_pivots,
     record_summary,
     resolve_k,
     stderr_console,
@@ -40,11 +41,15 @@ def run(
     method: str = typer.Option("vtw", "--method",
                                help="stock | vtw | vtw-random (VTW at a random K in K-8..K+8 per sample, Table 2's "
                                     "VTW†) | rand (as many random input tokens as vision tokens dropped at K) | "
-                                    "fastv."),
+                                    "fastv | dart (docs/methods.md)."),
     fastv_k: int | None = typer.Option(None, "--fastv-k", help="FastV layer K (default: the preset's)."),
     fastv_ratio: float | None = typer.Option(None, "--fastv-ratio",
                                              help="FastV: the fraction of vision tokens DROPPED (default 0.5)."),
     fastv_preset: str = typer.Option("paper", "--fastv-preset", help="paper (K=2) or authors (K=3)."),
+    dart_k: int = typer.Option(2, "--dart-k", help="DART layer K (the authors' default 2)."),
+    dart_ratio: float = typer.Option(0.778, "--dart-ratio",
+                                     help="DART: the fraction of vision tokens DROPPED, pivots aside (default 0.778)."),
+    dart_pivots: str = typer.Option("4,4", "--dart-pivots", help="DART: vision,text pivot tokens (default 4,4)."),
     compare: bool = typer.Option(False, "--compare",
                                  help="Answer with the stock model and with VTW at K, side by side (Fig. 6)."),
     prompt_style: str = typer.Option("hf", "--prompt-style",
@@ -98,6 +103,7 @@ def run(
     fastv_k, fastv_ratio = fastv_settings(fastv_preset, fastv_k, fastv_ratio)
     # the one run specification, checked once here (before anything is read or loaded)
     spec = RunSpec(model=model, k=AUTO if k is None else k, method=method, fastv_k=fastv_k, fastv_ratio=fastv_ratio,
+                   dart_k=dart_k, dart_ratio=dart_ratio, dart_pivots=parse_pivots(dart_pivots),
                    seed=seed, positions=positions, prompt_style=prompt_style, image_mode=image_mode, scoring=scoring,
                    generation=Generation(max_new_tokens=max_new_tokens, do_sample=sample, temperature=temperature),
                    batch_size=batch_size, shard=parse_shard(shard), compiled=compile_, device=device, dtype=dtype,
@@ -204,6 +210,8 @@ def _one_prompt(spec, image, video, prompt, example, frames, compare, calibratio
               "prompt_style": spec.prompt_style, "compiled": spec.compiled}
     if spec.method == "fastv":
         result.update(k=spec.fastv_k, fastv_ratio=spec.fastv_ratio)
+    if spec.method == "dart":
+        result.update(k=spec.dart_k, dart_ratio=spec.dart_ratio, dart_pivots=list(spec.dart_pivots))
     if expected is not None:
         correct = tasks.get("shapes").process(scored, gen.answers[0], "lmms-eval")["correct"]
         result.update(example=example, question=prompt, expected=expected, correct=correct)

@@ -256,8 +256,9 @@ class Engine:
 
     # -- per call: the plan, and what every layer >= K gets ----------------------------------------
     def _plan(self, call: Call, hidden: torch.Tensor) -> None:
-        call.selected = self.policy.select(Tokens(vision=call.vision, valid=call.valid, hidden=hidden,
-                                                  past=call.past)).to(hidden.device)
+        tokens = Tokens(vision=call.vision, valid=call.valid, hidden=hidden, past=call.past,
+                        norm=getattr(self.text, "norm", None))
+        call.selected = self.policy.select(tokens).to(hidden.device)
         keep = ~call.selected & call.valid.to(hidden.device)
         decode = not call.visual and call.past > 0  # no vision tokens: every slot is a kept token or padding
         call.q_idx = plan.pack(keep, width=keep.shape[1] if decode else None)

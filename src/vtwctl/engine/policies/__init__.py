@@ -10,6 +10,7 @@ line to ``REGISTRY``.
 * ``VTWRandom``  VTW at a random layer per sample ("VTW†": K = Random[K-8, K+8] in Table 2).
 * ``Rand``       as many randomly drawn prompt tokens as there are vision tokens leave at K.
 * ``FastV``      the vision tokens least attended by the last prompt token at layer K-1 leave at K.
+* ``DART``       the vision tokens most duplicated by a few pivot tokens leave at K (docs/methods.md).
 
 Optional parts of the interface: ``observe_layers`` (attention modules whose inputs the policy reads,
 through ``observe``: FastV's attention scores) and ``fill`` (what the output of a withdrawn position
@@ -20,13 +21,15 @@ sequence would give).
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 
 REGISTRY = {"vtw": "vtwctl.engine.policies.vtw:VTW", "vtw-random": "vtwctl.engine.policies.vtw_random:VTWRandom",
-            "rand": "vtwctl.engine.policies.rand:Rand", "fastv": "vtwctl.engine.policies.fastv:FastV"}
+            "rand": "vtwctl.engine.policies.rand:Rand", "fastv": "vtwctl.engine.policies.fastv:FastV",
+            "dart": "vtwctl.engine.policies.dart:DART"}
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,7 @@ class Tokens:
     valid: torch.Tensor  # [B, q] bool: real tokens (not padding)
     hidden: torch.Tensor  # [B, q, H]: the hidden states entering layer K
     past: int  # stock tokens before this call (0: a prefill)
+    norm: Callable[[torch.Tensor], torch.Tensor] | None = None  # the language model's final norm (DART)
 
 
 class Policy:

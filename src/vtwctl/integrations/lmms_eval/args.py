@@ -19,7 +19,8 @@ from typing import Any
 from ...errors import VTWError, check_k
 from ...spec import AUTO, STOCK, Generation, K, RunSpec
 
-METHODS = ("vtw", "fastv", "baseline")
+METHODS = ("vtw", "fastv", "dart", "baseline")
+OWN_K = {"fastv": "FastV", "dart": "DART"}  # the methods with their own layer (default 2)
 ALIASES = {"max_frames_num": "frames", "attn": "attn_implementation", "model": "pretrained"}
 IGNORED_ARGS = ("max_batch_size",)  # passed by lmms-eval's evaluator; vtwctl batches exactly batch_size rows
 
@@ -38,10 +39,12 @@ _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".t
 @dataclass(frozen=True)
 class Options:
     pretrained: str = "demo"
-    k: K = STOCK  # a layer, auto or stock (k=none, method=baseline); FastV: its layer (default 2)
+    k: K = STOCK  # a layer, auto or stock (k=none, method=baseline); FastV, DART: its layer (default 2)
     method: str = "vtw"
     positions: str = "keep"
-    ratio: float = 0.5
+    ratio: float = 0.5  # FastV's (default 0.5) or DART's (default 0.778) fraction of vision tokens dropped
+    pivots_image: int = 4  # DART's vision pivots
+    pivots_text: int = 4  # DART's text pivots
     eta: float | None = None
     calibration: str | None = None
     profile_dir: str | None = None
@@ -107,7 +110,7 @@ def parse_model_args(args: dict[str, Any]) -> Options:
             raise VTWError("say which K: k=INT (withdrawal layer), k=auto (from the calibration record), "
                            "k=none or method=baseline (stock model)")
         k = K.parse(k, what="model_args k", stock_words=True)
-    elif method == "fastv":
+    elif method in OWN_K:
         k = K(_as_int("k", 2 if k is None else k, 1))
     elif k is not None:
         raise VTWError("method=baseline runs the stock model; drop k")
@@ -118,9 +121,12 @@ def parse_model_args(args: dict[str, Any]) -> Options:
         raise VTWError(f"model_args positions must be keep or rearrange, got {given['positions']!r}")
     if positions == "rearrange" and method != "vtw":
         raise VTWError("positions=rearrange applies to method=vtw only")
-    ratio = _as_float("ratio", given.get("ratio", opts.ratio))
+    ratio = _as_float("ratio", given.get("ratio", 0.778 if method == "dart" else opts.ratio))
     if not 0.0 <= ratio <= 1.0:
-        raise VTWError(f"model_args ratio (FastV) must be in [0, 1], got {ratio}")
+        raise VTWError(f"model_args ratio ({OWN_K.get(method, 'FastV')}) must be in [0, 1], got {ratio}")
+    pivots = tuple(_as_int(name, given.get(name, 4), 0) for name in ("pivots_image", "pivots_text"))
+    if (("pivots_image" in given or "pivots_text" in given) and method != "dart") or sum(pivots) < 1:
+        raise VTWError("model_args pivots_image/pivots_text are DART's (method=dart), not both 0")
     eta = _as_float("eta", given["eta"]) if "eta" in given else None
     if eta is not None and eta <= 0:
         raise VTWError(f"model_args eta must be positive, got {eta}")
@@ -129,7 +135,8 @@ def parse_model_args(args: dict[str, Any]) -> Options:
         raise VTWError("batch_size=auto is not supported by the vtw model; give an integer")
     opts = replace(
         opts, pretrained=str(given.get("pretrained", opts.pretrained)), k=k, method=method, positions=positions,
-        ratio=ratio, eta=eta, calibration=given.get("calibration"), profile_dir=given.get("profile_dir"),
+        ratio=ratio, pivots_image=pivots[0], pivots_text=pivots[1], eta=eta, calibration=given.get("calibration"),
+        profile_dir=given.get("profile_dir"),
         batch_size=_as_int("batch_size", batch, 1), device=str(given.get("device", "auto")),
         dtype=str(given.get("dtype", "auto")), attn_implementation=given.get("attn_implementation"),
         trust_remote_code=_as_bool("trust_remote_code", given.get("trust_remote_code", False)),
@@ -142,10 +149,13 @@ def parse_model_args(args: dict[str, Any]) -> Options:
 
 def run_spec(opts: Options) -> RunSpec:
     """The run specification of checked model arguments (K ``auto`` is resolved per task: ``resolve_k``)."""
-    fastv = opts.method == "fastv"
+    own = opts.k.layer if opts.method in OWN_K and opts.k.layer is not None else 2
+    fastv, dart = opts.method == "fastv", opts.method == "dart"
     return RunSpec(model=opts.pretrained, k=opts.k if opts.method == "vtw" else STOCK,
                    method="stock" if opts.method == "baseline" else opts.method,
-                   fastv_k=opts.k.layer if fastv and opts.k.layer is not None else 2, fastv_ratio=opts.ratio,
+                   fastv_k=own if fastv else 2, fastv_ratio=opts.ratio if fastv else 0.5,
+                   dart_k=own if dart else 2, dart_ratio=opts.ratio if dart else 0.778,
+                   dart_pivots=(opts.pivots_image, opts.pivots_text),
                    positions=opts.positions, generation=Generation(max_new_tokens=opts.max_new_tokens),
                    batch_size=opts.batch_size, device=opts.device, dtype=opts.dtype,
                    attn_implementation=opts.attn_implementation, trust_remote_code=opts.trust_remote_code)
@@ -168,9 +178,11 @@ def resolve_k(opts: Options, model_name: str, num_layers: int, task: str) -> tup
     with no vtwctl dataset: the model-wide ``"*"`` record) by the one rule (``vtwctl.spec.K``)."""
     if opts.method == "baseline" or opts.k == STOCK:
         return None, "stock model"
-    if opts.method == "fastv":
-        check_k(opts.k.layer, num_layers, lo=1, what="FastV k")
-        return opts.k.layer, f"FastV at layer {opts.k.layer}, ratio {opts.ratio}"
+    if opts.method in OWN_K:
+        name = OWN_K[opts.method]
+        check_k(opts.k.layer, num_layers, lo=1, what=f"{name} k")
+        pivots = f", pivots {opts.pivots_image}+{opts.pivots_text}" if opts.method == "dart" else ""
+        return opts.k.layer, f"{name} at layer {opts.k.layer}, ratio {opts.ratio}{pivots}"
     if opts.k != AUTO:
         return opts.k.resolve(num_layers).k, "k from model_args"
     dataset = opts.calibration or dataset_for_task(task) or "*"

@@ -107,6 +107,8 @@ class Runner:
         k = self.k_for(task)
         if spec.method == "fastv":
             return spec if k is None else replace(spec, fastv_k=k)
+        if spec.method == "dart":
+            return spec if k is None else replace(spec, dart_k=k)
         return replace(spec, k=STOCK if k is None else K(k))
 
     def _engine(self, task: str):
@@ -116,7 +118,7 @@ class Runner:
         spec = self.spec_for(task)
         k = spec.layer(self.loaded.num_layers)
         return context(self.loaded.model, spec.method, k, spec.positions, fastv_k=spec.fastv_k,
-                       fastv_ratio=spec.fastv_ratio)
+                       fastv_ratio=spec.fastv_ratio, dart=spec.dart)
 
     def _prepare(self, items: list[Item]) -> tuple[list, list, list]:
         """(prompts, images per row, video per row) for ``Loaded.build_inputs``; visuals read once."""
