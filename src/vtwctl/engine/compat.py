@@ -11,6 +11,7 @@ the model was compiled. Only this module touches them; a new transformers releas
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import threading
 from collections.abc import Iterator
@@ -66,15 +67,23 @@ def logit_transform(model: Any) -> tuple[float | None, float | None]:
     Read from the forward's source, not from the config alone: whether the wrapper applies the text
     config's value changes between classes and releases (Aya Vision's forward applies ``logit_scale``
     from transformers 5.25 on, Cohere2 Vision's does not; Gemma 3's wrapper does not soft-cap)."""
-    forward = getattr(type(model), "forward", None)  # (none: a stand-in holding only lm_head and config)
+    scales, caps = _forward_reads(type(model))
+    config = text_config(model.config)
+    scale = getattr(config, "logit_scale", None) if scales else None
+    cap = getattr(config, "final_logit_softcapping", None) if caps else None
+    return scale, cap
+
+
+@functools.cache
+def _forward_reads(cls: type) -> tuple[bool, bool]:
+    """Whether ``cls.forward`` reads ``logit_scale`` / ``final_logit_softcapping``: its source is parsed once
+    per class, not on every calibration sample."""
+    forward = getattr(cls, "forward", None)  # (none: a stand-in holding only lm_head and config)
     try:
         source = inspect.getsource(forward) if forward is not None else ""
     except (OSError, TypeError):
         source = ""
-    config = text_config(model.config)
-    scale = getattr(config, "logit_scale", None) if "logit_scale" in source else None
-    cap = getattr(config, "final_logit_softcapping", None) if "final_logit_softcapping" in source else None
-    return scale, cap
+    return "logit_scale" in source, "final_logit_softcapping" in source
 
 
 def apply_logit_transform(logits: Any, transform: tuple[float | None, float | None]) -> Any:
