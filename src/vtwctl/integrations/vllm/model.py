@@ -528,29 +528,9 @@ def _guarded_factories(stock):
     return _ProcessorFactories(info=stock.info, dummy_inputs=stock.dummy_inputs, processor=processor)
 
 
-# vtwctl class name -> (vLLM module, vLLM class); the families verified by tests/test_vllm_serving.py
-STOCK = {
-    "VTWLlavaForConditionalGeneration": ("vllm.model_executor.models.llava", "LlavaForConditionalGeneration"),
-    "VTWLlavaNextForConditionalGeneration": ("vllm.model_executor.models.llava_next",
-                                             "LlavaNextForConditionalGeneration"),
-    "VTWLlavaOnevisionForConditionalGeneration": ("vllm.model_executor.models.llava_onevision",
-                                                  "LlavaOnevisionForConditionalGeneration"),
-    "VTWQwen2VLForConditionalGeneration": ("vllm.model_executor.models.qwen2_vl", "Qwen2VLForConditionalGeneration"),
-    "VTWQwen2_5_VLForConditionalGeneration": ("vllm.model_executor.models.qwen2_5_vl",
-                                              "Qwen2_5_VLForConditionalGeneration"),
-    "VTWMistral3ForConditionalGeneration": ("vllm.model_executor.models.mistral3", "Mistral3ForConditionalGeneration"),
-    "VTWIdefics3ForConditionalGeneration": ("vllm.model_executor.models.idefics3", "Idefics3ForConditionalGeneration"),
-    "VTWSmolVLMForConditionalGeneration": ("vllm.model_executor.models.smolvlm", "SmolVLMForConditionalGeneration"),
-    "VTWLlavaNextVideoForConditionalGeneration": ("vllm.model_executor.models.llava_next_video",
-                                                  "LlavaNextVideoForConditionalGeneration"),
-    "VTWQwen3VLForConditionalGeneration": ("vllm.model_executor.models.qwen3_vl", "Qwen3VLForConditionalGeneration"),
-    "VTWQwen3VLMoeForConditionalGeneration": ("vllm.model_executor.models.qwen3_vl_moe",
-                                              "Qwen3VLMoeForConditionalGeneration"),
-    # HF-format InternVL (transformers' InternVLForConditionalGeneration): vLLM serves it with its InternS1 class
-    "VTWInternVLForConditionalGeneration": ("vllm.model_executor.models.interns1", "InternS1ForConditionalGeneration"),
-}
-_LLAVA_TOWER = ("VTWLlavaForConditionalGeneration", "VTWLlavaNextForConditionalGeneration",
-                "VTWLlavaOnevisionForConditionalGeneration", "VTWLlavaNextVideoForConditionalGeneration")
+# the architectures whose CLIP tower vLLM loads under flat names (the demo checkpoint's are the hub's)
+_LLAVA_TOWER = ("LlavaForConditionalGeneration", "LlavaNextForConditionalGeneration",
+                "LlavaOnevisionForConditionalGeneration", "LlavaNextVideoForConditionalGeneration")
 
 
 class _Unverified:
@@ -578,16 +558,15 @@ def _vllm_class(arch: str):
 
 
 def __getattr__(name: str):
-    import importlib
+    from . import ARCHITECTURES, GUARD_PREFIX, UNVERIFIED
 
-    from . import GUARD_PREFIX, UNVERIFIED
-
-    if name in STOCK:
-        module, cls_name = STOCK[name]
-        stock = getattr(importlib.import_module(module), cls_name)
-        body = {"__doc__": f"vLLM's {cls_name} with Visual Tokens Withdrawal (vtwctl).",
+    verified = {cls: arch for arch, cls in ARCHITECTURES.items()}
+    if name in verified:  # vLLM's own class for the architecture (HF-format InternVL: its InternS1 class)
+        arch = verified[name]
+        stock = _vllm_class(arch)
+        body = {"__doc__": f"vLLM's {stock.__name__} with Visual Tokens Withdrawal (vtwctl).",
                 "_processor_factory": _guarded_factories(stock._processor_factory)}
-        if name in _LLAVA_TOWER:
+        if arch in _LLAVA_TOWER:
             body["hf_to_vllm_mapper"] = _FLAT_TOWER | stock.hf_to_vllm_mapper
         mixin = _VTW
     elif name.startswith(GUARD_PREFIX) and name[len(GUARD_PREFIX):] in UNVERIFIED:
