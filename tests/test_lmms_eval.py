@@ -49,10 +49,10 @@ def test_model_args_values_as_lmms_eval_parses_them():
 def test_model_args_methods():
     assert parse_model_args({"method": "fastv"}).k == K(2)  # FastV's default layer
     fv = parse_model_args({"method": "fastv", "k": 3, "ratio": 0.75})
-    assert (fv.k, fv.ratio) == (K(3), 0.75)
+    assert (fv.k, fv.spec.fastv_ratio) == (K(3), 0.75)
     assert parse_model_args({"method": "baseline"}).k == STOCK
     dart = parse_model_args({"method": "dart"})
-    assert (dart.k, dart.ratio, dart.pivots_image, dart.pivots_text) == (K(2), 0.778, 4, 4)  # the authors' defaults
+    assert (dart.k, dart.spec.dart_ratio, dart.spec.dart_pivots) == (K(2), 0.778, (4, 4))  # the authors' defaults
     assert dart.spec.method == "dart" and dart.spec.dart == (2, 0.778, (4, 4))
     dart = parse_model_args({"method": "dart", "k": 3, "ratio": 0.5, "pivots_image": 2, "pivots_text": 0})
     assert dart.spec.dart == (3, 0.5, (2, 0)) and dart.spec.fastv_ratio == 0.5
@@ -70,10 +70,11 @@ def test_model_args_methods():
     ({"method": "fastv", "k": 0}, "integer >= 1"),
     ({"method": "fastv", "positions": "rearrange"}, "method=vtw only"),
     ({"method": "fastv", "ratio": 1.5}, "[0, 1]"),
-    ({"method": "dart", "ratio": -0.1}, "ratio (DART) must be in [0, 1]"),
+    ({"method": "dart", "ratio": -0.1}, "dart.ratio must be in [0, 1]"),
     ({"method": "dart", "k": 0}, "integer >= 1"),
     ({"method": "dart", "pivots_image": 0, "pivots_text": 0}, "not both 0"),
-    ({"method": "fastv", "pivots_text": 2}, "DART's (method=dart)"),
+    ({"method": "fastv", "pivots_text": 2}, "pivots_text: not a setting of method=fastv"),
+    ({"method": "vtw", "k": 4, "ratio": 0.5}, "ratio: not a setting of method=vtw"),
     ({"method": "dart", "positions": "rearrange"}, "method=vtw only"),
     ({"k": 4, "positions": "shift"}, "keep or rearrange"),
     ({"k": 4, "batch_size": "auto"}, "batch_size=auto"),

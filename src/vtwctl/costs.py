@@ -17,6 +17,16 @@ FASTV_PRESETS = {"paper": (2, 0.5), "authors": (3, 0.5)}  # the paper's text; th
 DART_DEFAULT = (2, 0.778, (4, 4))  # DART's (K, ratio, pivots): the authors' defaults (RunSpec.dart)
 
 
+def row_settings(spec, rows) -> dict:
+    """The settings of each row that has any (``RunSpec.options``; tuples as lists), for reports."""
+    out = {}
+    for row in rows:
+        options = spec.options(row)
+        if options:
+            out[row] = {name: list(v) if isinstance(v, tuple) else v for name, v in options.items()}
+    return out
+
+
 def row_key(method: str) -> str:
     """A row's name in reports: the stock model's row is "baseline" (the JSON key since schema 1)."""
     return "baseline" if method == "stock" else method
@@ -24,7 +34,7 @@ def row_key(method: str) -> str:
 
 @dataclass
 class Row:
-    method: str  # baseline | vtw | vtw-random | rand | fastv | dart
+    method: str  # baseline, or a method of engine.registry (vtw, fastv, dart, visionzip+vtw, ...)
     k: int | None
     tflops: float
     ratio: float = 1.0
@@ -52,6 +62,7 @@ class ProfileReport:
     sweep: list[Row] = field(default_factory=list)
     fastv: dict = field(default_factory=dict)
     dart: dict = field(default_factory=dict)  # DART's settings, where a dart row is shown
+    settings: dict = field(default_factory=dict)  # each shown method's settings (``RunSpec.options``), by row
     calibrations: list = field(default_factory=list)
     env: dict = field(default_factory=dict)
     source: str | None = None  # what was measured ("shapes/test sample 0", "your prompt"); None: FLOPs only
@@ -72,6 +83,9 @@ class ProfileReport:
             out["dart_settings"] = dict(self.dart)
             if "dart" in out:
                 out["dart"].update(drop_ratio=self.dart.get("ratio"), pivots=self.dart.get("pivots"))
+        for name, options in self.settings.items():
+            if row_key(name) in out:
+                out[row_key(name)]["settings"] = dict(options)
         if self.sweep:
             out["sweep"] = [r.to_dict() for r in self.sweep]
         out["calibrations"] = self.calibrations
@@ -81,49 +95,67 @@ class ProfileReport:
 
 
 def _flops(dims, method: str, vision: int, text: int, k=None, fastv=None, count: str = "all",
-           decode_tokens: int = 0, dart=None) -> float:
+           decode_tokens: int = 0, dart=None, per_layer=None) -> float:
     from .flops import calflops_flops, exact_flops, paper_flops
 
     if method == "paper":
-        return paper_flops(dims, vision, text, k=k, fastv=fastv, count=count, dart=dart)
+        return paper_flops(dims, vision, text, k=k, fastv=fastv, count=count, dart=dart, per_layer=per_layer)
     if method == "calflops":
         if count == "vision":
             raise VTWError("--count vision is the paper's Table 3 counting: use it with --flops paper or exact")
-        return calflops_flops(dims, vision, text, k=k, fastv=fastv, dart=dart)
+        return calflops_flops(dims, vision, text, k=k, fastv=fastv, dart=dart, per_layer=per_layer)
     if count == "vision":
         # the vision tokens' share: difference to a run without them, in the layers where they are present
-        full = exact_flops(dims, vision, text, k=k, fastv=fastv, decode_tokens=decode_tokens, dart=dart)
+        full = exact_flops(dims, vision, text, k=k, fastv=fastv, decode_tokens=decode_tokens, dart=dart,
+                           per_layer=per_layer)
         none = exact_flops(dims, 0, text, decode_tokens=decode_tokens)
         return (full.prefill + full.decode_total) - (none.prefill + none.decode_total)
-    rep = exact_flops(dims, vision, text, k=k, fastv=fastv, decode_tokens=decode_tokens, dart=dart)
+    rep = exact_flops(dims, vision, text, k=k, fastv=fastv, decode_tokens=decode_tokens, dart=dart,
+                      per_layer=per_layer)
     return rep.prefill + rep.lm_head + rep.decode_total
 
 
-def _row_flops(dims, method: str, row: str, vision: int, text: int, k: int | None, fastv, count: str,
-               decode_tokens: int, dart=DART_DEFAULT) -> float:
-    """FLOPs of one row: Rand drops as many tokens as VTW at the same K (same count); VTW† averages VTW
-    over its K range (Table 2's "≈")."""
+def _row_flops(dims, method: str, row: str, vision: int, text: int, k: int | None, spec, count: str,
+               decode_tokens: int) -> float:
+    """FLOPs of one row (a method of ``engine.registry``, with ``spec``'s settings): a reducer first gives the
+    vision tokens the language model receives; Rand drops as many tokens as VTW at the same K (same count);
+    VTW† averages VTW over its K range (Table 2's "≈"); the field's methods count their own layers."""
+    from .engine.registry import parts
     from .methods import RANDOM_K_SPAN
 
-    if row == "stock":
+    reducer, policy = parts(row)
+    if reducer is not None:
+        vision = reducer.vision_tokens(vision, spec.settings.get(reducer.name))
+    if policy.name == "stock":
         return _flops(dims, method, vision, text, count=count, decode_tokens=decode_tokens)
-    if row == "fastv":
-        return _flops(dims, method, vision, text, fastv=fastv, count=count, decode_tokens=decode_tokens)
-    if row == "dart":
-        return _flops(dims, method, vision, text, dart=dart, count=count, decode_tokens=decode_tokens)
-    if row == "vtw-random":
+    if policy.name == "vtw-random":
         n = dims.num_layers
         ks = range(max(0, k - RANDOM_K_SPAN), min(n, k + RANDOM_K_SPAN) + 1)
         return sum(_flops(dims, method, vision, text, k=kk, count=count, decode_tokens=decode_tokens)
                    for kk in ks) / len(ks)
-    return _flops(dims, method, vision, text, k=k, count=count, decode_tokens=decode_tokens)
+    if policy.uses_k:
+        return _flops(dims, method, vision, text, k=k, count=count, decode_tokens=decode_tokens)
+    per_layer = policy.vision_by_layer(dims.num_layers, vision, text, spec.settings.get(policy.name))
+    return _flops(dims, method, vision, text, count=count, decode_tokens=decode_tokens, per_layer=per_layer)
 
 
-def flops_rows(dims, vision: int, text: int, ks: list[int], fastv_k: int = 2, fastv_ratio: float = 0.5,
-               method: str = "paper", count: str = "all", decode_tokens: int = 0,
-               rows: tuple[str, ...] = ROWS, dart: tuple = DART_DEFAULT) -> tuple[list[Row], list[Row]]:
-    """The ``rows`` (methods, in order; VTW at the first K) and the VTW sweep over every K, in TFLOPs
-    (``dart``: DART's (K, ratio, pivots), ``RunSpec.dart``)."""
+def row_layer(spec, row: str, k: int | None) -> int | None:
+    """The K a report shows for ``row``: the method's own layer, the run's K, or None (the stock model)."""
+    from .engine.registry import parts
+
+    own = spec.own_layer(row)
+    if own is not None:
+        return own
+    return k if parts(row)[1].uses_k else None
+
+
+def flops_rows(dims, vision: int, text: int, ks: list[int], spec=None, method: str = "paper", count: str = "all",
+               decode_tokens: int = 0, rows: tuple[str, ...] = ROWS) -> tuple[list[Row], list[Row]]:
+    """The ``rows`` (methods, in order; VTW at the first K) and the VTW sweep over every K, in TFLOPs; ``spec``
+    (a ``RunSpec``) holds the methods' settings (``spec.settings``)."""
+    from .spec import RunSpec
+
+    spec = spec if spec is not None else RunSpec()
     if method not in ("paper", "exact", "calflops"):
         raise VTWError("--flops-only works with --flops paper, exact or calflops (counted needs the weights)")
     base = _flops(dims, method, vision, text, count=count, decode_tokens=decode_tokens)
@@ -136,9 +168,8 @@ def flops_rows(dims, vision: int, text: int, ks: list[int], fastv_k: int = 2, fa
         if row == "vtw":
             out.append(sweep[0])
             continue
-        f = _row_flops(dims, method, row, vision, text, ks[0], (fastv_k, fastv_ratio), count, decode_tokens, dart)
-        own = {"fastv": fastv_k, "dart": dart[0], "stock": None}
-        out.append(Row(row_key(row), own.get(row, ks[0]), f / 1e12, f / base))
+        f = _row_flops(dims, method, row, vision, text, ks[0], spec, count, decode_tokens)
+        out.append(Row(row_key(row), row_layer(spec, row, ks[0]), f / 1e12, f / base))
     return out, sweep
 
 
@@ -156,8 +187,9 @@ def measured_rows(loaded, inputs: dict, ks: list[int], spec=None, protocol=None,
     names = set(Protocol.__dataclass_fields__)
     protocol = replace(protocol or Protocol(), **{k: settings.pop(k) for k in list(settings) if k in names})
     spec = RunSpec.of(spec, **settings)
-    fastv_k, fastv_ratio, positions, seed = spec.fastv_k, spec.fastv_ratio, spec.positions, spec.seed or 0
+    positions, seed = spec.positions, spec.seed or 0
     max_new_tokens, warmup = protocol.max_new_tokens, protocol.warmup
+    from .engine.registry import uses_k
     from .flops import Dims, counted_flops, vision_text_counts
     from .measure import measure_many
     from .methods import random_k
@@ -174,23 +206,24 @@ def measured_rows(loaded, inputs: dict, ks: list[int], spec=None, protocol=None,
 
             seeds = [seed] * int(inputs["input_ids"].shape[0])
             kk = drawn if row == "vtw-random" else k
-            with context(model, row, kk, positions, fastv_k=fastv_k, fastv_ratio=fastv_ratio, seeds=seeds,
-                         dart=spec.dart):
-                return counted_flops(model, inputs, None, logits_to_keep=1, use_cache=False) / 1e12
-        return _row_flops(dims, method, row, vision, text, k, (fastv_k, fastv_ratio), count, decode,
-                          spec.dart) / 1e12
+            from .methods import prepare
+
+            fed = prepare(model, row, inputs, spec.options(row))
+            with context(model, row, kk, positions, seeds=seeds, settings=spec.options(row)):
+                return counted_flops(model, fed, None, logits_to_keep=1, use_cache=False) / 1e12
+        return _row_flops(dims, method, row, vision, text, k, spec, count, decode) / 1e12
 
     plan = []
     for row in rows:
         if row == "vtw":
             plan += [("vtw", k) for k in ks]
         else:
-            plan.append((row, drawn if row == "vtw-random" else (None if row in ("stock", "fastv", "dart") else ks[0])))
+            plan.append((row, drawn if row == "vtw-random" else (ks[0] if uses_k(row) else None)))
     ms = measure_many(loaded, inputs, plan, replace(spec, seed=seed), protocol, progress=progress)
     measured: list[Row] = []
     for (row, k), m in zip(plan, ms):
         f = tflops(row, ks[0] if row == "vtw-random" else k)
-        measured.append(Row(row_key(row), {"fastv": fastv_k, "dart": spec.dart_k}.get(row, k), f,
+        measured.append(Row(row_key(row), row_layer(spec, row, k), f,
                             prefill_s=m.prefill.median, decode_s_per_token=m.decode_s_per_token,
                             total_s=m.total.median, peak_memory_bytes=m.peak_memory_bytes,
                             kv_cache_bytes=m.kv_cache_bytes_end, kv_cache_bytes_prefill=m.kv_cache_bytes_prefill,

@@ -102,12 +102,18 @@ def summarize(records: list[dict], task, output: str | None = None, env: dict | 
 
 
 _CONFIG_KEYS = ("model", "dataset", "split", "k", "method", "positions", "image_mode", "scoring", "judge_model",
-                "prompt_style", "seed", "fastv_ratio", "dart_ratio", "dart_pivots")
+                "prompt_style", "seed", "fastv_ratio", "dart_ratio", "dart_pivots", "settings")
+
+
+def settings_record(spec, method: str | None = None) -> dict:
+    """A method's settings as a JSON record writes them (tuples as lists; empty for VTW and the stock model)."""
+    return {name: list(v) if isinstance(v, tuple) else v for name, v in spec.options(method).items()}
 
 
 def _check_compatible(existing: list[dict], config: dict, path: Path) -> None:
     for rec in existing[:1]:
-        diff = {key: (rec.get(key), config.get(key)) for key in _CONFIG_KEYS if rec.get(key) != config.get(key)}
+        diff = {key: (rec.get(key), config.get(key)) for key in _CONFIG_KEYS if rec.get(key) != config.get(key)
+                and (key != "settings" or key in rec)}  # records before "settings" carry fastv_/dart_ keys
         if diff:
             what = ", ".join(f"{k}={a!r} (now {b!r})" for k, (a, b) in diff.items())
             raise VTWError(f"{path} holds results of another run ({what}); pass another --output")
@@ -192,10 +198,15 @@ def _evaluate(loaded, task, spec: RunSpec, split, samples, path, judge, progress
               "scoring": spec.scoring, "judge_model": judge_model, "prompt_style": loaded.prompt_style}
     if method in ("rand", "vtw-random"):
         config["seed"] = seed
-    if method == "fastv":
-        config.update(k=spec.fastv_k, fastv_ratio=spec.fastv_ratio)
+    options = settings_record(spec, method)
+    if options:
+        config["settings"] = options
+        if spec.own_layer(method) is not None:
+            config["k"] = spec.own_layer(method)
+    if method == "fastv":  # the keys of records before "settings"
+        config.update(fastv_ratio=spec.fastv_ratio)
     if method == "dart":
-        config.update(k=spec.dart_k, dart_ratio=spec.dart_ratio, dart_pivots=list(spec.dart_pivots))
+        config.update(dart_ratio=spec.dart_ratio, dart_pivots=list(spec.dart_pivots))
     existing: list[dict] = []
     warnings: list[str] = []
     if path is not None:

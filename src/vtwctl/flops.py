@@ -187,19 +187,27 @@ def _kept(vision: float, text: float, fastv: Any, dart: Any) -> tuple[int, float
 
 
 def layer_tokens(num_layers: int, vision: int, text: int, k: int | None = None,
-                 fastv: Any = None, dart: Any = None) -> list[tuple[int, int]]:
+                 fastv: Any = None, dart: Any = None, per_layer: Any = None) -> list[tuple[int, int]]:
     """(vision, text) tokens each decoder layer processes in prefill.
 
     VTW (``k``): layers ``0..k-1`` see all tokens, layers ``k..N-1`` text only. FastV (``fastv=(K, R)``, or
     True for (2, 0.5)): layers ``0..K-1`` see all tokens, later layers ``round(vision * (1 - R))`` vision tokens.
     DART (``dart=(K, R, (P_v, P_t))``): later layers the vision pivots and what the pivots keep
     (``policies.dart.kept_count``; the text pivots are counted among ``text``, as if all of it followed the image).
+    ``per_layer``: any method's vision tokens per layer (``engine.registry.Method.vision_by_layer``).
     """
-    fv = _kept(vision, text, fastv, dart)
-    if k is not None and fv is not None:
-        raise ValueError("give k (VTW) or fastv/dart, not both")
+    given = sum(x is not None and x is not False for x in (fastv, dart, per_layer))
+    if given > 1:
+        raise ValueError("give one of fastv, dart and per_layer")
+    if k is not None and given:
+        raise ValueError("give k (VTW) or fastv/dart/per_layer, not both")
     if k is not None and not 0 <= k <= num_layers:
         raise ValueError(f"k must be in 0..{num_layers}, got {k}")
+    if per_layer is not None:
+        if len(per_layer) != num_layers:
+            raise ValueError(f"per_layer has {len(per_layer)} entries for {num_layers} layers")
+        return [(int(v), text) for v in per_layer]
+    fv = _kept(vision, text, fastv, dart)
     out = []
     for i in range(num_layers):
         if k is not None and i >= k:
@@ -213,7 +221,7 @@ def layer_tokens(num_layers: int, vision: int, text: int, k: int | None = None,
 
 # -- 1. the paper's Eq. 1 ------------------------------------------------------------------------------------
 def paper_flops(dims: Dims, vision: float, text: float, k: int | None = None, fastv: Any = None,
-                count: str = "all", dart: Any = None) -> float:
+                count: str = "all", dart: Any = None, per_layer: Any = None) -> float:
     """The paper's count in FLOPs: ``2 x sum_layers (2 s^2 h + 12 s h^2)`` (Eq. 1 gives multiply-adds).
 
     ``s`` is ``vision + text`` in layers that see the vision tokens and ``text`` (+ FastV's kept vision tokens)
@@ -223,19 +231,12 @@ def paper_flops(dims: Dims, vision: float, text: float, k: int | None = None, fa
     h = dims.hidden_size
     if count not in ("all", "vision"):
         raise ValueError(f"count must be 'all' or 'vision', got {count!r}")
-    fv = _kept(vision, text, fastv, dart)
     total = 0.0
-    for i in range(dims.num_layers):
-        if k is not None and i >= k:
-            v = 0.0
-        elif fv is not None and i >= fv[0]:
-            v = fv[1]
-        else:
-            v = float(vision)
+    for v, t in layer_tokens(dims.num_layers, vision, text, k, fastv, dart, per_layer):
         if count == "vision":
             total += 12.0 * v * h * h
         else:
-            s = v + text
+            s = v + t
             total += 2.0 * s * s * h + 12.0 * s * h * h
     return 2.0 * total
 
@@ -293,7 +294,8 @@ def _vit_flops(d: Dims, passes: int, tokens: int) -> float:
 
 def exact_flops(dims: Dims, vision: int, text: int, k: int | None = None, fastv: Any = None,
                 decode_tokens: int = 0, include_lm_head: bool = True, include_vision: bool = False,
-                logits_to_keep: int = 1, vision_passes: int = 1, batch: int = 1, dart: Any = None) -> FlopReport:
+                logits_to_keep: int = 1, vision_passes: int = 1, batch: int = 1, dart: Any = None,
+                per_layer: Any = None) -> FlopReport:
     """Architecture-aware analytic FLOPs of prefill (+ KV-cached decode steps) of ``batch`` equal sequences.
 
     Counts matrix products only, as ``torch.utils.flop_counter`` does: q/k/v/o projections (k, v with
@@ -310,7 +312,7 @@ def exact_flops(dims: Dims, vision: int, text: int, k: int | None = None, fastv:
     the projector; Qwen towers take ``vision`` merged tokens (``vision_tokens_in`` patches each).
     """
     d = dims
-    rows = layer_tokens(d.num_layers, vision, text, k, fastv, dart)
+    rows = layer_tokens(d.num_layers, vision, text, k, fastv, dart, per_layer)
     by_layer = [batch * _layer_flops(d, v + t, v + t) for v, t in rows]
     rep = FlopReport(by_layer=by_layer, prefill=float(sum(by_layer)))
     stock_len = vision + text
@@ -350,7 +352,8 @@ def calflops_layer(d: Dims, q: int, attn: str = "sdpa") -> float:
 
 
 def calflops_flops(dims: Dims, vision: int, text: int, k: int | None = None, fastv: Any = None,
-                   attn: str = "sdpa", lm_head_positions: int | None = None, dart: Any = None) -> float:
+                   attn: str = "sdpa", lm_head_positions: int | None = None, dart: Any = None,
+                   per_layer: Any = None) -> float:
     """The prefill FLOPs of the language model under calflops' rules (the unit of Table 2's TFLOPs).
 
     Layer ``i`` sees the tokens ``layer_tokens`` gives (VTW: text only from ``k``; FastV: its kept vision
@@ -360,7 +363,7 @@ def calflops_flops(dims: Dims, vision: int, text: int, k: int | None = None, fas
     """
     if attn not in ("sdpa", "eager", "flash_attention_2"):
         raise ValueError(f"attn must be sdpa, eager or flash_attention_2, got {attn!r}")
-    rows = layer_tokens(dims.num_layers, vision, text, k, fastv, dart)
+    rows = layer_tokens(dims.num_layers, vision, text, k, fastv, dart, per_layer)
     total = sum(calflops_layer(dims, v + t, "eager" if attn == "eager" else "sdpa") for v, t in rows)
     last = sum(rows[-1]) if lm_head_positions is None else lm_head_positions
     return float(total + 2 * last * dims.hidden_size * dims.vocab_size)

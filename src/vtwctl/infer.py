@@ -64,11 +64,11 @@ def generate(loaded, inputs: dict, spec: RunSpec | None = None, *, seeds: list[i
     """Generate for a batch of inputs as ``spec`` says (a ``RunSpec``; ``settings`` change its fields, as in
     ``generate(m, inputs, k=6, max_new_tokens=8)``). K stock (None) or N is the stock model.
 
-    ``method`` (``spec.METHODS``): ``vtw`` (and ``vtw-random`` at its drawn K) withdraws the vision tokens
+    ``method`` (``engine.registry``): ``vtw`` (and ``vtw-random`` at its drawn K) withdraws the vision tokens
     at K; ``rand`` drops as many random prompt tokens at K, drawn from ``seeds`` (one per row; default: the
-    spec's seed for every row); ``fastv`` prunes at ``fastv_k`` (``fastv_ratio`` of the vision tokens
-    dropped); ``dart`` keeps DART's pivots and least duplicated vision tokens at ``dart_k`` (``spec.dart``);
-    ``stock`` is the stock model. Generation settings (``spec.generation``): greedy unless
+    spec's seed for every row); the field's methods (``fastv``, ``dart``, ...) run with their settings
+    (``spec.options()``); a reducer (``visionzip``, ``visionzip+vtw``) runs on its shrunken inputs; ``stock`` is
+    the stock model. Generation settings (``spec.generation``): greedy unless
     ``do_sample`` (``top_p``/``top_k`` only then; None: the model's generation config), ``stop`` strings end
     an answer (lmms-eval's ``until``), ``max_new_tokens`` (default 32). ``seed`` seeds sampling without
     touching the caller's random generator.
@@ -85,12 +85,15 @@ def generate(loaded, inputs: dict, spec: RunSpec | None = None, *, seeds: list[i
     model = loaded.model
     n = loaded.num_layers
     k = spec.layer(n, loaded.name)
+    from .methods import context, prepare
+
+    layout = loaded.layout(inputs["input_ids"], inputs.get("attention_mask"))  # the sample's own tokens
+    inputs = prepare(model, spec.method, inputs, spec.options())  # a reducer's fewer vision placeholders
     limit = loaded.max_positions
     length = int(inputs["input_ids"].shape[1])
     if limit is not None and length + max_new_tokens > limit:
         raise VTWError(f"prompt too long: {length} tokens + {max_new_tokens} new tokens exceeds the model's "
                        f"{limit} positions")
-    layout = loaded.layout(inputs["input_ids"], inputs.get("attention_mask"))
     stop = list(gen_settings.stop) or None
     if spec.compiled:
         return _compiled(loaded, inputs, k if k is not None else n, max_new_tokens, stop, layout)
@@ -105,12 +108,10 @@ def generate(loaded, inputs: dict, spec: RunSpec | None = None, *, seeds: list[i
     if stop:
         kw["stopping_criteria"] = [_stop_on(tok, stop, length)]
     clock = _Clock(loaded.device)
-    from .methods import context
 
     if spec.method == "rand" and seeds is None:
         seeds = [spec.seed or 0] * int(inputs["input_ids"].shape[0])
-    ctx = context(model, spec.method, k, spec.positions, fastv_k=spec.fastv_k, fastv_ratio=spec.fastv_ratio,
-                  seeds=seeds, dart=spec.dart)
+    ctx = context(model, spec.method, k, spec.positions, seeds=seeds, settings=spec.options())
     with seeded(spec.seed), ctx, torch.inference_mode():
         sync(loaded.device)
         start = time.perf_counter()

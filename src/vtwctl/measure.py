@@ -18,6 +18,7 @@ KV-cache bytes are read from the cache object after prefill and at the end of de
 from __future__ import annotations
 
 import contextlib
+import functools
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -63,13 +64,12 @@ class Measurement:
         return asdict(self)
 
 
-def context(model, method: str, k: int | None = None, fastv_k: int = 2, fastv_ratio: float = 0.5,
-            positions: str = "keep", seeds: list[int] | None = None, dart: tuple = (2, 0.778, (4, 4))):
+def context(model, method: str, k: int | None = None, positions: str = "keep", seeds: list[int] | None = None,
+            settings: dict | None = None):
     """The context manager that makes ``model`` run ``method`` (``methods.context``; "baseline" = stock)."""
     from .methods import context as method_context
 
-    return method_context(model, method, k, positions, fastv_k=fastv_k, fastv_ratio=fastv_ratio, seeds=seeds,
-                          dart=dart)
+    return method_context(model, method, k, positions, seeds=seeds, settings=settings)
 
 
 def cache_of(output):
@@ -282,10 +282,11 @@ class Protocol:
     target_spread: float = 0.1
 
 
-def measure_many(loaded, inputs: dict, plans: list[tuple[str, int | None]], spec=None, protocol: Protocol | None = None,
+def measure_many(loaded, inputs: dict, plans: list[tuple], spec=None, protocol: Protocol | None = None,
                  progress=None, **settings: Any) -> list[Measurement]:
     """Measure several (method, k) plans side by side: repeats are interleaved round-robin, so load
-    changes on the machine hit every plan alike; memory and KV bytes are read once per plan.
+    changes on the machine hit every plan alike; memory and KV bytes are read once per plan. A plan
+    (method, k, settings) carries its own method settings (``{method: {name: value}}``, as ``RunSpec.settings``).
 
     ``spec`` (a ``RunSpec``): FastV's settings, positions, and the seed of Rand's draw; ``settings`` change
     its fields or ``protocol``'s (``max_new_tokens=``, ``repeats=``, ...)."""
@@ -296,7 +297,7 @@ def measure_many(loaded, inputs: dict, plans: list[tuple[str, int | None]], spec
     names = {f.name for f in fields(Protocol)}
     protocol = replace(protocol or Protocol(), **{k: settings.pop(k) for k in list(settings) if k in names})
     spec = RunSpec.of(spec, **settings)
-    fastv_k, fastv_ratio, positions, seed = spec.fastv_k, spec.fastv_ratio, spec.positions, spec.seed or 0
+    positions, seed = spec.positions, spec.seed or 0
     max_new_tokens, warmup, repeats = protocol.max_new_tokens, protocol.warmup, protocol.repeats
     max_repeats, target_spread = protocol.max_repeats, protocol.target_spread
     import torch
@@ -308,20 +309,27 @@ def measure_many(loaded, inputs: dict, plans: list[tuple[str, int | None]], spec
 
     seeds = [seed] * int(inputs["input_ids"].shape[0])  # Rand's draw: the same every repeat
 
-    def ctx(plan):
-        method, k = plan
-        return context(model, method, k, fastv_k, fastv_ratio, positions, seeds=seeds, dart=spec.dart)
+    def options(plan) -> dict:  # a plan's own settings (a third element), else the spec's for its method
+        own = spec if len(plan) < 3 else RunSpec.of(spec, settings={**spec.settings, **plan[2]})
+        return own.options(plan[0])
 
-    def prefill():
-        model.generate(**inputs, max_new_tokens=1, **gen_kw)
+    def ctx(plan):
+        return context(model, plan[0], plan[1], positions, seeds=seeds, settings=options(plan))
+
+    from .methods import prepare
+
+    fed = [prepare(model, plan[0], inputs, options(plan)) for plan in plans]  # a reducer's: shorter
+
+    def prefill(x):
+        model.generate(**x, max_new_tokens=1, **gen_kw)
 
     clock = [None]
 
-    def full():
+    def full(x):
         from transformers import StoppingCriteriaList
 
         clock[0] = _step_clock(timer.cuda)
-        model.generate(**inputs, max_new_tokens=t, min_new_tokens=t, stopping_criteria=StoppingCriteriaList([clock[0]]),
+        model.generate(**x, max_new_tokens=t, min_new_tokens=t, stopping_criteria=StoppingCriteriaList([clock[0]]),
                        **gen_kw)
 
     limit = max(repeats, max_repeats if max_repeats is not None else 3 * repeats)
@@ -334,19 +342,19 @@ def measure_many(loaded, inputs: dict, plans: list[tuple[str, int | None]], spec
         return all(spread(Stat.of(p)) <= target_spread and spread(Stat.of(d)) <= target_spread
                    for p, d in zip(pre, dec))
     with torch.inference_mode():
-        for plan in plans:
+        for plan, x in zip(plans, fed):
             with ctx(plan):
                 for _ in range(warmup):
-                    prefill()
-                    full()
+                    prefill(x)
+                    full(x)
         rounds = 0
         while rounds < repeats or (rounds < limit and not settled()):
             if rounds >= repeats:
                 steps += len(plans)
             for i, plan in enumerate(plans):
                 with ctx(plan):
-                    pre[i].append(timer(prefill))
-                    tot[i].append(timer(full))
+                    pre[i].append(timer(functools.partial(prefill, fed[i])))
+                    tot[i].append(timer(functools.partial(full, fed[i])))
                     durations = clock[0].steps()
                     dec[i].append(statistics.median(durations) if durations else float("nan"))
                 done += 1
@@ -357,14 +365,16 @@ def measure_many(loaded, inputs: dict, plans: list[tuple[str, int | None]], spec
         out = []
         for i, plan in enumerate(plans):
             with ctx(plan):
-                kv_prefill, peak, kv_end, used = _memory(loaded, model, inputs, t, gen_kw)
+                kv_prefill, peak, kv_end, used = _memory(loaded, model, fed[i], t, gen_kw)
             done += 1
             if progress:
                 progress(done, steps)
-            method, k = plan
+            method, k = plan[:2]
             pre_s, tot_s, dec_s = Stat.of(pre[i]), Stat.of(tot[i]), Stat.of(dec[i])
+            own = RunSpec.of(spec, settings={**spec.settings, **plan[2]}).own_layer(method) if len(plan) > 2 \
+                else spec.own_layer(method)
             out.append(Measurement(
-                method=method, k={"fastv": fastv_k, "dart": spec.dart_k}.get(method, k), new_tokens=t,
+                method=method, k=own if own is not None else k, new_tokens=t,
                 prefill=pre_s, total=tot_s,
                 decode_s_per_token=dec_s.median, decode=dec_s, stable=stable,
                 kv_cache_bytes_prefill=kv_prefill, kv_cache_bytes_end=kv_end, peak_memory_bytes=peak,

@@ -9,23 +9,28 @@
   seeded per sample. Where the last prompt token is drawn, the next token is predicted from the last
   kept one (the authors' code shortens the sequence, so its last hidden state is the last kept
   token's); withdrawn positions get that state, not zeros.
-* ``fastv``      FastV's attention-ranked vision tokens (``fastv.py``), at its own K (2 by default).
-* ``dart``       DART's least duplicated vision tokens kept (``engine/policies/dart.py``), at its own K (2).
+* ``fastv``, ``dart``, ... the field's methods, each at its own layers with its own settings
+  (``engine/registry.py`` lists them, docs/methods.md describes them).
+* ``visionzip``  a reducer: fewer vision tokens enter the language model (``prepare`` shrinks the inputs,
+  ``context`` hooks the vision features); ``visionzip+vtw`` composes it with VTW at K.
 
-Each but ``stock`` is a small policy class in ``vtwctl.engine.policies`` (one file each); ``context`` runs one
-over a stock model, and the engine never learns which policy it runs.
+Each but ``stock`` is a small policy (or reducer) class, one file each; ``context`` runs one over a stock model,
+and the engine never learns which policy it runs.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 from torch import nn
 
 from .engine.hooks import apply, num_layers
 from .engine.policies.rand import Rand
 from .engine.policies.vtw_random import RANDOM_K_SPAN, random_k, sample_seed  # noqa: F401  (re-exported)
+from .engine.registry import parts
+from .errors import ArgumentError
 from .spec import METHOD_ALIASES as ALIASES  # noqa: F401  (re-exported)
 from .spec import METHODS, canonical, runs_stock  # noqa: F401  (re-exported)
 
@@ -38,12 +43,28 @@ def rand_drop(model: nn.Module, k: int, seeds: Sequence[int], positions: str = "
         yield policy
 
 
-def context(model: nn.Module, method: str, k: int | None = None, positions: str = "keep", fastv_k: int = 2,
-            fastv_ratio: float = 0.5, seeds: Sequence[int] | None = None,
-            dart: tuple[int, float, tuple[int, int]] = (2, 0.778, (4, 4))):
-    """The context manager that makes ``model`` run ``method`` (``vtw-random`` takes its drawn ``k``; ``dart``:
-    DART's (layer, ratio, pivots), ``RunSpec.dart``)."""
+def _legacy(settings, method: str, fastv_k, fastv_ratio, dart) -> dict:
+    """The settings of ``method``: ``settings`` (``RunSpec.options``), or the old keyword arguments."""
+    if settings is not None:
+        return dict(settings)
+    if method == "fastv":
+        return {"k": fastv_k if fastv_k is not None else 2, "ratio": fastv_ratio if fastv_ratio is not None else 0.5}
+    if method == "dart" and dart is not None:
+        return {"k": dart[0], "ratio": dart[1], "pivots": tuple(dart[2])}
+    return {}
+
+
+def context(model: nn.Module, method: str, k: int | None = None, positions: str = "keep",
+            fastv_k: int | None = None, fastv_ratio: float | None = None, seeds: Sequence[int] | None = None,
+            dart: tuple | None = None, settings: Mapping[str, Any] | None = None):
+    """The context manager that makes ``model`` run ``method`` (``vtw-random`` takes its drawn ``k``); ``settings``:
+    the method's settings (``RunSpec.options(method)``; ``fastv_k``/``fastv_ratio``/``dart`` are their old
+    spellings). A reducer (``visionzip``, ``visionzip+vtw``) also needs its inputs through ``prepare``."""
     method = canonical(method)
+    reducer, policy = parts(method)
+    options = _legacy(settings, method, fastv_k, fastv_ratio, dart)
+    if reducer is not None:
+        return _reduced(model, reducer, policy, k, positions, seeds, options)
     n = num_layers(model)
     if runs_stock(method, k, n):
         return contextlib.nullcontext(model)
@@ -51,14 +72,32 @@ def context(model: nn.Module, method: str, k: int | None = None, positions: str 
         from .engine.hooks import withdraw
 
         return withdraw(model, k, positions)
-    if method == "fastv":
-        from .fastv import fastv
+    if method == "rand":
+        if seeds is None:
+            raise ValueError("rand needs one seed per batch row")
+        return rand_drop(model, n if k is None else k, seeds, positions)
+    own = policy.resolve({name: v for name, v in options.items() if name in policy.defaults()})
+    return apply(model, policy.cls()(**own), lo=1, what=f"{policy.name}.k")  # at the original positions
 
-        return fastv(model, fastv_k, fastv_ratio)
-    if method == "dart":
-        from .engine.policies.dart import DART
 
-        return apply(model, DART(dart[0], dart[1], dart[2]), lo=1, what="DART K")
-    if seeds is None:
-        raise ValueError("rand needs one seed per batch row")
-    return rand_drop(model, n if k is None else k, seeds, positions)
+@contextlib.contextmanager
+def _reduced(model, reducer, policy, k, positions, seeds, options) -> Iterator[nn.Module]:
+    """A reducer's hooks, with the policy it is composed with (``stock``: none) inside them."""
+    red = reducer.cls()(**reducer.resolve({n: v for n, v in options.items() if n in reducer.defaults()}))
+    inner = context(model, policy.name, k, positions, seeds=seeds,
+                    settings={n: v for n, v in options.items() if n in policy.defaults()})
+    with red.apply(model), inner:
+        yield model
+
+
+def prepare(model: nn.Module, method: str, inputs: dict, settings: Mapping[str, Any] | None = None) -> dict:
+    """The inputs ``method`` runs on: a reducer's (fewer vision placeholders: ``visionzip``) or ``inputs`` as
+    they are; a model the reducer does not fit is an ``ArgumentError`` with the reason."""
+    reducer, _ = parts(canonical(method))
+    if reducer is None:
+        return inputs
+    red = reducer.cls()(**reducer.resolve({n: v for n, v in (settings or {}).items() if n in reducer.defaults()}))
+    why = red.refusal(model)
+    if why:
+        raise ArgumentError(f"{reducer.name}: {why}")
+    return red.shrink(model, inputs)

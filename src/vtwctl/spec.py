@@ -154,6 +154,23 @@ class Resolved:
         return num_layers if self.k is None else self.k
 
 
+def _with_legacy_settings(init):
+    """``RunSpec(fastv_k=3, dart_pivots=(2, 2), ...)``: the settings' old field names, moved into ``settings``."""
+
+    def __init__(self, *args, **kw):
+        legacy = {name: kw.pop(name) for name in list(kw) if name in LEGACY_SETTINGS}
+        if legacy:
+            merged = {m: dict(v) for m, v in (kw.get("settings") or {}).items()}
+            for name, value in legacy.items():
+                method, key = LEGACY_SETTINGS[name]
+                merged.setdefault(method, {})[key] = value
+            kw["settings"] = merged
+        init(self, *args, **kw)
+
+    __init__.__doc__ = init.__doc__
+    return __init__
+
+
 def describe_record(rec: dict) -> str:
     """A calibration record in a few words: dataset, eta, samples, date; where it is kept."""
     bits = [f"dataset {rec.get('dataset')}"]
@@ -167,29 +184,46 @@ def describe_record(rec: dict) -> str:
     return f"{', '.join(bits)}; {src}".rstrip("; ")
 
 
-# -- methods: Table 2's rows ------------------------------------------------------------------------------
-METHODS = ("stock", "vtw", "vtw-random", "rand", "fastv", "dart")
+# -- methods: Table 2's rows and the field (engine/registry.py) -----------------------------------------------
 METHOD_ALIASES = {"baseline": "stock", "vtw_random": "vtw-random", "vtw†": "vtw-random", "random": "rand"}
 POSITIONS = ("keep", "rearrange")
 PROMPT_STYLES = ("hf", "paper")
 IMAGE_MODES = ("normal", "blank", "none")
 SCORING_MODES = ("lmms-eval", "lenient")
-NEEDS_K = ("vtw", "vtw-random", "rand")  # the methods that withdraw at K
-OWN_K = ("fastv", "dart")  # the methods with their own layer (fastv_k, dart_k), not K
+# the old names of settings now under ``RunSpec.settings`` (``RunSpec.of`` still takes them)
+LEGACY_SETTINGS = {"fastv_k": ("fastv", "k"), "fastv_ratio": ("fastv", "ratio"), "dart_k": ("dart", "k"),
+                   "dart_ratio": ("dart", "ratio"), "dart_pivots": ("dart", "pivots")}
+
+
+def __getattr__(name: str):
+    from .engine import registry
+
+    if name == "METHODS":  # every method name (compositions aside), in the registry's order
+        return registry.names()
+    if name == "NEEDS_K":  # the methods that withdraw at the run's K
+        return tuple(m.name for m in registry.METHODS.values() if m.uses_k)
+    if name == "OWN_K":  # the methods with their own layers (their settings), not K
+        return tuple(m.name for m in registry.METHODS.values() if m.target and not m.uses_k and not m.reducer)
+    raise AttributeError(name)
 
 
 def canonical(method: str) -> str:
-    """A method's name (``methods.METHODS``), aliases (``baseline``, ``vtw_random``, ``random``) resolved."""
-    name = METHOD_ALIASES.get(method.strip().lower(), method.strip().lower())
-    if name not in METHODS:
-        raise ArgumentError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
-    return name
+    """A method's name (``engine.registry``), aliases (``baseline``, ``vtw_random``, ``random``) resolved and a
+    composition (``visionzip+vtw``) checked."""
+    from .engine.registry import canonical as name
+
+    return name(method)
 
 
 def runs_stock(method: str, k: int | None, num_layers: int) -> bool:
     """Whether ``method`` at layer ``k`` (None: none) leaves the model stock: the one place where "K = N is
     the stock model" is decided (VTW and VTW† at K >= N withdraw nothing; ``stock`` never does)."""
-    return method == "stock" or (method in ("vtw", "vtw-random") and (k is None or k >= num_layers))
+    if method == "stock":
+        return True
+    from .engine.registry import parts
+
+    reducer, policy = parts(method)
+    return reducer is None and policy.name in ("vtw", "vtw-random") and (k is None or k >= num_layers)
 
 
 @dataclass(frozen=True)
@@ -219,21 +253,18 @@ GENERATION_FIELDS = tuple(f.name for f in fields(Generation))
 class RunSpec:
     """Every setting of a run, checked when built (``ArgumentError``: a ``VTWError`` and a ``ValueError``).
 
-    ``k``: a ``K`` (or what ``K.parse`` reads; None: stock); ``method``: ``METHODS`` (aliases accepted);
-    ``fastv_k``/``fastv_ratio``: FastV's layer and the fraction of vision tokens it drops; ``dart_k``,
-    ``dart_ratio``, ``dart_pivots``: DART's layer, the fraction of vision tokens it drops (the pivots aside)
-    and its (vision, text) pivot counts (docs/methods.md); ``seed``: the
+    ``k``: a ``K`` (or what ``K.parse`` reads; None: stock); ``method``: a name of ``engine.registry`` (aliases
+    and compositions such as ``visionzip+vtw`` accepted); ``settings``: each method's settings by name,
+    ``{"fastv": {"k": 3, "ratio": 0.5}, "dart": {...}}``, checked against what the method declares (docs/methods.md;
+    ``options(method)`` gives them with the defaults filled in; settings of several methods may be given at
+    once, as ``vtwctl profile`` rows need); ``seed``: the
     draws of Rand and VTW† (per sample, with its id) and of sampling; ``shard``: (I, N), run every N-th
     sample from I; ``compiled``: greedy decoding on the compiled fast path (VTW or stock, ``keep``)."""
 
     model: str = "demo"
     k: Any = STOCK
     method: str = "vtw"
-    fastv_k: int = 2
-    fastv_ratio: float = 0.5
-    dart_k: int = 2
-    dart_ratio: float = 0.778
-    dart_pivots: tuple[int, int] = (4, 4)
+    settings: Any = field(default_factory=dict)
     seed: int | None = None
     positions: str = "keep"
     prompt_style: str = "hf"
@@ -249,12 +280,26 @@ class RunSpec:
     trust_remote_code: bool = False
 
     def __post_init__(self) -> None:
+        from .engine.registry import METHODS as REGISTRY
+        from .engine.registry import uses_k
+
         method = canonical(self.method)
         k = K.parse(self.k)
-        if method == "stock" or method in OWN_K:
-            k = STOCK  # FastV and DART have their own layers (fastv_k, dart_k)
+        if not uses_k(method):
+            k = STOCK  # the stock model, and the methods with their own layers (fastv.k, dart.k, pdrop.layers)
         object.__setattr__(self, "method", method)
         object.__setattr__(self, "k", k)
+        given = self.settings or {}
+        if not isinstance(given, dict):
+            given = dict(given)
+        settings = {}
+        for name, values in given.items():
+            entry = REGISTRY.get(METHOD_ALIASES.get(str(name).lower(), str(name).lower()))
+            if entry is None or not entry.target:
+                raise ArgumentError(f"settings for an unknown method {name!r}")
+            full = entry.resolve(values)  # checked
+            settings[entry.name] = {n: full[n] for n in values}
+        object.__setattr__(self, "settings", settings)
         self._check()
 
     def _check(self) -> None:
@@ -273,29 +318,48 @@ class RunSpec:
         index, count = self.shard
         if count < 1 or not 0 <= index < count:
             raise ArgumentError(f"--shard {index}/{count}: need 0 <= I < N")
-        if isinstance(self.fastv_k, bool) or not isinstance(self.fastv_k, int) or self.fastv_k < 1:
-            raise ArgumentError(f"--fastv-k must be an integer >= 1, got {self.fastv_k!r}")
-        if not 0.0 <= self.fastv_ratio <= 1.0:
-            raise ArgumentError(f"--fastv-ratio must be in [0, 1], got {self.fastv_ratio}")
-        if isinstance(self.dart_k, bool) or not isinstance(self.dart_k, int) or self.dart_k < 1:
-            raise ArgumentError(f"--dart-k must be an integer >= 1, got {self.dart_k!r}")
-        if not 0.0 <= self.dart_ratio <= 1.0:
-            raise ArgumentError(f"--dart-ratio must be in [0, 1], got {self.dart_ratio}")
-        pivots = tuple(self.dart_pivots)
-        if len(pivots) != 2 or any(isinstance(p, bool) or not isinstance(p, int) or p < 0 for p in pivots) \
-                or sum(pivots) < 1:
-            raise ArgumentError(f"--dart-pivots must be two integers >= 0 (vision, text), not both 0, got "
-                                f"{self.dart_pivots!r}")
-        object.__setattr__(self, "dart_pivots", pivots)
         if self.compiled and (self.method not in ("vtw", "stock") or self.generation.do_sample
                               or self.positions != "keep"):
             raise ArgumentError("--compile decodes greedily with VTW or the stock model at the original positions: "
                                 "drop --sample, --method other than vtw/stock and --positions rearrange")
 
+    def options(self, method: str | None = None) -> dict:
+        """Every setting of ``method`` (default: this run's; of a composition, its reducer's and its policy's
+        together), the defaults filled in."""
+        from .engine.registry import members
+
+        out: dict = {}
+        for entry in members(method or self.method):
+            out.update(entry.resolve(self.settings.get(entry.name)))
+        return out
+
+    def with_options(self, method: str, **values: Any) -> RunSpec:
+        """This spec with ``method``'s settings ``values`` changed (``spec.with_options("fastv", ratio=0.75)``)."""
+        name = canonical(method)
+        return replace(self, settings={**self.settings, name: {**self.settings.get(name, {}), **values}})
+
+    def own_layer(self, method: str | None = None) -> int | None:
+        """The layer a method with its own layers shows as K in reports (FastV's and DART's k, PyramidDrop's
+        first layer); None for the methods that use the run's K and for the stock model."""
+        from .engine.registry import parts
+
+        reducer, policy = parts(method or self.method)
+        if policy.uses_k or not policy.target:
+            return None
+        return policy.layer(self.settings.get(policy.name))
+
+    # the settings' old names (RunSpec fields before ``settings``), read-only
+    fastv_k = property(lambda self: self.options("fastv")["k"])
+    fastv_ratio = property(lambda self: self.options("fastv")["ratio"])
+    dart_k = property(lambda self: self.options("dart")["k"])
+    dart_ratio = property(lambda self: self.options("dart")["ratio"])
+    dart_pivots = property(lambda self: self.options("dart")["pivots"])
+
     @property
     def dart(self) -> tuple[int, float, tuple[int, int]]:
         """DART's settings: (layer, ratio, (vision pivots, text pivots))."""
-        return self.dart_k, self.dart_ratio, self.dart_pivots
+        o = self.options("dart")
+        return o["k"], o["ratio"], o["pivots"]
 
     @classmethod
     def of(cls, spec: Any = None, **settings: Any) -> RunSpec:
@@ -307,11 +371,12 @@ class RunSpec:
             spec, settings = None, {**settings, "k": spec}
         spec = spec if spec is not None else cls()
         gen = {name: settings.pop(name) for name in GENERATION_FIELDS if name in settings}
+
         if "stop" in gen:
             gen["stop"] = tuple(gen["stop"] or ())
         if gen:
             settings["generation"] = replace(spec.generation, **gen)
-        unknown = sorted(set(settings) - {f.name for f in fields(cls)})
+        unknown = sorted(set(settings) - {f.name for f in fields(cls)} - set(LEGACY_SETTINGS))
         if unknown:
             raise ArgumentError(f"unknown run setting{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}")
         return replace(spec, **settings) if settings else spec
@@ -329,3 +394,6 @@ class RunSpec:
     @property
     def max_new_tokens(self) -> int | None:
         return self.generation.max_new_tokens
+
+
+RunSpec.__init__ = _with_legacy_settings(RunSpec.__init__)

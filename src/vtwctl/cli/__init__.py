@@ -86,6 +86,7 @@ def _register() -> None:
     from . import attention as _attention  # noqa: F401
     from . import calibrate as _calibrate  # noqa: F401  (each module registers its commands)
     from . import data as _data  # noqa: F401
+    from . import frontier as _frontier  # noqa: F401
     from . import merge as _merge  # noqa: F401
     from . import models as _models  # noqa: F401
     from . import profile as _profile  # noqa: F401

@@ -17,6 +17,9 @@ DTYPE = typer.Option("auto", "--dtype", help="auto (bf16/fp16 on GPU, fp32 on CP
 ATTN = typer.Option(None, "--attn-implementation", help="eager, sdpa or flash_attention_2 (default: transformers').")
 JSON = typer.Option(False, "--json", help="Print one JSON object on stdout instead of text.")
 TRUST = typer.Option(False, "--trust-remote-code", help="Allow model code from the hub (off by default).")
+SET = typer.Option(None, "--set",
+                  help="A method's setting, METHOD.NAME=VALUE, repeatable: --set pdrop.layers=8,16,24 --set "
+                       "dart.ratio=0.5 (each method's settings: docs/methods.md).")
 CALIBRATION_DIR = typer.Option(None, "--calibration-dir", "--profile-dir",
                                help="The calibration store: where calibration records live (default "
                                     "$VTWCTL_CALIBRATION_DIR, else ~/.cache/vtwctl/profiles; --profile-dir and "
@@ -96,6 +99,75 @@ def fastv_settings(preset: str, k: int | None, ratio: float | None) -> tuple[int
     if not 0.0 <= ratio <= 1.0:
         raise VTWError(f"--fastv-ratio must be in [0, 1], got {ratio}")
     return k, ratio
+
+
+def method_settings(given: list[str] | None, **flags: Any) -> dict:
+    """``{method: {name: value}}`` from ``--set METHOD.NAME=VALUE`` and the older per-method flags (``flags``:
+    ``fastv_k=...``, ``dart_pivots=...``; None: not given). The values are checked by ``RunSpec``; a setting given
+    twice, or a ``--set`` that is not ``METHOD.NAME=VALUE``, is an error naming it."""
+    from ..errors import VTWError
+    from ..spec import LEGACY_SETTINGS
+
+    out: dict[str, dict] = {}
+    origin: dict[tuple[str, str], str] = {}
+    for item in given or ():
+        key, sep, value = str(item).partition("=")
+        method, dot, name = key.strip().partition(".")
+        if not sep or not dot or not method or not name:
+            raise VTWError(f"--set takes METHOD.NAME=VALUE (e.g. dart.ratio=0.5), got {item!r}")
+        method = method.strip().lower()
+        if (method, name.strip()) in origin:
+            raise VTWError(f"{method}.{name.strip()} given twice ({origin[method, name.strip()]} and --set {item})")
+        out.setdefault(method, {})[name.strip()] = value.strip()
+        origin[method, name.strip()] = f"--set {item}"
+    for flag, value in flags.items():
+        if value is None:
+            continue
+        method, name = LEGACY_SETTINGS[flag]
+        if (method, name) in origin:
+            raise VTWError(f"{method}.{name} given twice ({origin[method, name]} and --{flag.replace('_', '-')})")
+        out.setdefault(method, {})[name] = value
+        origin[method, name] = f"--{flag.replace('_', '-')}"
+    from ..engine.registry import METHODS, canonical
+
+    for method, values in list(out.items()):  # each value checked here, the error naming the flag the user gave
+        entry = METHODS[canonical(method)]
+        declared = {s.name: s for s in entry.settings()}
+        for name, value in values.items():
+            if name not in declared:
+                known = ", ".join(declared) or "none"
+                raise VTWError(f"{origin[method, name]}: {entry.name} has no setting {name!r} (its settings: {known})")
+            flag = origin[method, name]
+            values[name] = declared[name].parse(value, f"{entry.name}.{name}" if flag.startswith("--set") else flag)
+        out[entry.name] = out.pop(method)
+    return out
+
+
+def fastv_preset_into(settings: dict, preset: str) -> dict:
+    """FastV's K and ratio from ``--fastv-preset`` where ``settings`` (``method_settings``) has none."""
+    k, ratio = fastv_settings(preset, None, None)
+    fastv = settings.setdefault("fastv", {})
+    fastv.setdefault("k", k)
+    fastv.setdefault("ratio", ratio)
+    return settings
+
+
+def method_fields(spec) -> dict:
+    """A result's fields of the run's method settings: ``settings``, K as the method's own layer, and the keys
+    of results before ``settings`` (``fastv_ratio``, ``dart_ratio``, ``dart_pivots``)."""
+    from ..evaluate import settings_record
+
+    options = settings_record(spec)
+    if not options:
+        return {}
+    out: dict[str, Any] = {"settings": options}
+    if spec.own_layer() is not None:
+        out["k"] = spec.own_layer()
+    if spec.method == "fastv":
+        out["fastv_ratio"] = spec.fastv_ratio
+    if spec.method == "dart":
+        out.update(dart_ratio=spec.dart_ratio, dart_pivots=list(spec.dart_pivots))
+    return out
 
 
 def parse_pivots(text: str) -> tuple[int, int]:

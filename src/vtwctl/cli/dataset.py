@@ -75,7 +75,8 @@ def run_dataset(spec, dataset: str, *, split, limit, output, data_dir, judge_url
             raise VTWError(f"no calibration record for {loaded.name} on {task.name}; run "
                            f"`vtwctl calibrate --model {loaded.spec} --dataset {task.name}` or pass --k")
         run = replace(spec, k=K(found.layer(loaded.num_layers)))
-        shown = {"fastv": spec.fastv_k, "dart": spec.dart_k}.get(spec.method, found.layer(loaded.num_layers))
+        own = spec.own_layer()
+        shown = own if own is not None else found.layer(loaded.num_layers)
         label = f"{task.name} K={shown}" + (f" ({spec.method})" if spec.method not in ("vtw", "stock") else "")
         with Progress(label, console, enabled=rank == 0) as bar:
             try:

@@ -14,11 +14,13 @@ from .common import (
     DTYPE,
     JSON,
     MODEL,
+    SET,
     TRUST,
     check_device,
     emit_json,
-    fastv_settings,
+    fastv_preset_into,
     load_model,
+    method_settings,
     model_name,
     parse_pivots,
     stderr_console,
@@ -49,7 +51,8 @@ def profile(
     flops_only: bool = typer.Option(False, "--flops-only", help="FLOPs from dimensions only (no weights)."),
     method: str = typer.Option("stock,vtw,fastv", "--method",
                                help="Rows, a comma list of stock, vtw, vtw-random (VTW at a random K, Table 2's "
-                                    "VTW†), rand (random tokens dropped), fastv and dart. (The old counting values "
+                                    "VTW†), rand (random tokens dropped), fastv, dart, pdrop, visionzip, "
+                                    "visionzip+vtw ... (docs/methods.md; settings: --set). (The old counting values "
                                     "paper/exact/counted still work here, deprecated: use --flops.)"),
     flops: str | None = typer.Option(None, "--flops",
                                      help="How FLOPs are counted: paper (Eq. 1), exact (analytic, default), counted "
@@ -62,10 +65,13 @@ def profile(
                                                   "fastv_kvcache.py gives the fraction kept); default 0.5."),
     fastv_preset: str = typer.Option("paper", "--fastv-preset",
                                      help="paper (K=2, as the paper's text) or authors (K=3, their FastV file)."),
-    dart_k: int = typer.Option(2, "--dart-k", help="DART layer K (the authors' default 2)."),
-    dart_ratio: float = typer.Option(0.778, "--dart-ratio",
-                                     help="DART: the fraction of vision tokens DROPPED, pivots aside (default 0.778)."),
-    dart_pivots: str = typer.Option("4,4", "--dart-pivots", help="DART: vision,text pivot tokens (default 4,4)."),
+    dart_k: int | None = typer.Option(None, "--dart-k", help="DART layer K (the authors' default 2)."),
+    dart_ratio: float | None = typer.Option(None, "--dart-ratio",
+                                            help="DART: the fraction of vision tokens DROPPED, pivots aside "
+                                                 "(default 0.778)."),
+    dart_pivots: str | None = typer.Option(None, "--dart-pivots",
+                                           help="DART: vision,text pivot tokens (default 4,4)."),
+    set_: list[str] | None = SET,
     seed: int = typer.Option(0, "--seed", help="Seed of the rand and vtw-random rows."),
     prompt_style: str = typer.Option("hf", "--prompt-style", help="hf (chat template) or paper (the authors')."),
     vision_tokens: int | None = typer.Option(None, "--vision-tokens", min=0, help="Workload (--flops-only)."),
@@ -93,7 +99,7 @@ def profile(
     json_out: bool = JSON,
 ) -> None:
     """TFLOPs (Eq. 1, exact, counted), prefill/decode latency, peak memory and KV bytes: baseline, VTW, FastV."""
-    from ..costs import FLOP_METHODS, ROWS, ProfileReport, flops_rows, measured_rows
+    from ..costs import FLOP_METHODS, ROWS, ProfileReport, flops_rows, measured_rows, row_settings
     from ..env import environment
     from ..errors import VTWError
     from ..files import check_file_target
@@ -117,10 +123,11 @@ def profile(
     flops = flops or "exact"
     if flops not in FLOP_METHODS:
         raise VTWError(f"--flops must be one of {', '.join(FLOP_METHODS)}, got {flops!r}")
-    fastv_k, fastv_ratio = fastv_settings(fastv_preset, fastv_k, fastv_ratio)
-    spec = RunSpec(model=model, method="stock", fastv_k=fastv_k, fastv_ratio=fastv_ratio, dart_k=dart_k,
-                   dart_ratio=dart_ratio, dart_pivots=parse_pivots(dart_pivots), seed=seed,
-                   prompt_style=prompt_style, device=device, dtype=dtype, attn_implementation=attn_implementation,
+    settings = method_settings(set_, fastv_k=fastv_k, fastv_ratio=fastv_ratio, dart_k=dart_k, dart_ratio=dart_ratio,
+                               dart_pivots=None if dart_pivots is None else parse_pivots(dart_pivots))
+    fastv_preset_into(settings, fastv_preset)
+    spec = RunSpec(model=model, method="stock", settings=settings, seed=seed, prompt_style=prompt_style,
+                   device=device, dtype=dtype, attn_implementation=attn_implementation,
                    trust_remote_code=trust_remote_code)  # the rows' shared settings, checked here
     if count not in ("all", "vision"):
         raise VTWError(f"--count must be all or vision, got {count!r}")
@@ -153,12 +160,12 @@ def profile(
         name = prof.get("name", model)
         ks = _layers(given, dims.num_layers, name, profile_dir, dataset, console)
         _check_own_layers(spec, rows, dims.num_layers)
-        table, sweep = flops_rows(dims, int(vis), int(txt), ks, fastv_k, fastv_ratio, flops, count, rows=rows,
-                                  dart=spec.dart)
+        table, sweep = flops_rows(dims, int(vis), int(txt), ks, spec, flops, count, rows=rows)
         report = ProfileReport(model=name, k=ks[0], tokens={"vision": int(vis), "text": int(txt)}, method=flops,
                                count=count, rows=table, sweep=sweep if len(ks) > 1 and "vtw" in rows else [],
-                               fastv={"k": fastv_k, "ratio": fastv_ratio, "preset": fastv_preset},
-                               dart=_dart(spec, rows), calibrations=records(name, profile_dir), env=environment())
+                               fastv=_fastv(spec, fastv_preset), dart=_dart(spec, rows),
+                               settings=row_settings(spec, rows), calibrations=records(name, profile_dir),
+                               env=environment())
     else:
         source = _source(image, prompt, dataset, index)
         check_device(device)
@@ -176,8 +183,8 @@ def profile(
                                                  progress=lambda d, n: bar.update(d, n))
         report = ProfileReport(model=loaded.name, k=ks[0], tokens=tokens, method=flops, count=count, rows=table,
                                sweep=sweep if len(ks) > 1 else [],
-                               fastv={"k": fastv_k, "ratio": fastv_ratio, "preset": fastv_preset},
-                               dart=_dart(spec, rows), calibrations=records(loaded.name, profile_dir),
+                               fastv=_fastv(spec, fastv_preset), dart=_dart(spec, rows),
+                               settings=row_settings(spec, rows), calibrations=records(loaded.name, profile_dir),
                                env=environment(loaded),
                                source=source[2])
     data = report.to_dict()
@@ -203,13 +210,17 @@ def profile(
 
 
 def _check_own_layers(spec, rows, num_layers: int) -> None:
-    """FastV's and DART's layers within the model (the rows that run them only)."""
-    from ..errors import VTWError
+    """The layers of the rows' methods within the model (FastV's and DART's k, PyramidDrop's layers)."""
+    from ..engine.registry import parts
 
-    if not 1 <= spec.fastv_k <= num_layers:
-        raise VTWError(f"--fastv-k must be in 1..{num_layers}")
-    if "dart" in rows and not 1 <= spec.dart_k <= num_layers:
-        raise VTWError(f"--dart-k must be in 1..{num_layers}")
+    for row in rows:
+        policy = parts(row)[1]
+        if policy.target and not policy.uses_k:
+            policy.vision_by_layer(num_layers, 1, 1, spec.settings.get(policy.name))  # checks its layers
+
+
+def _fastv(spec, preset: str) -> dict:
+    return {"k": spec.fastv_k, "ratio": spec.fastv_ratio, "preset": preset}
 
 
 def _dart(spec, rows) -> dict:
@@ -273,8 +284,12 @@ def _render(console, report, limits: tuple[int, int]) -> None:
         t.add_column(col, justify="right" if col != "row" else "left")
     for r in _table_rows(report):
         label = {"fastv": f"fastv (drops {report.fastv.get('ratio', 0):.0%})",
-                 "dart": f"dart (drops {report.dart.get('ratio', 0):.0%} + pivots)"}.get(r.method, r.method)
-        t.add_row(label, "-" if r.k is None else str(r.k), f"{r.tflops * factor:.4g}", f"{r.ratio * 100:.2f} %",
+                 "dart": f"dart (drops {report.dart.get('ratio', 0):.0%} + pivots)"}.get(r.method)
+        if label is None and report.settings.get(r.method):
+            label = f"{r.method} (" + ", ".join(f"{name} {','.join(map(str, v)) if isinstance(v, list) else v}"
+                                                for name, v in report.settings[r.method].items()) + ")"
+        t.add_row(label or r.method, "-" if r.k is None else str(r.k), f"{r.tflops * factor:.4g}",
+                  f"{r.ratio * 100:.2f} %",
                   _fmt_s(r.prefill_s), _fmt_s(r.decode_s_per_token), _fmt_s(r.total_s),
                   _fmt_bytes(r.peak_memory_bytes), _fmt_bytes(r.kv_cache_bytes))
     console.print(t)

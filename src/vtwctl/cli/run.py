@@ -14,11 +14,14 @@ from .common import (
     DTYPE,
     JSON,
     MODEL,
+    SET,
     TRUST,
     check_device,
     emit_json,
-    fastv_settings,
+    fastv_preset_into,
     load_model,
+    method_fields,
+    method_settings,
     model_name,
     parse_pivots,
     record_summary,
@@ -41,15 +44,19 @@ def run(
     method: str = typer.Option("vtw", "--method",
                                help="stock | vtw | vtw-random (VTW at a random K in K-8..K+8 per sample, Table 2's "
                                     "VTW†) | rand (as many random input tokens as vision tokens dropped at K) | "
-                                    "fastv | dart (docs/methods.md)."),
+                                    "fastv | dart | pdrop | visionzip | visionzip+vtw ... (docs/methods.md; "
+                                    "their settings: --set)."),
     fastv_k: int | None = typer.Option(None, "--fastv-k", help="FastV layer K (default: the preset's)."),
     fastv_ratio: float | None = typer.Option(None, "--fastv-ratio",
                                              help="FastV: the fraction of vision tokens DROPPED (default 0.5)."),
     fastv_preset: str = typer.Option("paper", "--fastv-preset", help="paper (K=2) or authors (K=3)."),
-    dart_k: int = typer.Option(2, "--dart-k", help="DART layer K (the authors' default 2)."),
-    dart_ratio: float = typer.Option(0.778, "--dart-ratio",
-                                     help="DART: the fraction of vision tokens DROPPED, pivots aside (default 0.778)."),
-    dart_pivots: str = typer.Option("4,4", "--dart-pivots", help="DART: vision,text pivot tokens (default 4,4)."),
+    dart_k: int | None = typer.Option(None, "--dart-k", help="DART layer K (the authors' default 2)."),
+    dart_ratio: float | None = typer.Option(None, "--dart-ratio",
+                                            help="DART: the fraction of vision tokens DROPPED, pivots aside "
+                                                 "(default 0.778)."),
+    dart_pivots: str | None = typer.Option(None, "--dart-pivots",
+                                           help="DART: vision,text pivot tokens (default 4,4)."),
+    set_: list[str] | None = SET,
     compare: bool = typer.Option(False, "--compare",
                                  help="Answer with the stock model and with VTW at K, side by side (Fig. 6)."),
     prompt_style: str = typer.Option("hf", "--prompt-style",
@@ -100,11 +107,12 @@ def run(
     prompt = text_option(prompt)
     if method == "stock" and k not in (None, "auto"):
         raise VTWError("--k and --no-withdraw contradict each other")
-    fastv_k, fastv_ratio = fastv_settings(fastv_preset, fastv_k, fastv_ratio)
+    settings = method_settings(set_, fastv_k=fastv_k, fastv_ratio=fastv_ratio, dart_k=dart_k, dart_ratio=dart_ratio,
+                               dart_pivots=None if dart_pivots is None else parse_pivots(dart_pivots))
+    fastv_preset_into(settings, fastv_preset)
     # the one run specification, checked once here (before anything is read or loaded)
-    spec = RunSpec(model=model, k=AUTO if k is None else k, method=method, fastv_k=fastv_k, fastv_ratio=fastv_ratio,
-                   dart_k=dart_k, dart_ratio=dart_ratio, dart_pivots=parse_pivots(dart_pivots),
-                   seed=seed, positions=positions, prompt_style=prompt_style, image_mode=image_mode, scoring=scoring,
+    spec = RunSpec(model=model, k=AUTO if k is None else k, method=method, settings=settings, seed=seed,
+                   positions=positions, prompt_style=prompt_style, image_mode=image_mode, scoring=scoring,
                    generation=Generation(max_new_tokens=max_new_tokens, do_sample=sample, temperature=temperature),
                    batch_size=batch_size, shard=parse_shard(shard), compiled=compile_, device=device, dtype=dtype,
                    attn_implementation=attn_implementation, trust_remote_code=trust_remote_code)
@@ -208,10 +216,7 @@ def _one_prompt(spec, image, video, prompt, example, frames, compare, calibratio
     gen = generate(loaded, inputs, run, seeds=[sample_seed(seed, prompt)])
     result = {**_result(loaded, gen, spec.positions, n), "k_record": record_summary(rec), "method": spec.method,
               "prompt_style": spec.prompt_style, "compiled": spec.compiled}
-    if spec.method == "fastv":
-        result.update(k=spec.fastv_k, fastv_ratio=spec.fastv_ratio)
-    if spec.method == "dart":
-        result.update(k=spec.dart_k, dart_ratio=spec.dart_ratio, dart_pivots=list(spec.dart_pivots))
+    result.update(method_fields(spec))
     if expected is not None:
         correct = tasks.get("shapes").process(scored, gen.answers[0], "lmms-eval")["correct"]
         result.update(example=example, question=prompt, expected=expected, correct=correct)

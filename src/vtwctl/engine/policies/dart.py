@@ -20,10 +20,33 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ...errors import ArgumentError, check_k
+from ..registry import Setting
 from . import Policy, Tokens
 
 PIVOTS = (4, 4)  # the authors' defaults: 4 vision pivots, 4 text pivots
 RATIO = 0.778  # the authors' default reduction ratio (LLaVA-1.5: 576 vision tokens -> about 128 kept)
+SETTINGS = (
+    Setting("k", 2, "the layer DART drops at (the authors' pruned_layer 2)", "int", lo=1, grid=(2,)),
+    Setting("ratio", RATIO, "the fraction of vision tokens dropped, pivots aside", "float", lo=0.0, hi=1.0,
+            grid=(0.5, 0.667, 0.778, 0.889)),
+    Setting("pivots", PIVOTS, "vision,text pivot tokens", "pair", lo=0),
+)
+
+
+def check_settings(settings: dict) -> None:
+    if sum(settings["pivots"]) < 1:
+        raise ArgumentError(f"dart.pivots must be two integers >= 0 (vision, text), not both 0, got "
+                            f"{settings['pivots']!r}")
+
+
+def vision_by_layer(num_layers: int, vision: int, text: int, k: int = 2, ratio: float = RATIO,
+                    pivots: tuple[int, int] = PIVOTS) -> list[int]:
+    """The vision tokens each decoder layer sees in prefill: all in layers ``0..k-1``, ``kept_count`` after
+    (every text token counted as a possible text pivot, as if all of it followed the image)."""
+    check_k(k, num_layers, lo=1, what="dart.k")
+    kept = kept_count(vision, text, ratio, tuple(pivots))
+    return [vision if i < k else kept for i in range(num_layers)]
 
 
 def kept_count(vision: int, text: int, ratio: float, pivots: tuple[int, int]) -> int:

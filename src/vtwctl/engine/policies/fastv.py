@@ -8,7 +8,28 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ...errors import check_k
+from ..registry import Setting
 from . import Policy, Tokens
+
+SETTINGS = (
+    Setting("k", 2, "the layer FastV drops at (layers 0..k-1 see every token; the paper's 2)", "int", lo=1,
+            grid=(2,)),
+    Setting("ratio", 0.5, "the fraction of vision tokens dropped (the authors' fastv_kvcache.py gives the kept "
+            "fraction)", "float", lo=0.0, hi=1.0, grid=(0.25, 0.5, 0.75, 0.9)),
+)
+
+
+def dropped_count(vision: int, ratio: float) -> int:
+    """How many of ``vision`` tokens FastV drops: ``round(vision * ratio)`` (Python's rounding)."""
+    return int(round(vision * ratio))
+
+
+def vision_by_layer(num_layers: int, vision: int, text: int, k: int = 2, ratio: float = 0.5) -> list[int]:
+    """The vision tokens each decoder layer sees in prefill: all in layers ``0..k-1``, the kept ones after."""
+    check_k(k, num_layers, lo=1, what="fastv.k")
+    kept = vision - dropped_count(vision, ratio)
+    return [vision if i < k else kept for i in range(num_layers)]
 
 
 def last_token_attention(attn: nn.Module, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
@@ -49,6 +70,6 @@ class FastV(Policy):
         drop = torch.zeros_like(vision)
         order = scores.argsort(1)  # least attended vision tokens first
         for row in range(vision.shape[0]):
-            n_drop = int(round(float(vision[row].sum()) * self.ratio))
+            n_drop = dropped_count(int(vision[row].sum()), self.ratio)
             drop[row, order[row, :n_drop]] = True
         return drop

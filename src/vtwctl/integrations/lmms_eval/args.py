@@ -19,8 +19,22 @@ from typing import Any
 from ...errors import VTWError, check_k
 from ...spec import AUTO, STOCK, Generation, K, RunSpec
 
-METHODS = ("vtw", "fastv", "dart", "baseline")
-OWN_K = {"fastv": "FastV", "dart": "DART"}  # the methods with their own layer (default 2)
+EXCLUDED = ("vtw-random", "rand")  # they draw per sample from run ids; lmms-eval's requests carry none
+OWN_K = {"fastv": "FastV", "dart": "DART"}  # the methods with their own layer ``k`` (default 2): their names
+LEGACY = {"pivots_image": ("dart", "pivots", 0), "pivots_text": ("dart", "pivots", 1)}  # DART's pivots, one each
+
+
+def methods() -> tuple[str, ...]:
+    """The ``method=`` values: every method of ``engine.registry`` but VTW† and Rand, and ``baseline``."""
+    from ...engine.registry import names
+
+    return tuple(m for m in names() if m not in EXCLUDED and m != "stock") + ("baseline",)
+
+
+def __getattr__(name: str):
+    if name == "METHODS":
+        return methods()
+    raise AttributeError(name)
 ALIASES = {"max_frames_num": "frames", "attn": "attn_implementation", "model": "pretrained"}
 IGNORED_ARGS = ("max_batch_size",)  # passed by lmms-eval's evaluator; vtwctl batches exactly batch_size rows
 
@@ -42,9 +56,7 @@ class Options:
     k: K = STOCK  # a layer, auto or stock (k=none, method=baseline); FastV, DART: its layer (default 2)
     method: str = "vtw"
     positions: str = "keep"
-    ratio: float = 0.5  # FastV's (default 0.5) or DART's (default 0.778) fraction of vision tokens dropped
-    pivots_image: int = 4  # DART's vision pivots
-    pivots_text: int = 4  # DART's text pivots
+    settings: dict = None  # the method's settings given by name (ratio=0.5, layers=8;16;24), checked
     eta: float | None = None
     calibration: str | None = None
     profile_dir: str | None = None
@@ -87,9 +99,51 @@ def _as_float(name: str, value: Any) -> float:
         raise VTWError(f"model_args {name} must be a number, got {value!r}") from None
 
 
+def setting_names() -> set[str]:
+    """Every setting name some method declares (model_args keys)."""
+    from ...engine.registry import METHODS as REGISTRY
+
+    return {s.name for m in REGISTRY.values() for s in m.settings()}
+
+
+def _method_settings(method: str, given: dict[str, Any]) -> dict:
+    """The method's settings among ``given`` (popped): its declared names (``ratio=0.5``; a list as ``8;16;24``,
+    since lmms-eval splits model_args on commas), FastV's/DART's ``k``, DART's ``pivots_image``/``pivots_text``;
+    checked by the method's declarations. ``{method: {name: value}}``; a setting of another method is refused."""
+    from ...engine.registry import members
+
+    out: dict[str, dict] = {}
+    for entry in members(method):
+        declared = {s.name for s in entry.settings()}
+        own: dict[str, Any] = {}
+        if "k" in declared and given.get("k") is not None:
+            own["k"] = _as_int("k", given.pop("k"), 1)
+        for name in sorted((declared - {"k"}) & set(given)):
+            value = given.pop(name)
+            own[name] = value.replace(";", ",").replace("|", ",") if isinstance(value, str) else value
+        legacy = {name: _as_int(name, given.pop(name), 0) for name in list(given)
+                  if name in LEGACY and LEGACY[name][0] == entry.name}
+        try:
+            if legacy:
+                pivots = list(entry.resolve({n: v for n, v in own.items() if n != "pivots"})["pivots"])
+                for name, value in legacy.items():
+                    pivots[LEGACY[name][2]] = value
+                own["pivots"] = tuple(pivots)
+            entry.resolve(own)
+        except ValueError as exc:
+            raise VTWError(f"model_args {exc}") from None
+        if own:
+            out[entry.name] = own
+    stray = sorted(set(given) & ((setting_names() - {"k"}) | set(LEGACY)))
+    if stray:
+        raise VTWError(f"model_args {', '.join(stray)}: not a setting of method={method} (docs/methods.md)")
+    return out
+
+
 def parse_model_args(args: dict[str, Any]) -> Options:
     """lmms-eval's parsed ``--model_args`` (plus its batch_size/device) -> checked ``Options``."""
-    names = {f.name for f in fields(Options)}
+    names = {f.name for f in fields(Options)} - {"settings"}
+    names |= setting_names() | set(LEGACY)
     given: dict[str, Any] = {}
     for key, value in args.items():
         key = ALIASES.get(key, key)
@@ -101,19 +155,28 @@ def parse_model_args(args: dict[str, Any]) -> Options:
             raise VTWError(f"unknown vtw model argument {key!r}{hint}; known: {', '.join(sorted(names))}")
         given[key] = value
     opts = Options()
+    from ...engine.registry import canonical, uses_k
+
     method = str(given.get("method", "vtw")).lower()
-    if method not in METHODS:
-        raise VTWError(f"model_args method must be one of {', '.join(METHODS)}, got {given['method']!r}")
+    try:
+        method = "baseline" if method == "baseline" else canonical(method)
+    except ValueError:
+        method = None
+    if method is None or method == "stock" or method in EXCLUDED:
+        raise VTWError(f"model_args method must be one of {', '.join(methods())} (or a composition such as "
+                       f"visionzip+vtw), got {given['method']!r}")
+    withdraws_at_k = method != "baseline" and uses_k(method)
     k = given.get("k")
-    if method == "vtw":
+    settings = _method_settings(method, given) if method != "baseline" else {}
+    if withdraws_at_k:
         if k is None:
             raise VTWError("say which K: k=INT (withdrawal layer), k=auto (from the calibration record), "
                            "k=none or method=baseline (stock model)")
         k = K.parse(k, what="model_args k", stock_words=True)
     elif method in OWN_K:
-        k = K(_as_int("k", 2 if k is None else k, 1))
-    elif k is not None:
-        raise VTWError("method=baseline runs the stock model; drop k")
+        k = K(settings.get(method, {}).get("k", 2))
+    elif given.get("k") is not None:
+        raise VTWError(f"method={method} has no K of the run; drop k (its settings: docs/methods.md)")
     else:
         k = STOCK
     positions = str(given.get("positions", "keep")).lower()
@@ -121,12 +184,6 @@ def parse_model_args(args: dict[str, Any]) -> Options:
         raise VTWError(f"model_args positions must be keep or rearrange, got {given['positions']!r}")
     if positions == "rearrange" and method != "vtw":
         raise VTWError("positions=rearrange applies to method=vtw only")
-    ratio = _as_float("ratio", given.get("ratio", 0.778 if method == "dart" else opts.ratio))
-    if not 0.0 <= ratio <= 1.0:
-        raise VTWError(f"model_args ratio ({OWN_K.get(method, 'FastV')}) must be in [0, 1], got {ratio}")
-    pivots = tuple(_as_int(name, given.get(name, 4), 0) for name in ("pivots_image", "pivots_text"))
-    if (("pivots_image" in given or "pivots_text" in given) and method != "dart") or sum(pivots) < 1:
-        raise VTWError("model_args pivots_image/pivots_text are DART's (method=dart), not both 0")
     eta = _as_float("eta", given["eta"]) if "eta" in given else None
     if eta is not None and eta <= 0:
         raise VTWError(f"model_args eta must be positive, got {eta}")
@@ -135,7 +192,7 @@ def parse_model_args(args: dict[str, Any]) -> Options:
         raise VTWError("batch_size=auto is not supported by the vtw model; give an integer")
     opts = replace(
         opts, pretrained=str(given.get("pretrained", opts.pretrained)), k=k, method=method, positions=positions,
-        ratio=ratio, pivots_image=pivots[0], pivots_text=pivots[1], eta=eta, calibration=given.get("calibration"),
+        settings=settings, eta=eta, calibration=given.get("calibration"),
         profile_dir=given.get("profile_dir"),
         batch_size=_as_int("batch_size", batch, 1), device=str(given.get("device", "auto")),
         dtype=str(given.get("dtype", "auto")), attn_implementation=given.get("attn_implementation"),
@@ -149,14 +206,9 @@ def parse_model_args(args: dict[str, Any]) -> Options:
 
 def run_spec(opts: Options) -> RunSpec:
     """The run specification of checked model arguments (K ``auto`` is resolved per task: ``resolve_k``)."""
-    own = opts.k.layer if opts.method in OWN_K and opts.k.layer is not None else 2
-    fastv, dart = opts.method == "fastv", opts.method == "dart"
-    return RunSpec(model=opts.pretrained, k=opts.k if opts.method == "vtw" else STOCK,
-                   method="stock" if opts.method == "baseline" else opts.method,
-                   fastv_k=own if fastv else 2, fastv_ratio=opts.ratio if fastv else 0.5,
-                   dart_k=own if dart else 2, dart_ratio=opts.ratio if dart else 0.778,
-                   dart_pivots=(opts.pivots_image, opts.pivots_text),
-                   positions=opts.positions, generation=Generation(max_new_tokens=opts.max_new_tokens),
+    return RunSpec(model=opts.pretrained, k=opts.k, method="stock" if opts.method == "baseline" else opts.method,
+                   settings=opts.settings or {}, positions=opts.positions,
+                   generation=Generation(max_new_tokens=opts.max_new_tokens),
                    batch_size=opts.batch_size, device=opts.device, dtype=opts.dtype,
                    attn_implementation=opts.attn_implementation, trust_remote_code=opts.trust_remote_code)
 
@@ -178,11 +230,21 @@ def resolve_k(opts: Options, model_name: str, num_layers: int, task: str) -> tup
     with no vtwctl dataset: the model-wide ``"*"`` record) by the one rule (``vtwctl.spec.K``)."""
     if opts.method == "baseline" or opts.k == STOCK:
         return None, "stock model"
-    if opts.method in OWN_K:
-        name = OWN_K[opts.method]
-        check_k(opts.k.layer, num_layers, lo=1, what=f"{name} k")
-        pivots = f", pivots {opts.pivots_image}+{opts.pivots_text}" if opts.method == "dart" else ""
-        return opts.k.layer, f"{name} at layer {opts.k.layer}, ratio {opts.ratio}{pivots}"
+    from ...engine.registry import uses_k
+
+    if not uses_k(opts.method):  # the methods with their own layers: their settings
+        spec = opts.spec if opts.spec is not None else run_spec(opts)
+        policy_name = opts.method.split("+")[-1]
+        if opts.method in OWN_K:
+            check_k(opts.k.layer, num_layers, lo=1, what=f"{OWN_K[opts.method]} k")
+        options = spec.options()
+        if opts.method == "dart":
+            p = options["pivots"]
+            return opts.k.layer, f"DART at layer {opts.k.layer}, ratio {options['ratio']}, pivots {p[0]}+{p[1]}"
+        if opts.method in OWN_K:
+            return opts.k.layer, f"{OWN_K[opts.method]} at layer {opts.k.layer}, ratio {options['ratio']}"
+        shown = ", ".join(f"{n} {v}" for n, v in options.items())
+        return spec.own_layer(), f"{policy_name} ({shown})"
     if opts.k != AUTO:
         return opts.k.resolve(num_layers).k, "k from model_args"
     dataset = opts.calibration or dataset_for_task(task) or "*"

@@ -105,10 +105,10 @@ class Runner:
         """The run specification of ``task``'s requests: the model arguments' with K resolved for the task."""
         spec = self.opts.spec if self.opts.spec is not None else run_spec(self.opts)
         k = self.k_for(task)
-        if spec.method == "fastv":
-            return spec if k is None else replace(spec, fastv_k=k)
-        if spec.method == "dart":
-            return spec if k is None else replace(spec, dart_k=k)
+        from ...engine.registry import uses_k
+
+        if not uses_k(spec.method):  # the stock model, and the methods with their own layers (their settings)
+            return spec
         return replace(spec, k=STOCK if k is None else K(k))
 
     def _engine(self, task: str):
@@ -117,8 +117,7 @@ class Runner:
 
         spec = self.spec_for(task)
         k = spec.layer(self.loaded.num_layers)
-        return context(self.loaded.model, spec.method, k, spec.positions, fastv_k=spec.fastv_k,
-                       fastv_ratio=spec.fastv_ratio, dart=spec.dart)
+        return context(self.loaded.model, spec.method, k, spec.positions, settings=spec.options())
 
     def _prepare(self, items: list[Item]) -> tuple[list, list, list]:
         """(prompts, images per row, video per row) for ``Loaded.build_inputs``; visuals read once."""
@@ -191,6 +190,10 @@ class Runner:
             full = self.loaded.build_inputs(prompts, images=images, videos=videos,
                                             continuations=[it.continuation for it in rows])
             n_cont = (full["attention_mask"].sum(1) - ctx_inputs["attention_mask"].sum(1)).tolist()
+            from ...methods import prepare
+
+            spec = self.spec_for(rows[0].task)
+            full = prepare(self.loaded.model, spec.method, full, spec.options())  # a reducer's inputs
             with self._engine(rows[0].task), torch.inference_mode():
                 logits = self.loaded.model(**full, use_cache=False).logits
             length = full["input_ids"].shape[1]
