@@ -35,7 +35,10 @@ from torch import nn
 from ...errors import ArgumentError, VTWError
 
 DEFAULTS = {"dominant": 54, "contextual": 10}  # the authors' LLaVA-1.5 setting: 64 tokens
-PRESETS = {64: (54, 10), 128: (108, 20), 192: (191, 30)}  # the paper's LLaVA-1.5 settings (total: dominant, contextual)
+# LLaVA-1.5 settings by total tokens: (dominant, contextual). 64 is the authors' README; 128 and 192 as
+# third-party ports (LightCompress) configure the paper's rows. The authors' ``visionzip()`` defaults to
+# 191 + 30 (221 tokens), which is none of the paper's rows.
+PRESETS = {64: (54, 10), 128: (108, 20), 192: (162, 30)}
 TOWERS = {"clip_vision_model": True, "siglip_vision_model": False}  # tower model_type -> has a CLS token
 
 _WHY = {  # families that are not a flat tower feeding one projector, and why VisionZip is not ported to them
@@ -260,8 +263,8 @@ class VisionZip:
 
         def own(fn):
             def hook(*args, **kwargs):
-                if threading.get_ident() != thread:
-                    return None
+                if not torch.compiler.is_compiling() and threading.get_ident() != thread:
+                    return None  # another thread's call: stock (while dynamo traces, as the engine's _own)
                 return fn(*args, **kwargs)
             return hook
 
