@@ -64,12 +64,13 @@ def reference_forward(model, inputs: dict, k: int, rearrange: bool = False, drop
 
     ``rearrange``: layers >= k see text tokens renumbered 0, 1, 2, ... in each row (their rank
     among the row's non-vision tokens), the "Rearrange" variant of Table 6.
-    ``drop``: another set of keys to hide from layers >= k (FastV).
+    ``drop``: another set of keys to hide from layers >= k (FastV); with ``inputs_embeds`` instead of
+    ``input_ids`` (hand-built vision features: VisionZip), the vision positions.
     """
     text = decoder_layers(model)
-    ids, attn = inputs["input_ids"], inputs["attention_mask"].bool()
-    b, s = ids.shape
-    vision = (ids == IMAGE_ID) | (ids == VIDEO_ID) if _visual(inputs) else torch.zeros_like(attn)
+    ids, attn = inputs.get("input_ids"), inputs["attention_mask"].bool()  # inputs_embeds: give ``drop``
+    b, s = attn.shape
+    vision = (ids == IMAGE_ID) | (ids == VIDEO_ID) if ids is not None and _visual(inputs) else torch.zeros_like(attn)
     if drop is not None:
         vision = drop
     eye = torch.eye(s, dtype=torch.bool)[None, None]

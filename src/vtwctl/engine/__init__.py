@@ -5,6 +5,7 @@
 - ``ops``       the tensor work for the layers >= K: masks, rotary tables and positions, deepstack, scatter
 - ``plan``      pure tensor functions of the compressed layout (packing, key maps, masks, position shifts)
 - ``policies``  which tokens leave where (VTW, VTW†, Rand, FastV), one small file each
+- ``reducers``  methods that cut vision tokens before the language model (VisionZip); they compose with ``hooks``
 - ``support``   what the engine refuses, checked at entry and per call
 - ``compat``    every transformers internal the engine reads
 - ``families``  where the modules are in each model family
