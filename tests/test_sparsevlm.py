@@ -356,3 +356,52 @@ def test_a_wrong_second_stage_fails():
     text = ~(x["input_ids"] == IMAGE_ID) & x["attention_mask"].bool()
     assert torch.allclose(logits[text], staged_forward(model, x, right).logits[text], atol=1e-4)
     assert not torch.allclose(logits[text], staged_forward(model, x, wrong).logits[text], atol=1e-4)
+
+
+def test_select_over_packed_stages_matches_the_authors_per_row():
+    """The multi-stage interface without the engine: ``select`` on a padded batch, first on the call's tokens,
+    then on the packed kept tokens (``Tokens.index``/``layer`` as the multi-stage engine will give them, -1
+    for fill slots), against the authors' rule on each row's own compacted sequence."""
+    from types import SimpleNamespace
+
+    from vtwctl.engine.plan import pack
+
+    g = torch.Generator().manual_seed(3)
+    rows = [(2, 3, 15, 10), (0, 4, 12, 14)]  # padding, pre, vision, text
+    q0, hidden, heads, kv_heads, d = 30, 16, 4, 2, 8
+    vision = torch.zeros(2, q0, dtype=torch.bool)
+    valid = torch.zeros(2, q0, dtype=torch.bool)
+    for b, (pad, pre, nv, _) in enumerate(rows):
+        valid[b, pad:] = True
+        vision[b, pad + pre:pad + pre + nv] = True
+    embeds = torch.randn(2, q0, hidden, generator=g)
+    policy = SparseVLM(layers=(1, 3), counts=(8, 4))
+    policy.embeds = embeds
+    index = torch.arange(q0).expand(2, q0)
+    gone = torch.zeros_like(vision)
+    for stage, count in zip(policy.stages, policy.counts, strict=True):
+        n = index.shape[1]
+        q, k = torch.randn(2, heads, n, d, generator=g), torch.randn(2, kv_heads, n, d, generator=g)
+        policy.seen[stage - 1] = (q, k, d ** -0.5, None)
+        ok = index >= 0
+        cur_vision = vision.gather(1, index.clamp(min=0)) & ok
+        cur_valid = valid.gather(1, index.clamp(min=0)) & ok
+        tokens = SimpleNamespace(vision=cur_vision, valid=cur_valid, hidden=torch.zeros(2, n, hidden), past=0,
+                                 norm=None, index=torch.where(ok, index, -1), layer=stage)
+        drop = policy.select(tokens)
+        for b, (_, pre, nv, _) in enumerate(rows):
+            real = valid[b].nonzero().squeeze(1)
+            t_token_idx = authors_raters(embeds[b, real][None], pre, pre + nv)
+            slots = (cur_valid[b]).nonzero().squeeze(1)  # the row's current tokens, in order
+            cv = cur_vision[b, slots].nonzero().squeeze(1)
+            attn = authors_attention(q[b][:, slots][None], k[b].repeat_interleave(2, 0)[:, slots][None])
+            mask, _, _ = authors_topk(attn, int(cv[0]), len(cv), int(cv[-1]) + 1, t_token_idx, count)
+            want = torch.zeros(n, dtype=torch.bool)
+            want[slots[cv[~mask[0]]]] = True
+            assert torch.equal(drop[b], want), (stage, b)
+        full = torch.zeros_like(vision)
+        for b in range(2):
+            full[b, index[b][ok[b]]] = drop[b][ok[b]]
+        gone |= full
+        index = pack(valid & ~gone)  # the next stage's tokens: kept ones, right-aligned, -1 fill
+    assert (vision & ~gone).sum(1).tolist() == [4, 4] and policy.embeds is None  # cleared after the last stage
