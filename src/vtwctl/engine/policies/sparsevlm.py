@@ -151,12 +151,17 @@ class SparseVLM(Policy):
         self.layers = layers
         self.counts = stage_counts(layers, retain, counts)
         self.retain = retain if counts is None else None
-        self.stages = tuple(layer + 1 for layer in layers)
-        super().__init__(self.stages[0])
+        super().__init__(layers[0] + 1)
         self.observe_layers = tuple(sorted({0, *layers}))
         self.embeds: torch.Tensor | None = None  # [B, q, H]: layer 0's attention input (the rater source)
         self.seen: dict[int, tuple] = {}  # layer -> (queries, keys, scaling, mask) of its attention
         self.raters: torch.Tensor | None = None  # [B, q0]: this prefill's raters, in the call's layout
+
+    @property
+    def stages(self) -> tuple[int, ...]:
+        """The layers before which tokens leave: one after each of ``layers`` (a property, so that it overrides
+        the base class's default ``(k,)`` whether that is an attribute or a property)."""
+        return tuple(layer + 1 for layer in self.layers)
 
     def active(self, num_layers: int) -> bool:
         return self.k < num_layers
