@@ -29,7 +29,8 @@ import torch
 
 REGISTRY = {"vtw": "vtwctl.engine.policies.vtw:VTW", "vtw-random": "vtwctl.engine.policies.vtw_random:VTWRandom",
             "rand": "vtwctl.engine.policies.rand:Rand", "fastv": "vtwctl.engine.policies.fastv:FastV",
-            "dart": "vtwctl.engine.policies.dart:DART"}
+            "dart": "vtwctl.engine.policies.dart:DART",
+            "sparsevlm": "vtwctl.engine.policies.sparsevlm:SparseVLM"}
 
 
 @dataclass(frozen=True)
