@@ -165,6 +165,8 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            summary="the vision tokens least attended by the last prompt token at layer k-1 leave at k"),
     Method("dart", "vtwctl.engine.policies.dart:DART",
            summary="the vision tokens most duplicated by a few pivot tokens leave at k"),
+    Method("visionzip", "vtwctl.engine.reducers.visionzip:VisionZip", reducer=True,
+           summary="before the language model: dominant tokens by the tower's attention + merged contextual ones"),
 )}
 ALIASES = {"baseline": "stock", "vtw_random": "vtw-random", "vtw†": "vtw-random", "random": "rand"}
 

@@ -33,8 +33,20 @@ import torch
 from torch import nn
 
 from ...errors import ArgumentError, VTWError
+from ..registry import Setting
 
 DEFAULTS = {"dominant": 54, "contextual": 10}  # the authors' LLaVA-1.5 setting: 64 tokens
+SETTINGS = (
+    Setting("dominant", 54, "dominant tokens per image, by the tower's attention (the CLS among them on CLIP)",
+            "int", lo=1, grid=(54, 108, 162)),
+    Setting("contextual", 10, "contextual tokens per image, merged from the rest", "int", lo=0),
+)
+
+
+def vision_tokens(vision: int, dominant: int = 54, contextual: int = 10) -> int:
+    """The vision tokens the language model receives for an image of ``vision`` stock tokens (exact FLOPs)."""
+    return VisionZip(dominant, contextual).vision_tokens(vision)
+
 # LLaVA-1.5 settings by total tokens: (dominant, contextual). 64 is the authors' README; 128 and 192 as
 # third-party ports (LightCompress) configure the paper's rows. The authors' ``visionzip()`` defaults to
 # 191 + 30 (221 tokens), which is none of the paper's rows.
