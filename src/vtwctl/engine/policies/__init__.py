@@ -11,6 +11,8 @@ line to ``REGISTRY``.
 * ``Rand``       as many randomly drawn prompt tokens as there are vision tokens leave at K.
 * ``FastV``      the vision tokens least attended by the last prompt token at layer K-1 leave at K.
 * ``DART``       the vision tokens most duplicated by a few pivot tokens leave at K (docs/methods.md).
+* ``PyramidDrop`` in stages (layers 8, 16, 24): at each, the vision tokens still kept that the last
+                 instruction token attends to least leave, keeping a fraction λ (docs/methods.md).
 
 Optional parts of the interface: ``observe_layers`` (attention modules whose inputs the policy reads,
 through ``observe``: FastV's attention scores) and ``fill`` (what the output of a withdrawn position
@@ -23,7 +25,7 @@ says which token of the call each one is, ``Tokens.layer`` which stage it is), a
 leave; the layers of stage j run on its kept tokens and cache exactly those. ``Tokens.attention()`` gives
 the inputs the stage layer's attention module would get for those tokens before the selection (its input
 norm applied, rotary tables, a mask), from which a policy computes that layer's attention scores with any
-attention implementation. ``observe`` at a layer inside a later stage receives the packed
+attention implementation (PyramidDrop). ``observe`` at a layer inside a later stage receives the packed
 tokens. A single-stage policy is the one-stage case: nothing changes for it.
 """
 
@@ -38,7 +40,7 @@ import torch
 
 REGISTRY = {"vtw": "vtwctl.engine.policies.vtw:VTW", "vtw-random": "vtwctl.engine.policies.vtw_random:VTWRandom",
             "rand": "vtwctl.engine.policies.rand:Rand", "fastv": "vtwctl.engine.policies.fastv:FastV",
-            "dart": "vtwctl.engine.policies.dart:DART"}
+            "dart": "vtwctl.engine.policies.dart:DART", "pdrop": "vtwctl.engine.policies.pyramid_drop:PyramidDrop"}
 
 
 @dataclass(frozen=True)
