@@ -133,3 +133,50 @@ def reference_greedy(model, inputs: dict, k: int, steps: int, suppress: list[int
         new.append(tok)
         cur = extend(cur, tok, family)
     return torch.cat(new, 1)
+
+
+def reference_stages(model, inputs: dict, drops: list, rearrange: bool = False, **model_kwargs):
+    """The stock model output of a withdrawal in stages, computed by masking (PyramidDrop).
+
+    ``drops``: ``[(layer, [B, S] bool), ...]``; layer i may not attend to the keys of every drop whose layer
+    is <= i (the stages add up). ``rearrange``: layer i sees the tokens it may attend to renumbered
+    0, 1, 2, ... in each row (padding counts, as in ``reference_forward``). ``model_kwargs``:
+    output_attentions (eager), output_hidden_states...
+    """
+    text = decoder_layers(model)
+    b, s = inputs["input_ids"].shape
+    eye = torch.eye(s, dtype=torch.bool)[None, None]
+    impl = model.config.get_text_config()._attn_implementation
+    seen = {}
+
+    def grab_rotary(module, args, kwargs):
+        seen.setdefault("pos", args[1] if len(args) > 1 else kwargs["position_ids"])
+
+    def hide(layer_idx):
+        hidden_keys = torch.zeros(b, s, dtype=torch.bool)
+        for k, drop in drops:
+            if k <= layer_idx:
+                hidden_keys = hidden_keys | drop
+
+        def hook(module, args, kwargs):
+            hidden = args[0] if args else kwargs["hidden_states"]
+            allowed = (_allowed(kwargs["attention_mask"], b, s) & ~hidden_keys[:, None, None, :]) | eye
+            mask = allowed if impl == "sdpa" else torch.where(allowed, 0.0, torch.finfo(hidden.dtype).min)
+            new = {**kwargs, "attention_mask": mask}
+            if rearrange:
+                rank = (~hidden_keys).long().cumsum(1) - 1
+                pos = rank.expand(*seen["pos"].shape[:-2], b, s) if seen["pos"].ndim == 3 else rank
+                new["position_embeddings"] = text.rotary_emb(hidden, pos)
+            return args, new
+        return hook
+
+    first = min((k for k, _ in drops), default=len(text.layers))
+    handles = [text.rotary_emb.register_forward_pre_hook(grab_rotary, with_kwargs=True)]
+    handles += [text.layers[i].register_forward_pre_hook(hide(i), with_kwargs=True)
+                for i in range(first, len(text.layers))]
+    try:
+        with torch.no_grad():
+            return model(**inputs, use_cache=False, **model_kwargs)
+    finally:
+        for h in handles:
+            h.remove()

@@ -120,7 +120,7 @@ class Method:
 
     def resolve(self, given: Mapping[str, Any] | None = None) -> dict:
         """Every setting of the method: the defaults, ``given`` over them, each checked (unknown names refused),
-        then the method's own ``check_settings`` where it has one (DART: not both pivot counts 0)."""
+        then the method's own ``validate(settings)`` where it has one (DART: not both pivot counts 0)."""
         declared = {s.name: s for s in self.settings()}
         out = self.defaults()
         for name, value in (given or {}).items():
@@ -128,7 +128,7 @@ class Method:
                 known = ", ".join(declared) or "none"
                 raise ArgumentError(f"{self.name} has no setting {name!r} (its settings: {known})")
             out[name] = declared[name].parse(value, f"{self.name}.{name}")
-        check = getattr(self.module(), "check_settings", None) if self.target else None
+        check = getattr(self.module(), "validate", None) if self.target else None
         if check is not None:
             check(out)
         return out
@@ -165,6 +165,12 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            summary="the vision tokens least attended by the last prompt token at layer k-1 leave at k"),
     Method("dart", "vtwctl.engine.policies.dart:DART",
            summary="the vision tokens most duplicated by a few pivot tokens leave at k"),
+    Method("pdrop", "vtwctl.engine.policies.pyramid_drop:PyramidDrop",
+           summary="in stages (layers 8/16/24), the vision tokens least attended by the last instruction token "
+                   "leave, λ of them kept per stage"),
+    Method("sparsevlm", "vtwctl.engine.policies.sparsevlm:SparseVLM",
+           summary="after layers 2/6/15, the vision tokens least attended by text raters leave (v1.5 counts; "
+                   "no recycling)"),
     Method("visionzip", "vtwctl.engine.reducers.visionzip:VisionZip", reducer=True,
            summary="before the language model: dominant tokens by the tower's attention + merged contextual ones"),
 )}

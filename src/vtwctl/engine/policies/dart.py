@@ -34,7 +34,7 @@ SETTINGS = (
 )
 
 
-def check_settings(settings: dict) -> None:
+def validate(settings: dict) -> None:
     if sum(settings["pivots"]) < 1:
         raise ArgumentError(f"dart.pivots must be two integers >= 0 (vision, text), not both 0, got "
                             f"{settings['pivots']!r}")

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import torch
 
+from ...errors import ArgumentError
+from ..registry import Setting
 from . import Policy, Tokens
 
 LAYERS = (2, 6, 15)  # the authors' pruning_loc: the layers whose attention scores; tokens leave after them
@@ -35,6 +37,20 @@ COUNTS = {  # score.py sparse_token_dict (v1.5 rule, USE_VERSION unset): vision 
 }
 RETAIN = 192  # RETAIN_TOKN's default
 DEFAULTS = {"layers": LAYERS, "retain": RETAIN}
+SETTINGS = (
+    Setting("layers", LAYERS, "the layers whose raters' attention scores; tokens leave after each", "ints", lo=0),
+    Setting("retain", RETAIN, "the authors' token budget (64, 96, 128 or 192: their kept count per stage)", "int",
+            lo=1, grid=(64, 96, 128, 192)),
+)
+
+
+def validate(settings: dict) -> None:
+    try:
+        stage_counts(settings["layers"], settings["retain"])
+    except ValueError as exc:
+        raise ArgumentError(str(exc)) from None
+
+
 RECYCLE_SHARE = 0.3  # the best 30 % of the dropped tokens are recycled
 CLUSTER_SIZE = 10  # one recycled token per 10 of them (int(m / 10) + 1)
 
