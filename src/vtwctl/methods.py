@@ -77,7 +77,8 @@ def context(model: nn.Module, method: str, k: int | None = None, positions: str 
             raise ValueError("rand needs one seed per batch row")
         return rand_drop(model, n if k is None else k, seeds, positions)
     own = policy.resolve({name: v for name, v in options.items() if name in policy.defaults()})
-    return apply(model, policy.cls()(**own), lo=1, what=f"{policy.name}.k")  # at the original positions
+    cls = policy.cls()  # the positions the authors' code gives the kept tokens (PyramidDrop: renumbered)
+    return apply(model, cls(**own), getattr(cls, "positions", "keep"), lo=1, what=f"{policy.name}.k")
 
 
 @contextlib.contextmanager

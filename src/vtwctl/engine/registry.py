@@ -145,13 +145,11 @@ class Method:
         return int(self.module().vision_tokens(vision, **self.resolve(settings)))
 
     def layer(self, settings: Mapping[str, Any]) -> int | None:
-        """The method's own first layer (its ``k``, or the first of its ``layers``), shown in reports as K."""
-        full = self.resolve(settings)
-        if "k" in full:
-            return int(full["k"])
-        if "layers" in full:
-            return int(full["layers"][0])
-        return None
+        """The method's first withdrawal layer (its policy's ``k``: FastV's and DART's k, PyramidDrop's first
+        stage, SparseVLM's first scoring layer + 1), shown in reports as K; None for a reducer."""
+        if not self.target or self.reducer:
+            return None
+        return int(self.cls()(**self.resolve(settings)).k)
 
 
 METHODS: dict[str, Method] = {m.name: m for m in (

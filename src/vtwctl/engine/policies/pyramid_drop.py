@@ -88,6 +88,7 @@ class PyramidDrop(Policy):
     """Vision tokens leave before each of ``layers``; each stage keeps the fraction ``ratio`` (λ) of them."""
 
     name = "pdrop"
+    positions = "rearrange"  # what run/profile/lmms-eval use: the authors renumber the kept tokens per stage
 
     def __init__(self, layers=LAYERS, ratio: float = RATIO):
         self.layers = check_settings(layers, ratio)
