@@ -56,10 +56,10 @@ def test_run_spec_settings_are_checked_and_filled_in():
 
 
 def test_vision_tokens_per_layer_by_hand():
-    """FastV drops round(V * ratio) (the policy's count): 5 tokens at 0.5 drop round(2.5) = 2, keep 3; DART
+    """FastV keeps round(V * (1 - ratio)) (the authors' topk count): 5 tokens at 0.5 keep round(2.5) = 2; DART
     keeps 2 + (round(40 * 0.5) // 4) * 4 = 22 of 40 with 2 + 2 pivots; VisionZip hands the model 6 + 3."""
-    assert METHODS["fastv"].vision_by_layer(4, 5, 10, {"k": 1, "ratio": 0.5}) == [5, 3, 3, 3]
-    assert METHODS["fastv"].vision_by_layer(3, 3, 10, {"ratio": 0.5}) == [3, 3, 1]  # round(1.5) = 2 dropped
+    assert METHODS["fastv"].vision_by_layer(4, 5, 10, {"k": 1, "ratio": 0.5}) == [5, 2, 2, 2]
+    assert METHODS["fastv"].vision_by_layer(3, 3, 10, {"ratio": 0.5}) == [3, 3, 2]  # round(1.5) = 2 kept
     assert METHODS["dart"].vision_by_layer(3, 40, 10, {"k": 1, "ratio": 0.5, "pivots": (2, 2)}) == [40, 22, 22]
     assert METHODS["visionzip"].vision_tokens(16, {"dominant": 6, "contextual": 3}) == 9
     with pytest.raises(ArgumentError, match="out of range"):

@@ -21,8 +21,9 @@ SETTINGS = (
 
 
 def dropped_count(vision: int, ratio: float) -> int:
-    """How many of ``vision`` tokens FastV drops: ``round(vision * ratio)`` (Python's rounding)."""
-    return int(round(vision * ratio))
+    """How many of ``vision`` tokens FastV drops: all but the ``round(vision * (1 - ratio))`` it keeps (the
+    authors' ``topk(round(image_token_length * kept_ratio))``, Python's rounding)."""
+    return vision - int(round(vision * (1.0 - ratio)))
 
 
 def vision_by_layer(num_layers: int, vision: int, text: int, k: int = 2, ratio: float = 0.5) -> list[int]:
