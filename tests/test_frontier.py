@@ -29,9 +29,9 @@ def test_the_grid_by_hand():
         assert words in str(err.value), (given, str(err.value))
 
 
-def _records(path, rows, shard="0/1"):
+def _records(path, rows, shard="0/1", first=0):
     with open(path, "w") as f:
-        for i, (correct, vision, text) in enumerate(rows):
+        for i, (correct, vision, text) in enumerate(rows, first):
             f.write(json.dumps({"id": f"s{i}", "correct": correct, "num_vision_tokens": vision,
                                 "num_text_tokens": text, "shard": shard,
                                 "meta": {"format": "count", "chance": 0.25}}) + "\n")
@@ -79,7 +79,7 @@ def test_missing_shards_are_named(tmp_path):
     dims = dims_for("llava-1.5-7b")
     points = [F.Point("stock")]
     _records(F.point_file(tmp_path, points[0], (0, 3)), [(True, 576, 60)], shard="0/3")
-    _records(F.point_file(tmp_path, points[0], (2, 3)), [(False, 576, 60)], shard="2/3")
+    _records(F.point_file(tmp_path, points[0], (2, 3)), [(False, 576, 60)], shard="2/3", first=2)
     rep = F.report(tmp_path, points, tasks.get("shapes"), dims, RunSpec(), "m")
     assert rep.rows[0].samples == 2 and rep.rows[0].missing_shards == ["1/3"]
     assert any("1/3" in w for w in rep.warnings)
