@@ -20,7 +20,8 @@ def test_a_setting_parses_and_checks_its_values():
     pair = Setting("pivots", (4, 4), "", "pair", lo=0)
     assert pair.parse("2,0", "x") == (2, 0)
     k = Setting("k", 2, "", "int", lo=1)
-    for setting, bad, words in [(ratio, "1.5", "x must be in [0, 1]"), (ratio, "nan", "a number"),
+    for setting, bad, words in [(ratio, "1.5", "x must be in [0, 1]"), (ratio, "nan", "in [0, 1]"),
+                                (ratio, "x", "a number"),
                                 (ratio, True, "a number"), (layers, "4,2", "increasing"), (layers, "", "comma list"),
                                 (layers, "0,2", ">= 1"), (pair, "1", "two integers"), (k, "2.5", "an integer"),
                                 (k, 0, ">= 1")]:

@@ -64,7 +64,9 @@ class Setting:
         return number
 
     def _bound(self, v: float, what: str) -> None:
-        if (self.lo is not None and v < self.lo) or (self.hi is not None and v > self.hi):
+        if not math.isfinite(v) and self.lo is None and self.hi is None:
+            raise ArgumentError(f"{what} must be a finite number, got {v!r}")
+        if not math.isfinite(v) or (self.lo is not None and v < self.lo) or (self.hi is not None and v > self.hi):
             rng = f"in [{self.lo:g}, {self.hi:g}]" if self.lo is not None and self.hi is not None else \
                 f">= {self.lo:g}" if self.lo is not None else f"<= {self.hi:g}"
             raise ArgumentError(f"{what} must be {rng}, got {v!r}")
@@ -85,10 +87,7 @@ def _number(value: Any, kind: str) -> float | int:
             return int(value)
         return int(str(value).strip()) if isinstance(value, str) else int(value) if isinstance(value, int) else \
             _fail(value)
-    number = float(value.strip()) if isinstance(value, str) else float(value)
-    if not math.isfinite(number):
-        raise ValueError(value)
-    return number
+    return float(value.strip()) if isinstance(value, str) else float(value)  # non-finite: refused by the bounds
 
 
 def _fail(value: Any):

@@ -228,9 +228,10 @@ def resolve_k(opts: Options, model_name: str, num_layers: int, task: str) -> tup
 
     ``k=auto`` takes the record of the vtwctl dataset matching ``task`` (or ``calibration=``; a task
     with no vtwctl dataset: the model-wide ``"*"`` record) by the one rule (``vtwctl.spec.K``)."""
-    if opts.method == "baseline" or opts.k == STOCK:
-        return None, "stock model"
     from ...engine.registry import uses_k
+
+    if opts.method == "baseline" or (uses_k(opts.method) and opts.k == STOCK):
+        return None, "stock model"
 
     if not uses_k(opts.method):  # the methods with their own layers: their settings
         spec = opts.spec if opts.spec is not None else run_spec(opts)
