@@ -7,6 +7,7 @@ prefill FLOPs ratio to the stock model and the measured prefill speed-up, and th
 FLOPs saving shows in time"). No timed assertion: a result to read.
 
     python bench/methods_latency.py                                     # the demo model on shapes sample 0, CPU
+    python bench/methods_latency.py --bench-llava 12 --k 6 --out bench/results/methods_latency_llava_shape.json
     python bench/methods_latency.py --model llava-1.5-7b --k 16 --device cuda --out bench/results/methods_gpu.json
 """
 
@@ -29,6 +30,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--k", type=int, default=4, help="VTW's K (and visionzip+vtw's)")
     ap.add_argument("--methods", default="stock,vtw,fastv,dart,pdrop,sparsevlm,visionzip,visionzip+vtw")
     ap.add_argument("--paper-settings", action="store_true", help="the authors' defaults, not the demo's scaling")
+    ap.add_argument("--bench-llava", type=int, default=None, metavar="LAYERS",
+                    help="a LLaVA-1.5-shaped model with random weights instead (576 vision tokens, Llama LAYERS x "
+                         "1024; testing.checkpoints.save_bench_llava); stage layers scaled from the authors' 32")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--device", default="cpu")
@@ -43,13 +47,24 @@ def main(argv: list[str] | None = None) -> dict:
     from vtwctl.measure import Protocol
     from vtwctl.spec import RunSpec
 
+    settings = {} if args.paper_settings else DEMO_SETTINGS
+    if args.bench_llava:
+        import tempfile
+
+        from vtwctl.testing.checkpoints import save_bench_llava
+
+        n = args.bench_llava
+        args.model = str(save_bench_llava(Path(tempfile.mkdtemp()) / "bench-llava", num_layers=n))
+        scaled = sorted({max(1, round(n * f / 32)) for f in (8, 16, 24)})  # the authors' 8/16/24 of 32 layers
+        settings = {"pdrop": {"layers": tuple(scaled)},
+                    "sparsevlm": {"layers": tuple(sorted({round(n * f / 32) for f in (2, 6, 15)}))}}
     loaded = load(args.model, device=args.device, dtype=args.dtype)
     from vtwctl.evaluate import select
 
     task = tasks.get(args.dataset)
     s = list(select(task, None, None, args.index + 1, (0, 1)).decoded())[-1]
     inputs = loaded.build_inputs([s.prompt], images=[list(s.images or [])], videos=[s.video])
-    spec = RunSpec(model=args.model, settings={} if args.paper_settings else DEMO_SETTINGS)
+    spec = RunSpec(model=args.model, settings=settings)
     rows = tuple(m.strip() for m in args.methods.split(",") if m.strip())
     table, _, tokens = measured_rows(loaded, inputs, [args.k], spec, Protocol(2, args.warmup, args.repeats),
                                      method="exact", rows=rows)

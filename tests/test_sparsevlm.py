@@ -405,3 +405,16 @@ def test_select_over_packed_stages_matches_the_authors_per_row():
         gone |= full
         index = pack(valid & ~gone)  # the next stage's tokens: kept ones, right-aligned, -1 fill
     assert (vision & ~gone).sum(1).tolist() == [4, 4] and policy.embeds is None  # cleared after the last stage
+
+
+def test_raters_when_every_candidate_rates_alike():
+    """Equal text states give every candidate the same share: all of them rate (the authors' ``>`` finds none)."""
+    from vtwctl.engine.policies.sparsevlm import rater_mask
+
+    embeds = torch.zeros(8, 4)
+    embeds[:5] = torch.tensor([1.0, 2.0, 3.0, 4.0])  # vision (and prompt) states; the text states all zero
+    vision = torch.tensor([False, True, True, True, False, False, False, False])
+    text = torch.tensor([False] * 5 + [True] * 3)
+    assert rater_mask(embeds, vision, text).tolist() == [False] * 5 + [True] * 3
+    embeds[7] = embeds[1]  # one text token like the vision tokens: it alone is above the mean
+    assert rater_mask(embeds, vision, text).tolist() == [False] * 7 + [True]

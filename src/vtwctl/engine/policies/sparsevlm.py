@@ -93,7 +93,10 @@ def rater_mask(embeds: torch.Tensor, vision: torch.Tensor, text: torch.Tensor) -
     if not bool(vision.any()) or not bool(text.any()):
         return out
     m = (embeds[vision].float() @ embeds[text].float().T).softmax(1).mean(0)  # [T]
-    out[text.nonzero().squeeze(1)[m > m.mean()]] = True
+    above = m > m.mean()
+    if not bool(above.any()):  # every candidate rates alike (all equal): all of them rate, not none
+        above = m >= m.mean()
+    out[text.nonzero().squeeze(1)[above]] = True
     return out
 
 
