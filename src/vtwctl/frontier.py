@@ -306,8 +306,8 @@ def _mark_pareto(rows: list[Row]) -> None:
 
 
 def plot(frontier: Frontier, path: str | Path) -> None:
-    """Accuracy against TFLOPs, one line per method through its points in TFLOPs order (Fig. 8(a)); the stock
-    model a star; the budget a dashed line."""
+    """Accuracy against TFLOPs (Fig. 8(a)): per method a line through its Pareto points and hollow markers for
+    its other points; the stock model a star; the budget a dashed line."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -315,13 +315,20 @@ def plot(frontier: Frontier, path: str | Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     try:
-        for method in dict.fromkeys(r.point.method for r in frontier.rows):
+        for i, method in enumerate(dict.fromkeys(r.point.method for r in frontier.rows)):
             mine = sorted((r for r in frontier.rows if r.point.method == method), key=lambda r: r.tflops)
-            xs, ys = [r.tflops for r in mine], [100 * r.accuracy for r in mine]
             if method == "stock":
-                ax.scatter(xs, ys, marker="*", s=160, color="black", label="stock", zorder=3)
-            else:
-                ax.plot(xs, ys, marker="o", label=method)
+                ax.scatter([r.tflops for r in mine], [100 * r.accuracy for r in mine], marker="*", s=160,
+                           color="black", label="stock", zorder=3)
+                continue
+            color = f"C{i % 10}"
+            front = [r for r in mine if r.pareto]  # the method's frontier: a line; its other points: markers
+            ax.plot([r.tflops for r in front], [100 * r.accuracy for r in front], marker="o", color=color,
+                    label=method)
+            rest = [r for r in mine if not r.pareto]
+            if rest:
+                ax.scatter([r.tflops for r in rest], [100 * r.accuracy for r in rest], marker="o", s=18,
+                           facecolors="none", edgecolors=color, alpha=0.8)
         if frontier.budget is not None:
             ax.axvline(frontier.budget, linestyle="--", color="grey", label=f"budget {frontier.budget:.3g} TFLOPs")
         ax.set_xlabel("prefill TFLOPs per sample (exact)")
