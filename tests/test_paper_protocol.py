@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from console import script
 from vtwctl.evaluate import read_records
 
 
+@pytest.mark.slow  # over 30 s: in CI's slow step (-m slow)
 def test_compare_halves_equal_two_separate_runs():
     both = script("run", "--example", "2", "--k", "4", "--compare", "--json")
     assert both.returncode == 0, both.stderr[-2000:]
@@ -25,6 +28,7 @@ def test_compare_halves_equal_two_separate_runs():
     assert bad.returncode == 2 and "--compare" in bad.stderr
 
 
+@pytest.mark.slow  # over 30 s: in CI's slow step (-m slow)
 def test_table_2_rows_in_a_benchmark_run(tmp_path):
     out = {m: tmp_path / f"{m}.jsonl" for m in ("rand", "vtw-random", "fastv")}
     for m, path in out.items():

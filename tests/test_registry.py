@@ -46,6 +46,8 @@ def test_run_spec_settings_are_checked_and_filled_in():
     assert spec.settings == {"dart": {"ratio": 0.5}}
     assert RunSpec(fastv_k=3, dart_pivots=(2, 2)).settings == {"fastv": {"k": 3}, "dart": {"pivots": (2, 2)}}
     assert spec.with_options("fastv", ratio=0.9).options("fastv") == {"k": 2, "ratio": 0.9}
+    same = RunSpec(method="dart", dart_ratio=0.5)  # the old field name, the same spec
+    assert same == spec and hash(same) == hash(spec) and len({same, spec, RunSpec(method="dart")}) == 2
     assert RunSpec(method="visionzip+vtw", k=4).options() == {"dominant": 54, "contextual": 10}
     assert RunSpec(method="fastv", k=4).k.stock and RunSpec(method="visionzip+vtw", k=4).k.layer == 4
     for settings, words in [({"nope": {"k": 1}}, "unknown method"), ({"dart": {"size": 1}}, "no setting 'size'"),

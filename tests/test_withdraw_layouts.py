@@ -139,6 +139,7 @@ def test_a_family_without_an_entry_gets_the_generic_adapter():
         adapter_for(text_only)
 
 
+@pytest.mark.slow  # over 30 s: in CI's slow step (-m slow)
 def test_a_compiled_model_sees_the_hooks_inside_and_not_after_the_block():
     """torch.compile (dynamo; the eager backend, so no code generation). Dynamo skips module-hook guards by
     default, so a graph compiled before the block would run in place of withdrawal inside it (the stock logits,

@@ -323,6 +323,10 @@ class RunSpec:
             raise ArgumentError("--compile decodes greedily with VTW or the stock model at the original positions: "
                                 "drop --sample, --method other than vtw/stock and --positions rearrange")
 
+    def __hash__(self) -> int:  # ``settings`` is a dict: hashed as its sorted items
+        frozen = tuple(sorted((m, tuple(sorted(v.items()))) for m, v in self.settings.items()))
+        return hash(tuple(frozen if f.name == "settings" else getattr(self, f.name) for f in fields(self)))
+
     def options(self, method: str | None = None) -> dict:
         """Every setting of ``method`` (default: this run's; of a composition, its reducer's and its policy's
         together), the defaults filled in."""

@@ -56,7 +56,7 @@ class Options:
     k: K = STOCK  # a layer, auto or stock (k=none, method=baseline); FastV, DART: its layer (default 2)
     method: str = "vtw"
     positions: str = "keep"
-    settings: dict = None  # the method's settings given by name (ratio=0.5, layers=8;16;24), checked
+    settings: dict | None = None  # the method's settings given by name (ratio=0.5, layers=8;16;24), checked
     eta: float | None = None
     calibration: str | None = None
     profile_dir: str | None = None
