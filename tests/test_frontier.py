@@ -20,6 +20,13 @@ def test_the_grid_by_hand():
                       "visionzip+vtw K=2 dominant=6 contextual=10", "visionzip+vtw K=2 dominant=9 contextual=10",
                       "visionzip+vtw K=4 dominant=6 contextual=10", "visionzip+vtw K=4 dominant=9 contextual=10"]
     assert F.parse_grid(["pdrop.layers=2,4,6;1,3,5"]) == {"pdrop": {"layers": ["2,4,6", "1,3,5"]}}
+    # --set pins a setting instead of its declared grid; a grid beside it sweeps the other one
+    pinned = F.grid(["pdrop"], 8, F.parse_grid(["pdrop.ratio=0.25;0.5"]), fixed={"pdrop": {"layers": (2, 4, 6)}})
+    assert [p.label for p in pinned] == ["stock", "pdrop layers=2,4,6 ratio=0.25", "pdrop layers=2,4,6 ratio=0.5"]
+    assert pinned[1].spec(RunSpec(settings={"pdrop": {"layers": (2, 4, 6)}})).options() == {
+        "layers": (2, 4, 6), "ratio": 0.25}
+    with pytest.raises(ArgumentError, match="below the model's 8 layers"):
+        F.grid(["pdrop"], 8)  # the authors' 8,16,24 do not fit an 8-layer model
     assert [p.k for p in F.grid(["vtw"], 32)][1:] == [4, 8, 12, 16, 20, 24, 28]  # eighths of the depth
     for given, words in [(["vtw.k=9"], "out of range"), (["fastv.size=1"], "no setting 'size'"),
                          (["dart.k=9"], "out of range"), (["fastv.ratio"], "METHOD.NAME="),

@@ -52,7 +52,7 @@ def test_run_spec_settings_are_checked_and_filled_in():
     assert RunSpec(method="fastv", k=4).k.stock and RunSpec(method="visionzip+vtw", k=4).k.layer == 4
     for settings, words in [({"nope": {"k": 1}}, "unknown method"), ({"dart": {"size": 1}}, "no setting 'size'"),
                             ({"dart": {"pivots": (0, 0)}}, "not both 0"), ({"fastv": {"ratio": 2}}, "[0, 1]"),
-                            ({"visionzip": {"dominant": 0}}, ">= 1")]:
+                            ({"visionzip": {"dominant": 0}}, ">= 1"), ({"dart": 0.5}, "a mapping")]:
         with pytest.raises(ValueError, match=None) as err:
             RunSpec(settings=settings)
         assert words in str(err.value)

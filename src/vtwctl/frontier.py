@@ -50,8 +50,10 @@ class Point:
         """``base`` (a ``RunSpec``) running this point."""
         from .spec import STOCK, RunSpec
 
-        return RunSpec.of(base, method=self.method, k=STOCK if self.k is None else self.k,
-                          settings={**base.settings, **{m: dict(v) for m, v in self.settings.items()}})
+        settings = {m: dict(v) for m, v in base.settings.items()}
+        for m, v in self.settings.items():
+            settings[m] = {**settings.get(m, {}), **v}
+        return RunSpec.of(base, method=self.method, k=STOCK if self.k is None else self.k, settings=settings)
 
     def to_dict(self) -> dict:
         return {"method": self.method, "k": self.k, "label": self.label,
@@ -91,14 +93,15 @@ def parse_grid(items: Sequence[str] | None) -> dict[str, dict[str, list]]:
 
 
 def grid(methods: Sequence[str], num_layers: int, given: Mapping[str, Mapping[str, list]] | None = None,
-         ks: Sequence[int] | None = None) -> list[Point]:
+         ks: Sequence[int] | None = None, fixed: Mapping[str, Mapping[str, Any]] | None = None) -> list[Point]:
     """The points of ``methods`` (registry names, compositions allowed): the stock model once; a method that
     withdraws at K over ``given["vtw"]["k"]`` (else ``ks``, else ``default_ks``); each method's own settings over
-    ``given[method][name]`` (else the setting's declared ``grid``; the product over its settings). Each value is
-    checked by the method's declaration; out-of-range layers are refused here, before any model runs."""
+    ``given[method][name]`` (else the value ``fixed`` pins, ``--set``; else the setting's declared ``grid``; the
+    product over its settings). Each value is checked by the method's declaration; out-of-range layers are
+    refused here, before any model runs."""
     from .engine.registry import canonical, members, parts
 
-    given = given or {}
+    given, fixed = given or {}, fixed or {}
     k_values = [int(k) for k in given.get("vtw", {}).get("k", [])] or list(ks or default_ks(num_layers))
     for k in k_values:
         if not 0 <= k <= num_layers:
@@ -112,7 +115,8 @@ def grid(methods: Sequence[str], num_layers: int, given: Mapping[str, Mapping[st
         axes: list[list[tuple[str, str, Any]]] = []
         for entry in members(name):
             for s in entry.settings():
-                values = given.get(entry.name, {}).get(s.name) or list(s.grid) or [s.default]
+                pinned = [fixed[entry.name][s.name]] if s.name in fixed.get(entry.name, {}) else None
+                values = given.get(entry.name, {}).get(s.name) or pinned or list(s.grid) or [s.default]
                 axes.append([(entry.name, s.name, s.parse(v, f"{entry.name}.{s.name}")) for v in values])
         combos = list(itertools.product(*axes)) if axes else [()]
         for k in (k_values if policy.uses_k else [None]):

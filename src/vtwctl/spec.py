@@ -297,6 +297,8 @@ class RunSpec:
             entry = REGISTRY.get(METHOD_ALIASES.get(str(name).lower(), str(name).lower()))
             if entry is None or not entry.target:
                 raise ArgumentError(f"settings for an unknown method {name!r}")
+            if not isinstance(values, dict):
+                raise ArgumentError(f"settings of {entry.name} must be a mapping of names to values, got {values!r}")
             full = entry.resolve(values)  # checked
             settings[entry.name] = {n: full[n] for n in values}
         object.__setattr__(self, "settings", settings)

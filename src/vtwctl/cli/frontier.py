@@ -89,7 +89,8 @@ def frontier(
         dims = dims_for(res.profile["name"] if res.profile else res.source)
     except OSError:
         raise VTWError(f"no dimensions for {model}: not a known short name and no local config") from None
-    points = lib.grid([m for m in methods.split(",") if m.strip()], dims.num_layers, lib.parse_grid(grid_))
+    points = lib.grid([m for m in methods.split(",") if m.strip()], dims.num_layers, lib.parse_grid(grid_),
+                      fixed=spec.settings)
     if not report_only:
         check_device(device)
         loaded = load_model(model, device, dtype, attn_implementation, trust_remote_code, "hf")
