@@ -17,6 +17,11 @@ DTYPE = typer.Option("auto", "--dtype", help="auto (bf16/fp16 on GPU, fp32 on CP
 ATTN = typer.Option(None, "--attn-implementation", help="eager, sdpa or flash_attention_2 (default: transformers').")
 JSON = typer.Option(False, "--json", help="Print one JSON object on stdout instead of text.")
 TRUST = typer.Option(False, "--trust-remote-code", help="Allow model code from the hub (off by default).")
+# DART's flags of run and profile (older spellings of --set dart.k/ratio/pivots)
+DART_K = typer.Option(None, "--dart-k", help="DART layer K (the authors' default 2).")
+DART_RATIO = typer.Option(None, "--dart-ratio",
+                          help="DART: the fraction of vision tokens DROPPED, pivots aside (default 0.778).")
+DART_PIVOTS = typer.Option(None, "--dart-pivots", help="DART: vision,text pivot tokens (default 4,4).")
 SET = typer.Option(None, "--set",
                   help="A method's setting, METHOD.NAME=VALUE, repeatable: --set pdrop.layers=8,16,24 --set "
                        "dart.ratio=0.5 (each method's settings: docs/methods.md).")
