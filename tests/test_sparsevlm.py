@@ -300,6 +300,7 @@ ROWS = {  # asymmetric rows, left padding, a text-only row
     "llava": [{"pre": 3, "post": 7, "image": True}, {"pre": 6, "post": 4, "image": True}, {"pre": 4, "post": 3}],
     "qwen2_vl": [{"pre": 3, "post": 6, "image": (16, 16)}, {"pre": 6, "post": 4, "image": (8, 24)}],
     "llava_next": [{"pre": 2, "post": 5, "image": (32, 64)}, {"pre": 5, "post": 3, "image": (64, 32)}],
+    "qwen3_vl": [{"pre": 3, "post": 6, "image": (32, 32)}, {"pre": 6, "post": 4, "image": (32, 64)}],  # deepstack
 }
 
 
