@@ -67,44 +67,11 @@ def reference_forward(model, inputs: dict, k: int, rearrange: bool = False, drop
     ``drop``: another set of keys to hide from layers >= k (FastV); with ``inputs_embeds`` instead of
     ``input_ids`` (hand-built vision features: VisionZip), the vision positions.
     """
-    text = decoder_layers(model)
     ids, attn = inputs.get("input_ids"), inputs["attention_mask"].bool()  # inputs_embeds: give ``drop``
-    b, s = attn.shape
     vision = (ids == IMAGE_ID) | (ids == VIDEO_ID) if ids is not None and _visual(inputs) else torch.zeros_like(attn)
     if drop is not None:
         vision = drop
-    eye = torch.eye(s, dtype=torch.bool)[None, None]
-    impl = model.config.get_text_config()._attn_implementation
-    seen = {}
-
-    def grab_rotary(module, args, kwargs):
-        seen.setdefault("pos", args[1] if len(args) > 1 else kwargs["position_ids"])
-
-    def hide_vision(layer_idx):
-        def hook(module, args, kwargs):
-            hidden = args[0] if args else kwargs["hidden_states"]
-            allowed = (_allowed(kwargs["attention_mask"], b, s) & ~vision[:, None, None, :]) | eye
-            mask = allowed if impl == "sdpa" else torch.where(allowed, 0.0, torch.finfo(hidden.dtype).min)
-            new = {**kwargs, "attention_mask": mask}
-            if rearrange:
-                rank = (~vision).long().cumsum(1) - 1
-                pos = rank.expand(*seen["pos"].shape[:-2], b, s) if seen["pos"].ndim == 3 else rank
-                types = getattr(model.config.get_text_config(), "layer_types", None)
-                per_type = "layer_type" in inspect.signature(text.rotary_emb.forward).parameters
-                extra = (types[layer_idx],) if types and per_type else ()
-                new["position_embeddings"] = text.rotary_emb(hidden, pos, *extra)
-            return args, new
-        return hook
-
-    handles = [text.rotary_emb.register_forward_pre_hook(grab_rotary, with_kwargs=True)]
-    handles += [text.layers[i].register_forward_pre_hook(hide_vision(i), with_kwargs=True)
-                for i in range(k, len(text.layers))]
-    try:
-        with torch.no_grad():
-            return model(**inputs, use_cache=False, **model_kwargs)
-    finally:
-        for h in handles:
-            h.remove()
+    return reference_stages(model, inputs, [(k, vision)], rearrange, **model_kwargs)
 
 
 def extend(inputs: dict, tokens: torch.Tensor, family: str | None = None) -> dict:
@@ -144,7 +111,7 @@ def reference_stages(model, inputs: dict, drops: list, rearrange: bool = False, 
     output_attentions (eager), output_hidden_states...
     """
     text = decoder_layers(model)
-    b, s = inputs["input_ids"].shape
+    b, s = inputs["attention_mask"].shape  # input_ids or inputs_embeds
     eye = torch.eye(s, dtype=torch.bool)[None, None]
     impl = model.config.get_text_config()._attn_implementation
     seen = {}
@@ -166,7 +133,10 @@ def reference_stages(model, inputs: dict, drops: list, rearrange: bool = False, 
             if rearrange:
                 rank = (~hidden_keys).long().cumsum(1) - 1
                 pos = rank.expand(*seen["pos"].shape[:-2], b, s) if seen["pos"].ndim == 3 else rank
-                new["position_embeddings"] = text.rotary_emb(hidden, pos)
+                types = getattr(model.config.get_text_config(), "layer_types", None)
+                per_type = "layer_type" in inspect.signature(text.rotary_emb.forward).parameters
+                extra = (types[layer_idx],) if types and per_type else ()
+                new["position_embeddings"] = text.rotary_emb(hidden, pos, *extra)
             return args, new
         return hook
 
