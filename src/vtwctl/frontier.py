@@ -240,7 +240,7 @@ def report(directory: str | Path, points: Sequence[Point], task, dims, spec, mod
            metric: str = "accuracy", budget: float | None = None) -> Frontier:
     """The frontier of what ``directory`` holds for ``points``: each point's records (its shards together),
     scored by the task's own aggregation; TFLOPs per sample from its token counts; latency from latency.json."""
-    from .evaluate import dedupe
+    from .evaluate import _missing_shards, dedupe
     from .results import scan
 
     directory = Path(directory)
@@ -289,15 +289,6 @@ def report(directory: str | Path, points: Sequence[Point], task, dims, spec, mod
 
 def _glob(stem: str) -> str:
     return re.sub(r"([\[\]*?])", r"[\1]", stem)
-
-
-def _missing_shards(records: list[dict]) -> list[str]:
-    counts = {str(r.get("shard", "0/1")).split("/")[1] for r in records}
-    if len(counts) != 1:
-        return []
-    n = int(counts.pop())
-    seen = {str(r.get("shard", "0/1")).split("/")[0] for r in records}
-    return [f"{i}/{n}" for i in range(n) if str(i) not in seen]
 
 
 def _mark_pareto(rows: list[Row]) -> None:

@@ -92,6 +92,20 @@ def load_model(model: str, device: str, dtype: str, attn: str | None, trust_remo
                     prompt_style=prompt_style)
 
 
+def model_dims(model: str):
+    """(``flops.Dims``, the ``loading.resolve`` result) of ``model`` without its weights: from its vtwctl profile,
+    else its local config; a ``VTWError`` naming the model when there is neither."""
+    from ..errors import VTWError
+    from ..flops import dims_for
+    from ..loading import resolve
+
+    res = resolve(model)
+    try:
+        return dims_for(res.profile["name"] if res.profile else res.source), res
+    except OSError:
+        raise VTWError(f"no dimensions for {model}: not a known short name and no local config") from None
+
+
 def fastv_settings(preset: str, k: int | None, ratio: float | None) -> tuple[int, float]:
     """FastV's (K, fraction dropped): the ``--fastv-preset``'s, overridden by ``--fastv-k``/``--fastv-ratio``."""
     from ..costs import FASTV_PRESETS

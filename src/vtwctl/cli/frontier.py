@@ -21,6 +21,7 @@ from .common import (
     emit_json,
     load_model,
     method_settings,
+    model_dims,
     model_name,
     stderr_console,
     stdout_console,
@@ -69,8 +70,6 @@ def frontier(
     from ..errors import VTWError
     from ..evaluate import parse_shard
     from ..files import atomic_write, check_file_target, dumps
-    from ..flops import dims_for
-    from ..loading import resolve
     from ..measure import Protocol
     from ..spec import RunSpec
 
@@ -84,11 +83,7 @@ def frontier(
                    shard=parse_shard(shard), device=device, dtype=dtype, attn_implementation=attn_implementation,
                    trust_remote_code=trust_remote_code)
     name = model_name(model)
-    res = resolve(model)
-    try:
-        dims = dims_for(res.profile["name"] if res.profile else res.source)
-    except OSError:
-        raise VTWError(f"no dimensions for {model}: not a known short name and no local config") from None
+    dims, _ = model_dims(model)
     points = lib.grid([m for m in methods.split(",") if m.strip()], dims.num_layers, lib.parse_grid(grid_),
                       fixed=spec.settings)
     if not report_only:

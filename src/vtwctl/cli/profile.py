@@ -24,6 +24,7 @@ from .common import (
     fastv_preset_into,
     load_model,
     method_settings,
+    model_dims,
     model_name,
     parse_pivots,
     stderr_console,
@@ -140,16 +141,9 @@ def profile(
     if given is None or given[0].auto:
         check_store(name, profile_dir)
     if flops_only:
-        from ..flops import dims_for
-        from ..loading import resolve
-
         if image is not None or prompt is not None:
             raise VTWError("--flops-only counts a workload of --vision-tokens and --text-tokens; drop --image/--prompt")
-        res = resolve(model)
-        try:
-            dims = dims_for(res.profile["name"] if res.profile else res.source)
-        except OSError:
-            raise VTWError(f"no dimensions for {model}: not a known short name and no local config") from None
+        dims, res = model_dims(model)
         prof = res.profile or find(model) or {}
         vis = vision_tokens if vision_tokens is not None else (prof.get("vision", {}).get("tokens_per_image"))
         txt = text_tokens if text_tokens is not None else prof.get("typical_text_tokens")
