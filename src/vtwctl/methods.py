@@ -76,18 +76,15 @@ def context(model: nn.Module, method: str, k: int | None = None, positions: str 
         if seeds is None:
             raise ValueError("rand needs one seed per batch row")
         return rand_drop(model, n if k is None else k, seeds, positions)
-    own = policy.resolve({name: v for name, v in options.items() if name in policy.defaults()})
-    cls = policy.cls()  # the positions the authors' code gives the kept tokens (PyramidDrop: renumbered)
-    return apply(model, cls(**own), getattr(cls, "positions", "keep"), lo=1, what=f"{policy.name}.k")
+    built = policy.build(options)  # at the positions the authors' code gives the kept tokens (PyramidDrop: renumbered)
+    return apply(model, built, getattr(built, "positions", "keep"), lo=1, what=f"{policy.name}.k")
 
 
 @contextlib.contextmanager
 def _reduced(model, reducer, policy, k, positions, seeds, options) -> Iterator[nn.Module]:
     """A reducer's hooks, with the policy it is composed with (``stock``: none) inside them."""
-    red = reducer.cls()(**reducer.resolve({n: v for n, v in options.items() if n in reducer.defaults()}))
-    inner = context(model, policy.name, k, positions, seeds=seeds,
-                    settings={n: v for n, v in options.items() if n in policy.defaults()})
-    with red.apply(model), inner:
+    inner = context(model, policy.name, k, positions, seeds=seeds, settings=policy.own(options))
+    with reducer.build(options).apply(model), inner:
         yield model
 
 
@@ -97,7 +94,7 @@ def prepare(model: nn.Module, method: str, inputs: dict, settings: Mapping[str, 
     reducer, _ = parts(canonical(method))
     if reducer is None:
         return inputs
-    red = reducer.cls()(**reducer.resolve({n: v for n, v in (settings or {}).items() if n in reducer.defaults()}))
+    red = reducer.build(settings)
     why = red.refusal(model)
     if why:
         raise ArgumentError(f"{reducer.name}: {why}")

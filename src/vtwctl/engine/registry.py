@@ -132,6 +132,17 @@ class Method:
             check(out)
         return out
 
+    def own(self, options: Mapping[str, Any] | None) -> dict:
+        """The entries of ``options`` that are this method's settings (a composition's options hold its
+        reducer's and its policy's together: ``RunSpec.options``)."""
+        declared = {s.name for s in self.settings()}
+        return {name: v for name, v in (options or {}).items() if name in declared}
+
+    def build(self, options: Mapping[str, Any] | None = None):
+        """The method's policy or reducer object with ``options`` (its own entries, checked; defaults for the
+        rest)."""
+        return self.cls()(**self.resolve(self.own(options)))
+
     def vision_by_layer(self, num_layers: int, vision: int, text: int, settings: Mapping[str, Any]) -> list[int]:
         """The vision tokens each decoder layer processes in a prefill of ``vision`` + ``text`` tokens."""
         fn = getattr(self.module(), "vision_by_layer", None)
@@ -148,7 +159,7 @@ class Method:
         stage, SparseVLM's first scoring layer + 1), shown in reports as K; None for a reducer."""
         if not self.target or self.reducer:
             return None
-        return int(self.cls()(**self.resolve(settings)).k)
+        return int(self.build(settings).k)
 
 
 METHODS: dict[str, Method] = {m.name: m for m in (
