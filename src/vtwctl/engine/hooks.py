@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import threading
-import weakref
 from collections.abc import Iterator
 
 import torch
@@ -30,15 +29,14 @@ from torch import nn
 
 from ..errors import ArgumentError, check_k
 from . import compat, ops, plan
+from .blocks import Blocks, on_thread
 from .families import adapter_for, vision_mask
 from .policies import Attention, Policy, Tokens
 from .policies.vtw import VTW
 from .state import Call, Stage, Streams
 from .support import VISUAL_KWARGS, carries_visual, check_prompt_end, check_supported, num_layers  # noqa: F401
 
-# model -> the threads inside a withdraw()/fastv() block on it (per thread, blocks do not nest)
-_ACTIVE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_ACTIVE_LOCK = threading.Lock()
+_BLOCKS = Blocks()  # the threads inside a withdraw()/apply() block on each model (per thread, they do not nest)
 _TOKEN_KWARGS = ("token_type_ids", "mm_token_type_ids", "moe_mm_token_type_ids")
 
 
@@ -83,16 +81,8 @@ class Engine:
     # -- wiring ----------------------------------------------------------------------------------
     def _own(self, fn):
         """``fn`` as a hook that acts on this engine's thread's calls only: another thread's calls of the same
-        model (stock, or inside its own block with another K) pass through untouched. (While dynamo traces,
-        the tracing thread is the engine's: a compiled model inside a block is used from that thread.)"""
-        thread = self.thread
-
-        @functools.wraps(fn)
-        def hook(*args, **kwargs):
-            if not torch.compiler.is_compiling() and threading.get_ident() != thread:
-                return None
-            return fn(*args, **kwargs)
-        return hook
+        model (stock, or inside its own block with another K) pass through untouched (``blocks.on_thread``)."""
+        return on_thread(fn, self.thread)
 
     def install(self) -> None:
         own = self._own
@@ -426,20 +416,13 @@ def active(model: nn.Module, engine: Engine, install: bool = True) -> Iterator[E
     """Install ``engine``'s hooks for the block; remove them on exit, also on error. Blocks do not nest within a
     thread; blocks of other threads on the same model are independent (each engine acts on its own thread's
     calls only)."""
-    thread = threading.get_ident()
-    with _ACTIVE_LOCK:
-        inside = _ACTIVE.setdefault(model, set())
-        if thread in inside:
-            raise RuntimeError("withdraw()/fastv() is already active on this model in this thread; blocks do not "
-                               "nest (leave the first block before entering another)")
-        inside.add(thread)
-    engine.thread = thread
-    try:
-        with compat.hook_guards():
-            if install:
-                engine.install()
-            yield engine
-    finally:
-        engine.remove()
-        with _ACTIVE_LOCK:
-            inside.discard(thread)
+    with _BLOCKS.enter(model, "withdraw()/fastv() is already active on this model in this thread; blocks do not "
+                              "nest (leave the first block before entering another)") as thread:
+        engine.thread = thread
+        try:
+            with compat.hook_guards():
+                if install:
+                    engine.install()
+                yield engine
+        finally:
+            engine.remove()

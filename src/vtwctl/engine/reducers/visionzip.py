@@ -24,8 +24,6 @@ query and head (the authors' released code covers CLIP only; docs/methods.md).
 from __future__ import annotations
 
 import contextlib
-import threading
-import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -33,6 +31,7 @@ import torch
 from torch import nn
 
 from ...errors import ArgumentError, VTWError
+from ..blocks import Blocks, on_thread
 from ..registry import Setting
 
 DEFAULTS = {"dominant": 54, "contextual": 10}  # the authors' LLaVA-1.5 setting: 64 tokens
@@ -80,9 +79,7 @@ _WHY = {  # families that are not a flat tower feeding one projector, and why Vi
                  "ported",
 }
 
-# model -> threads inside an apply() block on it (blocks do not nest within a thread)
-_ACTIVE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_LOCK = threading.Lock()
+_BLOCKS = Blocks()  # the threads inside an apply() block on each model (blocks do not nest within a thread)
 
 
 def visionzip_tokens(hidden: torch.Tensor, score: torch.Tensor, keys: torch.Tensor, dominant: int, contextual: int,
@@ -270,15 +267,7 @@ class VisionZip:
         v = config.vision_feature_layer
         layer = layers[v - 1 if v > 0 else len(layers) + 1 + v - 1]  # hidden_states[v] is that layer's output
         cls = TOWERS[config.vision_config.model_type]
-        thread = threading.get_ident()
         state: dict[str, Any] = {}
-
-        def own(fn):
-            def hook(*args, **kwargs):
-                if not torch.compiler.is_compiling() and threading.get_ident() != thread:
-                    return None  # another thread's call: stock (while dynamo traces, as the engine's _own)
-                return fn(*args, **kwargs)
-            return hook
 
         def on_attention(module, args, kwargs):
             hidden = args[0] if args else kwargs["hidden_states"]
@@ -299,25 +288,21 @@ class VisionZip:
             out = visionzip_tokens(hidden, score, keys, self.dominant, self.contextual, cls).to(feats.dtype)
             return ((out, *args[1:]), kwargs) if args else (args, {**kwargs, "image_features": out})
 
-        with _LOCK:
-            inside = _ACTIVE.setdefault(model, set())
-            if thread in inside:
-                raise RuntimeError("VisionZip.apply is already active on this model in this thread; blocks do not "
-                                   "nest")
-            inside.add(thread)
-        handles = []
-        try:
-            with hook_guards():
-                handles.append(layer.self_attn.register_forward_pre_hook(own(on_attention), with_kwargs=True))
-                handles.append(layer.register_forward_hook(own(on_layer)))
-                handles.append(projector.register_forward_pre_hook(own(on_projector), with_kwargs=True))
-                yield self
-        finally:
-            for handle in handles:
-                handle.remove()
-            state.clear()
-            with _LOCK:
-                inside.discard(thread)
+        nested = "VisionZip.apply is already active on this model in this thread; blocks do not nest"
+        with _BLOCKS.enter(model, nested) as thread:
+            handles = []
+            try:
+                with hook_guards():  # the hooks act on this thread's calls only: another thread's run stock
+                    handles.append(layer.self_attn.register_forward_pre_hook(on_thread(on_attention, thread),
+                                                                             with_kwargs=True))
+                    handles.append(layer.register_forward_hook(on_thread(on_layer, thread)))
+                    handles.append(projector.register_forward_pre_hook(on_thread(on_projector, thread),
+                                                                       with_kwargs=True))
+                    yield self
+            finally:
+                for handle in handles:
+                    handle.remove()
+                state.clear()
 
 
 @contextlib.contextmanager
