@@ -12,6 +12,7 @@ budget ("at matched FLOPs").
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import re
@@ -165,24 +166,24 @@ def run(loaded, task, spec, points: Sequence[Point], output: str | Path, *, spli
         raise VTWError(f"cannot create the frontier directory {directory}: {exc.strerror or exc}") from None
     split = split or task.test_split
     samples = select(task, split, source, limit, spec.shard)
-    for i, point in enumerate(points):
+    for point in points:
         evaluate(loaded, task, point.spec(spec), split=split, samples=samples, judge=judge,
                  output=point_file(directory, point, spec.shard),
-                 progress=(lambda d, n, i=i, p=point: progress(p.label, d, n)) if progress else None)
-    if protocol is not None and spec.shard[0] == 0:
-        measure_latency(loaded, task, spec, points, directory, split, source, protocol)
+                 progress=functools.partial(progress, point.label) if progress else None)
+    if protocol is not None and spec.shard[0] == 0:  # shard 0's first sample is the task's first
+        measure_latency(loaded, spec, points, directory, next(iter(samples.first(1).decoded())), protocol)
 
 
-def measure_latency(loaded, task, spec, points: Sequence[Point], directory: Path, split: str, source,
-                    protocol) -> dict:
-    """Prefill latency of every point on the task's first sample, measured side by side (one interleaved
-    ``measure_many``: load changes hit every point alike); written to ``directory``/latency.json."""
+def measure_latency(loaded, spec, points: Sequence[Point], directory: Path, sample, protocol) -> dict:
+    """Prefill latency of every point on ``sample`` (a decoded task sample), measured side by side (one
+    interleaved ``measure_many``: load changes hit every point alike); written to ``directory``/latency.json."""
     from .env import environment
-    from .evaluate import select
     from .files import atomic_write
     from .measure import measure_many
+    from .tasks import BadSample
 
-    sample = next(iter(select(task, split, source, 1, (0, 1)).decoded()))
+    if isinstance(sample, BadSample):
+        raise sample
     inputs = loaded.build_inputs([sample.prompt], images=[list(sample.images or [])], videos=[sample.video])
     plans = [(p.method, p.k, {m: dict(v) for m, v in p.settings.items()}) for p in points]
     ms = measure_many(loaded, inputs, plans, spec, replace(protocol, max_new_tokens=max(2, protocol.max_new_tokens)))
