@@ -14,17 +14,13 @@ from .errors import VTWError
 FLOP_METHODS = ("paper", "exact", "counted", "calflops")
 ROWS = ("stock", "vtw", "fastv")  # the default rows; any of methods.METHODS
 FASTV_PRESETS = {"paper": (2, 0.5), "authors": (3, 0.5)}  # the paper's text; the authors' fastv_kvcache.py
-DART_DEFAULT = (2, 0.778, (4, 4))  # DART's (K, ratio, pivots): the authors' defaults (RunSpec.dart)
 
 
 def row_settings(spec, rows) -> dict:
     """The settings of each row that has any (``RunSpec.options``; tuples as lists), for reports."""
-    out = {}
-    for row in rows:
-        options = spec.options(row)
-        if options:
-            out[row] = {name: list(v) if isinstance(v, tuple) else v for name, v in options.items()}
-    return out
+    from .evaluate import settings_record
+
+    return {row: settings_record(spec, row) for row in rows if spec.options(row)}
 
 
 def row_key(method: str) -> str:

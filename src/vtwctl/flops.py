@@ -183,7 +183,11 @@ def _kept(vision: float, text: float, fastv: Any, dart: Any) -> tuple[int, float
         from .engine.policies.dart import kept_count
 
         return int(dart[0]), float(kept_count(int(vision), int(text), float(dart[1]), tuple(dart[2])))
-    return (fv[0], float(round(vision * (1.0 - fv[1])))) if fv is not None else None  # as FastV keeps
+    if fv is None:
+        return None
+    from .engine.policies.fastv import dropped_count
+
+    return fv[0], float(vision - dropped_count(vision, fv[1]))  # what the policy keeps
 
 
 def layer_tokens(num_layers: int, vision: int, text: int, k: int | None = None,
