@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
 
     from vtwctl import tasks
-    from vtwctl.costs import measured_rows
+    from vtwctl.costs import measured_rows, row_settings
     from vtwctl.env import environment
     from vtwctl.loading import load
     from vtwctl.measure import Protocol
@@ -70,8 +70,7 @@ def main(argv: list[str] | None = None) -> dict:
                                      method="exact", rows=rows)
     base = next(r for r in table if r.method == "baseline")
     out = {"model": loaded.name, "sample": s.id, "tokens": tokens, "k": args.k,
-           "settings": {m: {n: list(v) if isinstance(v, tuple) else v for n, v in spec.options(m).items()}
-                        for m in rows if spec.options(m)},
+           "settings": row_settings(spec, rows),
            "protocol": {"repeats": args.repeats, "warmup": args.warmup, "interleaved": True},
            "env": environment(loaded), "rows": []}
     for r in table:
