@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 
-from reference import _allowed, decoder_layers, extend
+from reference import decoder_layers, extend, reference_stages
 from vtwctl.engine.hooks import apply
 from vtwctl.engine.policies import Policy, sparsevlm
 from vtwctl.engine.policies.sparsevlm import SparseVLM
@@ -195,31 +195,7 @@ def test_counts_per_layer_and_settings():
 # -- on the engine: the reference selection and the masked reference ------------------------------------------
 def staged_forward(model, x, drops: dict[int, torch.Tensor], **kwargs):
     """The stock model with the keys in ``drops[s]`` hidden from every layer >= s (no slicing, no cache)."""
-    text = decoder_layers(model)
-    b, s = x["input_ids"].shape
-    eye = torch.eye(s, dtype=torch.bool)[None, None]
-    impl = model.config.get_text_config()._attn_implementation
-
-    def hide(layer):
-        hidden_keys = torch.zeros(b, s, dtype=torch.bool)
-        for stage, drop in drops.items():
-            if layer >= stage:
-                hidden_keys |= drop
-
-        def hook(module, args, kw):
-            hidden = args[0] if args else kw["hidden_states"]
-            allowed = (_allowed(kw["attention_mask"], b, s) & ~hidden_keys[:, None, None, :]) | eye
-            mask = allowed if impl == "sdpa" else torch.where(allowed, 0.0, torch.finfo(hidden.dtype).min)
-            return args, {**kw, "attention_mask": mask}
-        return hook
-
-    handles = [text.layers[i].register_forward_pre_hook(hide(i), with_kwargs=True) for i in range(len(text.layers))]
-    try:
-        with torch.no_grad():
-            return model(**x, use_cache=False, **kwargs)
-    finally:
-        for h in handles:
-            h.remove()
+    return reference_stages(model, x, sorted(drops.items()), **kwargs)
 
 
 def reference_drops(model, x, layers, counts):
